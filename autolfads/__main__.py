@@ -1,0 +1,5 @@
+import sys
+
+from autolfads.cli import main
+
+sys.exit(main())

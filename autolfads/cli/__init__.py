@@ -1,0 +1,64 @@
+"""The `autolfads` command: one front door with subcommands.
+
+Each subcommand lives in its own module under `autolfads.cli` and exposes
+`register(subparsers)`, which adds its parser and sets `func` (a callable
+taking the parsed namespace and returning an exit code). Modules import heavy
+dependencies (torch, matplotlib, kubernetes) inside `func`, so that
+`autolfads --help` and the coordinator commands work without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from autolfads import __version__
+from autolfads.errors import AutolfadsError
+
+# Order here is the order in `autolfads --help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "autolfads.cli.data_cmd",
+    "autolfads.cli.train_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autolfads",
+        description="AutoLFADS: LFADS tuned by population-based training.",
+    )
+    parser.add_argument("--version", action="version", version=f"autolfads {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity on stderr (default: WARNING)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except AutolfadsError as err:
+        print(f"autolfads: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("autolfads: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

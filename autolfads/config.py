@@ -1,0 +1,307 @@
+"""Typed, frozen configuration for single-model training and PBT searches.
+
+One YAML file describes a run:
+
+    name: chaotic-rnn-demo
+    data: {path: data/chaotic_rnn.h5}
+    model: {gen_dim: 100, fac_dim: 40, ...}
+    training: {batch_size: 128, lr_init: 4.0e-3, ...}
+    pbt: {population: 20, generation_epochs: 25, search_space: {...}}
+
+Every section has defaults (the AutoLFADS / lfads-torch values from
+shared/reference/lfads-and-pbt.md), unknown keys are errors, and every error
+names the field, the bad value and what is allowed. This module imports no
+torch, so the coordinator can parse configs in its small image.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autolfads.errors import ConfigError
+
+# The hyperparameters PBT tunes in AutoLFADS. A search space may name only these,
+# and the trainer can change each of them between segments without a rebuild.
+TUNABLE_HPARAMS: tuple[str, ...] = (
+    "lr_init",
+    "dropout_rate",
+    "cd_rate",
+    "l2_gen_scale",
+    "l2_con_scale",
+    "kl_ic_scale",
+    "kl_co_scale",
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class SynthConfig(_Frozen):
+    """Generate the data file if it does not exist yet."""
+
+    kind: Literal["chaotic-rnn", "lorenz"] = "chaotic-rnn"
+    seed: NonNegInt = 0
+
+
+class DataConfig(_Frozen):
+    # Relative paths are resolved against the config file's folder.
+    path: str
+    synth: SynthConfig | None = None
+
+
+class ModelConfig(_Frozen):
+    """LFADS architecture. Data sizes (channels, bins) come from the data file."""
+
+    ic_enc_dim: PosInt = 64
+    ci_enc_dim: NonNegInt = 64
+    con_dim: NonNegInt = 64
+    co_dim: NonNegInt = 4
+    ic_dim: PosInt = 64
+    gen_dim: PosInt = 100
+    fac_dim: PosInt = 40
+    ci_lag: NonNegInt = 1
+    cell_clip: PosFloat = 5.0
+    ic_post_var_min: PosFloat = 1e-4
+    ic_prior_var: PosFloat = 0.1
+    co_prior_tau: PosFloat = 10.0
+    co_prior_nvar: PosFloat = 0.1
+
+    @property
+    def has_controller(self) -> bool:
+        return self.ci_enc_dim > 0 and self.con_dim > 0 and self.co_dim > 0
+
+    @model_validator(mode="after")
+    def _controller_all_or_nothing(self) -> ModelConfig:
+        dims = {"ci_enc_dim": self.ci_enc_dim, "con_dim": self.con_dim, "co_dim": self.co_dim}
+        if any(dims.values()) and not all(dims.values()):
+            raise ValueError(
+                f"controller sizes {dims} must be all > 0 (inferred inputs) or all 0 (none)"
+            )
+        return self
+
+
+class TrainingConfig(_Frozen):
+    """Optimisation, regularisation and ramps. The tunable values here are the
+    defaults for `autolfads train`; a PBT search overrides them per member."""
+
+    max_epochs: PosInt = 200
+    batch_size: PosInt = 128
+    seed: NonNegInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: PosInt | None = None
+
+    lr_init: PosFloat = 4e-3
+    adam_beta1: Rate = 0.9
+    adam_beta2: Rate = 0.999
+    adam_eps: PosFloat = 1e-8
+    weight_decay: NonNegFloat = 0.0
+    max_grad_norm: PosFloat = 200.0
+    loss_scale: PosFloat = 1e4
+
+    dropout_rate: Rate = 0.3
+    cd_rate: Rate = 0.3
+    cd_pass_rate: Rate = 0.0
+    sv_rate: Rate = 0.0
+    sv_seed: NonNegInt = 0
+
+    l2_start_epoch: int = 0
+    l2_increase_epochs: NonNegInt = 80
+    kl_start_epoch: int = 0
+    kl_increase_epochs: NonNegInt = 80
+
+    l2_gen_scale: NonNegFloat = 1e-4
+    l2_con_scale: NonNegFloat = 1e-4
+    l2_ic_enc_scale: NonNegFloat = 0.0
+    l2_ci_enc_scale: NonNegFloat = 0.0
+    kl_ic_scale: NonNegFloat = 1e-6
+    kl_co_scale: NonNegFloat = 1e-6
+
+    posterior_samples: PosInt = 50
+
+    @property
+    def ramp_end_epoch(self) -> int:
+        """First epoch at which both the L2 and the KL ramps are complete."""
+        return max(
+            self.l2_start_epoch + self.l2_increase_epochs,
+            self.kl_start_epoch + self.kl_increase_epochs,
+        )
+
+    def hparams(self) -> dict[str, float]:
+        """The tunable hyperparameters at their configured values."""
+        return {name: float(getattr(self, name)) for name in TUNABLE_HPARAMS}
+
+
+class HparamSpace(_Frozen):
+    """How one tunable hyperparameter is initialised and explored."""
+
+    min: NonNegFloat
+    max: NonNegFloat
+    # How initial values are drawn when `init` is None ("fixed" requires `init`).
+    sampling: Literal["log", "uniform", "fixed"] = "log"
+    # Initial value for every member; None samples each member in [min, max].
+    init: NonNegFloat | None = None
+    # Explore multiplies by 1 +/- U(0.002 w, w); 0 freezes the value.
+    explore_weight: NonNegFloat = 0.3
+
+    @model_validator(mode="after")
+    def _check(self) -> HparamSpace:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}; swap them")
+        if self.sampling == "log" and self.min <= 0:
+            raise ValueError(f"log sampling needs min > 0, got min {self.min}")
+        if self.sampling == "fixed" and self.init is None:
+            raise ValueError("fixed sampling needs an init value")
+        if self.init is not None and not self.min <= self.init <= self.max:
+            raise ValueError(f"init {self.init} lies outside [min {self.min}, max {self.max}]")
+        if self.explore_weight >= 1.0:
+            raise ValueError(f"explore_weight {self.explore_weight} must be < 1")
+        return self
+
+
+def default_search_space() -> dict[str, HparamSpace]:
+    """The AutoLFADS search space (MC_Maze / NLB settings)."""
+    return {
+        "lr_init": HparamSpace(min=1e-5, max=5e-3, sampling="log", init=4e-3, explore_weight=0.3),
+        "dropout_rate": HparamSpace(min=0.0, max=0.6, sampling="uniform", explore_weight=0.3),
+        "cd_rate": HparamSpace(min=0.01, max=0.7, sampling="uniform", init=0.5, explore_weight=0.3),
+        "l2_gen_scale": HparamSpace(min=1e-4, max=1.0, sampling="log", explore_weight=0.8),
+        "l2_con_scale": HparamSpace(min=1e-4, max=1.0, sampling="log", explore_weight=0.8),
+        "kl_ic_scale": HparamSpace(min=1e-6, max=1e-3, sampling="log", explore_weight=0.8),
+        "kl_co_scale": HparamSpace(min=1e-6, max=1e-4, sampling="log", explore_weight=0.8),
+    }
+
+
+class PbtConfig(_Frozen):
+    """Population-based training, AutoLFADS defaults."""
+
+    population: Annotated[int, Field(ge=2, le=1024)] = 20
+    generation_epochs: PosInt = 25
+    # Epochs of generation 0; must cover the KL/L2 ramps (80 + 25 in lfads-torch).
+    burn_in_epochs: PosInt = 105
+    max_generations: PosInt = 50
+    exploit: Literal["binary_tournament", "truncation"] = "binary_tournament"
+    truncation_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    resample_probability: Rate = 0.0
+    mode: Literal["sync", "async"] = "sync"
+    # Stop when the best metric improved by at most this fraction over
+    # `stop_patience_generations` generations.
+    stop_improvement: NonNegFloat = 5e-4
+    stop_patience_generations: Annotated[int, Field(ge=2)] = 4
+    seed: NonNegInt = 0
+    # Checkpoints kept per member besides those later generations copied from.
+    keep_generations: PosInt = 2
+    search_space: dict[str, HparamSpace] = Field(default_factory=default_search_space)
+
+    @model_validator(mode="after")
+    def _known_hparams(self) -> PbtConfig:
+        unknown = sorted(set(self.search_space) - set(TUNABLE_HPARAMS))
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter(s) {unknown} in search_space; "
+                f"tunable ones are {list(TUNABLE_HPARAMS)}"
+            )
+        return self
+
+
+class RunConfig(_Frozen):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "autolfads"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    pbt: PbtConfig = Field(default_factory=PbtConfig)
+
+    @model_validator(mode="after")
+    def _burn_in_covers_ramps(self) -> RunConfig:
+        if self.pbt.burn_in_epochs < self.training.ramp_end_epoch:
+            raise ValueError(
+                f"pbt.burn_in_epochs {self.pbt.burn_in_epochs} ends before the KL/L2 ramps "
+                f"(epoch {self.training.ramp_end_epoch}); raise it or shorten the ramps"
+            )
+        return self
+
+    def initial_hparams(self) -> dict[str, float]:
+        return self.training.hparams()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; check the spelling against the documented fields"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more problem(s)]" if more else ""
+    return f"{source}: {loc}: {msg}{shown}{tail}"
+
+
+def parse_config(raw: Any, source: str = "config") -> RunConfig:
+    """Validate a parsed YAML mapping; raise ConfigError with one clear line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+    except (RecursionError, OverflowError) as err:
+        raise ConfigError(f"{source}: unusable value ({type(err).__name__})") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; relative data paths become absolute."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    return loads_config(text, source=str(path), base_dir=path.parent)
+
+
+def loads_config(text: str, source: str = "config", base_dir: Path | None = None) -> RunConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    cfg = parse_config(raw, source)
+    if base_dir is not None and not Path(cfg.data.path).is_absolute():
+        data = cfg.data.model_copy(update={"path": str((base_dir / cfg.data.path).resolve())})
+        cfg = cfg.model_copy(update={"data": data})
+    return cfg
+
+
+def check_finite(name: str, value: float) -> float:
+    """Internal helper for hyperparameter dicts arriving from the network."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: value {value!r} is not a finite number")
+    return value
+
+
+def is_valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
