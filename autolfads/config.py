@@ -56,6 +56,9 @@ class SynthConfig(_Frozen):
 
     kind: Literal["chaotic-rnn", "lorenz"] = "chaotic-rnn"
     seed: NonNegInt = 0
+    # Generator size arguments, e.g. {n_conditions: 100, n_replications: 10};
+    # see `autolfads data synth --help` for the names and defaults.
+    sizes: dict[str, Annotated[int, Field(ge=0, le=100_000)]] = Field(default_factory=dict)
 
 
 class DataConfig(_Frozen):

@@ -20,8 +20,16 @@ from autolfads.errors import AutolfadsError
 
 # Order here is the order in `autolfads --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "autolfads.cli.data_cmd",
+    "autolfads.cli.run_cmd",
     "autolfads.cli.train_cmd",
+    "autolfads.cli.data_cmd",
+    "autolfads.cli.status_cmd",
+    "autolfads.cli.report_cmd",
+    "autolfads.cli.finalize_cmd",
+    "autolfads.cli.stage_cmd",
+    "autolfads.cli.coordinator_cmd",
+    "autolfads.cli.trainer_cmd",
+    "autolfads.cli.argo_cmd",
 )
 
 

@@ -1,0 +1,1 @@
+"""Argo Workflows deployment: render, validate, submit and run locally."""

@@ -1,0 +1,194 @@
+"""`autolfads argo render`: the Workflow for one run config.
+
+The result is deploy/argo/workflow.yaml (a thin Workflow referencing the
+`autolfads-pbt` WorkflowTemplate) with its parameters filled from the config
+and the command-line options; with `inline=True` the template's spec is
+merged in, giving a self-contained Workflow for clusters without the
+WorkflowTemplate installed. Nothing here duplicates the YAML: every template,
+command line and default comes from the files in deploy/argo/.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from autolfads.argo.manifests import (
+    ManifestError,
+    load_workflow,
+    load_workflow_template,
+    parameter_values,
+    resolve_workflow,
+)
+from autolfads.argo.validate import validate_object
+from autolfads.config import RunConfig
+from autolfads.errors import ConfigError
+
+# Where the in-cluster stage step writes synthetic data (the pod's emptyDir).
+POD_DATA_DIR = "/tmp/autolfads/data"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What the command line may set; None keeps the template's default."""
+
+    storage: str = "s3://autolfads/runs"
+    namespace: str = "autolfads"
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_secret: str | None = None
+    n_trainers: int | None = None
+    coordinator_image: str | None = None
+    trainer_image: str | None = None
+    trainer_gpus: int | None = None
+    trainer_device: str | None = None
+    trainer_cpu: str | None = None
+    trainer_memory: str | None = None
+    trainer_threads: int | None = None
+    trainer_retries: int | None = None
+    coordinator_retries: int | None = None
+    lease_timeout: int | None = None
+    # None: stage in the cluster only when the config generates its data.
+    stage: bool | None = None
+    deadline_seconds: int | None = None
+    parallelism: int | None = None
+    pod_gc: str | None = None
+    name: str | None = None
+    inline: bool = False
+
+
+def split_storage(url: str) -> tuple[str, str]:
+    """'s3://bucket/prefix/path' -> ('bucket', 'prefix/path')."""
+    if not url.startswith("s3://"):
+        raise ConfigError(f"--storage {url!r}: Argo runs need an s3://bucket/prefix URL")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.match(bucket):
+        raise ConfigError(f"--storage {url!r}: {bucket!r} is not a valid bucket name")
+    if not prefix or not _PREFIX.match(prefix):
+        raise ConfigError(
+            f"--storage {url!r}: give a prefix inside the bucket, e.g. s3://{bucket}/runs "
+            "(letters, digits, . _ - and /)"
+        )
+    return bucket, prefix
+
+
+def pod_config_yaml(cfg: RunConfig) -> str:
+    """The config as the in-cluster stage step sees it: data generated in the pod."""
+    if cfg.data.synth is None:
+        raise ConfigError(
+            f"data.path {cfg.data.path}: staging inside the cluster only works for "
+            "generated data (data.synth); upload real data first with "
+            "`autolfads argo submit` or `autolfads stage CONFIG --storage URL`"
+        )
+    name = PurePosixPath(cfg.data.path.replace("\\", "/")).name or "data.h5"
+    data = cfg.data.model_copy(update={"path": f"{POD_DATA_DIR}/{name}"})
+    return cfg.model_copy(update={"data": data}).to_yaml()
+
+
+def _check_options(opts: RenderOptions) -> None:
+    positive = {
+        "--n-trainers": opts.n_trainers,
+        "--threads": opts.trainer_threads,
+        "--lease-timeout": opts.lease_timeout,
+        "--deadline-seconds": opts.deadline_seconds,
+        "--parallelism": opts.parallelism,
+    }
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
+    for flag, value in {
+        "--gpus": opts.trainer_gpus,
+        "--trainer-retries": opts.trainer_retries,
+        "--coordinator-retries": opts.coordinator_retries,
+    }.items():
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} {value}: must be 0 or more")
+    for flag, value in {"--cpu": opts.trainer_cpu, "--memory": opts.trainer_memory}.items():
+        if value is not None and not _QUANTITY.match(value):
+            raise ConfigError(f"{flag} {value!r}: not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    if not _NAMESPACE.match(opts.namespace):
+        raise ConfigError(f"--namespace {opts.namespace!r}: not a valid namespace name")
+
+
+def cuda_image(cpu_image: str) -> str:
+    """The CUDA trainer image next to a CPU one (same registry and tag)."""
+    if "-trainer-cpu" not in cpu_image:
+        raise ConfigError(f"cannot derive a CUDA image from {cpu_image!r}; pass --trainer-image")
+    return cpu_image.replace("-trainer-cpu", "-trainer-cuda")
+
+
+def workflow_parameters(
+    cfg: RunConfig, opts: RenderOptions, defaults: dict[str, str]
+) -> list[dict[str, str]]:
+    """The Workflow's arguments: always the run's identity, plus every option set."""
+    bucket, prefix = split_storage(opts.storage)
+    stage = opts.stage if opts.stage is not None else cfg.data.synth is not None
+    gpus = opts.trainer_gpus
+    trainer_image = opts.trainer_image
+    device = opts.trainer_device
+    if gpus and trainer_image is None:
+        trainer_image = cuda_image(defaults["trainer-image"])
+    if gpus and device is None:
+        device = "cuda"
+    values: dict[str, Any] = {
+        "run": cfg.name,
+        "s3-bucket": bucket,
+        "s3-prefix": prefix,
+        "s3-endpoint": opts.s3_endpoint,
+        "s3-region": opts.s3_region,
+        "s3-secret": opts.s3_secret,
+        "stage": "true" if stage else "false",
+        "config": pod_config_yaml(cfg) if stage else None,
+        "n-trainers": opts.n_trainers,
+        "coordinator-image": opts.coordinator_image,
+        "trainer-image": trainer_image,
+        "trainer-device": device,
+        "trainer-threads": opts.trainer_threads,
+        "trainer-cpu": opts.trainer_cpu,
+        "trainer-memory": opts.trainer_memory,
+        "trainer-gpus": gpus,
+        "trainer-retries": opts.trainer_retries,
+        "coordinator-retries": opts.coordinator_retries,
+        "lease-timeout": opts.lease_timeout,
+        "pod-deadline-seconds": opts.deadline_seconds,
+    }
+    unknown = sorted(set(values) - set(defaults))
+    assert not unknown, f"render sets parameters the template lacks: {unknown}"
+    return [{"name": k, "value": str(v)} for k, v in values.items() if v is not None]
+
+
+def render_workflow(cfg: RunConfig, opts: RenderOptions) -> dict[str, Any]:
+    """The Workflow object for `cfg`, validated as strictly as the deploy files."""
+    _check_options(opts)
+    template = load_workflow_template()
+    workflow = copy.deepcopy(load_workflow())
+    defaults = parameter_values(template["spec"]["arguments"]["parameters"])
+    meta = workflow.setdefault("metadata", {})
+    meta["namespace"] = opts.namespace
+    meta.setdefault("labels", {})["autolfads.io/run"] = cfg.name
+    if opts.name is not None:
+        meta.pop("generateName", None)
+        meta["name"] = opts.name
+    spec = workflow["spec"]
+    spec["arguments"] = {"parameters": workflow_parameters(cfg, opts, defaults)}
+    if opts.deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = opts.deadline_seconds
+    if opts.parallelism is not None:
+        spec["parallelism"] = opts.parallelism
+    if opts.pod_gc is not None:
+        spec["podGC"] = {**template["spec"].get("podGC", {}), "strategy": opts.pod_gc}
+    if opts.inline:
+        workflow = resolve_workflow(workflow, template)
+    name = template["metadata"]["name"]
+    problems = validate_object(workflow, templates={name: template})
+    if problems:
+        raise ManifestError(f"rendered Workflow is invalid: {problems[0]}")
+    return workflow

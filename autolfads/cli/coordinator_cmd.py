@@ -1,0 +1,62 @@
+"""`autolfads coordinator`: serve one PBT search over gRPC until it ends.
+
+Exit codes: 0 when the search finished or was cancelled; 143 when stopped by
+SIGTERM before that (the state is persisted: run the same command to resume);
+1 when the search failed (e.g. every member diverged).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "coordinator",
+        help="serve a PBT search (gRPC) for trainer workers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--storage", required=True, help="store URL, e.g. s3://bucket/runs or file:///dir"
+    )
+    p.add_argument("--run", required=True, help="run name (the config's name:)")
+    p.add_argument(
+        "--config", type=Path, help="config YAML (default: <run>/config.yaml in storage)"
+    )
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN}; 0.0.0.0:50051 in containers)",
+    )
+    p.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a lease without heartbeats for this long is re-queued (default 300)",
+    )
+    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolfads.config import load_config
+    from autolfads.coordinator.server import serve
+    from autolfads.coordinator.service import CoordinatorService
+    from autolfads.coordinator.staging import load_run
+    from autolfads.errors import ConfigError
+    from autolfads.storage import open_store
+
+    if args.lease_timeout <= 0:
+        raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
+    store = open_store(args.storage)
+    given = load_config(args.config) if args.config is not None else None
+    cfg, data_key, data_sha = load_run(store, args.run, given)
+    service = CoordinatorService.open_search(
+        cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
+    )
+    return serve(service, args.listen, port_file=args.port_file)

@@ -1,0 +1,132 @@
+"""`autolfads run CONFIG.yaml`: the whole PBT search on this machine.
+
+Starts the coordinator and N trainer workers, runs the search to the end,
+posterior-samples and evaluates the best model, builds the report, and prints
+where everything is. Storage defaults to ./runs/<name>/; `--storage s3://...`
+uses MinIO/S3 (credentials from the environment, see docs/storage.md).
+Ctrl-C stops cleanly; run again with --resume to carry on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_STORAGE = "./runs"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a whole PBT search locally (coordinator + workers), then evaluate and report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", type=Path, metavar="CONFIG.yaml")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="store URL (default ./runs)")
+    p.add_argument("--workers", type=int, help="trainer processes (default: GPUs, else cores/2)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores/workers)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="carry on an existing run")
+    group.add_argument(
+        "--force", action="store_true", help="delete an existing run and start again"
+    )
+    p.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "plain", "jsonl", "quiet"],
+        help="progress display on stderr (default: a live line on a terminal)",
+    )
+    p.add_argument(
+        "--lease-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="re-queue a member whose worker is silent this long (default 60)",
+    )  # fmt: skip
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="coordinator address (default: a free loopback port)",
+    )
+    p.add_argument("--log-dir", type=Path, help="worker logs (default: a temporary folder)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace):
+    from autolfads.errors import ConfigError
+    from autolfads.launcher import LaunchOptions, default_workers
+
+    workers, threads = default_workers()
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        workers = args.workers
+        threads = max(1, (threads * default_workers()[0]) // workers)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        threads = args.threads
+    if not args.lease_timeout > 0:
+        raise ConfigError(f"--lease-timeout must be > 0 seconds, got {args.lease_timeout}")
+    return LaunchOptions(
+        storage_url=args.storage,
+        workers=workers,
+        threads_per_worker=threads,
+        device=args.device,
+        resume=args.resume,
+        force=args.force,
+        lease_timeout_s=args.lease_timeout,
+        listen=args.listen,
+        log_dir=args.log_dir,
+    )
+
+
+def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) -> None:
+    names = ["co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2", "bps", "valid_recon_smth"]
+    print(f"\nbest member {doc['member']} (generation {doc['generation']}), validation split:")
+    for name in names:
+        if doc.get(name) is not None:
+            print(f"  {name:<17} {doc[name]:.4f}")
+    print(f"\nrun:     {store.location(run_name)}")
+    print(f"best:    {store.location(run_name + '/best/')}")
+    if report_keys:
+        print(f"report:  {store.location(report_keys['index.html'])}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolfads.config import load_config
+    from autolfads.launcher import SearchFailed, run_search
+    from autolfads.progress import ProgressPrinter
+    from autolfads.storage import open_store
+    from autolfads.trainer.datafile import load_config_data
+
+    opts = _options(args)
+    cfg = load_config(args.config)
+    data_path, _ = load_config_data(cfg)  # bad data fails here, before a run exists
+    store = open_store(opts.storage_url)
+    printer = ProgressPrinter(mode=args.progress)
+    try:
+        status = run_search(cfg, store, data_path, opts, printer)
+    except KeyboardInterrupt:
+        print(
+            f"\nautolfads: interrupted; state saved. Resume with: autolfads run {args.config} "
+            "--resume"
+            + ("" if opts.storage_url == DEFAULT_STORAGE else f" --storage {opts.storage_url}"),
+            file=sys.stderr,
+        )
+        return 130
+    if status != "finished":
+        raise SearchFailed(
+            f"search ended {status}; see `autolfads status {store.location(cfg.name)}`"
+        )
+    from autolfads.trainer.finalize import finalize_run
+
+    doc = finalize_run(store, cfg.name, device=opts.device)
+    keys = None
+    if not args.no_report:
+        from autolfads.report.build import build_report
+
+        keys = build_report(store, cfg.name)
+    _print_results(store, cfg.name, doc, keys)
+    return 0

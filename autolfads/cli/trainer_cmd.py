@@ -1,0 +1,79 @@
+"""`autolfads trainer`: a stateless PBT worker (lease, train, report, repeat).
+
+Exit codes: 0 when the coordinator says the search is done; 143 after
+SIGTERM (current leases handed back); 3 when the coordinator stayed
+unreachable for the whole bounded wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "trainer",
+        help="run a PBT trainer worker against a coordinator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="coordinator address")
+    p.add_argument(
+        "--storage", required=True, help="store URL, e.g. s3://bucket/runs or file:///dir"
+    )
+    p.add_argument(
+        "--max-leases",
+        type=int,
+        default=1,
+        metavar="N",
+        help="members trained at once by this process (default 1)",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, help="data cache (default $AUTOLFADS_CACHE_DIR or ~/.cache)"
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: usable CPUs, max 8)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--worker-id", help="name in the coordinator's status (default host-pid)")
+    p.add_argument(
+        "--unavailable-wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to keep retrying an unreachable coordinator (default 300)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import threading
+
+    from autolfads.coordinator.client import CoordinatorClient
+    from autolfads.errors import ConfigError
+    from autolfads.storage import default_cache_dir, open_store
+    from autolfads.trainer.worker import Worker, configure_torch, default_threads, install_sigterm
+
+    if args.max_leases < 1:
+        raise ConfigError(f"--max-leases {args.max_leases} must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1")
+    stop = threading.Event()
+    install_sigterm(stop)
+    configure_torch(args.threads or default_threads())
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    store = open_store(args.storage)
+    with CoordinatorClient(args.coordinator, unavailable_wait_s=args.unavailable_wait) as client:
+        worker = Worker(
+            client,
+            store,
+            worker_id,
+            cache_dir=args.cache_dir or default_cache_dir(),
+            max_leases=args.max_leases,
+            device=args.device,
+            stop=stop,
+        )
+        return worker.run()

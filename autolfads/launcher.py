@@ -1,0 +1,232 @@
+"""`autolfads run`: the whole search on one machine.
+
+The coordinator runs in this process (gRPC on a loopback port); N trainer
+workers run as child processes with exactly the command a container runs
+(`autolfads trainer --coordinator ... --storage ...`). When the search ends,
+the best member is posterior-sampled and evaluated (`best/`) and the report
+is built. Ctrl-C stops workers and coordinator cleanly with the state
+persisted; running the same command with `--resume` carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from autolfads.config import RunConfig
+from autolfads.coordinator.server import create_server, graceful_stop
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.staging import stage_run
+from autolfads.errors import AutolfadsError
+from autolfads.progress import ProgressPrinter, snapshot
+from autolfads.storage import RunLayout, Store
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS_PER_WORKER = 3
+WORKER_EXIT_GRACE_S = 30.0
+
+
+class RunExists(AutolfadsError):
+    """A run of that name is already in storage."""
+
+
+class SearchFailed(AutolfadsError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    storage_url: str
+    workers: int
+    threads_per_worker: int
+    device: str = "auto"
+    resume: bool = False
+    force: bool = False
+    lease_timeout_s: float = 60.0
+    listen: str = "127.0.0.1:0"
+    log_dir: Path | None = None
+
+
+def check_listen_address(listen: str) -> None:
+    """Fail before anything is staged if the coordinator cannot bind `listen`."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise AutolfadsError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, int(port)))
+        except OSError as err:
+            raise AutolfadsError(f"cannot listen on {listen}: {err.strerror or err}") from None
+
+
+def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptions) -> RunLayout:
+    """Refuse, wipe or resume an existing run; then stage config and data."""
+    layout = RunLayout(cfg.name)
+    existing = [info.key for info in store.list(f"{layout.run}/")]
+    if existing and not (opts.resume or opts.force):
+        raise RunExists(
+            f"run {cfg.name!r} already exists in {store.url}; pass --resume to carry on, "
+            "--force to delete it and start again, or change `name:` in the config"
+        )
+    if existing and opts.force:
+        log.warning("--force: deleting %d objects of run %s", len(existing), cfg.name)
+        for key in existing:
+            store.delete(key)
+    return stage_run(store, cfg, data_path)
+
+
+class WorkerPool:
+    """Trainer child processes, restarted (boundedly) if one dies mid-search."""
+
+    def __init__(self, command: Callable[[int], list[str]], count: int, log_dir: Path) -> None:
+        self._command = command
+        self._log_dir = log_dir
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._restarts = dict.fromkeys(range(count), 0)
+        for slot in range(count):
+            self._start(slot)
+
+    def log_path(self, slot: int) -> Path:
+        return self._log_dir / f"worker-{slot}.log"
+
+    def _start(self, slot: int) -> None:
+        with self.log_path(slot).open("ab") as out:
+            # A session of their own: Ctrl-C reaches only this process, which
+            # then stops the workers with SIGTERM so they hand their leases back.
+            self._procs[slot] = subprocess.Popen(
+                self._command(slot),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def check(self, search_running: bool) -> None:
+        """Restart workers that died while the search still needs them."""
+        for slot, proc in list(self._procs.items()):
+            code = proc.poll()
+            if code is None or code == 0 or not search_running:
+                continue
+            if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
+                del self._procs[slot]
+                log.error("worker %d failed %d times; see %s", slot, code, self.log_path(slot))
+                continue
+            self._restarts[slot] += 1
+            log.warning("worker %d exited with %d; restarting", slot, code)
+            self._start(slot)
+        if search_running and not self._procs:
+            raise SearchFailed(f"every trainer worker failed; last log lines:\n{self.tail(0)}")
+
+    def tail(self, slot: int, lines: int = 15) -> str:
+        try:
+            text = self.log_path(slot).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = WORKER_EXIT_GRACE_S) -> None:
+        """SIGTERM (workers hand their leases back), then SIGKILL stragglers."""
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        self.wait(timeout_s)
+
+    def wait(self, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int], list[str]]:
+    def command(slot: int) -> list[str]:
+        return [
+            sys.executable, "-m", "autolfads", "trainer",
+            "--coordinator", f"127.0.0.1:{port}",
+            "--storage", opts.storage_url,
+            "--threads", str(opts.threads_per_worker),
+            "--device", opts.device,
+            "--worker-id", f"{run}-local-{slot}",
+            # If this process dies, orphaned workers give up within a minute.
+            "--unavailable-wait", "60",
+        ]  # fmt: skip
+
+    return command
+
+
+def run_search(
+    cfg: RunConfig, store: Store, data_path: Path, opts: LaunchOptions, printer: ProgressPrinter
+) -> str:
+    """Run the search to its end; return the final state (finished/cancelled/failed).
+
+    KeyboardInterrupt propagates after workers and server have stopped cleanly.
+    """
+    check_listen_address(opts.listen)
+    layout = prepare_run(store, cfg, data_path, opts)
+    data_key, data_sha = _staged_data(store, layout)
+    service = CoordinatorService.open_search(
+        cfg, store, data_key, data_sha, lease_timeout_s=opts.lease_timeout_s
+    )
+    if service.terminal:
+        return service.exit_status
+    from grpc_health.v1 import health
+
+    health_servicer = health.HealthServicer()
+    server, port = create_server(opts.listen, service, health_servicer=health_servicer)
+    log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix=f"autolfads-{cfg.name}-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log.info("worker logs in %s", log_dir)
+    start = time.monotonic()
+    pool = WorkerPool(_worker_command(opts, port, cfg.name), opts.workers, log_dir)
+    try:
+        while not service.terminal:
+            service.tick()
+            pool.check(search_running=True)
+            printer.show(snapshot(service.status(), time.monotonic() - start))
+            time.sleep(0.5)
+        printer.show(snapshot(service.status(), time.monotonic() - start))
+        # Workers learn DONE at their next request; give them a lease period.
+        pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
+    finally:
+        printer.close()
+        service.drain()
+        pool.stop()
+        graceful_stop(server, health_servicer, grace_s=2.0)
+    return service.exit_status
+
+
+def _staged_data(store: Store, layout: RunLayout) -> tuple[str, str]:
+    from autolfads.coordinator.staging import load_run
+
+    _, key, sha = load_run(store, layout.run)
+    return key, sha
+
+
+def default_workers() -> tuple[int, int]:
+    """(workers, threads per worker): one worker per GPU, else per 2 CPU cores."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover - the trainer extra is required anyway
+        gpus = 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if gpus:
+        return gpus, max(1, cpus // gpus)
+    workers = max(1, cpus // 2) if cpus > 2 else cpus
+    return workers, max(1, cpus // workers)

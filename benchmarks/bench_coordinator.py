@@ -1,0 +1,255 @@
+"""Coordinator capacity: how many simulated workers one coordinator serves.
+
+Starts a real coordinator process (`autolfads coordinator`, local-directory
+storage in a temp dir, a large population, 1-epoch segments) on loopback, and
+drives it with thousands of simulated workers (asyncio tasks on grpc.aio
+channels) that run the real protocol: RequestWork -> Heartbeat xH ->
+ReportResult with a fake metric, no training. Records throughput and p50/p99
+latency per RPC, the time each generation took, and where the coordinator
+spends its time.
+
+    python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
+
+Results go in benchmarks/README.md, section "Coordinator capacity".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
+from autolfads.coordinator.staging import stage_run
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+from autolfads.storage import LocalStore
+
+RUN = "bench"
+FAKE_SHA = "ab" * 32
+
+
+@dataclass
+class Recorder:
+    """Latency samples (seconds) and failures per RPC method."""
+
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: Counter[str] = field(default_factory=Counter)
+    replies: Counter[str] = field(default_factory=Counter)
+
+    async def call(self, method: str, rpc, request, timeout_s: float):
+        start = time.perf_counter()
+        try:
+            return await rpc(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            self.errors[f"{method}:{err.code().name}"] += 1
+            return None
+        finally:
+            self.latency[method].append(time.perf_counter() - start)
+
+
+def bench_config(population: int, generations: int) -> RunConfig:
+    # 1-epoch segments; the plateau rule never fires (patience > generations),
+    # so the search runs exactly `generations` generations.
+    return RunConfig(
+        name=RUN,
+        data=DataConfig(path="bench.h5"),
+        training=TrainingConfig(l2_increase_epochs=0, kl_increase_epochs=0),
+        pbt=PbtConfig(
+            population=population,
+            burn_in_epochs=1,
+            generation_epochs=1,
+            max_generations=generations,
+            stop_patience_generations=max(generations + 1, 2),
+        ),
+    )
+
+
+def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subprocess.Popen, int]:
+    store = LocalStore(root / "store")
+    data = root / "bench.h5"
+    data.write_bytes(os.urandom(1024))  # never opened by the coordinator
+    stage_run(store, cfg, data)
+    port_file = root / "port"
+    cmd = [
+        sys.executable, "-m", "autolfads", "coordinator",
+        "--storage", str(root / "store"), "--run", RUN,
+        "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--lease-timeout", "600",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"coordinator did not start; see {log_path}")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+def fake_metric(member: str, generation: int, hparams: dict[str, float]) -> float:
+    """Improves with generations and prefers lr_init near 1e-3 (deterministic)."""
+    rng = random.Random(f"{member}/{generation}")
+    return 1.0 / (1 + generation) + abs(np.log10(hparams["lr_init"] / 1e-3)) + rng.random() * 0.01
+
+
+async def worker(
+    worker_id: str,
+    stub: pb_grpc.CoordinatorStub,
+    rec: Recorder,
+    args: argparse.Namespace,
+    stop_at: float,
+) -> None:
+    while time.monotonic() < stop_at:
+        request = pb.RequestWorkRequest(
+            worker_id=worker_id, max_leases=1, request_id=uuid.uuid4().hex
+        )
+        reply = await rec.call("RequestWork", stub.RequestWork, request, args.rpc_timeout)
+        if reply is None:
+            await asyncio.sleep(1.0)
+            continue
+        action = pb.RequestWorkResponse.Action.Name(reply.action)
+        rec.replies[action] += 1
+        if reply.action == pb.RequestWorkResponse.DONE:
+            return
+        if reply.action == pb.RequestWorkResponse.WAIT:
+            # Jitter, as a real fleet would have, so WAITs do not come in waves.
+            await asyncio.sleep(reply.retry_after_s * random.uniform(0.5, 1.5))
+            continue
+        for lease in reply.leases:
+            await train_segment(worker_id, stub, rec, args, lease)
+
+
+async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
+    for epoch in range(args.heartbeats):
+        await asyncio.sleep(args.epoch_s * random.uniform(0.5, 1.5))
+        beat = pb.HeartbeatRequest(
+            lease_id=lease.lease_id, worker_id=worker_id, epochs_done=epoch + 1
+        )
+        reply = await rec.call("Heartbeat", stub.Heartbeat, beat, args.rpc_timeout)
+        if reply is not None and reply.action == pb.HeartbeatResponse.STOP:
+            return
+    hparams = dict(lease.hparams)
+    metric = fake_metric(lease.member, lease.generation, hparams)
+    report = pb.ReportResultRequest(
+        lease_id=lease.lease_id, worker_id=worker_id, member=lease.member,
+        generation=lease.generation, outcome=pb.ReportResultRequest.SUCCEEDED,
+        hparams=hparams, valid_recon_smth=metric, checkpoint_key=lease.checkpoint_key,
+        checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
+        epochs=[pb.EpochMetrics(epoch=0, values={"valid/recon_smth": metric})],
+    )  # fmt: skip
+    await rec.call("ReportResult", stub.ReportResult, report, args.rpc_timeout)
+
+
+async def watch_generations(stub, rec: Recorder, stop_at: float, marks: list) -> None:
+    """Poll GetStatus once a second (what `autolfads status --watch` costs) and
+    note when each generation opens."""
+    last = -1
+    while time.monotonic() < stop_at:
+        status = await rec.call("GetStatus", stub.GetStatus, pb.GetStatusRequest(), 60.0)
+        if status is not None:
+            if status.generation != last:
+                marks.append((time.monotonic(), status.generation))
+                last = status.generation
+            if status.state != pb.SEARCH_STATE_RUNNING:
+                marks.append((time.monotonic(), "end"))
+                return
+        await asyncio.sleep(1.0)
+
+
+async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, list]:
+    rec = Recorder()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(args.channels)]
+    stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
+    start = time.monotonic()
+    stop_at = start + args.time_limit
+    marks: list = [(start, "start")]
+    tasks = [
+        asyncio.create_task(worker(f"w{i:05d}", stubs[i % len(stubs)], rec, args, stop_at))
+        for i in range(args.workers)
+    ]
+    tasks.append(asyncio.create_task(watch_generations(stubs[0], rec, stop_at, marks)))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    for c in channels:
+        await c.close()
+    return rec, elapsed, marks
+
+
+def summarise(rec: Recorder, elapsed: float) -> dict[str, dict[str, float]]:
+    out = {}
+    for method, samples in sorted(rec.latency.items()):
+        ms = np.asarray(samples) * 1e3
+        out[method] = {
+            "calls": len(samples),
+            "per_s": len(samples) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()),
+        }
+    return out
+
+
+def state_size(root: Path) -> int:
+    path = root / "store" / RUN / "coordinator" / "state.json"
+    return path.stat().st_size if path.exists() else 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--population", type=int, default=1024, help="members (config max 1024)")
+    p.add_argument("--workers", type=int, default=2000, help="simulated workers")
+    p.add_argument("--generations", type=int, default=2)
+    p.add_argument("--heartbeats", type=int, default=2, help="heartbeats (epochs) per segment")
+    p.add_argument("--epoch-s", type=float, default=0.5, help="simulated seconds per epoch")
+    p.add_argument("--channels", type=int, default=32, help="gRPC connections the workers share")
+    p.add_argument("--rpc-timeout", type=float, default=60.0)
+    p.add_argument("--time-limit", type=float, default=300.0, help="stop the load after this")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+
+    cfg = bench_config(args.population, args.generations)
+    with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
+        root = Path(tmp)
+        proc, port = start_coordinator(root, cfg, root / "coordinator.log")
+        try:
+            rec, elapsed, marks = asyncio.run(drive(port, args))
+            size = state_size(root)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log_tail = (root / "coordinator.log").read_text()[-2000:]
+    result = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "population": args.population,
+        "workers": args.workers,
+        "generations_target": args.generations,
+        "elapsed_s": elapsed,
+        "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
+        "state_json_bytes": size,
+        "replies": dict(rec.replies),
+        "errors": dict(rec.errors),
+        "rpc": summarise(rec, elapsed),
+    }
+    print(json.dumps(result, indent=1))
+    if rec.errors:
+        print("coordinator log tail:\n" + log_tail, file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Domain messages of the coordinator protocol (plain frozen dataclasses).
+
+The service speaks these; `convert` turns them into protobuf messages and back,
+so the servicer stays thin and the client hands users typed objects rather
+than generated classes. Field meanings are documented in coordinator.proto.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+WorkAction = Literal["train", "wait", "done"]
+HeartbeatAction = Literal["continue", "stop"]
+StopReason = Literal["", "lease_expired", "lease_revoked", "search_cancelled", "search_finished"]
+Outcome = Literal["succeeded", "failed", "abandoned"]
+MemberPhase = Literal["queued", "training", "reported", "finished"]
+
+
+@dataclass(frozen=True)
+class CheckpointPoint:
+    """A start point: a checkpoint (key + sha256) or, if `key` is "", fresh init."""
+
+    key: str = ""
+    sha256: str = ""
+    member: str = ""
+    generation: int = 0
+    seed: int = 0
+
+    @property
+    def fresh(self) -> bool:
+        return not self.key
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A lease: train `member` for `epochs` epochs of `generation`."""
+
+    lease_id: str
+    member: str
+    generation: int
+    hparams: dict[str, float]
+    epochs: int
+    start: CheckpointPoint
+    fallbacks: tuple[CheckpointPoint, ...]
+    checkpoint_key: str
+    metrics_key: str
+    data_key: str
+    data_sha256: str
+    config_key: str
+    deadline: float  # seconds since the epoch, coordinator clock
+    heartbeat_interval_s: float
+    parent: str
+    run: str
+
+
+@dataclass(frozen=True)
+class WorkReply:
+    action: WorkAction
+    grants: tuple[Grant, ...] = ()
+    retry_after_s: float = 0.0
+    search_state: str = "running"
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    action: HeartbeatAction
+    reason: StopReason = ""
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentReport:
+    """A worker's result for one lease."""
+
+    lease_id: str
+    worker_id: str
+    member: str
+    generation: int
+    outcome: Outcome
+    hparams: dict[str, float] = field(default_factory=dict)
+    epochs: tuple[tuple[int, dict[str, float]], ...] = ()
+    valid_recon_smth: float = math.nan
+    checkpoint_key: str = ""
+    checkpoint_sha256: str = ""
+    checkpoint_size: int = 0
+    corrupt: tuple[CheckpointPoint, ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ReportAck:
+    accepted: bool
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class LineageStepView:
+    generation: int
+    member: str
+    checkpoint_key: str
+
+
+@dataclass(frozen=True)
+class MemberView:
+    member: str
+    generation: int
+    hparams: dict[str, float]
+    metric: float
+    parent: str
+    phase: MemberPhase
+    worker_id: str
+    checkpoint_key: str
+    lineage: tuple[LineageStepView, ...]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class BestView:
+    member: str
+    generation: int
+    metric: float
+    checkpoint_key: str
+    hparams: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StatusView:
+    run: str
+    state: str  # running / finished / cancelled / failed
+    mode: str
+    generation: int
+    population: int
+    members: tuple[MemberView, ...]
+    best: BestView | None
+    best_history: tuple[float, ...]
+    revision: int
+    max_generations: int
+    message: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.state != "running"

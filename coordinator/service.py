@@ -1,0 +1,487 @@
+"""The PBT coordinator service: leases, heartbeats, reports, generations.
+
+Transport-free: the gRPC servicer converts protobuf to the domain messages in
+`messages` and calls these methods; tests may call them directly. All state is
+one `SearchState` guarded by one lock; every change that matters runs inside
+`_transaction`, which persists the state to `<run>/coordinator/state.json`
+before the caller is answered and rolls the in-memory copy back if that write
+fails, so memory and storage never disagree.
+
+Determinism (sync mode): decisions depend only on the config, the seed and
+the reported results: never on arrival order, worker count or lease ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from autolfads.config import RunConfig
+from autolfads.coordinator import population as pop
+from autolfads.coordinator.clock import Clock, SystemClock
+from autolfads.coordinator.errors import (
+    InvalidRequest,
+    SearchFinished,
+    StaleLease,
+    UnknownLease,
+)
+from autolfads.coordinator.messages import (
+    CheckpointPoint,
+    Grant,
+    HeartbeatReply,
+    ReportAck,
+    SegmentReport,
+    StatusView,
+    WorkReply,
+)
+from autolfads.coordinator.progress import Progress
+from autolfads.coordinator.state import (
+    HistoryEntry,
+    LeaseRecord,
+    SearchState,
+    Segment,
+    SegmentResult,
+    StartPoint,
+    WorkerRequest,
+)
+from autolfads.coordinator.validation import check_report_shape, check_worker_id
+from autolfads.coordinator.views import status_view
+from autolfads.storage.base import Store
+from autolfads.storage.errors import ObjectNotFound
+from autolfads.storage.keys import RunLayout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_TIMEOUT_S = 300.0
+DEFAULT_MAX_LEASES = 16
+
+
+class CoordinatorService:
+    """One PBT search. Thread-safe; construct with `open_search`."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        store: Store,
+        state: SearchState,
+        *,
+        clock: Clock | None = None,
+        lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
+        max_leases_per_request: int = DEFAULT_MAX_LEASES,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        if lease_timeout_s <= 0 or not math.isfinite(lease_timeout_s):
+            raise InvalidRequest(f"lease timeout {lease_timeout_s} s must be a positive number")
+        self.cfg = cfg
+        self.store = store
+        self.layout = RunLayout(state.run)
+        self.clock = clock or SystemClock()
+        self.lease_timeout_s = float(lease_timeout_s)
+        self.max_leases_per_request = max_leases_per_request
+        self.retry_after_s = retry_after_s
+        self._state = state
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._draining = False
+        self._progress = Progress(cfg, store, self.layout)
+        # Which workers were seen, and which were told DONE (not persisted:
+        # only used to linger after the end until workers have heard of it).
+        self._last_seen: dict[str, float] = {}
+        self._told_done: set[str] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open_search(
+        cls, cfg: RunConfig, store: Store, data_key: str, data_sha256: str, **kwargs: Any
+    ) -> CoordinatorService:
+        """Resume the run's persisted state if there is one, else start a search."""
+        layout = RunLayout(cfg.name)
+        try:
+            raw = store.get_bytes(layout.state())
+        except ObjectNotFound:
+            raw = None
+        if raw is None:
+            state = SearchState(
+                run=cfg.name,
+                mode=cfg.pbt.mode,
+                data_key=data_key,
+                data_sha256=data_sha256,
+                config_key=layout.config(),
+                segments=pop.initial_segments(cfg),
+            )
+            service = cls(cfg, store, state, **kwargs)
+            with service._lock, service._transaction():
+                service._event("search_started", population=cfg.pbt.population)
+            return service
+        service = cls(cfg, store, SearchState.from_json(raw), **kwargs)
+        service._resume()
+        return service
+
+    def _resume(self) -> None:
+        """Give every active lease a fresh grace period (its worker may have
+        waited for us) and finish any transition a crash interrupted."""
+        with self._lock, self._transaction():
+            deadline = self.clock.now() + self.lease_timeout_s
+            for lease in self._active_leases():
+                lease.deadline = deadline
+            self._event("coordinator_resumed", generation=self._state.generation)
+            if self._state.mode == "sync" and not self._state.terminal:
+                self._progress.advance_sync(self._state)
+
+    def drain(self) -> None:
+        """Stop granting leases (SIGTERM); running leases may still report."""
+        with self._lock:
+            self._draining = True
+            self._changed.notify_all()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def terminal(self) -> bool:
+        with self._lock:
+            return self._state.terminal
+
+    @property
+    def exit_status(self) -> str:
+        with self._lock:
+            return self._state.status
+
+    def workers_not_told_done(self, window_s: float) -> set[str]:
+        """Workers seen in the last `window_s` s that have not yet heard DONE."""
+        with self._lock:
+            now = self.clock.now()
+            recent = {w for w, t in self._last_seen.items() if now - t <= window_s}
+            # After a restart, workers holding leases from before it count
+            # too (they may still be backing off); ones whose leases expired
+            # or were handed back are gone.
+            recent |= {
+                x.worker_id
+                for x in self._state.leases.values()
+                if now - x.granted_at <= window_s and x.status in ("active", "accepted", "revoked")
+            }
+            return recent - self._told_done
+
+    def snapshot(self) -> SearchState:
+        with self._lock:
+            return copy.deepcopy(self._state)
+
+    # ------------------------------------------------------------ protocol
+
+    def request_work(self, worker_id: str, max_leases: int, request_id: str = "") -> WorkReply:
+        check_worker_id(worker_id)
+        if not 1 <= max_leases <= self.max_leases_per_request:
+            raise InvalidRequest(
+                f"max_leases {max_leases} must be between 1 and {self.max_leases_per_request}"
+            )
+        if len(request_id) > 128:
+            raise InvalidRequest("request_id is longer than 128 characters")
+        with self._lock:
+            self._seen(worker_id)
+            self._sweep()
+            state = self._state
+            if state.terminal:
+                self._told_done.add(worker_id)
+                return WorkReply("done", search_state=state.status)
+            previous = state.requests.get(worker_id)
+            if request_id and previous is not None and previous.request_id == request_id:
+                return self._replay(previous)
+            queued = sorted(
+                (s for s in state.segments.values() if s.phase == "queued"),
+                key=lambda s: (s.generation, s.member),
+            )
+            if self._draining or not queued:
+                return WorkReply("wait", retry_after_s=self.retry_after_s)
+            with self._transaction():
+                leases = [self._grant(seg, worker_id) for seg in queued[:max_leases]]
+                state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
+            return WorkReply("train", tuple(self._grant_view(x) for x in leases))
+
+    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
+        check_worker_id(worker_id)
+        with self._lock:
+            self._seen(worker_id)
+            self._sweep()
+            lease = self._lease_of(lease_id, worker_id)
+            if lease.status == "active":
+                lease.deadline = self.clock.now() + self.lease_timeout_s
+                return HeartbeatReply("continue", deadline=lease.deadline)
+            return HeartbeatReply("stop", self._stop_reason(lease), lease.deadline)
+
+    def report(self, report: SegmentReport) -> ReportAck:
+        check_worker_id(report.worker_id)
+        check_report_shape(report)
+        with self._lock:
+            self._seen(report.worker_id)
+            self._sweep()
+            state = self._state
+            lease = self._lease_of(report.lease_id, report.worker_id)
+            if (lease.member, lease.generation) != (report.member, report.generation):
+                raise InvalidRequest(
+                    f"lease {lease.lease_id} is for member {lease.member} generation "
+                    f"{lease.generation}, not member {report.member} generation {report.generation}"
+                )
+            if lease.status == "accepted" or (
+                lease.status == "abandoned" and report.outcome == "abandoned"
+            ):
+                return ReportAck(accepted=True, duplicate=True)
+            if state.terminal:
+                raise SearchFinished(
+                    f"the search is {state.status}; report of {lease.lease_id} ignored"
+                )
+            if lease.status != "active":
+                raise StaleLease(
+                    f"lease {lease.lease_id} ({lease.member}, generation {lease.generation}) "
+                    f"is {lease.status}; its work was handed to another worker"
+                )
+            segment = state.segments[lease.member]
+            assert segment.lease_id == lease.lease_id, "active lease not on its segment"
+            if report.outcome == "abandoned":
+                with self._transaction():
+                    self._requeue(segment, lease, "abandoned", report.message)
+                # Workers hand leases back only when they stop: do not linger
+                # at the end of the search waiting to tell this one DONE.
+                self._last_seen.pop(report.worker_id, None)
+                return ReportAck(accepted=True)
+            self._check_against_segment(report, segment)
+            with self._transaction():
+                self._accept(report, segment, lease)
+            return ReportAck(accepted=True)
+
+    def status(self) -> StatusView:
+        with self._lock:
+            self._sweep()
+            return status_view(self._state, self.cfg)
+
+    def wait_for_change(self, revision: int, timeout_s: float) -> int:
+        """Block until the state revision exceeds `revision` (or timeout/drain)."""
+        with self._lock:
+            self._changed.wait_for(
+                lambda: self._state.revision > revision or self._state.terminal or self._draining,
+                timeout=timeout_s,
+            )
+            return self._state.revision
+
+    def cancel(self, reason: str = "") -> str:
+        with self._lock:
+            if not self._state.terminal:
+                with self._transaction():
+                    self._progress.finish(
+                        self._state, "cancelled", reason.strip()[:500] or "cancelled by an operator"
+                    )
+            return self._state.status
+
+    def tick(self) -> None:
+        """Expire overdue leases (the server calls this every second)."""
+        with self._lock:
+            self._sweep()
+
+    # ------------------------------------------------------------ internals
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Apply a change, persist it, and roll it back if anything fails.
+
+        The caller holds the lock. Side objects (generation records, member
+        histories) are written inside, before the state, and are pure
+        functions of the state: re-writing them after a crash is harmless.
+        """
+        before = copy.deepcopy(self._state)
+        try:
+            yield
+            self._state.revision += 1
+            self.store.put_bytes(
+                self.layout.state(), self._state.to_json().encode(), content_type="application/json"
+            )
+        except BaseException:
+            self._state = before
+            raise
+        self._changed.notify_all()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self._state.events.append({"time": self.clock.now(), "kind": kind, **fields})
+        log.info("%s %s", kind, fields)
+
+    def _seen(self, worker_id: str) -> None:
+        self._last_seen[worker_id] = self.clock.now()
+
+    def _active_leases(self) -> list[LeaseRecord]:
+        return [x for x in self._state.leases.values() if x.status == "active"]
+
+    def _sweep(self) -> None:
+        now = self.clock.now()
+        overdue = [x for x in self._active_leases() if x.deadline < now]
+        if overdue:
+            with self._transaction():
+                for lease in overdue:
+                    self._requeue(self._state.segments[lease.member], lease, "expired", "")
+
+    def _requeue(self, segment: Segment, lease: LeaseRecord, status: str, message: str) -> None:
+        """The unit goes back to the queue; it restarts from the same start point."""
+        lease.status = status  # type: ignore[assignment]
+        segment.phase = "queued"
+        segment.lease_id = ""
+        self._event(
+            f"lease_{status}",
+            lease_id=lease.lease_id,
+            member=lease.member,
+            generation=lease.generation,
+            worker_id=lease.worker_id,
+            **({"message": message[:300]} if message else {}),
+        )
+
+    def _grant(self, segment: Segment, worker_id: str) -> LeaseRecord:
+        now = self.clock.now()
+        lease = LeaseRecord(
+            lease_id=uuid.uuid4().hex,
+            member=segment.member,
+            generation=segment.generation,
+            worker_id=worker_id,
+            granted_at=now,
+            deadline=now + self.lease_timeout_s,
+        )
+        self._state.leases[lease.lease_id] = lease
+        segment.phase = "leased"
+        segment.lease_id = lease.lease_id
+        segment.attempts += 1
+        return lease
+
+    def _replay(self, previous: WorkerRequest) -> WorkReply:
+        leases = [self._state.leases[i] for i in previous.lease_ids]
+        live = tuple(self._grant_view(x) for x in leases if x.status == "active")
+        if not live:
+            return WorkReply("wait", retry_after_s=self.retry_after_s)
+        return WorkReply("train", live)
+
+    def _grant_view(self, lease: LeaseRecord) -> Grant:
+        seg = self._state.segments[lease.member]
+        return Grant(
+            lease_id=lease.lease_id,
+            member=seg.member,
+            generation=seg.generation,
+            hparams=dict(seg.hparams),
+            epochs=seg.epochs,
+            start=_point(seg.start),
+            fallbacks=tuple(_point(f) for f in seg.fallbacks),
+            checkpoint_key=self.layout.checkpoint(seg.member, seg.generation),
+            metrics_key=self.layout.member_metrics(seg.member, seg.generation),
+            data_key=self._state.data_key,
+            data_sha256=self._state.data_sha256,
+            config_key=self._state.config_key,
+            deadline=lease.deadline,
+            heartbeat_interval_s=self.lease_timeout_s / 4,
+            parent=seg.parent,
+            run=self._state.run,
+        )
+
+    def _lease_of(self, lease_id: str, worker_id: str) -> LeaseRecord:
+        lease = self._state.leases.get(lease_id)
+        if lease is None:
+            raise UnknownLease(f"unknown lease {lease_id[:64]!r}: this search never granted it")
+        if lease.worker_id != worker_id:
+            raise InvalidRequest(
+                f"lease {lease_id} belongs to worker {lease.worker_id!r}, not {worker_id!r}"
+            )
+        return lease
+
+    def _stop_reason(self, lease: LeaseRecord) -> str:
+        if self._state.status == "cancelled":
+            return "search_cancelled"
+        if self._state.terminal:
+            return "search_finished"
+        return "lease_expired" if lease.status == "expired" else "lease_revoked"
+
+    def _check_against_segment(self, report: SegmentReport, segment: Segment) -> None:
+        if report.hparams != segment.hparams:
+            raise InvalidRequest(
+                f"hyperparameters {report.hparams} differ from the lease's {segment.hparams}"
+            )
+        expected = self.layout.checkpoint(segment.member, segment.generation)
+        if report.outcome == "succeeded" and report.checkpoint_key != expected:
+            raise InvalidRequest(
+                f"checkpoint key {report.checkpoint_key!r} is not the lease's {expected!r}"
+            )
+        starts = [segment.start, *segment.fallbacks]
+        known = {s.checkpoint for s in starts if s.checkpoint}
+        for point in report.corrupt:
+            if point.key not in known:
+                raise InvalidRequest(
+                    f"corrupt checkpoint {point.key!r} is not a start point of the lease"
+                )
+        if report.outcome == "succeeded" and not _loaded_start(segment, report):
+            raise InvalidRequest(
+                "every start point is reported corrupt, yet the outcome is SUCCEEDED"
+            )
+
+    def _accept(self, report: SegmentReport, segment: Segment, lease: LeaseRecord) -> None:
+        state = self._state
+        succeeded = report.outcome == "succeeded"
+        started = _loaded_start(segment, report)
+        lease.status = "accepted"
+        for point in report.corrupt:
+            self._event(
+                "checkpoint_checksum_failed",
+                member=segment.member,
+                generation=segment.generation,
+                checkpoint=point.key,
+                fell_back_to=started.checkpoint if started else None,
+            )
+        segment.phase = "reported"
+        segment.lease_id = ""
+        segment.result = SegmentResult(
+            metric=report.valid_recon_smth if succeeded else math.nan,
+            checkpoint=report.checkpoint_key if succeeded else "",
+            sha256=report.checkpoint_sha256 if succeeded else "",
+            size=report.checkpoint_size,
+            lease_id=lease.lease_id,
+            worker_id=lease.worker_id,
+            outcome="succeeded" if succeeded else "failed",
+            started_from=started.checkpoint if started else "",
+        )
+        if not succeeded:
+            self._event(
+                "segment_failed",
+                member=segment.member,
+                generation=segment.generation,
+                message=report.message[:300],
+            )
+        start = started or StartPoint()
+        state.history.setdefault(segment.member, []).append(
+            HistoryEntry(
+                generation=segment.generation,
+                member=segment.member,
+                parent=start.member if start.checkpoint else segment.member,
+                start_checkpoint=start.checkpoint,
+                start_generation=start.generation,
+                hparams=dict(segment.hparams),
+                metric=segment.result.metric,
+                checkpoint=segment.result.checkpoint,
+                sha256=segment.result.sha256,
+                exploited=segment.exploited,
+            )
+        )
+        if state.mode == "sync":
+            self._progress.advance_sync(state)
+        else:
+            self._progress.advance_async(state, segment.member)
+
+
+def _loaded_start(segment: Segment, report: SegmentReport) -> StartPoint | None:
+    """The first start point not reported corrupt: the one the worker loaded."""
+    corrupt = {p.key for p in report.corrupt}
+    for point in [segment.start, *segment.fallbacks]:
+        if point.fresh or point.checkpoint not in corrupt:
+            return point
+    return None
+
+
+def _point(p: StartPoint) -> CheckpointPoint:
+    return CheckpointPoint(p.checkpoint, p.sha256, p.member, max(p.generation, 0), p.seed)

@@ -1,0 +1,59 @@
+"""Read-only views of the search state for status displays and clients."""
+
+from __future__ import annotations
+
+import math
+
+from autolfads.config import RunConfig
+from autolfads.coordinator.messages import BestView, LineageStepView, MemberView, StatusView
+from autolfads.coordinator.state import SearchState, Segment
+
+_PHASES = {"queued": "queued", "leased": "training", "reported": "reported", "finished": "finished"}
+
+
+def status_view(state: SearchState, cfg: RunConfig) -> StatusView:
+    members = tuple(_member_view(state, seg) for _, seg in sorted(state.segments.items()))
+    best = state.best
+    return StatusView(
+        run=state.run,
+        state=state.status,
+        mode=state.mode,
+        generation=state.generation,
+        population=len(state.segments),
+        members=members,
+        best=None
+        if best is None
+        else BestView(
+            best.member, best.generation, best.metric, best.checkpoint, dict(best.hparams)
+        ),
+        best_history=tuple(state.best_history),
+        revision=state.revision,
+        max_generations=cfg.pbt.max_generations,
+        message=state.message,
+    )
+
+
+def _member_view(state: SearchState, seg: Segment) -> MemberView:
+    history = state.history.get(seg.member, [])
+    latest = history[-1] if history else None
+    lease = state.leases.get(seg.lease_id) if seg.lease_id else None
+    lineage = (
+        tuple(
+            LineageStepView(e.generation, e.member, e.checkpoint)
+            for e in state.lineage(latest.member, latest.generation)
+        )
+        if latest is not None
+        else ()
+    )
+    return MemberView(
+        member=seg.member,
+        generation=seg.generation,
+        hparams=dict(seg.hparams),
+        metric=latest.metric if latest is not None else math.nan,
+        parent=seg.parent,
+        phase=_PHASES[seg.phase],  # type: ignore[arg-type]
+        worker_id=lease.worker_id if lease is not None else "",
+        checkpoint_key=latest.checkpoint if latest is not None else "",
+        lineage=lineage,
+        attempts=seg.attempts,
+    )

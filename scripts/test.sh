@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, then runs it.
+# This is the README's test command, and what CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# torch: the CPU build (a plain `torch` would pull a multi-GB CUDA build).
+# pyproject's range admits GPU builds; the CPU pin lives only here.
+"$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[trainer,report,argo,dev]"
+# Optional parity oracle for the NLB metrics; its pandas pin has no Python 3.11
+# wheel, so it is installed without dependencies (evaluation.py needs none of them).
+# Its wheel also installs a top-level `tests` package that could shadow ours: remove it.
+if "$PY" -m pip install -q --disable-pip-version-check --no-deps "nlb-tools==0.0.4"; then
+  "$PY" - <<'PYEOF'
+import shutil
+from importlib.metadata import distribution
+dist = distribution("nlb-tools")
+for f in dist.files or []:
+    if f.parts[0] == "tests":
+        shutil.rmtree(dist.locate_file("tests"), ignore_errors=True)
+        break
+PYEOF
+fi
+set +e
+"$PY" -m pytest "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: treat that as a failure to notice.
+if [ "$rc" -eq 5 ]; then
+  echo "no tests were collected" >&2
+  exit 1
+fi
+exit "$rc"

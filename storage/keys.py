@@ -1,0 +1,205 @@
+"""Validated object keys and the run layout users browse.
+
+Every key is built from validated pieces, so a member or run name such as
+`../x`, `/etc`, `a/b` or one with control characters is rejected with
+`InvalidKey` before it can name anything outside the run. The layout (see
+docs/storage.md) is the same in a MinIO bucket and in a local directory:
+
+    <run>/config.yaml
+    <run>/data/<sha256>.h5
+    <run>/members/<member>/gen-0007/checkpoint.pt   (+ metrics.json)
+    <run>/members/<member>/history.jsonl
+    <run>/generations/gen-0007.json
+    <run>/coordinator/state.json
+    <run>/best/...                                   (checkpoint, output, report)
+"""
+
+from __future__ import annotations
+
+import re
+
+from autolfads.storage.errors import InvalidKey
+
+from autolfads.config import NAME_PATTERN
+
+# One key component: S3- and filesystem-safe, never "." or "..", never hidden
+# (the local backend keeps its sidecars and temp files in dot-names).
+_COMPONENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._=+@-]{0,254}$")
+_IDENTIFIER = re.compile(NAME_PATTERN)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GEN_DIR = re.compile(r"^gen-(\d{4,})$")
+# S3 limits keys to 1024 bytes; keep room for a store prefix.
+MAX_KEY_LEN = 900
+GENERATION_WIDTH = 4
+
+
+def _show(value: object) -> str:
+    """repr() cut short, so a hostile 1 MB name does not become a 1 MB error."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_identifier(kind: str, value: str) -> str:
+    """Check a run or member name; return it unchanged or raise InvalidKey.
+
+    Allowed: 1-64 letters, digits, '.', '_' or '-', starting with a letter or
+    digit (the same rule as `RunConfig.name`), e.g. "m007", "chaotic-rnn-demo".
+    """
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise InvalidKey(
+            f"invalid {kind} {_show(value)}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def validate_key(key: str, *, kind: str = "key") -> str:
+    """Check a '/'-separated relative object key; return it or raise InvalidKey."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"invalid {kind} {_show(key)}: must be a non-empty string")
+    if len(key) > MAX_KEY_LEN:
+        raise InvalidKey(f"invalid {kind} {_show(key)}: longer than {MAX_KEY_LEN} characters")
+    if key.startswith("/"):
+        raise InvalidKey(f"invalid {kind} {_show(key)}: must be relative, not start with '/'")
+    for part in key.split("/"):
+        if not _COMPONENT.fullmatch(part):
+            raise InvalidKey(
+                f"invalid {kind} {_show(key)}: component {_show(part)} must be 1-255 of "
+                "letters, digits and ._=+@- and must not start with '.'"
+            )
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Check a listing prefix: "" or a key, optionally ending in '/'."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix, kind="prefix")
+    return prefix
+
+
+def validate_sha256(value: str) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise InvalidKey(f"invalid SHA-256 {_show(value)}: expected 64 lowercase hex digits")
+    return value
+
+
+def validate_generation(generation: int) -> int:
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise InvalidKey(f"invalid generation {_show(generation)}: expected an integer >= 0")
+    return generation
+
+
+def generation_dir(generation: int) -> str:
+    """'gen-0007': zero-padded so the console lists generations in order."""
+    return f"gen-{validate_generation(generation):0{GENERATION_WIDTH}d}"
+
+
+def parse_generation_dir(name: str) -> int | None:
+    match = _GEN_DIR.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+class RunLayout:
+    """Keys of one run. All methods return keys relative to the store root."""
+
+    CHECKPOINT = "checkpoint.pt"
+    METRICS = "metrics.json"
+
+    def __init__(self, run: str) -> None:
+        self.run = validate_identifier("run name", run)
+
+    def __repr__(self) -> str:
+        return f"RunLayout({self.run!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunLayout) and other.run == self.run
+
+    def __hash__(self) -> int:
+        return hash(self.run)
+
+    def prefix(self) -> str:
+        """'<run>/': everything of the run lies under it."""
+        return f"{self.run}/"
+
+    def config(self) -> str:
+        return f"{self.run}/config.yaml"
+
+    def data(self, sha256: str, suffix: str = ".h5") -> str:
+        """Content-addressed data file: the same bytes always have the same key."""
+        if suffix and not re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix):
+            raise InvalidKey(f"invalid data suffix {_show(suffix)}: expected e.g. '.h5'")
+        return f"{self.run}/data/{validate_sha256(sha256)}{suffix}"
+
+    def members_prefix(self) -> str:
+        return f"{self.run}/members/"
+
+    def member_dir(self, member: str) -> str:
+        """'<run>/members/<member>/' (a prefix for `Store.list`)."""
+        return f"{self.members_prefix()}{validate_identifier('member id', member)}/"
+
+    def generation_prefix(self, member: str, generation: int) -> str:
+        """'<run>/members/<member>/gen-0007/'."""
+        return f"{self.member_dir(member)}{generation_dir(generation)}/"
+
+    def member_file(self, member: str, generation: int, name: str) -> str:
+        """Any per-generation file of a member, e.g. 'lfads_output.h5'."""
+        validate_key(name, kind="file name")
+        return f"{self.generation_prefix(member, generation)}{name}"
+
+    def checkpoint(self, member: str, generation: int) -> str:
+        return self.member_file(member, generation, self.CHECKPOINT)
+
+    def member_metrics(self, member: str, generation: int) -> str:
+        return self.member_file(member, generation, self.METRICS)
+
+    def history(self, member: str) -> str:
+        return f"{self.member_dir(member)}history.jsonl"
+
+    def generations_prefix(self) -> str:
+        return f"{self.run}/generations/"
+
+    def generation(self, generation: int) -> str:
+        """Generation record: ranking, who copied whom, new hyperparameters."""
+        return f"{self.generations_prefix()}{generation_dir(generation)}.json"
+
+    def state(self) -> str:
+        return f"{self.run}/coordinator/state.json"
+
+    def best_prefix(self) -> str:
+        return f"{self.run}/best/"
+
+    def best(self, name: str) -> str:
+        """E.g. best("checkpoint.pt"), best("report/index.html")."""
+        return f"{self.best_prefix()}{validate_key(name, kind='best file name')}"
+
+    def parse_checkpoint_key(self, key: str) -> tuple[str, int]:
+        """'<run>/members/m003/gen-0007/checkpoint.pt' -> ('m003', 7)."""
+        parsed = self.try_parse_checkpoint_key(key)
+        if parsed is None:
+            raise InvalidKey(
+                f"not a checkpoint key of run {self.run!r}: {_show(key)} "
+                f"(expected {self.run}/members/<member>/gen-NNNN/{self.CHECKPOINT})"
+            )
+        return parsed
+
+    def try_parse_checkpoint_key(self, key: str) -> tuple[str, int] | None:
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 5 or parts[0] != self.run or parts[1] != "members":
+            return None
+        member, gen, name = parts[2], parts[3], parts[4]
+        generation = parse_generation_dir(gen)
+        if name != self.CHECKPOINT or generation is None or not _IDENTIFIER.fullmatch(member):
+            return None
+        # Only the canonical spelling: 'gen-00007' is not generation 7's directory.
+        return (member, generation) if gen == generation_dir(generation) else None
+
+    def parse_generation_key(self, key: str) -> int:
+        """'<run>/generations/gen-0007.json' -> 7."""
+        prefix = self.generations_prefix()
+        if isinstance(key, str) and key.startswith(prefix) and key.endswith(".json"):
+            name = key[len(prefix) : -len(".json")]
+            generation = parse_generation_dir(name)
+            if generation is not None and name == generation_dir(generation):
+                return generation
+        raise InvalidKey(f"not a generation record key of run {self.run!r}: {_show(key)}")

@@ -1,0 +1,76 @@
+"""Test helpers: tiny PBT configs and a deterministic stand-in for training.
+
+`fake_train` plays a trainer without torch: it loads the start checkpoint from
+the real store (verifying its checksum, as the worker does), derives the new
+checkpoint bytes and metric from (start bytes, hyperparameters, epochs) only,
+publishes the checkpoint and returns the report. So results depend on what
+was trained, never on which worker or in which order: exactly the property
+the coordinator's determinism relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from autolfads.config import RunConfig, parse_config
+from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.storage import ChecksumMismatch, Store
+
+
+def tiny_config(**pbt: object) -> RunConfig:
+    settings = {
+        "population": 4,
+        "burn_in_epochs": 2,
+        "generation_epochs": 1,
+        "max_generations": 3,
+        "seed": 7,
+        **pbt,
+    }
+    return parse_config(
+        {
+            "name": "search",
+            "data": {"path": "unused.h5"},
+            "training": {"l2_increase_epochs": 1, "kl_increase_epochs": 1},
+            "pbt": settings,
+        }
+    )
+
+
+def _load(store: Store, point: CheckpointPoint) -> bytes:
+    if point.fresh:
+        return f"fresh-{point.seed}".encode()
+    return store.get_bytes(point.key, expected_sha256=point.sha256)
+
+
+def fake_train(
+    store: Store, grant: Grant, worker_id: str, metric: float | None = None
+) -> SegmentReport:
+    corrupt: list[CheckpointPoint] = []
+    start = b""
+    for point in (grant.start, *grant.fallbacks):
+        try:
+            start = _load(store, point)
+            break
+        except ChecksumMismatch:
+            corrupt.append(point)
+    hparams = json.dumps(grant.hparams, sort_keys=True).encode()
+    blob = hashlib.sha256(start + hparams + bytes([grant.epochs])).digest() * 4
+    if metric is None:
+        # Lower lr_init and a "lucky" checkpoint hash give a lower NLL.
+        metric = 1.0 + blob[0] / 2550.0 + grant.hparams["lr_init"]
+    info = store.put_bytes(grant.checkpoint_key, blob)
+    return SegmentReport(
+        lease_id=grant.lease_id,
+        worker_id=worker_id,
+        member=grant.member,
+        generation=grant.generation,
+        outcome="succeeded",
+        hparams=dict(grant.hparams),
+        epochs=tuple((e, {"valid_recon_smth": metric}) for e in range(grant.epochs)),
+        valid_recon_smth=metric,
+        checkpoint_key=grant.checkpoint_key,
+        checkpoint_sha256=info.sha256,
+        checkpoint_size=len(blob),
+        corrupt=tuple(corrupt),
+    )

@@ -1,0 +1,169 @@
+"""The containers of the Workflow run real `autolfads` commands, and `argo render` works.
+
+Each container's command + args, with `{{...}}` filled by sample values, must
+be accepted by the very parser the image's entrypoint uses, and mean what the
+workflow intends (e.g. the coordinator listens on the Service's target port).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autolfads.argo.manifests import load_workflow_template, substitute, templates_by_name
+from autolfads.argo.render import RenderOptions, render_workflow
+from autolfads.argo.semantics import sample_lookup
+from autolfads.cli import build_parser, main
+from autolfads.config import load_config
+
+CONTAINER_COMMANDS = {
+    "stage": "stage",
+    "coordinator": "coordinator",
+    "trainer": "trainer",
+    "finalize": "finalize",
+    "report": "report",
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return load_workflow_template()["spec"]
+
+
+def argv_of(spec: dict[str, Any], name: str) -> list[str]:
+    template = templates_by_name(spec)[name]
+    container = substitute(template["container"], sample_lookup(spec, template))
+    argv = [*container.get("command", []), *container["args"]]
+    unresolved = [a for a in argv if "{{" in a]
+    assert not unresolved, f"{name}: placeholders left after substitution: {unresolved}"
+    return argv
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    assert argv[0] == "autolfads", "containers must call the autolfads entrypoint"
+    return build_parser().parse_args(argv[1:])
+
+
+def test_every_container_template_is_covered(spec: dict[str, Any]) -> None:
+    containers = {t["name"] for t in spec["templates"] if "container" in t}
+    assert containers == set(CONTAINER_COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINER_COMMANDS))
+def test_container_args_are_accepted_by_the_cli(spec: dict[str, Any], name: str) -> None:
+    args = parse(argv_of(spec, name))
+    assert args.command == CONTAINER_COMMANDS[name]
+    assert callable(args.func)
+
+
+def test_coordinator_and_trainer_meet_at_the_service_port(spec: dict[str, Any]) -> None:
+    coordinator = parse(argv_of(spec, "coordinator"))
+    trainer = parse(argv_of(spec, "trainer"))
+    assert coordinator.listen == "0.0.0.0:50051"
+    assert trainer.coordinator == "autolfads-autolfads-x7k2p.autolfads.svc:50051"
+    assert coordinator.storage == trainer.storage == "s3://autolfads/runs"
+    assert coordinator.run == "autolfads"
+    assert trainer.device == "auto" and trainer.threads == 2
+    assert trainer.worker_id.startswith("autolfads-x7k2p-trainer")
+
+
+def test_final_steps_read_the_run_and_write_where_outputs_are_collected(
+    spec: dict[str, Any],
+) -> None:
+    finalize = parse(argv_of(spec, "finalize"))
+    report = parse(argv_of(spec, "report"))
+    outputs = templates_by_name(spec)["finalize"]["outputs"]["parameters"]
+    assert str(finalize.metrics_out) == outputs[0]["valueFrom"]["path"]
+    artifacts = templates_by_name(spec)["report"]["outputs"]["artifacts"]
+    assert str(report.out) == next(a["path"] for a in artifacts if a["name"] == "report")
+
+
+# -- autolfads argo render ------------------------------------------------------
+
+
+def write_config(tmp_path: Path, synth: bool = True) -> Path:
+    data = tmp_path / "data" / "tiny.h5"
+    synth_line = "  synth: {kind: chaotic-rnn, seed: 3}\n" if synth else ""
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        f"name: tiny-run\ndata:\n  path: {data}\n{synth_line}"
+        "training: {l2_increase_epochs: 2, kl_increase_epochs: 2}\n"
+        "pbt: {population: 2, generation_epochs: 1, burn_in_epochs: 2, max_generations: 2}\n"
+    )
+    return path
+
+
+def params_of(workflow: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+
+
+def test_render_prints_the_thin_workflow_for_a_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg_path = write_config(tmp_path)
+    code = main(["argo", "render", str(cfg_path), "--storage", "s3://lab-bucket/searches",
+                 "--n-trainers", "6", "--deadline-seconds", "3600"])  # fmt: skip
+    assert code == 0
+    workflow = yaml.safe_load(capsys.readouterr().out)
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": "autolfads-pbt"}
+    assert workflow["metadata"]["generateName"] == "autolfads-"
+    assert workflow["metadata"]["namespace"] == "autolfads"
+    assert workflow["spec"]["activeDeadlineSeconds"] == 3600
+    params = params_of(workflow)
+    assert params["run"] == "tiny-run"
+    assert (params["s3-bucket"], params["s3-prefix"]) == ("lab-bucket", "searches")
+    assert params["n-trainers"] == "6" and params["pod-deadline-seconds"] == "3600"
+    staged = yaml.safe_load(params["config"])
+    assert params["stage"] == "true"
+    assert staged["data"]["path"] == "/tmp/autolfads/data/tiny.h5"
+    assert (staged["data"]["synth"]["kind"], staged["data"]["synth"]["seed"]) == ("chaotic-rnn", 3)
+
+
+def test_render_gpus_selects_the_cuda_image_and_device(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, synth=False))
+    params = params_of(render_workflow(cfg, RenderOptions(trainer_gpus=1)))
+    assert params["trainer-image"].endswith("autolfads-trainer-cuda:0.1.0")
+    assert params["trainer-device"] == "cuda" and params["trainer-gpus"] == "1"
+    assert params["stage"] == "false" and "config" not in params
+
+
+def test_render_inline_is_self_contained(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path))
+    workflow = render_workflow(cfg, RenderOptions(inline=True, parallelism=5, name="wf-1"))
+    spec = workflow["spec"]
+    assert "workflowTemplateRef" not in spec and spec["entrypoint"] == "search"
+    assert spec["parallelism"] == 5 and workflow["metadata"]["name"] == "wf-1"
+    params = params_of(workflow)
+    assert params["run"] == "tiny-run" and params["n-trainers"] == "4"  # template default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--storage", "s3://bucket"], "give a prefix inside the bucket"),
+        (["--storage", "file:///tmp/x"], "Argo runs need an s3://bucket/prefix URL"),
+        (["--n-trainers", "0"], "--n-trainers 0: must be at least 1"),
+        (["--memory", "lots"], "--memory 'lots': not a Kubernetes quantity"),
+        (["--namespace", "Bad_NS"], "not a valid namespace name"),
+        (["--stage", "--storage", "s3://bk1/p"], "only works for generated data"),
+    ],
+)
+def test_render_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    cfg_path = write_config(tmp_path, synth="--stage" not in argv)
+    assert main(["argo", "render", str(cfg_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autolfads: error: ") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_validate_command_checks_the_packaged_manifests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["argo", "validate"]) == 0
+    assert "manifest file(s) valid" in capsys.readouterr().out

@@ -1,0 +1,235 @@
+"""The coordinator service without the network: leases, reports, generations,
+fault handling and resume, on a real local store with a manual clock."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+
+import pytest
+from coordinator_helpers import fake_train, tiny_config
+
+from autolfads.coordinator.clock import ManualClock
+from autolfads.coordinator.errors import InvalidRequest, SearchFinished, StaleLease, UnknownLease
+from autolfads.coordinator.messages import SegmentReport
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.state import SearchState
+from autolfads.storage import LocalStore, RunLayout
+
+DATA_KEY = "search/data/" + "ab" * 32 + ".h5"
+LAYOUT = RunLayout("search")
+
+
+def open_service(store, cfg=None, clock=None, **kw) -> CoordinatorService:
+    return CoordinatorService.open_search(
+        cfg or tiny_config(), store, DATA_KEY, "ab" * 32, clock=clock or ManualClock(), **kw
+    )
+
+
+def run_search(service, store, workers=1, max_leases=1, seed=0, stop_after=None) -> int:
+    """Drive the search with `workers` fake trainers reporting in random order."""
+    rng = random.Random(seed)
+    reports = 0
+    while True:
+        grants = []
+        for w in range(workers):
+            reply = service.request_work(f"w{w}", max_leases)
+            if reply.action == "done":
+                return reports
+            grants += [(f"w{w}", g) for g in reply.grants]
+        rng.shuffle(grants)
+        for worker, grant in grants:
+            service.report(fake_train(store, grant, worker))
+            reports += 1
+            if stop_after is not None and reports >= stop_after:
+                return reports
+
+
+def outcome(store) -> tuple:
+    """Everything a person reads from the bucket about the decisions."""
+    logs = []
+    for g in range(3):
+        doc = store.get_json(LAYOUT.generation(g))
+        logs.append((doc["ranking"], doc["copies"], doc["best_metric"]))
+    best = store.get_json(LAYOUT.best("search.json"))["best"]
+    return logs, best["member"], best["metric"], best["hparams"]
+
+
+def test_search_runs_all_generations_and_logs_consistent_lineage(local_store):
+    service = open_service(local_store)
+    assert run_search(service, local_store, workers=2) == 12  # 4 members x 3 generations
+    state = service.snapshot()
+    assert state.status == "finished" and "max_generations" in state.message
+    assert len(state.best_history) == 3
+    for g in range(3):
+        assert local_store.exists(LAYOUT.generation(g))
+    # Every step of the best member's lineage is a decision in the generation logs.
+    best = state.best
+    chain = state.lineage(best.member, best.generation)
+    assert [e.generation for e in chain] == [2, 1, 0]
+    for newer, older in zip(chain, chain[1:], strict=False):
+        log = local_store.get_json(LAYOUT.generation(older.generation))
+        decision = log["members"][newer.member]["next"]
+        assert decision["parent"] == older.member
+        assert decision["checkpoint"] == older.checkpoint
+        assert decision["new_hparams"] == newer.hparams
+    history = local_store.get_bytes(LAYOUT.history(best.member)).decode().splitlines()
+    assert [json.loads(line)["generation"] for line in history] == [0, 1, 2]
+
+
+def test_decisions_do_not_depend_on_worker_count_or_arrival_order(tmp_path):
+    results = []
+    for i, (workers, leases, seed) in enumerate([(1, 1, 0), (4, 1, 1), (2, 3, 2)]):
+        store = LocalStore(tmp_path / f"s{i}")
+        run_search(open_service(store), store, workers, leases, seed)
+        results.append(outcome(store))
+    assert results[0] == results[1] == results[2]
+
+
+def test_resume_after_crash_gives_the_undisturbed_result(tmp_path):
+    reference = LocalStore(tmp_path / "ref")
+    run_search(open_service(reference), reference)
+    store = LocalStore(tmp_path / "crash")
+    first = open_service(store)
+    run_search(first, store, workers=2, stop_after=6)  # mid generation 1
+    lease = first.request_work("w9", 1).grants[0]  # in flight during the "crash"
+    del first
+    clock = ManualClock()
+    resumed = open_service(store, clock=clock, lease_timeout_s=10)
+    state = resumed.snapshot()
+    assert state.generation == 1 and sum(map(len, state.history.values())) == 6
+    assert state.leases[lease.lease_id].status == "active"  # fresh grace period
+    assert resumed.heartbeat(lease.lease_id, "w9").action == "continue"
+    resumed.report(fake_train(store, lease, "w9"))  # the in-flight report still counts
+    run_search(resumed, store)
+    assert outcome(store) == outcome(reference)
+    assert all(len(h) == 3 for h in resumed.snapshot().history.values())
+
+
+def test_expired_lease_is_requeued_and_its_late_report_rejected(local_store):
+    clock = ManualClock()
+    service = open_service(local_store, clock=clock, lease_timeout_s=30)
+    lost = service.request_work("w0", 1).grants[0]
+    clock.advance(31)
+    retry = service.request_work("w1", 4).grants
+    assert lost.member in [g.member for g in retry]
+    again = next(g for g in retry if g.member == lost.member)
+    assert again.start == lost.start and again.hparams == lost.hparams
+    assert service.heartbeat(lost.lease_id, "w0").reason == "lease_expired"
+    before = service.snapshot().to_json()
+    with pytest.raises(StaleLease):
+        service.report(fake_train(local_store, lost, "w0"))
+    assert service.snapshot().to_json() == before
+    events = [e["kind"] for e in service.snapshot().events]
+    assert "lease_expired" in events
+
+
+def test_duplicate_report_is_acknowledged_once(local_store):
+    service = open_service(local_store)
+    grant = service.request_work("w0", 1).grants[0]
+    report = fake_train(local_store, grant, "w0")
+    assert service.report(report).duplicate is False
+    revision = service.snapshot().revision
+    ack = service.report(report)
+    assert ack.accepted and ack.duplicate
+    state = service.snapshot()
+    assert state.revision == revision and len(state.history[grant.member]) == 1
+
+
+def test_bad_requests_change_nothing(local_store):
+    service = open_service(local_store)
+    grant = service.request_work("w0", 1).grants[0]
+    good = fake_train(local_store, grant, "w0")
+    before = service.snapshot().to_json()
+    bad = [
+        (UnknownLease, replace(good, lease_id="f" * 32)),
+        (InvalidRequest, replace(good, generation=5)),
+        (InvalidRequest, replace(good, member="m003")),
+        (InvalidRequest, replace(good, worker_id="w1")),
+        (InvalidRequest, replace(good, hparams={**good.hparams, "lr_init": math.nan})),
+        (InvalidRequest, replace(good, hparams={**good.hparams, "bogus": 1.0})),
+        (InvalidRequest, replace(good, hparams={**good.hparams, "lr_init": 0.5})),
+        (InvalidRequest, replace(good, checkpoint_sha256="xyz")),
+        (InvalidRequest, replace(good, checkpoint_key="search/elsewhere.pt")),
+    ]
+    for error, report in bad:
+        with pytest.raises(error):
+            service.report(report)
+    with pytest.raises(InvalidRequest):
+        service.request_work("w0", 0)
+    with pytest.raises(InvalidRequest):
+        service.request_work("../etc", 1)
+    assert service.snapshot().to_json() == before
+    assert service.report(good).accepted
+
+
+def test_corrupt_checkpoint_falls_back_and_is_recorded(local_store):
+    service = open_service(local_store, tiny_config(population=2))
+    run_search(service, local_store, stop_after=4)  # generations 0 and 1 done
+    grants = service.request_work("w0", 2).grants
+    target = next(g for g in grants if g.fallbacks)
+    local_store.put_bytes(target.start.key, b"bit rot")  # replaced behind our back
+    report = fake_train(local_store, target, "w0")
+    assert [p.key for p in report.corrupt] == [target.start.key]
+    service.report(report)
+    event = next(e for e in service.snapshot().events if e["kind"] == "checkpoint_checksum_failed")
+    assert event["checkpoint"] == target.start.key
+    assert event["fell_back_to"] == target.fallbacks[0].key
+    entry = service.snapshot().entry(target.member, target.generation)
+    assert entry.start_checkpoint == target.fallbacks[0].key
+
+
+def test_cancel_stops_leases_and_workers(local_store):
+    service = open_service(local_store)
+    grant = service.request_work("w0", 1).grants[0]
+    assert service.cancel("operator said so") == "cancelled"
+    assert service.cancel() == "cancelled"  # idempotent
+    assert service.heartbeat(grant.lease_id, "w0").reason == "search_cancelled"
+    assert service.request_work("w1", 1).action == "done"
+    with pytest.raises(SearchFinished):
+        service.report(fake_train(local_store, grant, "w0"))
+    stored = SearchState.from_json(local_store.get_bytes(LAYOUT.state()))
+    assert stored.status == "cancelled" and stored.message == "operator said so"
+
+
+def test_abandoned_lease_is_requeued_at_once(local_store):
+    service = open_service(local_store)
+    grant = service.request_work("w0", 1).grants[0]
+    abandon = SegmentReport(grant.lease_id, "w0", grant.member, grant.generation, "abandoned")
+    assert service.report(abandon).accepted
+    assert service.report(abandon).duplicate
+    assert grant.member in [g.member for g in service.request_work("w1", 4).grants]
+
+
+def test_retried_request_gets_the_same_leases(local_store):
+    service = open_service(local_store)
+    first = service.request_work("w0", 2, request_id="r1")
+    again = service.request_work("w0", 2, request_id="r1")
+    assert [g.lease_id for g in again.grants] == [g.lease_id for g in first.grants]
+    assert len(service.request_work("w0", 2, request_id="r2").grants) == 2
+
+
+def test_all_members_diverged_fails_the_search(local_store):
+    service = open_service(local_store, tiny_config(population=2))
+    for grant in service.request_work("w0", 2).grants:
+        service.report(fake_train(local_store, grant, "w0", metric=math.nan))
+    state = service.snapshot()
+    assert state.status == "failed" and "diverged" in state.message
+
+
+def test_async_mode_finishes_every_member(local_store):
+    service = open_service(local_store, tiny_config(mode="async", max_generations=3))
+    assert run_search(service, local_store, workers=3, seed=3) == 12
+    state = service.snapshot()
+    assert state.status == "finished" and len(state.best_history) == 3
+    doc = local_store.get_json(LAYOUT.generation(1))
+    assert doc["mode"] == "async" and doc["complete"] and len(doc["members"]) == 4
+
+
+def test_plateau_stops_before_max_generations(local_store):
+    cfg = tiny_config(max_generations=20, stop_patience_generations=2, stop_improvement=1.0)
+    service = open_service(local_store, cfg)
+    assert run_search(service, local_store) == 8
+    assert "plateau" in service.snapshot().message

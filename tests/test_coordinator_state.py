@@ -1,0 +1,68 @@
+"""The persisted coordinator state: lossless JSON (NaN included), lineage,
+and a deterministic first generation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from coordinator_helpers import fake_train, tiny_config
+
+from autolfads.coordinator.errors import CoordinatorError
+from autolfads.coordinator.population import initial_segments
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.state import SearchState
+
+
+def _state_after_two_generations(store) -> SearchState:
+    service = CoordinatorService.open_search(
+        tiny_config(), store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
+    )
+    for _ in range(2):
+        grants = service.request_work("w0", 4).grants
+        for i, grant in enumerate(grants):
+            metric = math.nan if i == 3 else None  # one diverged member
+            service.report(fake_train(store, grant, "w0", metric=metric))
+    return service.snapshot()
+
+
+def test_round_trip_is_lossless_including_nan(local_store):
+    state = _state_after_two_generations(local_store)
+    text = state.to_json()
+    assert "NaN" not in text  # strict JSON
+    again = SearchState.from_json(text)
+    assert again.to_json() == text
+    assert any(math.isnan(h.metric) for hs in again.history.values() for h in hs)
+
+
+def test_lineage_follows_copies_back_to_fresh_init(local_store):
+    state = _state_after_two_generations(local_store)
+    for member in state.members:
+        chain = state.lineage(member, 1)
+        assert [e.generation for e in chain] == [1, 0]
+        assert chain[0].parent == chain[1].member
+        assert chain[1].start_checkpoint == ""  # generation 0 starts fresh
+
+
+def test_diverged_member_copies_a_finite_one(local_store):
+    state = _state_after_two_generations(local_store)
+    diverged = [h for hs in state.history.values() for h in hs if math.isnan(h.metric)]
+    assert diverged
+    for entry in diverged:
+        if entry.generation == 0:
+            assert entry.next_exploited and entry.next_parent != entry.member
+
+
+def test_initial_generation_is_a_function_of_the_seed():
+    first, again = initial_segments(tiny_config()), initial_segments(tiny_config())
+    other = initial_segments(tiny_config(seed=8))
+    assert [s.hparams for s in first.values()] == [s.hparams for s in again.values()]
+    assert [s.start.seed for s in first.values()] != [s.start.seed for s in other.values()]
+    assert len({s.start.seed for s in first.values()}) == 4
+    assert all(s.epochs == 2 and s.start.fresh for s in first.values())
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"format": 99}', '{"format": 1, "run": "x"}'])
+def test_unreadable_state_is_one_clear_error(text):
+    with pytest.raises(CoordinatorError, match="coordinator state is unreadable"):
+        SearchState.from_json(text)

@@ -1,0 +1,181 @@
+"""The coordinator over real gRPC on loopback: health, reflection, status
+codes for bad requests, status streaming and client retries."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+from coordinator_helpers import fake_train, tiny_config
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from autolfads.coordinator.client import CoordinatorClient
+from autolfads.coordinator.errors import (
+    CoordinatorUnavailable,
+    InvalidRequest,
+    SearchFinished,
+    StaleLease,
+    UnknownLease,
+)
+from autolfads.coordinator.interceptors import RpcMetrics
+from autolfads.coordinator.server import SERVICE_NAME, create_server, graceful_stop
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def service(local_store):
+    return CoordinatorService.open_search(
+        tiny_config(), local_store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
+    )
+
+
+@pytest.fixture
+def served(service):
+    metrics = RpcMetrics()
+    health_servicer = health.HealthServicer()
+    server, port = create_server(
+        "127.0.0.1:0", service, health_servicer=health_servicer, metrics=metrics
+    )
+    yield f"127.0.0.1:{port}", metrics, server, health_servicer
+    server.stop(0).wait()
+
+
+def test_health_and_reflection(served):
+    target, _, server, health_servicer = served
+    with grpc.insecure_channel(target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for name in ("", SERVICE_NAME):
+            reply = check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+        graceful_stop(server, health_servicer, grace_s=0.1)
+        assert health_servicer.Check(health_pb2.HealthCheckRequest(service=""), None).status == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+
+def test_bad_requests_get_status_codes_and_change_nothing(served, service, local_store):
+    target, metrics, _, _ = served
+    with CoordinatorClient(target, timeout_s=5) as client:
+        grant = client.request_work("w0", 1).grants[0]
+        good = fake_train(local_store, grant, "w0")
+        before = service.snapshot().to_json()
+        with grpc.insecure_channel(target) as channel:
+            raw = pb_grpc.CoordinatorStub(channel)
+            cases = {
+                grpc.StatusCode.NOT_FOUND: pb.ReportResultRequest(
+                    lease_id="nope", worker_id="w0", outcome=pb.ReportResultRequest.ABANDONED
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT: pb.ReportResultRequest(lease_id=grant.lease_id),
+            }
+            for code, request in cases.items():
+                with pytest.raises(grpc.RpcError) as err:
+                    raw.ReportResult(request, timeout=5)
+                assert err.value.code() == code
+        for error, report in [
+            (UnknownLease, replace(good, lease_id="0" * 32)),
+            (InvalidRequest, replace(good, generation=2)),
+            (InvalidRequest, replace(good, hparams={**good.hparams, "kl_ic_scale": float("inf")})),
+        ]:
+            with pytest.raises(error):
+                client.report(report)
+        with pytest.raises(InvalidRequest):
+            client.request_work("w0", 10_000)
+        assert service.snapshot().to_json() == before
+        assert client.report(good).accepted
+        assert client.report(good).duplicate
+    assert metrics.count("ReportResult", "NOT_FOUND") == 2
+    assert metrics.count("ReportResult", "OK") == 2
+
+
+def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
+    from autolfads.coordinator.clock import ManualClock
+
+    clock = ManualClock()
+    service = CoordinatorService.open_search(
+        tiny_config(),
+        local_store,
+        "search/data/" + "ab" * 32 + ".h5",
+        "ab" * 32,
+        clock=clock,
+        lease_timeout_s=5,
+    )
+    server, port = create_server("127.0.0.1:0", service)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5) as client:
+            stale, live = client.request_work("w0", 2).grants
+            clock.advance(6)
+            again = client.request_work("w1", 1).grants[0]
+            with pytest.raises(StaleLease):
+                client.report(fake_train(local_store, stale, "w0"))
+            assert client.cancel("test") == "cancelled"
+            with pytest.raises(SearchFinished):
+                client.report(fake_train(local_store, again, "w1"))
+            assert client.request_work("w2", 1).action == "done"
+            assert client.heartbeat(again.lease_id, "w1").reason == "search_cancelled"
+            assert live.lease_id != again.lease_id
+    finally:
+        server.stop(0).wait()
+
+
+def test_watch_streams_every_change_until_the_end(served, service, local_store):
+    target, _, _, _ = served
+    seen = []
+    with CoordinatorClient(target, timeout_s=5) as client:
+        watcher = threading.Thread(target=lambda: seen.extend(client.watch(timeout_s=30)))
+        watcher.start()
+        while not service.terminal:
+            reply = client.request_work("w0", 4)
+            for grant in reply.grants:
+                client.report(fake_train(local_store, grant, "w0"))
+        watcher.join(timeout=10)
+        final = client.status()
+    assert not watcher.is_alive()
+    assert seen[-1].state == "finished" == final.state
+    revisions = [s.revision for s in seen]
+    assert revisions == sorted(set(revisions)) and len(seen) >= 4
+    assert final.best is not None and final.best.metric == min(final.best_history)
+    best = next(m for m in final.members if m.member == final.best.member)
+    assert best.lineage[0].generation == 2 and len(best.lineage) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_client_rides_out_a_coordinator_that_comes_back(service):
+    port = _free_port()
+    started = []
+
+    def start_late() -> None:
+        time.sleep(1.5)
+        started.append(create_server(f"127.0.0.1:{port}", service)[0])
+
+    threading.Thread(target=start_late).start()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=2, unavailable_wait_s=20) as client:
+            assert client.status().state == "running"
+    finally:
+        for server in started:
+            server.stop(0).wait()
+
+
+def test_client_gives_up_after_the_bounded_wait():
+    with CoordinatorClient(f"127.0.0.1:{_free_port()}", timeout_s=0.5, unavailable_wait_s=1) as c:
+        start = time.monotonic()
+        with pytest.raises(CoordinatorUnavailable):
+            c.status()
+        assert time.monotonic() - start < 10

@@ -1,0 +1,51 @@
+"""The committed stubs are exactly what the pinned generator makes, and the
+declared runtime ranges never admit a runtime older than the gencode."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+STUB_DIR = Path("autolfads/pbt/v1")
+STUBS = ("coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py")
+
+
+def test_committed_stubs_are_fresh(tmp_path):
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/gen_protos.py"), "--out", str(tmp_path)], check=True
+    )
+    for name in STUBS:
+        fresh = (tmp_path / STUB_DIR / name).read_text()
+        committed = (REPO / "proto" / STUB_DIR / name).read_text()
+        assert fresh == committed, f"{name} is stale: run python scripts/gen_protos.py"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def _lower_bound(requirement: str) -> tuple[int, ...]:
+    match = re.search(r">=\s*([0-9.]+)", requirement)
+    assert match, f"{requirement!r} has no lower bound"
+    return _version(match.group(1))
+
+
+def test_runtime_pins_are_not_older_than_the_generator():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+    pb2 = (REPO / "proto" / STUB_DIR / "coordinator_pb2.py").read_text()
+    gencode_protobuf = _version(re.search(r"Protobuf Python Version: ([0-9.]+)", pb2).group(1))
+    grpc_py = (REPO / "proto" / STUB_DIR / "coordinator_pb2_grpc.py").read_text()
+    gencode_grpc = _version(re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_py).group(1))
+    assert _lower_bound(deps["protobuf"]) >= gencode_protobuf
+    for name in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
+        assert _lower_bound(deps[name]) >= gencode_grpc, name
+    generator = (REPO / "scripts/gen_protos.py").read_text()
+    pinned = re.search(r'GRPC_TOOLS_VERSION = "([0-9.]+)"', generator).group(1)
+    assert _version(pinned) == gencode_grpc
+    assert f"grpcio-tools=={pinned}" in project["optional-dependencies"]["dev"]

@@ -1,0 +1,245 @@
+"""`autolfads run` end to end: real coordinator, real trainer processes, real storage.
+
+One tiny search (examples/tiny_search.yaml) on local storage is shared by
+several tests; the others check that interruption + resume and S3 storage
+reach the very same best model, and that bad input fails with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "tiny_search.yaml"
+RUN = "tiny-search"
+METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    config: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+def make_workspace(root: Path) -> Workspace:
+    """The example config copied so its relative data path lands in `root`."""
+    (root / "cfg").mkdir(parents=True)
+    config = root / "cfg" / "tiny.yaml"
+    shutil.copy(EXAMPLE, config)
+    return Workspace(root, config)
+
+
+def autolfads(ws: Workspace, *args: str, timeout: float = 240, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "autolfads", *args],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def run_args(ws: Workspace, *extra: str) -> list[str]:
+    return ["run", str(ws.config), "--threads", "1", "--progress", "plain", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
+    ws = make_workspace(tmp_path_factory.mktemp("run"))
+    proc = autolfads(ws, *run_args(ws, "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+    return ws, {"metrics": metrics, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def test_run_layout_best_metrics_and_report(finished: tuple[Workspace, dict]) -> None:
+    ws, result = finished
+    run = ws.runs / RUN
+    assert (run / "config.yaml").is_file()
+    assert len(list((run / "data").glob("*.h5"))) == 1
+    visible = [p.name for p in (run / "generations").iterdir() if not p.name.startswith(".")]
+    assert sorted(visible) == [
+        "gen-0000.json",
+        "gen-0001.json",
+        "gen-0002.json",
+    ]
+    state = json.loads((run / "coordinator" / "state.json").read_text())
+    assert state["status"] == "finished"
+    members = sorted(p.name for p in (run / "members").iterdir())
+    assert members == ["m000", "m001", "m002", "m003"]
+    for member in members:
+        lines = (run / "members" / member / "history.jsonl").read_text().splitlines()
+        assert [json.loads(x)["generation"] for x in lines] == [0, 1, 2]
+
+    best = run / "best"
+    assert (best / "checkpoint.pt").stat().st_size > 0
+    assert len(list(best.glob("lfads_output_*.h5"))) == 1
+    metrics = result["metrics"]
+    for name in METRICS:
+        assert isinstance(metrics[name], float), name
+    # The table printed at the end shows the same numbers.
+    for name in METRICS:
+        assert f"{name:<17} {metrics[name]:.4f}" in result["stdout"]
+    assert str(best / "report" / "index.html") in result["stdout"]
+    # Progress lines went to stderr while the search ran.
+    assert "generation 3/3" in result["stderr"]
+
+    report = best / "report"
+    html = (report / "index.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for png in ("hparams.png", "metric.png", "lineage.png", "psth.png", "raster.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{png}"' in html
+
+
+def test_best_member_matches_generation_logs(finished: tuple[Workspace, dict]) -> None:
+    ws, result = finished
+    run = ws.runs / RUN
+    last = json.loads((run / "generations" / "gen-0002.json").read_text())
+    assert result["metrics"]["member"] == last["best_member"]
+    assert result["metrics"]["valid_recon_smth"] == pytest.approx(last["best_metric"])
+
+
+def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]) -> None:
+    ws, _ = finished
+    state = ws.runs / RUN / "coordinator" / "state.json"
+    before = state.read_bytes()
+    proc = autolfads(ws, *run_args(ws))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already exists" in lines[0] and "--resume" in lines[0]
+    assert state.read_bytes() == before
+
+
+def _generation(state_path: Path) -> int:
+    try:
+        return int(json.loads(state_path.read_text())["generation"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_interrupt_then_resume_reaches_the_same_best(
+    finished: tuple[Workspace, dict], tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autolfads", *run_args(ws, "--workers", "2")],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = ws.runs / RUN / "coordinator" / "state.json"
+    deadline = time.monotonic() + 120
+    while _generation(state) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    saved = json.loads(state.read_text())
+    assert saved["status"] == "running" and saved["generation"] >= 1
+    assert not (ws.runs / RUN / "best" / "metrics.json").exists()
+
+    resumed = autolfads(ws, *run_args(ws, "--workers", "2", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+    expected = finished[1]["metrics"]
+    assert metrics["member"] == expected["member"]
+    assert metrics["valid_recon_smth"] == expected["valid_recon_smth"]
+    assert metrics["co_bps"] == expected["co_bps"]
+
+
+def test_s3_storage_and_one_worker_reach_the_same_best(
+    finished: tuple[Workspace, dict], tmp_path: Path, s3_store_url: str, s3_server
+) -> None:
+    ws = make_workspace(tmp_path)
+    proc = autolfads(ws, *run_args(ws, "--workers", "1", "--storage", s3_store_url))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not ws.runs.exists()  # nothing went to local storage
+    bucket = s3_store_url.split("/")[2]
+    client = s3_server.raw_client()
+    keys = {o.object_name for o in client.list_objects(bucket, prefix="test/", recursive=True)}
+    assert f"test/{RUN}/best/metrics.json" in keys
+    assert f"test/{RUN}/best/report/index.html" in keys
+    metrics = json.loads(client.get_object(bucket, f"test/{RUN}/best/metrics.json").read())
+    expected = finished[1]["metrics"]
+    assert metrics["member"] == expected["member"]
+    assert metrics["valid_recon_smth"] == expected["valid_recon_smth"]
+    assert metrics["co_bps"] == expected["co_bps"]
+
+
+# ---- bad input: one line, non-zero exit, nothing created ------------------------
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("autolfads: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    ws.config.write_text(ws.config.read_text().replace("population: 4", "population: four"))
+    proc = autolfads(ws, *run_args(ws))
+    _one_line_error(proc, "pbt.population", "four")
+    assert not ws.runs.exists()
+
+
+def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    ws.config.write_text("name: nodata\ndata: {path: missing.h5}\n")
+    proc = autolfads(ws, *run_args(ws))
+    _one_line_error(proc, "missing.h5", "not found")
+    assert not ws.runs.exists()
+
+
+def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "AWS_ACCESS_KEY_ID": "someone",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-never-printed",
+        "AUTOLFADS_S3_MAX_ATTEMPTS": "2",
+        "AUTOLFADS_S3_BASE_DELAY_S": "0.01",
+        "AUTOLFADS_S3_CONNECT_TIMEOUT_S": "1",
+    }
+    url = f"s3://bucket/runs?endpoint=http://127.0.0.1:{port}"
+    proc = autolfads(ws, *run_args(ws, "--storage", url), env=env, timeout=60)
+    _one_line_error(proc, f"127.0.0.1:{port}")
+    assert "s3cr3t-never-printed" not in proc.stderr + proc.stdout
+
+
+def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = autolfads(ws, *run_args(ws, "--listen", f"127.0.0.1:{port}"))
+    _one_line_error(proc, f"127.0.0.1:{port}")
+    assert not (ws.runs / RUN).exists()

@@ -1,0 +1,231 @@
+"""TrainingSession: learning, determinism, exact resume, hyperparameter changes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from autolfads.trainer.session import CheckpointError, TrainingSession
+from autolfads.trainer.synth import make_chaotic_rnn
+
+from autolfads.config import parse_config
+from autolfads.errors import ConfigError
+
+torch.set_num_threads(1)
+
+TINY_MODEL = {
+    "gen_dim": 16,
+    "fac_dim": 4,
+    "ic_enc_dim": 8,
+    "ci_enc_dim": 4,
+    "con_dim": 4,
+    "co_dim": 1,
+    "ic_dim": 8,
+}
+
+
+def _cfg(model=None, **training):
+    train = {
+        "batch_size": 40,
+        "l2_increase_epochs": 2,
+        "kl_increase_epochs": 2,
+        "lr_init": 1e-2,
+        "weight_decay": 1e-3,
+        **training,
+    }
+    return parse_config(
+        {
+            "data": {"path": "unused.h5"},
+            "model": model or TINY_MODEL,
+            "training": train,
+            "pbt": {"burn_in_epochs": 3},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return make_chaotic_rnn(
+        seed=1, n_conditions=8, n_replications=10, n_neurons=12, n_heldout=3, n_bins=12, n_fp_bins=2
+    )
+
+
+def _params_equal(a: TrainingSession, b: TrainingSession) -> bool:
+    pa, pb = a.model.state_dict(), b.model.state_dict()
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def _strip_time(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+def test_training_beats_the_null_model_on_synthetic_data():
+    data = make_chaotic_rnn(
+        seed=0,
+        n_conditions=40,
+        n_replications=10,
+        n_neurons=30,
+        n_heldout=6,
+        n_bins=30,
+        n_fp_bins=4,
+        max_rate_hz=60.0,
+    )
+    model = {
+        "gen_dim": 32,
+        "fac_dim": 8,
+        "ic_enc_dim": 16,
+        "ci_enc_dim": 8,
+        "con_dim": 8,
+        "co_dim": 1,
+        "ic_dim": 16,
+    }
+    cfg = _cfg(model, l2_increase_epochs=0, kl_increase_epochs=0, dropout_rate=0.05)
+    session = TrainingSession.fresh(cfg, data, {}, seed=0)
+    history = [session.train_epoch() for _ in range(10)]
+    first, last = history[0], history[-1]
+    # bits/spike > 0 means a lower NLL than per-neuron mean rates (the null model).
+    assert first["valid_bps"] < 0.0 < 0.12 < last["valid_bps"]
+    assert last["valid_co_bps"] > 0.1 and last["valid_fp_bps"] > 0.1
+    assert last["valid_recon"] < 0.95 * first["valid_recon"]
+    assert session.epoch == 10 and last["epoch"] == 10
+    assert session.valid_recon_smth == last["valid_recon_smth"]
+
+
+def test_smoothed_validation_nll_and_ramps(tiny_data):
+    session = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=0)
+    assert math.isnan(session.valid_recon_smth)
+    m1, m2, m3 = (session.train_epoch() for _ in range(3))
+    assert m1["valid_recon_smth"] == m1["valid_recon"]
+    assert m2["valid_recon_smth"] == pytest.approx(
+        0.3 * m1["valid_recon_smth"] + 0.7 * m2["valid_recon"]
+    )
+    assert [m["kl_ramp"] for m in (m1, m2, m3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [m["l2_ramp"] for m in (m1, m2, m3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert session.optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-3)
+    expected = {
+        "epoch",
+        "train_loss",
+        "train_recon",
+        "valid_loss",
+        "valid_recon",
+        "valid_recon_smth",
+        "kl_ic",
+        "kl_co",
+        "l2",
+        "kl_ramp",
+        "l2_ramp",
+        "lr",
+        "valid_bps",
+        "valid_co_bps",
+        "valid_fp_bps",
+        "seconds",
+    }
+    assert expected <= set(m3)
+    assert all(math.isfinite(v) for v in m3.values())
+
+
+def test_same_seed_is_bitwise_identical_and_other_seed_differs(tiny_data):
+    a = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=3)
+    b = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=3)
+    c = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=4)
+    ma = [_strip_time(a.train_epoch()) for _ in range(2)]
+    mb = [_strip_time(b.train_epoch()) for _ in range(2)]
+    c.train_epoch()
+    assert ma == mb and _params_equal(a, b)
+    assert not _params_equal(a, c)
+
+
+def test_restored_session_continues_exactly_like_an_uninterrupted_one(tiny_data):
+    cfg = _cfg(sv_rate=0.2)
+    straight = TrainingSession.fresh(cfg, tiny_data, {}, seed=5)
+    for _ in range(2):
+        straight.train_epoch()
+    blob = straight.checkpoint()
+    restored = TrainingSession.from_checkpoint(cfg, tiny_data, blob)
+    assert restored.epoch == 2 and restored.valid_recon_smth == straight.valid_recon_smth
+    assert restored.hparams == straight.hparams
+    ahead = [_strip_time(straight.train_epoch()) for _ in range(2)]
+    resumed = [_strip_time(restored.train_epoch()) for _ in range(2)]
+    assert ahead == resumed
+    assert "valid_recon_sv" in resumed[0]
+    assert _params_equal(straight, restored)
+    sa, sb = straight.optimizer.state_dict()["state"], restored.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+
+def test_new_lr_reaches_every_param_group_after_restore(tiny_data):
+    session = TrainingSession.fresh(_cfg(), tiny_data, {"lr_init": 1e-2}, seed=0)
+    session.train_epoch()
+    blob = session.checkpoint()
+    kept = TrainingSession.from_checkpoint(_cfg(), tiny_data, blob)
+    assert all(g["lr"] == 1e-2 for g in kept.optimizer.param_groups)
+    new = TrainingSession.from_checkpoint(_cfg(), tiny_data, blob, {"lr_init": 3e-4})
+    assert new.hparams["lr_init"] == 3e-4
+    assert all(g["lr"] == 3e-4 for g in new.optimizer.param_groups)
+    assert new.train_epoch()["lr"] == 3e-4
+    assert all(g["lr"] == 3e-4 for g in new.optimizer.param_groups)
+
+
+def test_apply_hparams_changes_training_without_rebuilding(tiny_data):
+    base = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=0)
+    ids = [id(p) for p in base.model.parameters()]
+    model_id, opt_id = id(base.model), id(base.optimizer)
+    blob = base.checkpoint()
+    results = {}
+    changes = {
+        "dropout_rate": 0.5,
+        "cd_rate": 0.6,
+        "kl_ic_scale": 0.1,
+        "kl_co_scale": 0.1,
+        "l2_gen_scale": 10.0,
+        "l2_con_scale": 10.0,
+        "lr_init": 2e-3,
+    }
+    reference = TrainingSession.from_checkpoint(_cfg(), tiny_data, blob)
+    results["none"] = _strip_time(reference.train_epoch())
+    for name, value in changes.items():
+        session = TrainingSession.from_checkpoint(_cfg(), tiny_data, blob)
+        session.apply_hparams({name: value})
+        assert session.hparams[name] == value
+        results[name] = _strip_time(session.train_epoch())
+        assert results[name]["train_loss"] != results["none"]["train_loss"], name
+    base.apply_hparams(changes)
+    assert [id(p) for p in base.model.parameters()] == ids
+    assert (id(base.model), id(base.optimizer)) == (model_id, opt_id)
+    assert all(g["lr"] == 2e-3 for g in base.optimizer.param_groups)
+
+
+@pytest.mark.parametrize(
+    ("hparams", "fragment"),
+    [
+        ({"lr": 1e-3}, "unknown hyperparameter 'lr'"),
+        ({"lr_init": 0.0}, "lr_init"),
+        ({"dropout_rate": 1.0}, "dropout_rate"),
+        ({"cd_rate": -0.1}, "cd_rate"),
+        ({"kl_ic_scale": float("nan")}, "not a finite number"),
+        ({"l2_gen_scale": "x"}, "not a number"),
+    ],
+)
+def test_bad_hparams_are_refused_with_one_line(tiny_data, hparams, fragment):
+    session = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=0)
+    before = session.hparams
+    with pytest.raises(ConfigError, match=fragment) as err:
+        session.apply_hparams(hparams)
+    assert "\n" not in str(err.value) and session.hparams == before
+    with pytest.raises(ConfigError):
+        TrainingSession.fresh(_cfg(), tiny_data, hparams, seed=0)
+
+
+def test_checkpoint_for_other_model_or_data_is_refused(tiny_data):
+    blob = TrainingSession.fresh(_cfg(), tiny_data, {}, seed=0).checkpoint()
+    other_model = _cfg({**TINY_MODEL, "gen_dim": 17})
+    with pytest.raises(CheckpointError, match="model.gen_dim = 16 but the config says 17"):
+        TrainingSession.from_checkpoint(other_model, tiny_data, blob)
+    other_data = make_chaotic_rnn(
+        seed=1, n_conditions=8, n_replications=10, n_neurons=13, n_heldout=3, n_bins=12, n_fp_bins=2
+    )
+    with pytest.raises(CheckpointError, match="encod_data_dim = 9 but this data has 10"):
+        TrainingSession.from_checkpoint(_cfg(), other_data, blob)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        TrainingSession.from_checkpoint(_cfg(), tiny_data, b"garbage" + blob[:100])

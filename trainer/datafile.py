@@ -1,0 +1,32 @@
+"""The data file a config names, generated from `data.synth` if missing (numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autolfads.config import RunConfig
+from autolfads.errors import DataError
+from autolfads.trainer.data import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.synth import make_synthetic
+
+
+def ensure_data_file(cfg: RunConfig) -> Path:
+    """Path of the run's data; generate it first when `data.synth` says how."""
+    path = Path(cfg.data.path)
+    if path.exists():
+        return path
+    if cfg.data.synth is None:
+        raise DataError(
+            f"{path}: data file not found (set data.synth in the config to generate one)"
+        )
+    synth = cfg.data.synth
+    data = make_synthetic(synth.kind, seed=synth.seed, **synth.sizes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lfads_h5(data, path)  # atomic: a crash never leaves a partial file
+    return path
+
+
+def load_config_data(cfg: RunConfig) -> tuple[Path, LfadsData]:
+    """Ensure, load and validate the run's data (bad files fail here, before any run exists)."""
+    path = ensure_data_file(cfg)
+    return path, load_lfads_h5(path)

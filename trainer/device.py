@@ -1,0 +1,70 @@
+"""Device selection and random-number-generator state for reproducible training.
+
+All randomness of a training session (batch order, dropout, coordinated
+dropout, posterior noise) comes from one seeded `torch.Generator` on the
+session's device. The global RNGs (torch CPU/CUDA, numpy, python) are captured
+too, so that code outside the session that uses them also resumes exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from autolfads.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def capture_global_rng() -> dict[str, Any]:
+    """Global RNG states in types `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy": (
+            str(np_state[0]),
+            torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ),
+        "python": _python_state_to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = state.get("torch_cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _python_state_to_lists(state: tuple) -> tuple:
+    version, internal, gauss_next = state
+    return (int(version), list(internal), gauss_next)

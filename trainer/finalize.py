@@ -1,0 +1,125 @@
+"""Finish a search: posterior-sample and evaluate the best member into `<run>/best/`.
+
+    <run>/best/checkpoint.pt             the best member's last checkpoint
+    <run>/best/lfads_output_<stem>.h5    input data + posterior-averaged outputs
+    <run>/best/metrics.json              NLB metrics on the validation split
+
+Reads only the run layout (config, data, best/search.json, checkpoints), so it
+works on a run that was searched anywhere: locally, or on Argo with MinIO.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from autolfads.coordinator.staging import load_run
+from autolfads.errors import AutolfadsError
+from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
+from autolfads.trainer.data import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.metrics import evaluate
+from autolfads.trainer.posterior import posterior_sample
+from autolfads.trainer.session import TrainingSession
+
+log = logging.getLogger(__name__)
+
+
+class SearchNotFinished(AutolfadsError):
+    """The run has no best member yet."""
+
+
+@dataclass(frozen=True)
+class BestMember:
+    member: str
+    generation: int
+    metric: float
+    checkpoint: str
+
+
+def read_best_member(store: Store, layout: RunLayout) -> BestMember:
+    """The best member recorded by the coordinator in best/search.json."""
+    try:
+        doc = json.loads(store.get_bytes(layout.best("search.json")))
+    except ObjectNotFound:
+        raise SearchNotFinished(
+            f"run {layout.run!r} in {store.url} has no best member yet "
+            "(best/search.json is written when the search ends)"
+        ) from None
+    best = doc.get("best")
+    if not best:
+        raise SearchNotFinished(
+            f"run {layout.run!r} ended without a usable member: {doc.get('message', '')}"
+        )
+    metric = best.get("metric")
+    return BestMember(
+        member=str(best["member"]),
+        generation=int(best["generation"]),
+        metric=float("nan") if metric is None else float(metric),
+        checkpoint=str(best["checkpoint"]),
+    )
+
+
+def lfads_output_bytes(data: LfadsData, outputs: dict[str, np.ndarray]) -> bytes:
+    """One h5 holding the input datasets and the posterior outputs, as lfads-torch
+    users expect (their output file starts as a copy of the input)."""
+    buffer = io.BytesIO()
+    write_lfads_h5(data, buffer)
+    with h5py.File(buffer, "a") as f:
+        for key in sorted(outputs):
+            arr = np.asarray(outputs[key])
+            f.create_dataset(key, data=arr, compression="gzip" if arr.size > 4096 else None)
+    return buffer.getvalue()
+
+
+def output_name(data_key: str) -> str:
+    stem = Path(data_key).name.split(".", 1)[0][:12]
+    return f"lfads_output_{stem}.h5"
+
+
+def finalize_run(
+    store: Store,
+    run: str,
+    *,
+    device: str = "auto",
+    num_samples: int | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Sample and evaluate the best member; write best/; return metrics.json's content."""
+    layout = RunLayout(run)
+    cfg, data_key, data_sha = load_run(store, run)
+    best = read_best_member(store, layout)
+    cache = DataCache(store, cache_dir or default_cache_dir())
+    data = load_lfads_h5(cache.fetch(data_key, data_sha))
+    checkpoint = store.get_bytes(best.checkpoint)
+    session = TrainingSession.from_checkpoint(cfg, data, checkpoint, device=device)
+    samples = num_samples or cfg.training.posterior_samples
+    log.info("posterior sampling %s (%d samples)", best.checkpoint, samples)
+    outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
+    metrics = evaluate(data, outputs, split="valid")
+    doc: dict[str, Any] = {
+        "run": run,
+        "member": best.member,
+        "generation": best.generation,
+        "valid_recon_smth": best.metric if math.isfinite(best.metric) else None,
+        "checkpoint": layout.best("checkpoint.pt"),
+        "source_checkpoint": best.checkpoint,
+        "posterior_samples": samples,
+        "split": "valid",
+        **{k: float(v) for k, v in metrics.items()},
+    }
+    out_key = layout.best(output_name(data_key))
+    store.put_bytes(layout.best("checkpoint.pt"), checkpoint)
+    store.put_bytes(out_key, lfads_output_bytes(data, outputs), content_type="application/x-hdf5")
+    doc["lfads_output"] = out_key
+    text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    # metrics.json last: its presence means best/ is complete.
+    store.put_bytes(layout.best("metrics.json"), text.encode(), content_type="application/json")
+    return doc

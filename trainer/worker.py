@@ -1,0 +1,327 @@
+"""The stateless PBT trainer worker: `autolfads trainer --coordinator HOST:PORT`.
+
+The loop reads top to bottom:
+
+    ask for up to N leases            (WAIT: sleep retry_after; DONE: exit 0)
+    for each lease: fetch config + data (cached by content hash), load the
+        start checkpoint (verified SHA-256; a corrupt one falls back to the
+        next start point and is reported), apply the lease's hyperparameters
+    train every lease's `epochs` epochs, one epoch of each in turn,
+        heartbeating between epochs (STOP drops that lease)
+    publish checkpoint, then metrics.json, then report; repeat
+
+Nothing that matters survives a lease: a killed worker costs one lease
+timeout, after which the coordinator hands the unit to someone else.
+SIGTERM (pod eviction): the current leases are abandoned cleanly between
+epochs (reported as ABANDONED so they are re-queued at once) and the worker
+exits 143.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autolfads.config import RunConfig, loads_config
+from autolfads.coordinator.client import CoordinatorClient
+from autolfads.coordinator.errors import (
+    CoordinatorError,
+    SearchFinished,
+    StaleLease,
+    UnknownLease,
+)
+from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.errors import AutolfadsError
+from autolfads.storage import ChecksumMismatch, DataCache, ObjectNotFound, Store
+from autolfads.trainer.data import LfadsData, load_lfads_h5
+from autolfads.trainer.session import CheckpointError, TrainingSession
+
+log = logging.getLogger(__name__)
+
+EXIT_DONE = 0
+EXIT_TERMINATED = 143
+# A WAIT's retry_after is capped so a worker notices new work promptly.
+MAX_WAIT_S = 10.0
+
+
+@dataclass
+class Job:
+    """One lease in progress inside this worker."""
+
+    grant: Grant
+    session: TrainingSession | None = None
+    corrupt: list[CheckpointPoint] = field(default_factory=list)
+    epochs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    failure: str = ""
+    stopped: bool = False  # the coordinator told us to drop it
+
+    @property
+    def training(self) -> bool:
+        return not self.stopped and not self.failure and len(self.epochs) < self.grant.epochs
+
+
+class Worker:
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        store: Store,
+        worker_id: str,
+        *,
+        cache_dir: Path,
+        max_leases: int = 1,
+        device: str = "cpu",
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.worker_id = worker_id
+        self.max_leases = max_leases
+        self.device = device
+        self.stop = stop or threading.Event()
+        self._cache = DataCache(store, cache_dir)
+        # Caches, not state: configs by key, datasets by content hash.
+        self._configs: dict[str, RunConfig] = {}
+        self._datasets: dict[str, LfadsData] = {}
+
+    def run(self) -> int:
+        """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
+        while not self.stop.is_set():
+            reply = self.client.request_work(self.worker_id, self.max_leases)
+            if reply.action == "done":
+                log.info("search %s: nothing left to do", reply.search_state)
+                return EXIT_DONE
+            if reply.action == "wait":
+                self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
+                continue
+            self.train(list(reply.grants))
+        return EXIT_TERMINATED
+
+    # ------------------------------------------------------------ one round
+
+    def train(self, grants: list[Grant]) -> None:
+        jobs = [self._load(grant) for grant in grants]
+        # Loading (data download, first checkpoint) can take a while: tell
+        # the coordinator we are alive before the first epoch.
+        self._heartbeat(jobs)
+        last_beat = time.monotonic()
+        while any(job.training for job in jobs):
+            for job in jobs:
+                if job.training:
+                    self._train_epoch(job)
+            if self.stop.is_set():
+                self._abandon(jobs)
+                return
+            interval = min(job.grant.heartbeat_interval_s for job in jobs)
+            if time.monotonic() - last_beat >= interval or not any(j.training for j in jobs):
+                self._heartbeat(jobs)
+                last_beat = time.monotonic()
+        for job in jobs:
+            if not job.stopped:
+                self._finish(job)
+
+    def _train_epoch(self, job: Job) -> None:
+        assert job.session is not None
+        try:
+            metrics = job.session.train_epoch()
+        except AutolfadsError as err:
+            job.failure = f"training failed: {err}"
+            return
+        job.epochs.append((job.session.epoch, {k: float(v) for k, v in metrics.items()}))
+        log.debug(
+            "%s gen %d epoch %d: %s",
+            job.grant.member,
+            job.grant.generation,
+            job.session.epoch,
+            metrics.get("valid_recon_smth"),
+        )
+
+    def _heartbeat(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.stopped:
+                continue
+            try:
+                reply = self.client.heartbeat(job.grant.lease_id, self.worker_id, len(job.epochs))
+            except UnknownLease as err:
+                log.warning("dropping lease: %s", err)
+                job.stopped = True
+                continue
+            if reply.action == "stop":
+                log.info(
+                    "lease %s of %s stopped: %s", job.grant.lease_id, job.grant.member, reply.reason
+                )
+                job.stopped = True
+
+    # ------------------------------------------------------------ loading
+
+    def _load(self, grant: Grant) -> Job:
+        job = Job(grant)
+        try:
+            cfg = self._config(grant.config_key)
+            data = self._data(grant.data_key, grant.data_sha256)
+        except AutolfadsError as err:
+            job.failure = f"cannot load the run's config or data: {err}"
+            return job
+        for point in (grant.start, *grant.fallbacks):
+            try:
+                job.session = self._open(cfg, data, grant, point)
+                return job
+            except (ChecksumMismatch, ObjectNotFound, CheckpointError) as err:
+                # Never loaded silently: the next start point is tried and
+                # the coordinator records the event from the report.
+                log.warning("start point %s unusable (%s); falling back", point.key, err)
+                job.corrupt.append(point)
+            except AutolfadsError as err:
+                job.failure = f"cannot start the segment: {err}"
+                return job
+        job.failure = "every start point failed its checksum or could not be read"
+        return job
+
+    def _open(
+        self, cfg: RunConfig, data: LfadsData, grant: Grant, point: CheckpointPoint
+    ) -> TrainingSession:
+        if point.fresh:
+            return TrainingSession.fresh(cfg, data, grant.hparams, point.seed, self.device)
+        blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
+        return TrainingSession.from_checkpoint(cfg, data, blob, grant.hparams, self.device)
+
+    def _config(self, key: str) -> RunConfig:
+        if key not in self._configs:
+            text = self.store.get_bytes(key).decode("utf-8")
+            self._configs[key] = loads_config(text, source=key)
+        return self._configs[key]
+
+    def _data(self, key: str, sha256: str) -> LfadsData:
+        if sha256 not in self._datasets:
+            self._datasets[sha256] = load_lfads_h5(self._cache.fetch(key, sha256))
+        return self._datasets[sha256]
+
+    # ------------------------------------------------------------ publishing
+
+    def _finish(self, job: Job) -> None:
+        grant = job.grant
+        if job.failure:
+            log.error("%s generation %d failed: %s", grant.member, grant.generation, job.failure)
+            self._report(
+                job,
+                SegmentReport(
+                    grant.lease_id,
+                    self.worker_id,
+                    grant.member,
+                    grant.generation,
+                    "failed",
+                    hparams=grant.hparams,
+                    epochs=tuple(job.epochs),
+                    corrupt=tuple(job.corrupt),
+                    message=job.failure[:500],
+                ),
+            )
+            return
+        assert job.session is not None
+        blob = job.session.checkpoint()
+        info = self.store.put_bytes(grant.checkpoint_key, blob)
+        metric = float(job.session.valid_recon_smth)
+        self.store.put_bytes(
+            grant.metrics_key,
+            _metrics_doc(job, metric, info.sha256),
+            content_type="application/json",
+        )
+        self._report(
+            job,
+            SegmentReport(
+                grant.lease_id,
+                self.worker_id,
+                grant.member,
+                grant.generation,
+                "succeeded",
+                hparams=grant.hparams,
+                epochs=tuple(job.epochs),
+                valid_recon_smth=metric,
+                checkpoint_key=grant.checkpoint_key,
+                checkpoint_sha256=info.sha256,
+                checkpoint_size=len(blob),
+                corrupt=tuple(job.corrupt),
+            ),
+        )
+
+    def _report(self, job: Job, report: SegmentReport) -> None:
+        try:
+            ack = self.client.report(report)
+        except (StaleLease, UnknownLease, SearchFinished) as err:
+            # Someone else owns the unit now (or the search ended): drop it.
+            log.warning("report of %s not counted: %s", job.grant.member, err)
+            return
+        log.info(
+            "%s generation %d reported (metric %s%s)",
+            job.grant.member,
+            job.grant.generation,
+            report.valid_recon_smth,
+            ", duplicate" if ack.duplicate else "",
+        )
+
+    def _abandon(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.stopped:
+                continue
+            g = job.grant
+            try:
+                self.client.report(
+                    SegmentReport(
+                        g.lease_id,
+                        self.worker_id,
+                        g.member,
+                        g.generation,
+                        "abandoned",
+                        message="worker stopping (SIGTERM)",
+                    )
+                )
+            except CoordinatorError as err:
+                log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
+
+
+def _metrics_doc(job: Job, metric: float, sha256: str) -> bytes:
+    g = job.grant
+
+    def clean(v: float) -> float | None:
+        return v if math.isfinite(v) else None
+
+    doc = {
+        "member": g.member,
+        "generation": g.generation,
+        "lease_id": g.lease_id,
+        "hparams": g.hparams,
+        "valid_recon_smth": clean(metric),
+        "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
+        "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in job.corrupt), ""),
+        "corrupt_start_points": [p.key for p in job.corrupt],
+        "epochs": [{k: clean(v) for k, v in values.items()} for _, values in job.epochs],
+    }
+    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def default_threads() -> int:
+    """CPU threads for torch: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (non-Linux)
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def configure_torch(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def install_sigterm(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`; the loop abandons its leases between epochs."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
