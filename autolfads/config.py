@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from autolfads.errors import ConfigError
 
@@ -39,6 +47,15 @@ TUNABLE_HPARAMS: tuple[str, ...] = (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+# Hostile-input bounds. A real config is a few KB with < 200 values nested
+# 4 deep; these limits are far above that but stop YAML alias bombs ("billion
+# laughs": a few lines that expand to 10^9 values) before anything walks the
+# expanded tree, and keep whole-file reads bounded.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_NODES = 10_000
+MAX_CONFIG_DEPTH = 32
+MAX_PATH_CHARS = 4096
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -63,8 +80,17 @@ class SynthConfig(_Frozen):
 
 class DataConfig(_Frozen):
     # Relative paths are resolved against the config file's folder.
-    path: str
+    path: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
     synth: SynthConfig | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _printable_path(cls, value: str) -> str:
+        # NUL and other control characters make every OS call on the path fail
+        # (or worse, name a different file than the one shown in messages).
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            raise ValueError("path contains control characters")
+        return value
 
 
 class ModelConfig(_Frozen):
@@ -244,14 +270,65 @@ class RunConfig(_Frozen):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# repr() with small limits: an offending value is shown, never a megabyte of it.
+def _make_repr() -> reprlib.Repr:
+    shower = reprlib.Repr()  # keyword arguments need Python 3.12
+    shower.maxlevel, shower.maxstring, shower.maxother, shower.maxlong = 2, 60, 60, 40
+    shower.maxlist = shower.maxtuple = shower.maxdict = shower.maxset = 4
+    return shower
+
+
+_SHOW = _make_repr()
+
+
+def _show(value: Any) -> str:
+    text = _SHOW.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_shape(raw: Any, source: str) -> None:
+    """Refuse a parsed document that is too big or too deep *as a tree*.
+
+    YAML aliases share objects, so a small file can stand for an exponentially
+    large tree; this walk stops after MAX_CONFIG_NODES visits, so its cost is
+    bounded whatever the document expands to.
+    """
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    visited = 0
+    while stack:
+        node, depth = stack.pop()
+        visited += 1
+        if visited > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{source}: more than {MAX_CONFIG_NODES} values (YAML aliases expanding "
+                "too far?); a run config needs a few hundred at most"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for pair in node.items() for child in pair)
+        elif isinstance(node, list | tuple | set | frozenset):
+            stack.extend((child, depth + 1) for child in node)
+
+
+def _loc_part(part: Any) -> str:
+    # Keys come from the user's file: show odd ones quoted and escaped, so a
+    # key holding a newline or a megabyte of text cannot break the one line.
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text) else _show(part)
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    loc = ".".join(_loc_part(p) for p in first["loc"]) or "(top level)"
+    msg = " ".join(str(first["msg"]).split())  # one line, even if a value held newlines
+    msg = msg if len(msg) <= 300 else msg[:297] + "..."
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against the documented fields"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
+    shown = (
+        "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {_show(value)})"
+    )
     more = len(err.errors()) - 1
     tail = f" [+{more} more problem(s)]" if more else ""
     return f"{source}: {loc}: {msg}{shown}{tail}"
@@ -263,6 +340,7 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
         )
+    _check_shape(raw, source)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -275,15 +353,31 @@ def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config; relative data paths become absolute."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise ConfigError(f"{path}: cannot read config ({_os_reason(err)})") from None
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a run config")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
     return loads_config(text, source=str(path), base_dir=path.parent)
 
 
+def _os_reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
 def loads_config(text: str, source: str = "config", base_dir: Path | None = None) -> RunConfig:
+    """Parse and validate config text; raise ConfigError (one line) for any bad input."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{source}: expected config text, got {type(text).__name__}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a run config")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -292,6 +386,10 @@ def loads_config(text: str, source: str = "config", base_dir: Path | None = None
         raise ConfigError(f"{source}: not valid YAML{where}") from None
     except RecursionError:
         raise ConfigError(f"{source}: YAML nested too deeply") from None
+    except (ValueError, OverflowError):
+        # PyYAML converts numbers itself: an integer of > 4300 digits trips
+        # Python's int-conversion limit.
+        raise ConfigError(f"{source}: a number in the YAML is too large to use") from None
     cfg = parse_config(raw, source)
     if base_dir is not None and not Path(cfg.data.path).is_absolute():
         data = cfg.data.model_copy(update={"path": str((base_dir / cfg.data.path).resolve())})

@@ -6,6 +6,12 @@ workers run as child processes with exactly the command a container runs
 the best member is posterior-sampled and evaluated (`best/`) and the report
 is built. Ctrl-C stops workers and coordinator cleanly with the state
 persisted; running the same command with `--resume` carries on.
+
+Security: every run makes fresh random tokens (`TokenSet.generate`). The
+workers get the worker token through their environment, never their command
+line (which other users can read in `ps`); the observer token is written to
+`<log dir>/observer.token` (mode 0600) for `autolfads status --token-file`.
+So the coordinator is authenticated even on a shared machine.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autolfads.config import RunConfig
+from autolfads.coordinator.security import ServerSecurity
 from autolfads.coordinator.server import create_server, graceful_stop
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.staging import stage_run
+from autolfads.coordinator.tokens import ENV_VARS, TokenSet
 from autolfads.errors import AutolfadsError
 from autolfads.progress import ProgressPrinter, snapshot
 from autolfads.storage import RunLayout, Store
@@ -55,6 +63,8 @@ class LaunchOptions:
     lease_timeout_s: float = 60.0
     listen: str = "127.0.0.1:0"
     log_dir: Path | None = None
+    # Serve a non-loopback --listen without TLS (tokens are always on).
+    allow_plaintext: bool = False
 
 
 def check_listen_address(listen: str) -> None:
@@ -90,9 +100,16 @@ def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptio
 class WorkerPool:
     """Trainer child processes, restarted (boundedly) if one dies mid-search."""
 
-    def __init__(self, command: Callable[[int], list[str]], count: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        command: Callable[[int], list[str]],
+        count: int,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._command = command
         self._log_dir = log_dir
+        self._env = env
         self._procs: dict[int, subprocess.Popen] = {}
         self._restarts = dict.fromkeys(range(count), 0)
         for slot in range(count):
@@ -111,6 +128,7 @@ class WorkerPool:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self._env,
             )
 
     def check(self, search_running: bool) -> None:
@@ -155,6 +173,7 @@ class WorkerPool:
 
 def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int], list[str]]:
     def command(slot: int) -> list[str]:
+        # No token here: it travels in the environment (`worker_env`).
         return [
             sys.executable, "-m", "autolfads", "trainer",
             "--coordinator", f"127.0.0.1:{port}",
@@ -169,6 +188,24 @@ def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int],
     return command
 
 
+def worker_env(tokens: TokenSet) -> dict[str, str]:
+    """This process's environment for a worker: its own run's worker token
+    only (any other coordinator's tokens and TLS settings are dropped)."""
+    dropped = {*ENV_VARS.values(), "AUTOLFADS_TLS_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    assert tokens.worker is not None, "generated token sets have every role"
+    env[ENV_VARS["worker"]] = tokens.worker
+    return env
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Create `path` readable by this user only (mode 0600), then write `text`."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(text + "\n")
+
+
 def run_search(
     cfg: RunConfig, store: Store, data_path: Path, opts: LaunchOptions, printer: ProgressPrinter
 ) -> str:
@@ -177,6 +214,9 @@ def run_search(
     KeyboardInterrupt propagates after workers and server have stopped cleanly.
     """
     check_listen_address(opts.listen)
+    tokens = TokenSet.generate()
+    security = ServerSecurity(tokens=tokens, allow_plaintext=opts.allow_plaintext)
+    security.check(opts.listen)
     layout = prepare_run(store, cfg, data_path, opts)
     data_key, data_sha = _staged_data(store, layout)
     service = CoordinatorService.open_search(
@@ -187,12 +227,24 @@ def run_search(
     from grpc_health.v1 import health
 
     health_servicer = health.HealthServicer()
-    server, port = create_server(opts.listen, service, health_servicer=health_servicer)
+    server, port = create_server(
+        opts.listen, service, health_servicer=health_servicer, security=security
+    )
     log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix=f"autolfads-{cfg.name}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log.info("worker logs in %s", log_dir)
+    assert tokens.observer is not None
+    write_secret(log_dir / "observer.token", tokens.observer)
+    log.info(
+        "coordinator on port %d; watch it with: autolfads status 127.0.0.1:%d --token-file %s",
+        port,
+        port,
+        log_dir / "observer.token",
+    )
     start = time.monotonic()
-    pool = WorkerPool(_worker_command(opts, port, cfg.name), opts.workers, log_dir)
+    pool = WorkerPool(
+        _worker_command(opts, port, cfg.name), opts.workers, log_dir, env=worker_env(tokens)
+    )
     try:
         while not service.terminal:
             service.tick()

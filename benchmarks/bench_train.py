@@ -19,14 +19,18 @@ import argparse
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from autolfads.config import parse_config
+from autolfads.trainer.data import LfadsData, load_lfads_h5
 from autolfads.trainer.objective import lfads_loss
 from autolfads.trainer.session import TrainingSession
-from autolfads.trainer.synth import make_chaotic_rnn
 
 SIZES = {
     "stated": {
@@ -60,6 +64,20 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _load_data(sizes: dict) -> LfadsData:
+    """Generate the data in a child process and load the file here, so that the
+    peak RSS below measures loading + training, not the simulator's arrays."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.h5"
+        code = (
+            "import sys; from autolfads.trainer.synth import make_chaotic_rnn; "
+            "from autolfads.trainer.data import write_lfads_h5; "
+            f"write_lfads_h5(make_chaotic_rnn(seed=0, **{sizes!r}), sys.argv[1])"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        return load_lfads_h5(path)
+
+
 def _step_times(session: TrainingSession, n_steps: int) -> list[float]:
     """Time single training steps on the first batch (same work as train_epoch)."""
     cfg, model = session.cfg.training, session.model
@@ -91,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
-    data = make_chaotic_rnn(seed=0, **size["data"])
+    data = _load_data(size["data"])
     cfg = parse_config(
         {
             "data": {"path": "bench.h5"},
@@ -118,7 +136,7 @@ def main() -> None:
     epochs = [session.train_epoch()["seconds"] for _ in range(args.epochs)]
     print(f"epoch (train + valid): median {statistics.median(epochs):.2f} s over {len(epochs)}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak_mib:.0f} MiB")
+    print(f"peak RSS (load + train): {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

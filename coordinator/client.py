@@ -10,6 +10,12 @@ UNAVAILABLE: quickly by the channel's retry policy, then by a slower loop
 with backoff until `unavailable_wait_s` has passed in total, which rides out
 a coordinator restart. After that `CoordinatorUnavailable` is raised. Other
 failures come back as the domain exceptions of `coordinator.errors`.
+
+Security (`ClientSecurity`): the bearer token goes with every call as
+`authorization` metadata; TLS is used when `security.tls` is set; plaintext
+to a non-loopback target needs `allow_plaintext`. Refusals (UNAUTHENTICATED,
+PERMISSION_DENIED) and failed TLS handshakes are never retried: they raise
+`Unauthenticated`, `PermissionDenied` or `TlsError` at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.coordinator import convert
-from autolfads.coordinator.errors import CoordinatorUnavailable
+from autolfads.coordinator.auth import bearer_metadata
+from autolfads.coordinator.errors import CoordinatorUnavailable, TlsError
+from autolfads.coordinator.limits import MAX_REPLY_BYTES
 from autolfads.coordinator.messages import (
     HeartbeatReply,
     ReportAck,
@@ -33,6 +41,7 @@ from autolfads.coordinator.messages import (
     StatusView,
     WorkReply,
 )
+from autolfads.coordinator.security import ClientSecurity
 from autolfads.coordinator.server import SERVICE_NAME
 from autolfads.coordinator.wire_errors import from_rpc_error
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -55,7 +64,8 @@ SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # RESOURCE_EXHAUSTED: the server's concurrent-RPC cap (a burst).
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             },
         }
     ]
@@ -67,6 +77,15 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
+)
+# Substrings of grpc's details for a failed TLS handshake: not worth retrying.
+_TLS_FAILURES = (
+    "handshake failed",
+    "ssl_error",
+    "certificate_verify_failed",
+    "tsi_",
+    "verification check failed",
 )
 
 
@@ -78,12 +97,24 @@ class CoordinatorClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         unavailable_wait_s: float = DEFAULT_UNAVAILABLE_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
+        security: ClientSecurity | None = None,
     ) -> None:
+        security = security or ClientSecurity()
+        security.check(target)
         self.target = target
         self.timeout_s = timeout_s
         self.unavailable_wait_s = unavailable_wait_s
         self._sleep = sleep
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._metadata = bearer_metadata(security.token) if security.token else None
+        self._tls = security.tls is not None
+        if security.tls is not None:
+            self._channel = grpc.secure_channel(
+                target,
+                security.tls.credentials(),
+                options=CHANNEL_OPTIONS + security.tls.channel_options(),
+            )
+        else:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -123,12 +154,14 @@ class CoordinatorClient:
     def watch(self, timeout_s: float | None = None) -> Iterator[StatusView]:
         """The current status, then one after every change, until the search
         ends (or `timeout_s` passes: a long deadline, since streams are long)."""
-        stream = self._stub.WatchStatus(pb.WatchStatusRequest(), timeout=timeout_s)
+        stream = self._stub.WatchStatus(
+            pb.WatchStatusRequest(), timeout=timeout_s, metadata=self._metadata
+        )
         try:
             for message in stream:
                 yield convert.status_from_proto(message)
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.target) from None
+            raise self._failure(err) from None
         finally:
             stream.cancel()
 
@@ -144,7 +177,7 @@ class CoordinatorClient:
                 health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s
             )
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.target) from None
+            raise self._failure(err) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # ------------------------------------------------------------ plumbing
@@ -154,14 +187,17 @@ class CoordinatorClient:
         delay = 0.2
         while True:
             try:
-                return method(request, timeout=self.timeout_s)
+                return method(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.RpcError as err:
                 waited = time.monotonic() - start
+                if self._tls_failure(err):
+                    raise self._failure(err) from None
                 if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s:
                     failure = from_rpc_error(err, self.target)
                     if err.code() in _RETRYABLE:
                         raise CoordinatorUnavailable(
-                            f"coordinator {self.target} unreachable for {waited:.0f} s: {failure}"
+                            f"coordinator {self.target} unreachable for {waited:.0f} s: "
+                            f"{failure}{self._plaintext_hint(err)}"
                         ) from None
                     raise failure from None
                 log.info(
@@ -172,3 +208,31 @@ class CoordinatorClient:
                 )
                 self._sleep(min(delay, max(self.unavailable_wait_s - waited, 0.0)))
                 delay = min(delay * 2, 5.0)
+
+    def _plaintext_hint(self, err: grpc.RpcError) -> str:
+        """A TLS server hangs up on a plaintext client: say so."""
+        details = (err.details() or "").lower() if hasattr(err, "details") else ""
+        if self._tls or "socket closed" not in details:
+            return ""
+        return " (if the coordinator serves TLS, give --tls-ca or --tls-dir)"
+
+    def _tls_failure(self, err: grpc.RpcError) -> bool:
+        details = (err.details() or "").lower() if hasattr(err, "details") else ""
+        return err.code() == grpc.StatusCode.UNAVAILABLE and any(
+            marker in details for marker in _TLS_FAILURES
+        )
+
+    def _failure(self, err: grpc.RpcError) -> Exception:
+        """The domain exception for `err`; a failed handshake as one clear TlsError."""
+        if not self._tls_failure(err):
+            return from_rpc_error(err, self.target)
+        details = err.details() or ""
+        if "certificate_verify_failed" in details.lower():
+            why = "its certificate is not signed by a CA this client trusts (give --tls-ca)"
+        elif "hostname verification" in details.lower():
+            why = "its certificate does not name this address (give --tls-server-name NAME)"
+        elif "wrong_version_number" in details.lower() or "packet_length" in details.lower():
+            why = "it does not speak TLS (drop the TLS options, or enable TLS on it)"
+        else:
+            why = details.splitlines()[0][-200:]
+        return TlsError(f"coordinator {self.target}: TLS handshake failed: {why}")

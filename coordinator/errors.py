@@ -34,3 +34,19 @@ class CoordinatorUnavailable(CoordinatorError):
     """The coordinator could not be reached within the bounded wait."""
 
     exit_code = 3
+
+
+class Unauthenticated(CoordinatorError):
+    """The call carried no bearer token, or one the coordinator does not know."""
+
+
+class PermissionDenied(CoordinatorError):
+    """The token is valid but its role may not make this call."""
+
+
+class Overloaded(CoordinatorError):
+    """A resource limit refused the call (too many streams, request too large)."""
+
+
+class TlsError(CoordinatorError):
+    """TLS could not be set up: unreadable certificates or a failed handshake."""

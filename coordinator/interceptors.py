@@ -1,8 +1,10 @@
-"""Server interceptors: per-RPC logging and counters.
+"""Server interceptors: per-RPC logging and counters, plus `rewrap`, the one
+helper every interceptor uses to wrap a method handler's behaviour.
 
-`create_server` takes any number of extra `grpc.ServerInterceptor`s, so the
-bearer-token check of a later security issue plugs in without touching the
-servicer.
+`create_server` chains: logging (outermost, so it sees every refusal),
+authentication (`auth.AuthInterceptor`), request limits
+(`limits.RequestGuard`), then any extra interceptors, so security and
+metrics never touch the servicer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,31 @@ class RpcMetrics:
             return self.calls[(method, code)]
 
 
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    *,
+    unary: Callable[[Callable], Callable] | None = None,
+    stream: Callable[[Callable], Callable] | None = None,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """`handler` with its unary-unary behaviour wrapped by `unary(behaviour)` or its
+    unary-stream one by `stream(behaviour)`; client-streaming handlers unchanged."""
+    deserializer = request_deserializer or handler.request_deserializer
+    if handler.unary_unary is not None and unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None and stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
@@ -54,19 +81,11 @@ class LoggingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = _short(handler_call_details.method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler,
+            unary=lambda behaviour: self._wrap_unary(method, behaviour),
+            stream=lambda behaviour: self._wrap_stream(method, behaviour),
+        )
 
     def _done(self, method: str, context: grpc.ServicerContext, start: float, failed: bool) -> None:
         code = context.code() if hasattr(context, "code") else None

@@ -3,18 +3,23 @@ segments, stopping, and writing every decision to storage.
 
 Called by the service inside a transaction (lock held), so everything here
 either happens completely and is persisted with the state, or is rolled
-back. Storage writes are pure functions of the state: repeating them after a
-crash rewrites the same bytes.
+back. Nothing here touches storage: documents and checkpoint deletions go
+to the group commit's `Outbox`, which writes the documents before the state
+and deletes after it. Documents are pure functions of the state: writing
+them again after a crash rewrites the same bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 
 from autolfads.config import RunConfig
 from autolfads.coordinator import population as pop
 from autolfads.coordinator import records
+from autolfads.coordinator.commit import Outbox
 from autolfads.coordinator.policy import (
     MemberPlan,
     PolicyError,
@@ -24,17 +29,15 @@ from autolfads.coordinator.policy import (
     should_stop,
 )
 from autolfads.coordinator.state import BestRecord, HistoryEntry, SearchState, StartPoint
-from autolfads.storage.base import Store
-from autolfads.storage.errors import StorageError
 from autolfads.storage.keys import RunLayout
 
 log = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(self, cfg: RunConfig, store: Store, layout: RunLayout) -> None:
+    def __init__(self, cfg: RunConfig, outbox: Outbox, layout: RunLayout) -> None:
         self.cfg = cfg
-        self.store = store
+        self.outbox = outbox
         self.layout = layout
 
     # ------------------------------------------------------------- sync mode
@@ -58,9 +61,11 @@ class Progress:
         if not stop:
             for member, entry in entries.items():
                 _record_decision(entry, plan.plans[member])
-        self._put(self.layout.generation(g), records.sync_generation_doc(state, plan, stop))
+        self._put(
+            self.layout.generation(g), partial(records.sync_generation_doc, state, plan, stop)
+        )
         for member in state.members:
-            self._put(self.layout.history(member), records.history_doc(state, member))
+            self._put(self.layout.history(member), partial(records.history_doc, state, member))
         if stop:
             self.finish(state, "finished", stop)
             return
@@ -94,8 +99,8 @@ class Progress:
             segment.phase = "finished"
         else:
             state.segments[member] = pop.next_segment(self.cfg, state, plan, g + 1)
-        self._put(self.layout.history(member), records.history_doc(state, member))
-        self._put(self.layout.generation(g), records.async_generation_doc(state, g))
+        self._put(self.layout.history(member), partial(records.history_doc, state, member))
+        self._put(self.layout.generation(g), partial(records.async_generation_doc, state, g))
         self._close_async_generations(state)
 
     def _close_async_generations(self, state: SearchState) -> None:
@@ -151,16 +156,18 @@ class Progress:
         state.events.append(
             {"kind": f"search_{status}", "generation": state.generation, "message": message}
         )
-        self._put(self.layout.best("search.json"), records.best_doc(state))
+        self._put(self.layout.best("search.json"), partial(records.best_doc, state))
         log.info("search %s: %s", status, message)
 
-    def _put(self, key: str, data: bytes) -> None:
-        content_type = "application/json" if key.endswith(".json") else "application/x-ndjson"
-        self.store.put_bytes(key, data, content_type=content_type)
+    def _put(self, key: str, render: Callable[[], bytes]) -> None:
+        """Write `render()` before the state (rendered when the write is batched)."""
+        self.outbox.put(key, render)
 
     def _collect_garbage(self, state: SearchState) -> None:
-        """Delete checkpoints no segment can start from any more (best effort:
-        a failed delete leaves an extra object, never a missing one)."""
+        """Retire checkpoints no segment can start from any more. They are
+        deleted after the state that marks them is written (best effort: a
+        failed or interrupted delete leaves an extra object, never a missing
+        one)."""
         keep = _protected_checkpoints(state, self.cfg.pbt.keep_generations)
         deleted: list[str] = []
         for entries in state.history.values():
@@ -170,14 +177,10 @@ class Progress:
                     and not entry.checkpoint_deleted
                     and entry.checkpoint not in keep
                 ):
-                    try:
-                        self.store.delete(entry.checkpoint)
-                    except StorageError as err:
-                        log.warning("checkpoint GC: %s", err)
-                        continue
                     # The key stays in the history: lineage still names it.
                     entry.checkpoint_deleted = True
                     deleted.append(entry.checkpoint)
+                    self.outbox.delete(entry.checkpoint)
         if deleted:
             state.events.append(
                 {

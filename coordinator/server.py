@@ -5,7 +5,10 @@ process main loop (lease expiry ticks, graceful SIGTERM, linger at the end).
 
 Kubernetes probes use the standard `grpc.health.v1.Health` service (SERVING
 for "" and the coordinator's full name; NOT_SERVING once shutting down);
-`grpcurl` and friends discover the API through server reflection.
+`grpcurl` and friends discover the API through server reflection. Both stay
+open; every coordinator RPC needs a bearer token once `security` holds
+tokens (`auth`), TLS is used when it holds a certificate (`tls`), and the
+exposure rules of `security.ServerSecurity.check` run before binding.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from autolfads.coordinator.auth import AuthInterceptor
 from autolfads.coordinator.errors import CoordinatorError
 from autolfads.coordinator.interceptors import LoggingInterceptor, RpcMetrics
+from autolfads.coordinator.limits import DEFAULT_MAX_CONCURRENT_RPCS, RequestGuard, server_options
+from autolfads.coordinator.security import ServerSecurity
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.servicer import CoordinatorServicer
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -49,17 +55,28 @@ def create_server(
     health_servicer: health.HealthServicer | None = None,
     metrics: RpcMetrics | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    security: ServerSecurity | None = None,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and start the server; return it and the bound port.
 
-    `interceptors` run after the logging interceptor (e.g. authentication).
-    Pass your own `health_servicer` to flip it to NOT_SERVING on shutdown
-    (see `graceful_stop`).
+    Interceptors, outermost first: logging, authentication (if `security`
+    has tokens), request limits, then `interceptors`. Pass your own
+    `health_servicer` to flip it to NOT_SERVING on shutdown (see
+    `graceful_stop`). Raises ConfigError if `security` forbids `addr`.
     """
+    security = security or ServerSecurity()
+    security.check(addr)
+    chain: list[grpc.ServerInterceptor] = [LoggingInterceptor(metrics)]
+    if security.authenticated:
+        chain.append(AuthInterceptor(security.tokens))
+    # Streams hold a thread each: keep at least half the threads for unary calls.
+    chain.append(RequestGuard(max_streams=max(1, max_workers // 2)))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="coordinator-rpc"),
-        interceptors=[LoggingInterceptor(metrics), *interceptors],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[*chain, *interceptors],
+        options=server_options(),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
     health_servicer = health_servicer or health.HealthServicer()
@@ -70,13 +87,25 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(addr)
+        if security.tls is not None:
+            port = server.add_secure_port(addr, security.tls.credentials())
+        else:
+            port = server.add_insecure_port(addr)
     except RuntimeError as err:
         raise CoordinatorError(f"cannot listen on {addr}: {err}") from None
     if port == 0:
         raise CoordinatorError(f"cannot listen on {addr}: address in use or invalid")
     server.start()
     return server, port
+
+
+def describe(security: ServerSecurity) -> str:
+    """'mutual TLS, tokens for observer, worker, operator' (never the tokens)."""
+    tls = security.tls
+    transport = "plaintext" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
+    roles = security.tokens.roles
+    auth = f"tokens for {', '.join(roles)}" if roles else "NO authentication"
+    return f"{transport}, {auth}"
 
 
 def graceful_stop(
@@ -95,6 +124,7 @@ def serve(
     tick_s: float = 1.0,
     linger_s: float | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    security: ServerSecurity | None = None,
 ) -> int:
     """Run until the search ends (exit 0) or SIGTERM/SIGINT (143 unless ended).
 
@@ -104,10 +134,20 @@ def serve(
     """
     health_servicer = health.HealthServicer()
     server, port = create_server(
-        listen, service, interceptors=interceptors, health_servicer=health_servicer
+        listen,
+        service,
+        interceptors=interceptors,
+        health_servicer=health_servicer,
+        security=security,
     )
     host = listen.rsplit(":", 1)[0]
-    log.info("coordinator for run %s listening on %s:%d", service.layout.run, host, port)
+    log.info(
+        "coordinator for run %s listening on %s:%d (%s)",
+        service.layout.run,
+        host,
+        port,
+        describe(security or ServerSecurity()),
+    )
     if port_file is not None:
         tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{port}\n")

@@ -3,9 +3,15 @@
 Transport-free: the gRPC servicer converts protobuf to the domain messages in
 `messages` and calls these methods; tests may call them directly. All state is
 one `SearchState` guarded by one lock; every change that matters runs inside
-`_transaction`, which persists the state to `<run>/coordinator/state.json`
-before the caller is answered and rolls the in-memory copy back if that write
-fails, so memory and storage never disagree.
+`_transaction`, which stages it for the group commit (`commit`): the caller
+leaves the lock and is answered only once a write of
+`<run>/coordinator/state.json` covers its change. Concurrent changes share
+one write; a failed write or change rolls memory back to what storage holds,
+so no caller is ever told of a change that is not persisted.
+
+Scale (thousands of workers): WAIT replies and the expiry check use the
+indexes in `dispatch` instead of scanning the population; the state stays
+bounded (`SearchState.prune`) and re-encodes only changed records.
 
 Determinism (sync mode): decisions depend only on the config, the seed and
 the reported results: never on arrival order, worker count or lease ids.
@@ -25,6 +31,8 @@ from typing import Any
 from autolfads.config import RunConfig
 from autolfads.coordinator import population as pop
 from autolfads.coordinator.clock import Clock, SystemClock
+from autolfads.coordinator.commit import GroupCommit
+from autolfads.coordinator.dispatch import Dispatch
 from autolfads.coordinator.errors import (
     InvalidRequest,
     SearchFinished,
@@ -50,7 +58,7 @@ from autolfads.coordinator.state import (
     StartPoint,
     WorkerRequest,
 )
-from autolfads.coordinator.validation import check_report_shape, check_worker_id
+from autolfads.coordinator.validation import check_lease_id, check_report_shape, check_worker_id
 from autolfads.coordinator.views import status_view
 from autolfads.storage.base import Store
 from autolfads.storage.errors import ObjectNotFound
@@ -59,7 +67,17 @@ from autolfads.storage.keys import RunLayout
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TIMEOUT_S = 300.0
+# Per request and per worker: a worker never holds more active leases.
 DEFAULT_MAX_LEASES = 16
+# Workers remembered for the end-of-search linger; beyond this, the ones not
+# seen for a lease timeout are forgotten (bogus worker ids cannot grow memory).
+MAX_TRACKED_WORKERS = 4096
+# State bounds (see SearchState.prune): ended leases kept per member (the
+# current and the previous generation's), plus this many for retries; and
+# the newest events kept (each generation's are also in its gen-N.json).
+ENDED_LEASES_PER_MEMBER = 2
+ENDED_LEASE_SLACK = 256
+MAX_EVENTS = 500
 
 
 class CoordinatorService:
@@ -75,6 +93,7 @@ class CoordinatorService:
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_leases_per_request: int = DEFAULT_MAX_LEASES,
         retry_after_s: float = 1.0,
+        persisted: bytes | None = None,
     ) -> None:
         if lease_timeout_s <= 0 or not math.isfinite(lease_timeout_s):
             raise InvalidRequest(f"lease timeout {lease_timeout_s} s must be a positive number")
@@ -89,7 +108,14 @@ class CoordinatorService:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._draining = False
-        self._progress = Progress(cfg, store, self.layout)
+        self._dispatch = Dispatch(retry_after_s)
+        # `persisted`: the bytes `state` was read from (None for a new search).
+        self._commit = GroupCommit(
+            store, self.layout.state(), self._lock, self._encode, self._restore, persisted
+        )
+        self._progress = Progress(cfg, self._commit.outbox, self.layout)
+        self._pruned_generation = -1
+        self._status_cache: tuple[int, StatusView] | None = None
         # Which workers were seen, and which were told DONE (not persisted:
         # only used to linger after the end until workers have heard of it).
         self._last_seen: dict[str, float] = {}
@@ -119,9 +145,11 @@ class CoordinatorService:
             service = cls(cfg, store, state, **kwargs)
             with service._lock, service._transaction():
                 service._event("search_started", population=cfg.pbt.population)
+            service._flush()
             return service
-        service = cls(cfg, store, SearchState.from_json(raw), **kwargs)
+        service = cls(cfg, store, SearchState.from_json(raw), persisted=raw, **kwargs)
         service._resume()
+        service._flush()
         return service
 
     def _resume(self) -> None:
@@ -140,6 +168,7 @@ class CoordinatorService:
         with self._lock:
             self._draining = True
             self._changed.notify_all()
+        self._flush()
 
     @property
     def draining(self) -> bool:
@@ -185,28 +214,43 @@ class CoordinatorService:
         if len(request_id) > 128:
             raise InvalidRequest("request_id is longer than 128 characters")
         with self._lock:
-            self._seen(worker_id)
-            self._sweep()
-            state = self._state
-            if state.terminal:
-                self._told_done.add(worker_id)
-                return WorkReply("done", search_state=state.status)
-            previous = state.requests.get(worker_id)
-            if request_id and previous is not None and previous.request_id == request_id:
-                return self._replay(previous)
-            queued = sorted(
-                (s for s in state.segments.values() if s.phase == "queued"),
-                key=lambda s: (s.generation, s.member),
-            )
-            if self._draining or not queued:
-                return WorkReply("wait", retry_after_s=self.retry_after_s)
-            with self._transaction():
-                leases = [self._grant(seg, worker_id) for seg in queued[:max_leases]]
-                state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
-            return WorkReply("train", tuple(self._grant_view(x) for x in leases))
+            reply = self._request_work(worker_id, max_leases, request_id)
+            ticket = self._commit.latest
+        if reply.action == "train":  # its leases (or a retry's) must be on record
+            self._commit.wait(ticket)
+        return reply
+
+    def _request_work(self, worker_id: str, max_leases: int, request_id: str) -> WorkReply:
+        self._seen(worker_id)
+        self._sweep()
+        state = self._state
+        if state.terminal:
+            self._told_done.add(worker_id)
+            return WorkReply("done", search_state=state.status)
+        previous = state.requests.get(worker_id)
+        if request_id and previous is not None and previous.request_id == request_id:
+            return self._replay(worker_id, previous)
+        allowed = 0
+        if not self._draining and self._dispatch.has_queued(state):
+            held = self._dispatch.held(state, worker_id)
+            allowed = min(max_leases, self.max_leases_per_request - held)
+        if allowed < 1:
+            return self._wait_reply(worker_id)
+        queued = self._dispatch.queued(state)[:allowed]
+        with self._transaction(reindex=False):
+            leases = [self._grant(seg, worker_id) for seg in queued]
+            state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
+        self._dispatch.granted(leases)
+        return WorkReply("train", tuple(self._grant_view(x) for x in leases))
+
+    def _wait_reply(self, worker_id: str) -> WorkReply:
+        return WorkReply(
+            "wait", retry_after_s=self._dispatch.retry_after(worker_id, self.clock.now())
+        )
 
     def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
         check_worker_id(worker_id)
+        check_lease_id(lease_id)
         with self._lock:
             self._seen(worker_id)
             self._sweep()
@@ -220,46 +264,59 @@ class CoordinatorService:
         check_worker_id(report.worker_id)
         check_report_shape(report)
         with self._lock:
-            self._seen(report.worker_id)
-            self._sweep()
-            state = self._state
-            lease = self._lease_of(report.lease_id, report.worker_id)
-            if (lease.member, lease.generation) != (report.member, report.generation):
-                raise InvalidRequest(
-                    f"lease {lease.lease_id} is for member {lease.member} generation "
-                    f"{lease.generation}, not member {report.member} generation {report.generation}"
-                )
-            if lease.status == "accepted" or (
-                lease.status == "abandoned" and report.outcome == "abandoned"
-            ):
-                return ReportAck(accepted=True, duplicate=True)
-            if state.terminal:
-                raise SearchFinished(
-                    f"the search is {state.status}; report of {lease.lease_id} ignored"
-                )
-            if lease.status != "active":
-                raise StaleLease(
-                    f"lease {lease.lease_id} ({lease.member}, generation {lease.generation}) "
-                    f"is {lease.status}; its work was handed to another worker"
-                )
-            segment = state.segments[lease.member]
-            assert segment.lease_id == lease.lease_id, "active lease not on its segment"
-            if report.outcome == "abandoned":
-                with self._transaction():
-                    self._requeue(segment, lease, "abandoned", report.message)
-                # Workers hand leases back only when they stop: do not linger
-                # at the end of the search waiting to tell this one DONE.
-                self._last_seen.pop(report.worker_id, None)
-                return ReportAck(accepted=True)
-            self._check_against_segment(report, segment)
+            ack = self._report(report)
+            # A duplicate waits too: the first copy's change may not be written yet.
+            ticket = self._commit.latest
+        self._commit.wait(ticket)
+        return ack
+
+    def _report(self, report: SegmentReport) -> ReportAck:
+        self._seen(report.worker_id)
+        self._sweep()
+        state = self._state
+        lease = self._lease_of(report.lease_id, report.worker_id)
+        if (lease.member, lease.generation) != (report.member, report.generation):
+            raise InvalidRequest(
+                f"lease {lease.lease_id} is for member {lease.member} generation "
+                f"{lease.generation}, not member {report.member} generation {report.generation}"
+            )
+        if lease.status == "accepted" or (
+            lease.status == "abandoned" and report.outcome == "abandoned"
+        ):
+            return ReportAck(accepted=True, duplicate=True)
+        if state.terminal:
+            raise SearchFinished(
+                f"the search is {state.status}; report of {lease.lease_id} ignored"
+            )
+        if lease.status != "active":
+            raise StaleLease(
+                f"lease {lease.lease_id} ({lease.member}, generation {lease.generation}) "
+                f"is {lease.status}; its work was handed to another worker"
+            )
+        segment = state.segments[lease.member]
+        assert segment.lease_id == lease.lease_id, "active lease not on its segment"
+        if report.outcome == "abandoned":
             with self._transaction():
-                self._accept(report, segment, lease)
+                self._requeue(segment, lease, "abandoned", report.message)
+            # Workers hand leases back only when they stop: do not linger
+            # at the end of the search waiting to tell this one DONE.
+            self._last_seen.pop(report.worker_id, None)
+            self._dispatch.forget_idle(report.worker_id)
             return ReportAck(accepted=True)
+        self._check_against_segment(report, segment)
+        with self._transaction():
+            self._accept(report, segment, lease)
+        return ReportAck(accepted=True)
 
     def status(self) -> StatusView:
         with self._lock:
             self._sweep()
-            return status_view(self._state, self.cfg)
+            # Status polls are frequent and a view of 1024 members is not
+            # cheap: build it once per revision.
+            revision = self._state.revision
+            if self._status_cache is None or self._status_cache[0] != revision:
+                self._status_cache = (revision, status_view(self._state, self.cfg))
+            return self._status_cache[1]
 
     def wait_for_change(self, revision: int, timeout_s: float) -> int:
         """Block until the state revision exceeds `revision` (or timeout/drain)."""
@@ -277,48 +334,97 @@ class CoordinatorService:
                     self._progress.finish(
                         self._state, "cancelled", reason.strip()[:500] or "cancelled by an operator"
                     )
-            return self._state.status
+            status = self._state.status
+        self._flush()
+        return status
 
     def tick(self) -> None:
-        """Expire overdue leases (the server calls this every second)."""
+        """Expire overdue leases and write any change nobody waits for (the
+        server calls this every second)."""
         with self._lock:
             self._sweep()
+        self._flush()
 
     # ------------------------------------------------------------ internals
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """Apply a change, persist it, and roll it back if anything fails.
+    def _transaction(self, reindex: bool = True) -> Iterator[None]:
+        """Apply a change in memory and stage it for the next group commit.
 
-        The caller holds the lock. Side objects (generation records, member
-        histories) are written inside, before the state, and are pure
-        functions of the state: re-writing them after a crash is harmless.
+        The caller holds the lock and, once it has left it, waits for
+        `self._commit.latest` before answering. If the change fails half-way,
+        the state is rebuilt from the last encoded write (changes staged
+        since then are lost and their callers get an error). `reindex=False`:
+        the caller updates the dispatch indexes itself.
         """
-        before = copy.deepcopy(self._state)
         try:
             yield
-            self._state.revision += 1
-            self.store.put_bytes(
-                self.layout.state(), self._state.to_json().encode(), content_type="application/json"
-            )
-        except BaseException:
-            self._state = before
+        except BaseException as err:
+            self._commit.abort(err)
             raise
+        self._state.revision += 1
+        self._bound_state()
+        if reindex:
+            self._dispatch.invalidate()
+        self._commit.stage(self._state.revision)
         self._changed.notify_all()
+
+    def _flush(self) -> None:
+        """Wait until every staged change is written (lock not held)."""
+        with self._lock:
+            ticket = self._commit.latest
+        self._commit.wait(ticket)
+
+    def _encode(self) -> bytes:
+        return self._state.to_json().encode()
+
+    def _restore(self, data: bytes) -> None:
+        """Replace the in-memory state by a written one (rollback, lock held)."""
+        revision = self._state.revision
+        self._state = SearchState.from_json(data)
+        # Watchers wait for revisions to grow: never hand them an older number.
+        self._state.revision = max(revision, self._state.revision)
+        self._dispatch.reset()
+        self._status_cache = None
+        self._changed.notify_all()
+
+    def _bound_state(self) -> None:
+        """Prune the state at each new generation, or when ended leases or
+        events pile up within one (amortised: pruning frees slack first)."""
+        state = self._state
+        max_ended = ENDED_LEASES_PER_MEMBER * len(state.segments) + ENDED_LEASE_SLACK
+        if (
+            state.generation != self._pruned_generation
+            or len(state.leases) > len(state.segments) + max_ended + ENDED_LEASE_SLACK
+            or len(state.events) > MAX_EVENTS + ENDED_LEASE_SLACK
+        ):
+            state.prune(state.generation - 1, max_ended, MAX_EVENTS)
+            self._pruned_generation = state.generation
 
     def _event(self, kind: str, **fields: Any) -> None:
         self._state.events.append({"time": self.clock.now(), "kind": kind, **fields})
         log.info("%s %s", kind, fields)
 
     def _seen(self, worker_id: str) -> None:
-        self._last_seen[worker_id] = self.clock.now()
+        now = self.clock.now()
+        self._last_seen[worker_id] = now
+        if len(self._last_seen) <= MAX_TRACKED_WORKERS:
+            return
+        forget = [w for w, t in self._last_seen.items() if now - t > self.lease_timeout_s]
+        if len(self._last_seen) - len(forget) > MAX_TRACKED_WORKERS:
+            # A flood of fresh ids: keep the newest half.
+            by_age = sorted(self._last_seen, key=self._last_seen.__getitem__)
+            forget = by_age[: len(by_age) - MAX_TRACKED_WORKERS // 2]
+        for name in forget:
+            del self._last_seen[name]
+            self._told_done.discard(name)
 
     def _active_leases(self) -> list[LeaseRecord]:
         return [x for x in self._state.leases.values() if x.status == "active"]
 
     def _sweep(self) -> None:
-        now = self.clock.now()
-        overdue = [x for x in self._active_leases() if x.deadline < now]
+        """Expire overdue leases (staged; written with the next commit)."""
+        overdue = self._dispatch.overdue(self._state, self.clock.now())
         if overdue:
             with self._transaction():
                 for lease in overdue:
@@ -354,11 +460,11 @@ class CoordinatorService:
         segment.attempts += 1
         return lease
 
-    def _replay(self, previous: WorkerRequest) -> WorkReply:
-        leases = [self._state.leases[i] for i in previous.lease_ids]
+    def _replay(self, worker_id: str, previous: WorkerRequest) -> WorkReply:
+        leases = [self._state.leases[i] for i in previous.lease_ids if i in self._state.leases]
         live = tuple(self._grant_view(x) for x in leases if x.status == "active")
         if not live:
-            return WorkReply("wait", retry_after_s=self.retry_after_s)
+            return self._wait_reply(worker_id)
         return WorkReply("train", live)
 
     def _grant_view(self, lease: LeaseRecord) -> Grant:
@@ -400,6 +506,10 @@ class CoordinatorService:
         return "lease_expired" if lease.status == "expired" else "lease_revoked"
 
     def _check_against_segment(self, report: SegmentReport, segment: Segment) -> None:
+        if len(report.epochs) > segment.epochs:
+            raise InvalidRequest(
+                f"{len(report.epochs)} epochs reported; the lease was for {segment.epochs}"
+            )
         if report.hparams != segment.hparams:
             raise InvalidRequest(
                 f"hyperparameters {report.hparams} differ from the lease's {segment.hparams}"
@@ -436,8 +546,10 @@ class CoordinatorService:
             )
         segment.phase = "reported"
         segment.lease_id = ""
+        # Any non-finite metric means diverged: stored as NaN, so -inf never ranks first.
+        finite = succeeded and math.isfinite(report.valid_recon_smth)
         segment.result = SegmentResult(
-            metric=report.valid_recon_smth if succeeded else math.nan,
+            metric=report.valid_recon_smth if finite else math.nan,
             checkpoint=report.checkpoint_key if succeeded else "",
             sha256=report.checkpoint_sha256 if succeeded else "",
             size=report.checkpoint_size,

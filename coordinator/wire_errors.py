@@ -15,8 +15,11 @@ from autolfads.coordinator.errors import (
     CoordinatorError,
     CoordinatorUnavailable,
     InvalidRequest,
+    Overloaded,
+    PermissionDenied,
     SearchFinished,
     StaleLease,
+    Unauthenticated,
     UnknownLease,
 )
 from autolfads.errors import AutolfadsError
@@ -29,6 +32,9 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     UnknownLease: grpc.StatusCode.NOT_FOUND,
     StaleLease: grpc.StatusCode.FAILED_PRECONDITION,
     SearchFinished: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # Storage trouble is transient from the caller's view: retry later.
     StorageError: grpc.StatusCode.UNAVAILABLE,
 }
@@ -39,10 +45,23 @@ _BY_CODE: dict[grpc.StatusCode, type[CoordinatorError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: StaleLease,
     grpc.StatusCode.UNAVAILABLE: CoordinatorUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: CoordinatorUnavailable,
+    # Refused by the auth interceptor or a resource limit (no metadata there).
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
 }
 _BY_NAME: dict[str, type[CoordinatorError]] = {
     cls.__name__: cls
-    for cls in (InvalidRequest, UnknownLease, StaleLease, SearchFinished, CoordinatorUnavailable)
+    for cls in (
+        InvalidRequest,
+        UnknownLease,
+        StaleLease,
+        SearchFinished,
+        CoordinatorUnavailable,
+        Unauthenticated,
+        PermissionDenied,
+        Overloaded,
+    )
 }
 
 

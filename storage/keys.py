@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import re
 
+from autolfads.config import NAME_PATTERN
 from autolfads.storage.errors import InvalidKey
 
-from autolfads.config import NAME_PATTERN
-
 # One key component: S3- and filesystem-safe, never "." or "..", never hidden
-# (the local backend keeps its sidecars and temp files in dot-names).
-_COMPONENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._=+@-]{0,254}$")
+# (the local backend keeps its sidecars and temp files in dot-names). At most
+# 200 characters: the local backend's names for it, such as
+# ".<name>.meta.json.<random>.part", must still fit the usual 255-byte limit,
+# so that a key valid in one backend is valid in the other.
+MAX_COMPONENT_LEN = 200
+_COMPONENT = re.compile(rf"^[A-Za-z0-9_-][A-Za-z0-9._=+@-]{{0,{MAX_COMPONENT_LEN - 1}}}$")
 _IDENTIFIER = re.compile(NAME_PATTERN)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GEN_DIR = re.compile(r"^gen-(\d{4,})$")
@@ -64,7 +67,7 @@ def validate_key(key: str, *, kind: str = "key") -> str:
     for part in key.split("/"):
         if not _COMPONENT.fullmatch(part):
             raise InvalidKey(
-                f"invalid {kind} {_show(key)}: component {_show(part)} must be 1-255 of "
+                f"invalid {kind} {_show(key)}: component {_show(part)} must be 1-{MAX_COMPONENT_LEN} of "
                 "letters, digits and ._=+@- and must not start with '.'"
             )
     return key

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from autolfads.config import ModelConfig
 from autolfads.trainer.model import DataDims, LfadsModel
 from autolfads.trainer.modules.gru import (
     BidirectionalClippedGRU,
@@ -11,8 +13,6 @@ from autolfads.trainer.modules.gru import (
     run_bidirectional,
 )
 from autolfads.trainer.modules.recons import KernelNormalizedLinear
-
-from autolfads.config import ModelConfig
 
 torch.set_num_threads(1)
 

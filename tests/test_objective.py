@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
+
 from autolfads.trainer.augment import (
     apply_grad_mask,
     coordinated_dropout,
@@ -15,7 +17,6 @@ from autolfads.trainer.augment import (
 from autolfads.trainer.modules.priors import AutoregressivePrior, GaussianPrior
 from autolfads.trainer.modules.recons import poisson_nll
 from autolfads.trainer.objective import LossWeights, combine, l2_penalty, ramp, reconstruction
-from torch.distributions import Normal, kl_divergence
 
 torch.set_num_threads(1)
 

@@ -6,6 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autolfads.config import HparamSpace, PbtConfig, default_search_space
 from autolfads.coordinator.policy import (
     MemberScore,
     PolicyError,
@@ -21,10 +25,6 @@ from autolfads.coordinator.policy import (
     truncation,
     truncation_count,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from autolfads.config import HparamSpace, PbtConfig, default_search_space
 
 SPACE = default_search_space()
 NAN = float("nan")

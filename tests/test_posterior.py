@@ -8,13 +8,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
+from autolfads.config import parse_config
+from autolfads.errors import ConfigError
 from autolfads.trainer.data import LfadsData, Split
 from autolfads.trainer.posterior import OUTPUT_FIELDS, posterior_sample, write_lfads_output
 from autolfads.trainer.session import TrainingSession
 from autolfads.trainer.synth import make_chaotic_rnn
-
-from autolfads.config import parse_config
-from autolfads.errors import ConfigError
 
 torch.set_num_threads(1)
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from autolfads.trainer.session import CheckpointError, TrainingSession
-from autolfads.trainer.synth import make_chaotic_rnn
 
 from autolfads.config import parse_config
 from autolfads.errors import ConfigError
+from autolfads.trainer.session import CheckpointError, TrainingSession
+from autolfads.trainer.synth import make_chaotic_rnn
 
 torch.set_num_threads(1)
 

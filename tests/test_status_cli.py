@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from autolfads.cli import main
+from autolfads.cli.status_cmd import is_coordinator_address, split_run_url
+from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
 from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.messages import SegmentReport
 from autolfads.coordinator.server import create_server
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.storage import LocalStore, RunLayout, open_store
-
-from autolfads.cli import main
-from autolfads.cli.status_cmd import is_coordinator_address, split_run_url
-from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
 
 RUN = "demo"
 GEN0 = {"m000": 3.0, "m001": 1.0, "m002": math.nan, "m003": 2.0}

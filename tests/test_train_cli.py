@@ -8,13 +8,13 @@ import h5py
 import pytest
 import torch
 import yaml
-from autolfads.trainer.data import write_lfads_h5
-from autolfads.trainer.session import TrainingSession
-from autolfads.trainer.synth import make_chaotic_rnn
 
 from autolfads.cli import main
 from autolfads.cli.train_cmd import load_run_data
 from autolfads.config import load_config
+from autolfads.trainer.data import write_lfads_h5
+from autolfads.trainer.session import TrainingSession
+from autolfads.trainer.synth import make_chaotic_rnn
 
 torch.set_num_threads(1)
 

@@ -263,22 +263,49 @@ def _open(source: str | Path | bytes | BinaryIO) -> tuple[h5py.File, str]:
     elif isinstance(source, str | Path):
         handle = str(source)
         name = str(source)
-        if not Path(source).is_file():
+        try:
+            found = Path(source).is_file()
+        except (OSError, ValueError):  # e.g. a name too long for the filesystem
+            found = False
+        if not found:
             raise DataError(f"{name}: data file not found")
     else:
         handle = source
         name = str(getattr(source, "name", "<stream>"))
     try:
         return h5py.File(handle, "r"), name
-    except OSError:
+    except _H5_ERRORS:
+        # Not only OSError: a damaged superblock can overflow h5py's size fields.
         raise DataError(f"{name}: not an HDF5 file (or unreadable)") from None
+
+
+def _dataset(f: h5py.File, source: str, key: str) -> h5py.Dataset:
+    """The dataset at `key`, refusing any whose bytes live outside this file.
+
+    HDF5 can point a name at another file (external links), read a dataset's
+    bytes from arbitrary files (external storage) or stitch it from others
+    (virtual datasets). A data file from someone else could then make us read,
+    say, /proc/self/environ into training data, so only self-contained
+    datasets are accepted.
+    """
+    if isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+        raise _fail(source, key, "is a link into another file; copy the data into this file")
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise _fail(source, key, "is a group, expected a dataset")
+    if node.external or node.is_virtual:
+        raise _fail(
+            source,
+            key,
+            "keeps its data in other files (external or virtual dataset); "
+            "copy the data into this file",
+        )
+    return node
 
 
 def _read(f: h5py.File, source: str, key: str) -> np.ndarray:
     """Read one numeric dataset, refusing oversized or non-numeric ones first."""
-    node = f[key]
-    if not isinstance(node, h5py.Dataset):
-        raise _fail(source, key, "is a group, expected a dataset")
+    node = _dataset(f, source, key)
     if node.dtype.kind not in "biuf":
         raise _fail(source, key, f"non-numeric dtype {node.dtype}")
     size = int(np.prod(node.shape, dtype=np.float64)) if node.shape else 1
@@ -308,8 +335,10 @@ def _held_size(f: h5py.File, source: str, key: str, given: int | None) -> int:
     if raw is None:
         return 0
     value = np.asarray(raw).reshape(-1)
-    if value.size != 1 or value.dtype.kind not in "iuf" or value[0] != int(value[0]):
-        raise _fail(source, key, f"expected one whole number, got {raw!r}")
+    whole = value.size == 1 and value.dtype.kind in "iuf" and np.isfinite(value[0])
+    if not whole or value[0] != int(value[0]):
+        got = repr(value[0].item()) if value.size == 1 else f"shape {value.shape}"
+        raise _fail(source, key, f"expected one whole number, got {got[:60]}")
     if value[0] < 0:
         raise _fail(source, key, f"must be >= 0, got {int(value[0])}")
     return int(value[0])
@@ -367,9 +396,12 @@ def _conversion_factor(f: h5py.File, source: str) -> float:
     if "conversion_factor" not in f:
         raise _fail(source, "conversion_factor", "missing (needed to read *_truth)")
     cf = _read(f, source, "conversion_factor")
-    if cf.size != 1 or not np.isfinite(cf).all() or float(cf.reshape(-1)[0]) <= 0:
-        raise _fail(source, "conversion_factor", f"expected one positive number, got {cf!r}")
-    return float(cf.reshape(-1)[0])
+    # Truth is divided in float32: the factor must stay positive and finite there.
+    value = np.float32(cf.reshape(-1)[0]) if cf.size == 1 else np.float32(np.nan)
+    if not (np.isfinite(value) and value > 0):
+        got = f"{float(cf.reshape(-1)[0])!r}" if cf.size == 1 else f"shape {cf.shape}"
+        raise _fail(source, "conversion_factor", f"expected one positive number, got {got}")
+    return float(value)
 
 
 def _load_split(
@@ -424,24 +456,51 @@ def load_lfads_h5(
     else 0: the last `heldout_dim` channels and last `fp_seq_len` bins.
     """
     f, name = _open(source)
-    with f:
-        legacy = "train_encod_data" not in f and "train_data" in f
-        if not legacy and "train_encod_data" not in f:
-            raise _fail(name, "train_encod_data", "missing (nor a legacy train_data)")
-        held = (0, 0)
-        if legacy:
-            held = (
-                _held_size(f, name, "heldout_dim", heldout_dim),
-                _held_size(f, name, "fp_seq_len", fp_seq_len),
-            )
-        cf = _conversion_factor(f, name)
-        splits = {s: _load_split(f, name, s, legacy, held, cf) for s in SPLITS}
-        attrs = {"psth": _read(f, name, "psth").astype(np.float32)} if "psth" in f else {}
-    data = LfadsData(splits["train"], splits["valid"], splits["test"], name, attrs)
-    validate_data(data)
+    # Overflow/invalid-value warnings would add stray lines on stderr; every
+    # array is checked for NaN/Inf explicitly instead.
+    with np.errstate(all="ignore"):
+        try:
+            with f:
+                splits, attrs, legacy = _read_file(f, name, heldout_dim, fp_seq_len)
+        except _H5_ERRORS as err:
+            # HDF5 reports corrupt or truncated files through many exception
+            # types (KeyError for a damaged object header, RuntimeError for a
+            # bad symbol table, OSError for a failed filter, ...).
+            raise DataError(
+                f"{name}: corrupt or unreadable HDF5 content ({type(err).__name__}: "
+                f"{_one_line(err)})"
+            ) from None
+        data = LfadsData(splits["train"], splits["valid"], splits["test"], name, attrs)
+        validate_data(data)
     if not legacy:
         _check_requested(data, heldout_dim, fp_seq_len)
     return data
+
+
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, OverflowError)
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).strip("'\"").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_file(
+    f: h5py.File, name: str, heldout_dim: int | None, fp_seq_len: int | None
+) -> tuple[dict[str, Split | None], dict[str, np.ndarray], bool]:
+    legacy = "train_encod_data" not in f and "train_data" in f
+    if not legacy and "train_encod_data" not in f:
+        raise _fail(name, "train_encod_data", "missing (nor a legacy train_data)")
+    held = (0, 0)
+    if legacy:
+        held = (
+            _held_size(f, name, "heldout_dim", heldout_dim),
+            _held_size(f, name, "fp_seq_len", fp_seq_len),
+        )
+    cf = _conversion_factor(f, name)
+    splits = {s: _load_split(f, name, s, legacy, held, cf) for s in SPLITS}
+    attrs = {"psth": _read(f, name, "psth").astype(np.float32)} if "psth" in f else {}
+    return splits, attrs, legacy
 
 
 def _check_requested(data: LfadsData, heldout_dim: int | None, fp_seq_len: int | None) -> None:

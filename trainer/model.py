@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from torch import nn
+
+from autolfads.config import ModelConfig
 from autolfads.trainer.data import LfadsData
 from autolfads.trainer.modules.decoder import LfadsDecoder
 from autolfads.trainer.modules.encoder import LfadsEncoder
 from autolfads.trainer.modules.priors import AutoregressivePrior, GaussianPrior
 from autolfads.trainer.modules.recons import FanInLinear
-from torch import nn
-
-from autolfads.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
 from autolfads.trainer.augment import apply_grad_mask, sample_validation_losses
 from autolfads.trainer.model import LfadsModel, LfadsOutput
 from autolfads.trainer.modules.recons import poisson_nll

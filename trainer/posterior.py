@@ -19,11 +19,11 @@ from typing import BinaryIO
 import h5py
 import numpy as np
 import torch
+
+from autolfads.errors import ConfigError
 from autolfads.trainer.data import LfadsData
 from autolfads.trainer.model import LfadsModel, LfadsOutput
 from autolfads.trainer.split_tensors import SplitTensors
-
-from autolfads.errors import ConfigError
 
 OUTPUT_FIELDS = (
     "output_params",

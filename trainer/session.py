@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from autolfads.config import TUNABLE_HPARAMS, RunConfig
+from autolfads.errors import AutolfadsError, ConfigError
 from autolfads.trainer.augment import coordinated_dropout, sample_validation_input
 from autolfads.trainer.data import LfadsData
 from autolfads.trainer.device import (
@@ -27,9 +30,6 @@ from autolfads.trainer.device import (
 from autolfads.trainer.model import DataDims, LfadsModel
 from autolfads.trainer.objective import LossWeights, lfads_loss, ramp
 from autolfads.trainer.split_tensors import SplitTensors, bits_per_spike_terms
-
-from autolfads.config import TUNABLE_HPARAMS, RunConfig
-from autolfads.errors import AutolfadsError, ConfigError
 
 CHECKPOINT_FORMAT = "autolfads-lfads-session"
 CHECKPOINT_VERSION = 1

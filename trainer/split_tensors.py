@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.nn import functional as F
+
 from autolfads.trainer.augment import make_sv_mask
 from autolfads.trainer.data import Split
 from autolfads.trainer.model import DataDims
 from autolfads.trainer.modules.recons import poisson_nll
-from torch.nn import functional as F
 
 BPS_SLICES = ("bps", "co_bps", "fp_bps")
 

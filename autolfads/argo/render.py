@@ -29,6 +29,8 @@ from autolfads.errors import ConfigError
 
 # Where the in-cluster stage step writes synthetic data (the pod's emptyDir).
 POD_DATA_DIR = "/tmp/autolfads/data"
+# Where the template mounts the grpc-tls-certs Secret (the grpc-tls-dir value for TLS).
+POD_TLS_DIR = "/etc/autolfads/tls"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -62,19 +64,34 @@ class RenderOptions:
     pod_gc: str | None = None
     name: str | None = None
     inline: bool = False
+    # gRPC security: Secret names (tokens; TLS certificates) and TLS on/off.
+    grpc_credentials: str | None = None
+    grpc_worker_credentials: str | None = None
+    grpc_tls: bool | None = None
+    grpc_tls_certs: str | None = None
 
 
 def split_storage(url: str) -> tuple[str, str]:
-    """'s3://bucket/prefix/path' -> ('bucket', 'prefix/path')."""
+    """'s3://bucket/prefix/path' -> ('bucket', 'prefix/path').
+
+    Messages never echo the URL: a mistaken one may hold credentials, and the
+    error line ends up in terminals, CI logs and bug reports."""
     if not url.startswith("s3://"):
-        raise ConfigError(f"--storage {url!r}: Argo runs need an s3://bucket/prefix URL")
+        raise ConfigError("--storage: Argo runs need an s3://bucket/prefix URL")
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
-    if not _BUCKET.match(bucket):
-        raise ConfigError(f"--storage {url!r}: {bucket!r} is not a valid bucket name")
-    if not prefix or not _PREFIX.match(prefix):
+    if "@" in bucket or "?" in prefix or "#" in prefix:
         raise ConfigError(
-            f"--storage {url!r}: give a prefix inside the bucket, e.g. s3://{bucket}/runs "
+            "--storage: credentials and options do not belong in the URL; pods read the S3 "
+            "keys from the --s3-secret Secret and the endpoint from --s3-endpoint"
+        )
+    prefix = prefix.strip("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(
+            "--storage: not a valid bucket name (3-63 lowercase letters, digits, '.' or '-')"
+        )
+    if not prefix or not _PREFIX.fullmatch(prefix):
+        raise ConfigError(
+            "--storage: give a prefix inside the bucket, e.g. s3://bucket/runs "
             "(letters, digits, . _ - and /)"
         )
     return bucket, prefix
@@ -116,6 +133,13 @@ def _check_options(opts: RenderOptions) -> None:
             raise ConfigError(f"{flag} {value!r}: not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
     if not _NAMESPACE.match(opts.namespace):
         raise ConfigError(f"--namespace {opts.namespace!r}: not a valid namespace name")
+    for what, name in {
+        "gRPC token Secret": opts.grpc_credentials,
+        "gRPC worker token Secret": opts.grpc_worker_credentials,
+        "gRPC TLS Secret": opts.grpc_tls_certs,
+    }.items():
+        if name is not None and not _NAMESPACE.match(name):
+            raise ConfigError(f"{what} {name!r}: not a valid Secret name")
 
 
 def cuda_image(cpu_image: str) -> str:
@@ -159,6 +183,10 @@ def workflow_parameters(
         "coordinator-retries": opts.coordinator_retries,
         "lease-timeout": opts.lease_timeout,
         "pod-deadline-seconds": opts.deadline_seconds,
+        "grpc-credentials": opts.grpc_credentials,
+        "grpc-worker-credentials": opts.grpc_worker_credentials,
+        "grpc-tls-dir": None if opts.grpc_tls is None else (POD_TLS_DIR if opts.grpc_tls else ""),
+        "grpc-tls-certs": opts.grpc_tls_certs,
     }
     unknown = sorted(set(values) - set(defaults))
     assert not unknown, f"render sets parameters the template lacks: {unknown}"

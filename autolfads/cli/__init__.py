@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolfads.cli.train_cmd",
     "autolfads.cli.data_cmd",
     "autolfads.cli.status_cmd",
+    "autolfads.cli.cancel_cmd",
     "autolfads.cli.report_cmd",
     "autolfads.cli.finalize_cmd",
     "autolfads.cli.stage_cmd",
@@ -31,6 +33,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolfads.cli.trainer_cmd",
     "autolfads.cli.argo_cmd",
 )
+
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _default_log_level() -> str:
+    # An environment variable, unlike the flag, reaches child processes too:
+    # the trainer workers of `autolfads run` and the pods of a workflow.
+    level = os.environ.get("AUTOLFADS_LOG_LEVEL", "").strip().upper()
+    return level if level in LOG_LEVELS else "WARNING"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autolfads {__version__}")
     parser.add_argument(
         "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging verbosity on stderr (default: WARNING)",
+        default=_default_log_level(),
+        choices=LOG_LEVELS,
+        help="logging verbosity on stderr (default: $AUTOLFADS_LOG_LEVEL, else WARNING)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -3,12 +3,19 @@
 Exit codes: 0 when the search finished or was cancelled; 143 when stopped by
 SIGTERM before that (the state is persisted: run the same command to resume);
 1 when the search failed (e.g. every member diverged).
+
+Security: give each role a token (files below or AUTOLFADS_*_TOKEN) and a
+certificate (--tls-cert/--tls-key or --tls-dir). Without tokens or without TLS
+only a loopback --listen address is served, unless --insecure-no-auth /
+--allow-plaintext say otherwise. See docs/protocol.md, "Authentication and TLS".
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from autolfads.cli.grpc_security import add_server_flags, server_security
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -40,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a lease without heartbeats for this long is re-queued (default 300)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    add_server_flags(p)
     p.set_defaults(func=run)
 
 
@@ -53,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
+    # Security first: a refused --listen fails before storage is touched.
+    security = server_security(args)
+    security.check(args.listen)
     store = open_store(args.storage)
     given = load_config(args.config) if args.config is not None else None
     cfg, data_key, data_sha = load_run(store, args.run, given)
     service = CoordinatorService.open_search(
         cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
     )
-    return serve(service, args.listen, port_file=args.port_file)
+    return serve(service, args.listen, port_file=args.port_file, security=security)

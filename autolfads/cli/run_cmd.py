@@ -46,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--listen",
         default="127.0.0.1:0",
-        help="coordinator address (default: a free loopback port)",
+        help="coordinator address (default: a free loopback port); tokens are random per run",
+    )
+    p.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS (the tokens travel in the clear)",
     )
     p.add_argument("--log-dir", type=Path, help="worker logs (default: a temporary folder)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -79,6 +84,7 @@ def _options(args: argparse.Namespace):
         lease_timeout_s=args.lease_timeout,
         listen=args.listen,
         log_dir=args.log_dir,
+        allow_plaintext=args.allow_plaintext,
     )
 
 

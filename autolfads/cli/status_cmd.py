@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from autolfads.cli.grpc_security import add_client_flags, client_security
 from autolfads.config import TUNABLE_HPARAMS
 from autolfads.errors import AutolfadsError
 
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for an unreachable coordinator"
     )
+    add_client_flags(parser)  # token (observer is enough) and TLS for a coordinator
     parser.set_defaults(func=run)
 
 
@@ -108,17 +110,22 @@ def is_coordinator_address(target: str) -> bool:
 
 def _reports(args: argparse.Namespace) -> Iterator[StatusReport]:
     if is_coordinator_address(args.target):
-        return _from_coordinator(args.target, args.watch, args.wait)
+        security = client_security(args, "read")
+        return _from_coordinator(args.target, args.watch, args.wait, security)
     return _from_storage(args.target, args.watch, args.interval, args.generations)
 
 
 # ---------------------------------------------------------------- coordinator
 
 
-def _from_coordinator(target: str, watch: bool, wait_s: float) -> Iterator[StatusReport]:
+def _from_coordinator(
+    target: str, watch: bool, wait_s: float, security: Any = None
+) -> Iterator[StatusReport]:
     from autolfads.coordinator.client import CoordinatorClient
 
-    with CoordinatorClient(target, timeout_s=max(wait_s, 1.0), unavailable_wait_s=wait_s) as client:
+    with CoordinatorClient(
+        target, timeout_s=max(wait_s, 1.0), unavailable_wait_s=wait_s, security=security
+    ) as client:
         views = client.watch() if watch else iter([client.status()])
         for view in views:
             yield StatusReport(target, view, _history_summaries(view.best_history))

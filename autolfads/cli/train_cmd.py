@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autolfads.config import RunConfig, load_config
-from autolfads.errors import AutolfadsError, ConfigError, DataError
+from autolfads.errors import AutolfadsError, ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     epochs = cfg.training.max_epochs if args.epochs is None else args.epochs
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    out_dir = _prepare_out_dir(
-        Path(args.out) if args.out else Path("runs") / f"{cfg.name}-train", args.force
-    )
-    jsonl = Path(args.jsonl) if args.jsonl else out_dir / "metrics.jsonl"
+    out_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-train"
+    _check_out_dir(out_dir, args.force)
+    # Bad data must fail before the output folder exists: nothing half-written.
     data = load_run_data(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = Path(args.jsonl) if args.jsonl else out_dir / "metrics.jsonl"
 
     import torch  # heavy: only once the inputs are known to be good
 
@@ -75,27 +76,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_out_dir(out_dir: Path, force: bool) -> Path:
+def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConfigError(f"output folder {out_dir} already exists; pass --force or use --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
 
 
 def load_run_data(cfg: RunConfig) -> Any:
-    """The run's data file, generated first from `data.synth` if it is missing."""
-    from autolfads.trainer.data import load_lfads_h5, write_lfads_h5
-    from autolfads.trainer.synth import make_synthetic
+    """The run's data file, generated first from `data.synth` (with its sizes) if missing."""
+    from autolfads.trainer.datafile import load_config_data
 
-    path = Path(cfg.data.path)
-    if not path.exists():
-        if cfg.data.synth is None:
-            raise DataError(f"{path}: data file not found (set data.synth to generate one)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_lfads_h5(make_synthetic(cfg.data.synth.kind, seed=cfg.data.synth.seed), path)
-    return load_lfads_h5(path)
+    return load_config_data(cfg)[1]
 
 
 def _train(session: Any, epochs: int, jsonl: Path, args: argparse.Namespace) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 when the coordinator says the search is done; 143 after
 SIGTERM (current leases handed back); 3 when the coordinator stayed
-unreachable for the whole bounded wait.
+unreachable for the whole bounded wait; 2 when the coordinator refuses the
+token (set AUTOLFADS_WORKER_TOKEN or --token-file) or the TLS handshake fails.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import os
 import socket
 from pathlib import Path
+
+from autolfads.cli.grpc_security import add_client_flags, client_security
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="how long to keep retrying an unreachable coordinator (default 300)",
     )
+    add_client_flags(p)
     p.set_defaults(func=run)
 
 
@@ -61,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-leases {args.max_leases} must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
+    security = client_security(args, "work")
     stop = threading.Event()
     install_sigterm(stop)
     configure_torch(args.threads or default_threads())
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     store = open_store(args.storage)
-    with CoordinatorClient(args.coordinator, unavailable_wait_s=args.unavailable_wait) as client:
+    with CoordinatorClient(
+        args.coordinator, unavailable_wait_s=args.unavailable_wait, security=security
+    ) as client:
         worker = Worker(
             client,
             store,

@@ -61,7 +61,9 @@ def hparam_progression(
     names = sorted({k for r in records for k in r.hparams})
     ncols = 2
     nrows = max(1, math.ceil(len(names) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(10, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(10, 2.6 * nrows), squeeze=False, constrained_layout=True
+    )
     metrics = _finite([r.metric for r in records])
     vmin, vmax = (metrics.min(), metrics.max()) if metrics.size else (0.0, 1.0)
     members = sorted({r.member for r in records})
@@ -91,7 +93,7 @@ def hparam_progression(
         ax.axis("off")
     if scatter is not None:
         fig.colorbar(scatter, ax=axes, label="smoothed valid NLL", shrink=0.8)
-    fig.suptitle("Hyperparameter progression (colour: validation metric)", y=1.01)
+    fig.suptitle("Hyperparameter progression (colour: validation metric)")
     return _png(fig)
 
 

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from autolfads.trainer.modules.dropout import apply_dropout, dropout_scale_mask
 from autolfads.trainer.modules.gru import ClippedGRUCell, gru_step
 from autolfads.trainer.modules.recons import FanInLinear, KernelNormalizedLinear
-from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass

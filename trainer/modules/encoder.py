@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from autolfads.trainer.modules.dropout import apply_dropout
 from autolfads.trainer.modules.gru import BidirectionalClippedGRU, run_bidirectional
 from autolfads.trainer.modules.recons import FanInLinear
-from torch import nn
 
 
 @dataclass

@@ -1,0 +1,217 @@
+"""Bounded resources over real gRPC on loopback: request size, report payload
+limits, leases per worker, population, concurrent streams, remembered worker
+ids, and a flood of bogus calls during which a real worker is still served."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+from coordinator_helpers import fake_train, tiny_config
+
+from autolfads.config import parse_config
+from autolfads.coordinator.auth import bearer_metadata
+from autolfads.coordinator.client import CoordinatorClient
+from autolfads.coordinator.errors import InvalidRequest, Overloaded
+from autolfads.coordinator.interceptors import RpcMetrics
+from autolfads.coordinator.limits import MAX_REQUEST_BYTES
+from autolfads.coordinator.security import ClientSecurity, ServerSecurity
+from autolfads.coordinator.server import create_server
+from autolfads.coordinator.service import MAX_TRACKED_WORKERS, CoordinatorService
+from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.tokens import TokenSet
+from autolfads.coordinator.validation import MAX_EPOCH_METRICS
+from autolfads.errors import ConfigError
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+from autolfads.storage import RunLayout
+
+TOKENS = TokenSet.generate()
+DATA = ("search/data/" + "ab" * 32 + ".h5", "ab" * 32)
+
+
+def open_service(store, **kwargs) -> CoordinatorService:
+    return CoordinatorService.open_search(tiny_config(), store, *DATA, **kwargs)
+
+
+@pytest.fixture
+def served(local_store):
+    service = open_service(local_store)
+    metrics = RpcMetrics()
+    server, port = create_server(
+        "127.0.0.1:0",
+        service,
+        metrics=metrics,
+        max_workers=4,
+        security=ServerSecurity(tokens=TOKENS),
+    )
+    yield service, f"127.0.0.1:{port}", metrics
+    server.stop(0).wait()
+
+
+def worker_client(target: str) -> CoordinatorClient:
+    return CoordinatorClient(
+        target, timeout_s=10, unavailable_wait_s=5, security=ClientSecurity(token=TOKENS.worker)
+    )
+
+
+def persisted(store) -> bytes:
+    raw = store.get_bytes(RunLayout("search").state())
+    SearchState.from_json(raw)  # always loadable
+    return raw
+
+
+def test_oversized_requests_are_refused_and_change_nothing(served, local_store):
+    service, target, _ = served
+    with worker_client(target) as client:
+        grant = client.request_work("w0", 1).grants[0]
+    before = persisted(local_store)
+    request = pb.ReportResultRequest(
+        lease_id=grant.lease_id, worker_id="w0", message="x" * (MAX_REQUEST_BYTES + 1)
+    )
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ReportResult(request, timeout=10, metadata=bearer_metadata(TOKENS.worker))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert persisted(local_store) == before
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": tuple((e, {"valid_recon_smth": 1.0}) for e in range(3))}, "3 epochs reported"),
+        (
+            {"epochs": ((0, {f"m{i}": 1.0 for i in range(MAX_EPOCH_METRICS + 1)}),)},
+            "more than 64 metrics",
+        ),
+        ({"epochs": ((0, {"bad name with spaces": 1.0}),)}, "metric name"),
+        ({"epochs": ((0, {"x" * 65: 1.0}),)}, "metric name"),
+        ({"member": "m" * 129}, "member is longer"),
+        ({"message": "m" * 5000}, "message is longer"),
+        ({"checkpoint_key": "k" * 1025}, "checkpoint_key is longer"),
+        ({"lease_id": "l" * 129}, "lease_id is longer"),
+        ({"hparams": {f"h{i}": 1.0 for i in range(8)}}, "8 hyperparameters"),
+    ],
+)
+def test_report_payload_limits(served, local_store, change, message):
+    service, target, _ = served
+    with worker_client(target) as client:
+        grant = client.request_work("w0", 1).grants[0]
+        good = fake_train(local_store, grant, "w0")
+        before = persisted(local_store)
+        with pytest.raises(InvalidRequest, match=message):
+            client.report(replace(good, **change))
+        assert persisted(local_store) == before
+        assert client.report(good).accepted
+
+
+def test_non_finite_metrics_are_stored_as_diverged(served, local_store):
+    service, target, _ = served
+    with worker_client(target) as client:
+        grants = client.request_work("w0", 2).grants
+        for grant, metric in zip(grants, (-math.inf, math.inf), strict=True):
+            assert client.report(fake_train(local_store, grant, "w0", metric=metric)).accepted
+    state = SearchState.from_json(persisted(local_store))
+    for grant in grants:
+        assert math.isnan(state.segments[grant.member].result.metric)
+
+
+def test_population_is_capped_by_the_config():
+    with pytest.raises(ConfigError, match="pbt.population"):
+        parse_config({"data": {"path": "x.h5"}, "pbt": {"population": 1025}})
+
+
+def test_a_worker_never_holds_more_than_the_lease_cap(local_store):
+    service = open_service(local_store, max_leases_per_request=2)
+    assert len(service.request_work("greedy", 2, "r1").grants) == 2
+    # A fresh request id does not get around the cap while both are active.
+    assert service.request_work("greedy", 2, "r2").action == "wait"
+    assert len(service.request_work("modest", 2, "r3").grants) == 2
+    with pytest.raises(InvalidRequest, match="between 1 and 2"):
+        service.request_work("greedy", 3, "r4")
+
+
+def test_bogus_worker_ids_cannot_grow_memory(local_store):
+    service = open_service(local_store)
+    service.drain()  # no work handed out: only the bookkeeping of who asked
+    for i in range(MAX_TRACKED_WORKERS + 500):
+        assert service.request_work(f"bogus-{i}", 1).action == "wait"
+    remembered = service.workers_not_told_done(window_s=3600)
+    assert MAX_TRACKED_WORKERS // 2 <= len(remembered) <= MAX_TRACKED_WORKERS
+    assert f"bogus-{MAX_TRACKED_WORKERS + 499}" in remembered
+
+
+def test_streams_cannot_take_every_thread(served):
+    service, target, _ = served  # 4 threads: at most 2 WatchStatus streams
+    observer = ClientSecurity(token=TOKENS.observer)
+    streams = [CoordinatorClient(target, security=observer) for _ in range(3)]
+    watches = [c.watch(timeout_s=30) for c in streams]
+    try:
+        assert next(watches[0]).run == next(watches[1]).run == "search"
+        with pytest.raises(Overloaded, match="2 streams are open"):
+            next(watches[2])
+        with worker_client(target) as client:  # unary calls still have threads
+            assert client.request_work("w0", 1).action == "train"
+    finally:
+        for c in streams:
+            c.close()
+
+
+def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> None:
+    """Bogus calls as fast as possible: no token, a wrong token, garbage bytes,
+    malformed requests with a valid token. Every call gets a status code."""
+    bogus = (("authorization", "Bearer " + "f" * 43),)
+    worker = bearer_metadata(TOKENS.worker)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        raw = channel.unary_unary("/autolfads.pbt.v1.Coordinator/ReportResult")
+        calls = [
+            lambda: stub.RequestWork(pb.RequestWorkRequest(worker_id="x"), timeout=5),
+            lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=5, metadata=bogus),
+            lambda: raw(b"\xff\x00garbage" * 10, timeout=5, metadata=worker),
+            lambda: stub.Heartbeat(
+                pb.HeartbeatRequest(lease_id="nope", worker_id="w"), timeout=5, metadata=worker
+            ),
+        ]
+        i = 0
+        while not stop.is_set() and i < 2000:
+            try:
+                calls[i % len(calls)]()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+            i += 1
+
+
+def test_a_flood_of_bogus_calls_does_not_starve_a_real_worker(served, local_store):
+    service, target, metrics = served
+    stop, codes = threading.Event(), []
+    flooders = [threading.Thread(target=_flood, args=(target, stop, codes)) for _ in range(6)]
+    for thread in flooders:
+        thread.start()
+    try:
+        start = time.monotonic()
+        with worker_client(target) as client:
+            while not service.terminal:
+                assert time.monotonic() - start < 60, "the real worker was starved"
+                for grant in client.request_work("real-worker", 4).grants:
+                    assert client.report(fake_train(local_store, grant, "real-worker")).accepted
+            final = client.status()
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(timeout=30)
+    assert final.state == "finished" and final.best is not None
+    assert len(codes) > 100 and grpc.StatusCode.OK not in codes
+    assert set(codes) <= {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+    }
+    assert metrics.count("RequestWork", "UNAUTHENTICATED") > 10
+    SearchState.from_json(persisted(local_store))

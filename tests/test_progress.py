@@ -1,0 +1,44 @@
+"""Progress display of `autolfads run`: pure formatting over a status snapshot."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from autolfads.coordinator.messages import BestView, MemberView, StatusView
+from autolfads.progress import ProgressPrinter, snapshot
+
+
+def _status(generation: int, phases: list[str], best_history: tuple[float, ...]) -> StatusView:
+    members = tuple(
+        MemberView(f"m{i:03d}", generation, {}, 0.5, f"m{i:03d}", p, "", "", (), 0)
+        for i, p in enumerate(phases)
+    )
+    best = BestView("m001", generation - 1, best_history[-1], "k", {}) if best_history else None
+    return StatusView("demo", "running", "sync", generation, len(phases), members, best,
+                      best_history, 7, 10, "")  # fmt: skip
+
+
+def test_snapshot_counts_done_members_and_trend() -> None:
+    snap = snapshot(_status(2, ["reported", "training", "queued", "reported"], (0.50, 0.40)), 120.0)
+    assert snap.members_done == 2 and snap.population == 4
+    assert abs(snap.trend + 0.2) < 1e-12
+    # 2.5 of 10 generations took 120 s -> 7.5 remaining take 360 s
+    assert abs(snap.eta_s - 360.0) < 1e-9
+    assert "generation 3/10" in snap.line() and "members done 2/4" in snap.line()
+    assert "-20.00%/gen" in snap.line()
+
+
+def test_printer_modes() -> None:
+    snap = snapshot(_status(0, ["queued", "queued"], ()), 1.0)
+    out = io.StringIO()
+    printer = ProgressPrinter(mode="jsonl", stream=out)
+    printer.show(snap)
+    printer.show(snap)  # unchanged: not repeated
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert doc["best_metric"] is None and doc["members_done"] == 0
+    quiet = io.StringIO()
+    ProgressPrinter(mode="quiet", stream=quiet).show(snap)
+    assert quiet.getvalue() == ""
