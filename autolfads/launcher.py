@@ -35,7 +35,7 @@ from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.staging import stage_run
 from autolfads.coordinator.tokens import ENV_VARS, TokenSet
 from autolfads.errors import AutolfadsError
-from autolfads.progress import ProgressPrinter, snapshot
+from autolfads.progress import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int],
             "--threads", str(opts.threads_per_worker),
             "--device", opts.device,
             "--worker-id", f"{run}-local-{slot}",
+            "--run", run,
             # If this process dies, orphaned workers give up within a minute.
             "--unavailable-wait", "60",
         ]  # fmt: skip
@@ -242,6 +243,15 @@ def run_search(
         log_dir / "observer.token",
     )
     start = time.monotonic()
+
+    def progress() -> ProgressSnapshot:
+        return snapshot(
+            service.status(),
+            time.monotonic() - start,
+            burn_in_epochs=cfg.pbt.burn_in_epochs,
+            generation_epochs=cfg.pbt.generation_epochs,
+        )
+
     pool = WorkerPool(
         _worker_command(opts, port, cfg.name), opts.workers, log_dir, env=worker_env(tokens)
     )
@@ -249,9 +259,9 @@ def run_search(
         while not service.terminal:
             service.tick()
             pool.check(search_running=True)
-            printer.show(snapshot(service.status(), time.monotonic() - start))
+            printer.show(progress())
             time.sleep(0.5)
-        printer.show(snapshot(service.status(), time.monotonic() - start))
+        printer.show(progress())
         # Workers learn DONE at their next request; give them a lease period.
         pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
     finally:

@@ -53,7 +53,11 @@ class ProgressSnapshot:
         return json.dumps(doc, sort_keys=True)
 
 
-def snapshot(status: StatusView, elapsed_s: float) -> ProgressSnapshot:
+def snapshot(
+    status: StatusView, elapsed_s: float, burn_in_epochs: int = 1, generation_epochs: int = 1
+) -> ProgressSnapshot:
+    """Progress so far; the ETA weighs generations by their epochs (generation 0
+    is the burn-in, usually longer) and assumes the search runs to max_generations."""
     g = status.generation
     done = sum(1 for m in status.members if m.generation > g or m.phase in ("reported", "finished"))
     history = [v for v in status.best_history if math.isfinite(v)]
@@ -61,11 +65,14 @@ def snapshot(status: StatusView, elapsed_s: float) -> ProgressSnapshot:
     if len(history) >= 2 and history[-2] != 0:
         trend = (history[-1] - history[-2]) / abs(history[-2])
     best = status.best.metric if status.best is not None else float("nan")
-    # Work so far in generation units; the first generation (burn-in) is longer,
-    # but the estimate only needs to be honest, not exact.
-    fraction_done = g + done / max(status.population, 1)
-    remaining = max(status.max_generations - fraction_done, 0.0)
-    eta = elapsed_s / fraction_done * remaining if fraction_done > 0 else float("nan")
+
+    def epochs_before(generation: int) -> int:
+        return 0 if generation <= 0 else burn_in_epochs + (generation - 1) * generation_epochs
+
+    current = burn_in_epochs if g == 0 else generation_epochs
+    epochs_done = epochs_before(g) + current * done / max(status.population, 1)
+    remaining = max(epochs_before(status.max_generations) - epochs_done, 0.0)
+    eta = elapsed_s / epochs_done * remaining if epochs_done > 0 else float("nan")
     return ProgressSnapshot(
         run=status.run,
         state=status.state,

@@ -46,7 +46,9 @@ def run_search(config: Path, out: Path, workers: int) -> tuple[Path, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", type=Path, default=REPO / "examples/chaotic_rnn_search.yaml")
+    ap.add_argument(
+        "config", nargs="?", type=Path, default=REPO / "examples/chaotic_rnn_search.yaml"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
     args = ap.parse_args()
@@ -104,15 +106,23 @@ def main() -> None:
         "default_hparams_seconds": round(default_s, 1),
         "true_rates_co_bps": ceiling,
         "fraction_of_ceiling": best["co_bps"] / ceiling,
-        "search_best_metrics": {k: best.get(k) for k in ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")},
+        "search_best_metrics": {
+            k: best.get(k) for k in ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
+        },
     }
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     print("| model | validation co-bps |\n|---|---|")
-    print(f"| PBT search, best member ({best['member']}, {best_epochs} epochs) | {best['co_bps']:.4f} |")
-    print(f"| generation 0, median member ({cfg.pbt.burn_in_epochs} epochs) | {statistics.median(gen0):.4f} |")
+    print(
+        f"| PBT search, best member ({best['member']}, {best_epochs} epochs) | {best['co_bps']:.4f} |"
+    )
+    print(
+        f"| generation 0, median member ({cfg.pbt.burn_in_epochs} epochs) | {statistics.median(gen0):.4f} |"
+    )
     print(f"| default hyperparameters, {best_epochs} epochs | {default_co_bps:.4f} |")
     print(f"| true rates (ceiling) | {ceiling:.4f} |")
-    print(f"\nbest reaches {result['fraction_of_ceiling']:.1%} of the ceiling; search took {search_s:.0f} s")
+    print(
+        f"\nbest reaches {result['fraction_of_ceiling']:.1%} of the ceiling; search took {search_s:.0f} s"
+    )
     print(f"details: {out / 'quality.json'}")
 
 

@@ -112,7 +112,8 @@ class GroupCommit:
         self._encoded = persisted  # bytes of the last batch taken (maybe in flight)
         self._latest = Ticket(-1, done=True)
         self._batch_revision = -1  # revision of the batch being written
-        self.writes = 0  # state writes so far (for benchmarks and tests)
+        self.writes = 0  # state writes so far
+        self.changes = 0  # changes staged so far (changes / writes = batching)
 
     @property
     def latest(self) -> Ticket:
@@ -122,6 +123,7 @@ class GroupCommit:
     def stage(self, revision: int) -> Ticket:
         """Record a change applied in memory (lock held)."""
         ticket = Ticket(revision)
+        self.changes += 1
         self._pending.append(ticket)
         self._latest = ticket
         return ticket
@@ -144,7 +146,7 @@ class GroupCommit:
                     self._cond.wait()
                 if ticket.settled:
                     break
-                batch = self._take()
+                batch = self._take()  # this caller leads the next write
             error = self._write(batch)
             with self._cond:
                 self._finish(batch, error)

@@ -169,6 +169,7 @@ class CoordinatorService:
             self._draining = True
             self._changed.notify_all()
         self._flush()
+        log.info("state written %d times for %d changes", self._commit.writes, self._commit.changes)
 
     @property
     def draining(self) -> bool:
@@ -491,7 +492,10 @@ class CoordinatorService:
     def _lease_of(self, lease_id: str, worker_id: str) -> LeaseRecord:
         lease = self._state.leases.get(lease_id)
         if lease is None:
-            raise UnknownLease(f"unknown lease {lease_id[:64]!r}: this search never granted it")
+            raise UnknownLease(
+                f"unknown lease {lease_id[:64]!r}: never granted by this search, "
+                "or it ended generations ago"
+            )
         if lease.worker_id != worker_id:
             raise InvalidRequest(
                 f"lease {lease_id} belongs to worker {lease.worker_id!r}, not {worker_id!r}"

@@ -3,8 +3,12 @@
 There is exactly one copy of the population state (Katib's in-memory PBT
 state, lost on every restart, is the failure mode this avoids). The service
 mutates a `SearchState` under its lock and persists it atomically to
-`<run>/coordinator/state.json` after every change that matters; `from_json`
-rebuilds it, so a restarted coordinator resumes where it stopped.
+`<run>/coordinator/state.json` (group commits, before any caller is answered);
+`from_json` rebuilds it, so a restarted coordinator resumes where it stopped.
+
+Size: history grows with population x generations (the lineage needs it);
+leases, request records and events are pruned (`prune`), so they stay
+proportional to the population. Encoding reuses each unchanged record's JSON.
 
 Vocabulary: a *segment* is one member training for one generation (the unit
 of work); a *lease* grants a segment to a worker until a deadline.
@@ -16,6 +20,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
 from autolfads.coordinator.errors import CoordinatorError
@@ -259,11 +264,12 @@ def _dumps(value: Any) -> str:
 
 
 def _join_object(items: Iterable[tuple[str, Any]], encode: Callable[[Any], str]) -> str:
-    return "{" + ",".join(f"{json.dumps(key)}:{encode(value)}" for key, value in items) + "}"
+    # encode_basestring_ascii: what json.dumps does to a str, minus its overhead.
+    return "{" + ",".join([f"{_quote(key)}:{encode(value)}" for key, value in items]) + "}"
 
 
 def _join_entries(entries: list[HistoryEntry]) -> str:
-    return "[" + ",".join(e.encoded() for e in entries) + "]"
+    return "[" + ",".join([e.encoded() for e in entries]) + "]"
 
 
 def _encode_floats(value: Any) -> Any:

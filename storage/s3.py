@@ -29,6 +29,9 @@ from xml.etree import ElementTree
 
 import certifi
 import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
 from autolfads.storage.base import ObjectInfo, Store, sha256_file
 from autolfads.storage.errors import (
     BucketNotFound,
@@ -41,8 +44,6 @@ from autolfads.storage.errors import (
 )
 from autolfads.storage.keys import InvalidKey, validate_key
 from autolfads.storage.retry import RetriesExhausted, RetryPolicy, call_with_retry
-from minio import Minio
-from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 log = logging.getLogger(__name__)
 

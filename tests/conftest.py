@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from autolfads.storage import LocalStore, RetryPolicy, Store, open_store
 
 # Short budget so failure tests finish quickly; still a real backoff loop.

@@ -123,6 +123,19 @@ def test_render_prints_the_thin_workflow_for_a_config(
     assert (staged["data"]["synth"]["kind"], staged["data"]["synth"]["seed"]) == ("chaotic-rnn", 3)
 
 
+def test_render_grpc_secrets_and_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path = write_config(tmp_path)
+    code = main(["argo", "render", str(cfg_path), "--storage", "s3://lab-bucket/searches",
+                 "--grpc-credentials", "lab-grpc", "--grpc-worker-credentials", "lab-grpc-worker",
+                 "--grpc-tls-secret", "lab-tls"])  # fmt: skip
+    assert code == 0
+    params = params_of(yaml.safe_load(capsys.readouterr().out))
+    assert params["grpc-credentials"] == "lab-grpc"
+    assert params["grpc-worker-credentials"] == "lab-grpc-worker"
+    assert params["grpc-tls-certs"] == "lab-tls"
+    assert params["grpc-tls-dir"] == "/etc/autolfads/tls"
+
+
 def test_render_gpus_selects_the_cuda_image_and_device(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, synth=False))
     params = params_of(render_workflow(cfg, RenderOptions(trainer_gpus=1)))

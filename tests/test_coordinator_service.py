@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -17,6 +19,7 @@ from autolfads.coordinator.messages import SegmentReport
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.state import SearchState
 from autolfads.storage import LocalStore, RunLayout
+from autolfads.storage.errors import StorageError
 
 DATA_KEY = "search/data/" + "ab" * 32 + ".h5"
 LAYOUT = RunLayout("search")
@@ -47,10 +50,10 @@ def run_search(service, store, workers=1, max_leases=1, seed=0, stop_after=None)
                 return reports
 
 
-def outcome(store) -> tuple:
+def outcome(store, generations: int = 3) -> tuple:
     """Everything a person reads from the bucket about the decisions."""
     logs = []
-    for g in range(3):
+    for g in range(generations):
         doc = store.get_json(LAYOUT.generation(g))
         logs.append((doc["ranking"], doc["copies"], doc["best_metric"]))
     best = store.get_json(LAYOUT.best("search.json"))["best"]
@@ -233,3 +236,117 @@ def test_plateau_stops_before_max_generations(local_store):
     service = open_service(local_store, cfg)
     assert run_search(service, local_store) == 8
     assert "plateau" in service.snapshot().message
+
+
+# ------------------------------------------------------------------ capacity
+
+
+class SlowStateStore(LocalStore):
+    """A real local store whose state writes take a while (and can be made
+    to fail), so concurrent changes pile up behind one write."""
+
+    def __init__(self, root, delay_s: float = 0.02) -> None:
+        super().__init__(root)
+        self.delay_s = delay_s
+        self.state_writes = 0
+        self.fail_next_state_write = False
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        if key == LAYOUT.state():
+            if self.fail_next_state_write:
+                self.fail_next_state_write = False
+                raise StorageError(f"{key}: disk full (injected)")
+            time.sleep(self.delay_s)
+            self.state_writes += 1
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def persisted(store) -> SearchState:
+    return SearchState.from_json(store.get_bytes(LAYOUT.state()))
+
+
+def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp_path):
+    store = SlowStateStore(tmp_path)
+    service = open_service(store, tiny_config(population=24, max_generations=2))
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            while (reply := service.request_work(name, 1)).action != "done":
+                for grant in reply.grants:
+                    # Answered, so already in storage (not just in memory).
+                    assert persisted(store).leases[grant.lease_id].status == "active"
+                    service.report(fake_train(store, grant, name))
+                    assert persisted(store).leases[grant.lease_id].status == "accepted"
+                if reply.action == "wait":
+                    time.sleep(0.005)
+        except BaseException as err:  # re-raised in the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
+    state = persisted(store)
+    assert state.status == "finished" and all(len(h) == 2 for h in state.history.values())
+    # 48 grants + 48 reports (+ the start) in far fewer writes.
+    assert service._commit.changes >= 97 and store.state_writes < service._commit.changes * 0.8
+
+
+def test_failed_state_write_rolls_back_and_the_retry_counts_once(tmp_path):
+    store = SlowStateStore(tmp_path, delay_s=0.0)
+    service = open_service(store)
+    grant = service.request_work("w0", 1).grants[0]
+    report = fake_train(store, grant, "w0")
+    before = store.get_bytes(LAYOUT.state())
+    store.fail_next_state_write = True
+    with pytest.raises(StorageError, match="not saved"):
+        service.report(report)
+    # Memory agrees with storage: the report never happened.
+    assert store.get_bytes(LAYOUT.state()) == before
+    assert service.snapshot().leases[grant.lease_id].status == "active"
+    assert service.snapshot().history == {}
+    ack = service.report(report)
+    assert ack.accepted and not ack.duplicate
+    assert len(persisted(store).history[grant.member]) == 1
+
+
+def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
+    cfg = tiny_config(max_generations=6)
+    reference = LocalStore(tmp_path / "ref")
+    run_search(open_service(reference, cfg), reference)
+    store = LocalStore(tmp_path / "run")
+    clock = ManualClock()
+    first = open_service(store, cfg, clock=clock, lease_timeout_s=30)
+    old = first.request_work("w9", 1).grants[0]
+    old_report = fake_train(store, old, "w9")
+    first.report(old_report)
+    run_search(first, store, workers=2, stop_after=4 * 3 - 1)  # generation 3 opens
+    state = persisted(store)
+    assert state.generation == 3
+    # Only leases of the current and the previous generation are remembered.
+    assert {x.generation for x in state.leases.values()} <= {2, 3}
+    assert all(set(r.lease_ids) <= set(state.leases) for r in state.requests.values())
+    with pytest.raises(UnknownLease):  # generation 0's lease is forgotten
+        first.report(old_report)
+    del first  # "kill -9"
+    resumed = open_service(store, cfg, clock=ManualClock(), lease_timeout_s=30)
+    run_search(resumed, store, workers=3, seed=5)
+    assert outcome(store, generations=6) == outcome(reference, generations=6)
+    assert all(len(h) == 6 for h in persisted(store).history.values())
+
+
+def test_idle_workers_are_asked_to_wait_longer(local_store):
+    clock = ManualClock()
+    service = open_service(local_store, clock=clock, retry_after_s=1.0)
+    for grant in service.request_work("busy", 4).grants:
+        assert grant.lease_id
+    few = service.request_work("idle-0", 1)
+    assert few.action == "wait" and few.retry_after_s == 1.0
+    for i in range(1000):
+        service.request_work(f"idle-{i}", 1)
+    clock.advance(2.0)  # the hint is recomputed once a second
+    crowd = service.request_work("idle-0", 1)
+    assert crowd.action == "wait" and 4.0 <= crowd.retry_after_s <= 10.0

@@ -3,15 +3,18 @@ and a deterministic first generation."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 from coordinator_helpers import fake_train, tiny_config
 
+from autolfads.coordinator.clock import ManualClock
 from autolfads.coordinator.errors import CoordinatorError
 from autolfads.coordinator.population import initial_segments
 from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.state import STATE_FORMAT, SearchState
 
 
 def _state_after_two_generations(store) -> SearchState:
@@ -66,3 +69,28 @@ def test_initial_generation_is_a_function_of_the_seed():
 def test_unreadable_state_is_one_clear_error(text):
     with pytest.raises(CoordinatorError, match="coordinator state is unreadable"):
         SearchState.from_json(text)
+
+
+def test_cached_encoding_tracks_every_change(local_store):
+    """Records re-encode only when changed: after leases, expiries, reports,
+    decisions and checkpoint retirement the cached JSON must still equal an
+    encoding built from scratch."""
+    clock = ManualClock()
+    service = CoordinatorService.open_search(
+        tiny_config(max_generations=4, keep_generations=1),
+        local_store,
+        "search/data/" + "ab" * 32 + ".h5",
+        "ab" * 32,
+        clock=clock,
+        lease_timeout_s=10,
+    )
+    lost = service.request_work("w-lost", 1).grants[0]
+    clock.advance(11)  # expires, so its segment and lease change in place
+    while (reply := service.request_work("w0", 4)).action != "done":
+        for grant in reply.grants:
+            service.report(fake_train(local_store, grant, "w0"))
+        state = service._state
+        fresh = {"format": STATE_FORMAT, **asdict(state)}
+        assert json.loads(state.to_json()) == json.loads(json.dumps(fresh))
+    assert lost.lease_id not in service._state.leases  # ended generations ago: pruned
+    assert any(h.checkpoint_deleted for hs in service._state.history.values() for h in hs)

@@ -42,3 +42,11 @@ def test_printer_modes() -> None:
     quiet = io.StringIO()
     ProgressPrinter(mode="quiet", stream=quiet).show(snap)
     assert quiet.getvalue() == ""
+
+
+def test_eta_weighs_the_longer_burn_in() -> None:
+    status = _status(1, ["queued"] * 4, (0.5,))
+    status = StatusView(**{**vars(status), "max_generations": 3})
+    # burn-in (20 epochs) done in 100 s; 2 generations of 5 epochs remain -> 50 s
+    snap = snapshot(status, 100.0, burn_in_epochs=20, generation_epochs=5)
+    assert abs(snap.eta_s - 50.0) < 1e-9

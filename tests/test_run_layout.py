@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from autolfads.storage import (
     InvalidKey,
     LocalStore,
@@ -16,8 +19,6 @@ from autolfads.storage import (
     validate_identifier,
     validate_key,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 SHA = hashlib.sha256(b"data").hexdigest()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from autolfads.storage import (
     ChecksumMismatch,
     InvalidKey,

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from autolfads.storage import (
     BucketNotFound,
     ChecksumMismatch,

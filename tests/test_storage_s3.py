@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 import pytest
+
 from autolfads.storage import (
     BucketNotFound,
     DataCache,

@@ -116,16 +116,17 @@ def test_existing_output_folder_is_refused_unless_forced(tmp_path, tiny_run, cap
 
 
 def test_missing_data_is_generated_from_synth_once(tmp_path):
-    # The data step of `autolfads train` alone: training on the full-size
-    # synthetic set is covered above on a small file.
+    # The data step of `autolfads train` alone, with generator sizes from the config.
     config = _write_config(tmp_path, "gen/chaotic.h5")
     raw = yaml.safe_load(config.read_text())
-    raw["data"]["synth"] = {"kind": "chaotic-rnn", "seed": 3}
+    sizes = {"n_conditions": 12, "n_replications": 5, "n_bins": 20}
+    raw["data"]["synth"] = {"kind": "chaotic-rnn", "seed": 3, "sizes": sizes}
     config.write_text(yaml.safe_dump(raw))
     cfg = load_config(config)
     data = load_run_data(cfg)
     path = tmp_path / "gen" / "chaotic.h5"
     assert path.exists() and data.train.n_trials > 0 and data.heldout_dim > 0
+    assert data.train.n_trials + data.valid.n_trials == 12 * 5 and data.encod_seq_len == 20
     stamp = path.stat().st_mtime_ns
     again = load_run_data(cfg)  # present now: loaded, not regenerated
     assert path.stat().st_mtime_ns == stamp

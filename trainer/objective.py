@@ -78,9 +78,11 @@ def reconstruction(
     grad_mask: torch.Tensor | None = None,
     sv_mask: torch.Tensor | None = None,
     sv_rate: float = 0.0,
+    recon_stirling: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean masked Poisson NLL over (B, Tr, Nr) and the SV held-out NLL (or None)."""
-    nll = apply_grad_mask(poisson_nll(logrates, recon_data), grad_mask)
+    """Mean masked Poisson NLL over (B, Tr, Nr) and the SV held-out NLL (or None).
+    `recon_stirling`: the data's precomputed Stirling term (`stirling_term`)."""
+    nll = apply_grad_mask(poisson_nll(logrates, recon_data, recon_stirling), grad_mask)
     if sv_mask is None or sv_rate <= 0.0:
         return nll.mean(), None
     train_part, held_part = sample_validation_losses(nll, sv_mask, sv_rate)
@@ -119,8 +121,11 @@ def lfads_loss(
     grad_mask: torch.Tensor | None = None,
     sv_mask: torch.Tensor | None = None,
     sv_rate: float = 0.0,
+    recon_stirling: torch.Tensor | None = None,
 ) -> LossTerms:
-    recon, recon_sv = reconstruction(output.logrates, recon_data, grad_mask, sv_mask, sv_rate)
+    recon, recon_sv = reconstruction(
+        output.logrates, recon_data, grad_mask, sv_mask, sv_rate, recon_stirling
+    )
     ic_kl, co_kl = kl_terms(model, output, generator)
     l2 = l2_penalty(model.recurrent_kernels(), weights.l2_scales)
     total = combine(recon, ic_kl, co_kl, l2, weights)

@@ -234,7 +234,9 @@ class TrainingSession:
         perm = torch.randperm(
             split.n_trials, generator=self.generator, device=self.generator.device
         )
-        sums = {"train_loss": 0.0, "train_recon": 0.0, "kl_ic": 0.0, "kl_co": 0.0, "l2": 0.0}
+        names = ("train_loss", "train_recon", "kl_ic", "kl_co", "l2")
+        # Trial-weighted sums stay on the device (float64): no host sync per step.
+        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
         for idx in perm.split(train_cfg.batch_size):
             encod, recon, ext, sv = split.batch(idx)
             if sv is not None:
@@ -249,19 +251,23 @@ class TrainingSession:
             )
             out = self.model(encod, ext, self._hparams["dropout_rate"], True, self.generator)
             terms = lfads_loss(
-                self.model, out, recon, weights, self.generator, grad_mask, sv, train_cfg.sv_rate
+                self.model,
+                out,
+                recon,
+                weights,
+                self.generator,
+                grad_mask,
+                sv,
+                train_cfg.sv_rate,
+                split.stirling(idx),
             )
             self.optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             torch.nn.utils.clip_grad_norm_(self._params, train_cfg.max_grad_norm)
             self.optimizer.step()
-            n = len(idx)
-            sums["train_loss"] += terms.total.item() * n
-            sums["train_recon"] += terms.recon.item() * n
-            sums["kl_ic"] += terms.ic_kl.item() * n
-            sums["kl_co"] += terms.co_kl.item() * n
-            sums["l2"] += terms.l2.item() * n
-        return {k: v / split.n_trials for k, v in sums.items()}
+            step = torch.stack([terms.total, terms.recon, terms.ic_kl, terms.co_kl, terms.l2])
+            sums.add_(step.detach().double(), alpha=len(idx))
+        return dict(zip(names, (sums / split.n_trials).tolist(), strict=True))
 
     def _run_validation(self, weights: LossWeights) -> dict[str, float]:
         train_cfg, split, dims = self.cfg.training, self._valid, self.dims
@@ -274,15 +280,25 @@ class TrainingSession:
                 if sv is not None:
                     encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
                 out = self.model(encod, ext, 0.0, True, self.generator)
+                stirling = split.stirling(idx)
                 terms = lfads_loss(
-                    self.model, out, recon, weights, self.generator, None, sv, train_cfg.sv_rate
+                    self.model,
+                    out,
+                    recon,
+                    weights,
+                    self.generator,
+                    None,
+                    sv,
+                    train_cfg.sv_rate,
+                    stirling,
                 )
                 n = len(idx)
                 sums["valid_loss"] += terms.total.item() * n
                 sums["valid_recon"] += terms.recon.item() * n
                 if terms.recon_sv is not None:
                     sums["valid_recon_sv"] += terms.recon_sv.item() * n
-                for key, value in bits_per_spike_terms(out.logrates, recon, dims).items():
+                bps_terms = bits_per_spike_terms(out.logrates, recon, dims, stirling)
+                for key, value in bps_terms.items():
                     nll_sums[key] = nll_sums.get(key, 0.0) + value
         stats = {k: v / split.n_trials for k, v in sums.items()}
         if train_cfg.sv_rate <= 0.0:

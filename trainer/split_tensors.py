@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from autolfads.trainer.augment import make_sv_mask
 from autolfads.trainer.data import Split
 from autolfads.trainer.model import DataDims
-from autolfads.trainer.modules.recons import poisson_nll
+from autolfads.trainer.modules.recons import poisson_nll, stirling_term
 
 BPS_SLICES = ("bps", "co_bps", "fp_bps")
 
@@ -38,10 +38,13 @@ def _slices(dims: DataDims) -> dict[str, tuple[slice, slice]]:
 
 
 def bits_per_spike_terms(
-    logrates: torch.Tensor, recon: torch.Tensor, dims: DataDims
+    logrates: torch.Tensor,
+    recon: torch.Tensor,
+    dims: DataDims,
+    stirling: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Summed model NLL per bps slice for one batch (B, Tr, Nr)."""
-    nll = poisson_nll(logrates, recon)
+    nll = poisson_nll(logrates, recon, stirling)
     return {
         name: float(nll[:, t, n].sum(dtype=torch.float64)) for name, (t, n) in _slices(dims).items()
     }
@@ -53,6 +56,9 @@ class SplitTensors:
     recon: torch.Tensor | None  # (n, Tr, Nr) float32; None for test
     ext: torch.Tensor | None  # (n, Tr, E) float32
     sv_mask: torch.Tensor | None  # (n, Te, Ne) 1 = used for training
+    # (n, Tr, Nr) Stirling term of the full Poisson NLL: it depends on the
+    # counts only, so it is computed once here rather than in every loss.
+    recon_stirling: torch.Tensor | None = None
     null_nll: dict[str, float] = field(default_factory=dict)
     n_spikes: dict[str, float] = field(default_factory=dict)
 
@@ -72,6 +78,8 @@ class SplitTensors:
             to_dev(split.encod_data), to_dev(split.recon_data), to_dev(split.ext_input), sv
         )
         tensors._null_model()
+        if tensors.recon is not None:
+            tensors.recon_stirling = stirling_term(tensors.recon)
         return tensors
 
     @property
@@ -87,6 +95,10 @@ class SplitTensors:
             return None if t is None else t.index_select(0, idx)
 
         return take(self.encod), take(self.recon), take(self.ext), take(self.sv_mask)
+
+    def stirling(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Precomputed Stirling term (B, Tr, Nr) of the trials in idx."""
+        return None if self.recon_stirling is None else self.recon_stirling.index_select(0, idx)
 
     def _null_model(self) -> None:
         if self.recon is None:

@@ -35,13 +35,21 @@ from autolfads.config import RunConfig, loads_config
 from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.errors import (
     CoordinatorError,
+    CoordinatorUnavailable,
     SearchFinished,
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
 from autolfads.errors import AutolfadsError
-from autolfads.storage import ChecksumMismatch, DataCache, ObjectNotFound, Store
+from autolfads.storage import (
+    ChecksumMismatch,
+    DataCache,
+    ObjectNotFound,
+    RunLayout,
+    StorageError,
+    Store,
+)
 from autolfads.trainer.data import LfadsData, load_lfads_h5
 from autolfads.trainer.session import CheckpointError, TrainingSession
 
@@ -80,8 +88,15 @@ class Worker:
         max_leases: int = 1,
         device: str = "cpu",
         stop: threading.Event | None = None,
+        run: str | None = None,
+        unavailable_wait_s: float = 0.0,
     ) -> None:
         self.client = client
+        # The run's name lets a worker that cannot reach the coordinator see in
+        # storage whether the search already ended (a retried pod that starts
+        # after the coordinator exited must not wait for it in vain).
+        self.run_name = run
+        self.unavailable_wait_s = unavailable_wait_s
         self.store = store
         self.worker_id = worker_id
         self.max_leases = max_leases
@@ -95,7 +110,10 @@ class Worker:
     def run(self) -> int:
         """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
         while not self.stop.is_set():
-            reply = self.client.request_work(self.worker_id, self.max_leases)
+            reply = self._request_work()
+            if reply is None:
+                log.info("the stored state of run %s says the search has ended", self.run_name)
+                return EXIT_DONE
             if reply.action == "done":
                 log.info("search %s: nothing left to do", reply.search_state)
                 return EXIT_DONE
@@ -104,6 +122,23 @@ class Worker:
                 continue
             self.train(list(reply.grants))
         return EXIT_TERMINATED
+
+    def _request_work(self) -> WorkReply | None:
+        """The coordinator's answer, or None once storage says the search ended.
+
+        Each client call rides out a coordinator restart for its own bounded
+        wait; between calls the run's stored state is checked, for at most
+        `unavailable_wait_s` in total.
+        """
+        deadline = time.monotonic() + self.unavailable_wait_s
+        while True:
+            try:
+                return self.client.request_work(self.worker_id, self.max_leases)
+            except CoordinatorUnavailable:
+                if self.run_name and search_ended(self.store, self.run_name):
+                    return None
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    raise
 
     # ------------------------------------------------------------ one round
 
@@ -305,6 +340,15 @@ def _metrics_doc(job: Job, metric: float, sha256: str) -> bytes:
         "epochs": [{k: clean(v) for k, v in values.items()} for _, values in job.epochs],
     }
     return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def search_ended(store: Store, run: str) -> bool:
+    """True if `<run>/coordinator/state.json` records a finished, cancelled or failed search."""
+    try:
+        doc = json.loads(store.get_bytes(RunLayout(run).state()))
+    except (StorageError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") in ("finished", "cancelled", "failed")
 
 
 def default_threads() -> int:

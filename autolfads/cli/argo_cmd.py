@@ -92,6 +92,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallelism", type=int, help="max concurrent pods (default: 64)")
     parser.add_argument("--pod-gc", choices=POD_GC_STRATEGIES, help="pod garbage collection")
     parser.add_argument(
+        "--grpc-credentials",
+        help="Secret with the observer+operator tokens (coordinator only; default autolfads-grpc)",
+    )
+    parser.add_argument(
+        "--grpc-worker-credentials",
+        help="Secret with the worker token (coordinator and trainers; default autolfads-grpc-worker)",
+    )
+    parser.add_argument(
+        "--grpc-tls-secret",
+        help="kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt): serve gRPC over TLS",
+    )
+    parser.add_argument(
         "--inline",
         action="store_true",
         help="embed the WorkflowTemplate (for clusters without it installed)",
@@ -124,6 +136,10 @@ def render_options(args: argparse.Namespace) -> Any:
         pod_gc=args.pod_gc,
         inline=args.inline,
         stage=getattr(args, "stage", None),
+        grpc_credentials=args.grpc_credentials,
+        grpc_worker_credentials=args.grpc_worker_credentials,
+        grpc_tls=True if args.grpc_tls_secret else None,
+        grpc_tls_certs=args.grpc_tls_secret,
     )
 
 

@@ -84,7 +84,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def load_run_data(cfg: RunConfig) -> Any:
-    """The run's data file, generated first from `data.synth` (with its sizes) if missing."""
+    """The run's data file, generated first from `data.synth` if it is missing."""
     from autolfads.trainer.datafile import load_config_data
 
     return load_config_data(cfg)[1]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from autolfads.cli.grpc_security import add_client_flags, client_security
 
+STATE_POLL_S = 10.0
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -43,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--worker-id", help="name in the coordinator's status (default host-pid)")
     p.add_argument(
+        "--run",
+        help="run name: while the coordinator is unreachable, exit 0 if the run's stored "
+        "state says the search has ended",
+    )
+    p.add_argument(
         "--unavailable-wait",
         type=float,
         default=300.0,
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from autolfads.coordinator.client import CoordinatorClient
     from autolfads.errors import ConfigError
-    from autolfads.storage import default_cache_dir, open_store
+    from autolfads.storage import default_cache_dir, open_store, validate_identifier
     from autolfads.trainer.worker import Worker, configure_torch, default_threads, install_sigterm
 
     if args.max_leases < 1:
@@ -71,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
     configure_torch(args.threads or default_threads())
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     store = open_store(args.storage)
+    if args.run is not None:
+        validate_identifier("run name", args.run)
+    # Knowing the run, look at its stored state every STATE_POLL_S while the
+    # coordinator is away; the total wait stays --unavailable-wait.
+    per_call_wait = min(args.unavailable_wait, STATE_POLL_S) if args.run else args.unavailable_wait
     with CoordinatorClient(
-        args.coordinator, unavailable_wait_s=args.unavailable_wait, security=security
+        args.coordinator, unavailable_wait_s=per_call_wait, security=security
     ) as client:
         worker = Worker(
             client,
@@ -82,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
             max_leases=args.max_leases,
             device=args.device,
             stop=stop,
+            run=args.run,
+            unavailable_wait_s=args.unavailable_wait,
         )
         return worker.run()

@@ -10,20 +10,21 @@ with gen_0 = Linear(ic) and factor_0 = KernelNormalizedLinear(dropout(gen_0)).
 Speed: the loop is latency bound. Everything that does not depend on the
 recurrence is hoisted out of it: the CI and external-input projections for all
 bins (one matmul each), all dropout masks and posterior noise (one draw each),
-and transposed weights. Per bin only the recurrent matmuls remain.
+and transposed weights. The loop itself runs in decoder_loop.py, a custom
+autograd Function with hand-written backpropagation through time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autolfads.trainer.modules.decoder_loop import ControllerOperands, run_decoder_loop
 from autolfads.trainer.modules.dropout import apply_dropout, dropout_scale_mask
-from autolfads.trainer.modules.gru import ClippedGRUCell, gru_step
+from autolfads.trainer.modules.gru import ClippedGRUCell
 from autolfads.trainer.modules.recons import FanInLinear, KernelNormalizedLinear
 
 
@@ -79,32 +80,62 @@ class LfadsDecoder(nn.Module):
         batch = ic_sample.shape[0]
         gen_init = self.ic_to_g0(ic_sample)
         w_fac_t = self.fac_linear.normalized_weight().t()  # (gen_dim, fac_dim)
-        factor = apply_dropout(gen_init, dropout_rate, generator) @ w_fac_t
-        gen = _GeneratorLoop.build(self, ext_input, seq_len, batch, dropout_rate, generator)
-        con = self._controller_setup(ci, batch, seq_len, dropout_rate, sample_posteriors, generator)
-        gen_h = gen_init
-        gen_states, factors = [], []
-        con_states, co_means, co_stds, co_outs = [], [], [], []
-        for t in range(seq_len):
-            if con is None:
-                gen_zr, gen_n = gen.x_zr[t], gen.x_n[t]
-            else:
-                con.h, co_mean, co_std, co = con.step(t, factor)
-                gen_zr = torch.addmm(gen.x_zr[t], co, gen.w_co_zr)
-                gen_n = torch.addmm(gen.x_n[t], co, gen.w_co_n)
-                con_states.append(con.h)
-                co_means.append(co_mean)
-                co_stds.append(co_std)
-                co_outs.append(co)
-            gen_h = gru_step(gen_zr, gen_n, gen_h, gen.w_zr, gen.w_n, gen.clip)
-            gen_states.append(gen_h)
-            factor = (gen_h if gen.drop is None else gen_h * gen.drop[t]) @ w_fac_t
-            factors.append(factor)
-        return self._collect(
-            gen_init, gen_states, factors, con_states, co_means, co_stds, co_outs, ext_input
+        factor0 = apply_dropout(gen_init, dropout_rate, generator) @ w_fac_t
+        # Random draws in a fixed order: ext-input dropout, generator-state
+        # dropout, then the controller's (CI dropout, factor dropout, noise).
+        gen_x_zr, gen_x_n = self._generator_inputs(
+            ext_input, seq_len, batch, dropout_rate, generator
+        )
+        gen_drop = dropout_scale_mask(
+            (seq_len, batch, self.gen_cell.hidden_size), dropout_rate, generator, gen_init
+        )
+        con = self._controller_operands(
+            ci, batch, seq_len, dropout_rate, sample_posteriors, generator
+        )
+        gen_states, factors, con_states, co_means, co_stds, co = run_decoder_loop(
+            factor0,
+            gen_init,
+            gen_x_zr,
+            gen_x_n,
+            self.gen_cell.weight_hh.t(),
+            w_fac_t,
+            self.gen_cell.clip_value,
+            gen_drop,
+            con,
+        )
+        gen_inputs = co.transpose(0, 1)  # (B, T, co_dim)
+        if ext_input is not None and self.ext_input_dim > 0:
+            gen_inputs = torch.cat([gen_inputs, ext_input], dim=2)
+        return DecoderOutput(
+            gen_init=gen_init,
+            gen_states=gen_states.transpose(0, 1),
+            factors=factors.transpose(0, 1),
+            gen_inputs=gen_inputs,
+            con_states=con_states.transpose(0, 1),
+            co_means=co_means.transpose(0, 1),
+            co_stds=co_stds.transpose(0, 1),
         )
 
-    def _controller_setup(
+    def _generator_inputs(
+        self,
+        ext_input: torch.Tensor | None,
+        seq_len: int,
+        batch: int,
+        dropout_rate: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, B, 2G) and (T, B, G): projections of the (dropped-out) external
+        inputs of every bin per gate group, bias included; just the bias
+        without external inputs."""
+        cell, gen_dim = self.gen_cell, self.gen_cell.hidden_size
+        groups = (slice(0, 2 * gen_dim), slice(2 * gen_dim, None))
+        if ext_input is None or self.ext_input_dim == 0:
+            return tuple(cell.bias_ih[g].expand(seq_len, batch, -1) for g in groups)
+        ext = apply_dropout(ext_input, dropout_rate, generator).transpose(0, 1)
+        w_ext = cell.weight_ih[:, self.co_dim :]
+        return tuple(F.linear(ext, w_ext[g], cell.bias_ih[g]) for g in groups)
+
+    def _controller_operands(
         self,
         ci: torch.Tensor | None,
         batch: int,
@@ -112,142 +143,30 @@ class LfadsDecoder(nn.Module):
         dropout_rate: float,
         sample_posteriors: bool,
         generator: torch.Generator | None,
-    ) -> _ControllerLoop | None:
+    ) -> ControllerOperands | None:
         if not self.use_con:
             return None
         assert ci is not None, "the controller needs controller inputs"
-        cell, con_dim, ci_dim = self.con_cell, self.con_dim, self.ci_dim
+        cell, ci_dim, con_dim = self.con_cell, self.ci_dim, self.con_dim
         ci_tm = apply_dropout(ci, dropout_rate, generator).transpose(0, 1)  # (T, B, ci_dim)
-        w_ci, w_fac = cell.weight_ih[:, :ci_dim], cell.weight_ih[:, ci_dim:]
-        fac_dim = w_fac.shape[1]
+        fac_dim = cell.weight_ih.shape[1] - ci_dim
         fac_drop = dropout_scale_mask((seq_len, batch, fac_dim), dropout_rate, generator, ci)
         eps = None
         if sample_posteriors:
             eps = torch.empty(seq_len, batch, self.co_dim, dtype=ci.dtype, device=ci.device)
             eps.normal_(generator=generator)
-        w_zr, w_n = cell.recurrent_weights()
-        w_co = self.co_linear.weight
-        b_co = self.co_linear.bias
-        zr, n = slice(0, 2 * con_dim), slice(2 * con_dim, 3 * con_dim)
-        return _ControllerLoop(
-            h=self.con_h0.expand(batch, -1),
-            ci_zr=F.linear(ci_tm, w_ci[zr], cell.bias_ih[zr]).unbind(0),
-            ci_n=F.linear(ci_tm, w_ci[n], cell.bias_ih[n]).unbind(0),
+        w_ci, groups = cell.weight_ih[:, :ci_dim], (slice(0, 2 * con_dim), slice(2 * con_dim, None))
+        ci_x_zr, ci_x_n = (F.linear(ci_tm, w_ci[g], cell.bias_ih[g]) for g in groups)
+        return ControllerOperands(
+            con_h0=self.con_h0.expand(batch, -1),
+            ci_x_zr=ci_x_zr,
+            ci_x_n=ci_x_n,
+            w_con_fac_t=cell.weight_ih[:, ci_dim:].t(),
+            w_con_hh_t=cell.weight_hh.t(),
+            w_co_t=self.co_linear.weight.t(),
+            b_co=self.co_linear.bias,
+            w_gen_co_t=self.gen_cell.weight_ih[:, : self.co_dim].t(),
+            clip=cell.clip_value,
             fac_drop=fac_drop,
             eps=eps,
-            w_fac_zr=w_fac[zr].t(),
-            w_fac_n=w_fac[n].t(),
-            w_zr=w_zr,
-            w_n=w_n,
-            w_mean=w_co[: self.co_dim].t(),
-            b_mean=b_co[: self.co_dim],
-            w_logvar=w_co[self.co_dim :].t(),
-            b_logvar=b_co[self.co_dim :],
-            clip=cell.clip_value,
         )
-
-    def _collect(
-        self, gen_init, gen_states, factors, con_states, co_means, co_stds, co_outs, ext_input
-    ) -> DecoderOutput:
-        batch, seq_len = gen_init.shape[0], len(gen_states)
-        empty = gen_init.new_zeros(batch, seq_len, 0)
-
-        def stack(xs: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(xs, dim=1) if xs else empty
-
-        gen_inputs = stack(co_outs)
-        if ext_input is not None and self.ext_input_dim > 0:
-            gen_inputs = torch.cat([gen_inputs, ext_input], dim=2)
-        return DecoderOutput(
-            gen_init=gen_init,
-            gen_states=stack(gen_states),
-            factors=stack(factors),
-            gen_inputs=gen_inputs,
-            con_states=stack(con_states),
-            co_means=stack(co_means),
-            co_stds=stack(co_stds),
-        )
-
-
-@dataclass
-class _GeneratorLoop:
-    """Hoisted generator operands. Per-bin tensors are tuples from `unbind`:
-    indexing a tensor inside the loop would cost a full-size zero gradient per
-    bin in the backward pass (quadratic in T); unbind's backward is one stack."""
-
-    x_zr: Sequence[torch.Tensor]  # T x (B, 2G) ext-input projection incl. bias
-    x_n: Sequence[torch.Tensor]  # T x (B, G)
-    drop: torch.Tensor | None  # (T, B, G) dropout multipliers of gen states
-    w_co_zr: torch.Tensor  # (co_dim, 2G)
-    w_co_n: torch.Tensor  # (co_dim, G)
-    w_zr: torch.Tensor  # (G, 2G)
-    w_n: torch.Tensor  # (G, G)
-    clip: float
-
-    @classmethod
-    def build(
-        cls,
-        dec: LfadsDecoder,
-        ext_input: torch.Tensor | None,
-        seq_len: int,
-        batch: int,
-        dropout_rate: float,
-        generator: torch.Generator | None,
-    ) -> _GeneratorLoop:
-        cell, co_dim = dec.gen_cell, dec.co_dim
-        gen_dim = cell.hidden_size
-        zr, n = slice(0, 2 * gen_dim), slice(2 * gen_dim, 3 * gen_dim)
-        w_co, w_ext = cell.weight_ih[:, :co_dim], cell.weight_ih[:, co_dim:]
-        if ext_input is None or dec.ext_input_dim == 0:
-            x_zr = [cell.bias_ih[zr].expand(batch, -1)] * seq_len
-            x_n = [cell.bias_ih[n].expand(batch, -1)] * seq_len
-        else:
-            ext = apply_dropout(ext_input, dropout_rate, generator).transpose(0, 1)
-            x_zr = F.linear(ext, w_ext[zr], cell.bias_ih[zr]).unbind(0)
-            x_n = F.linear(ext, w_ext[n], cell.bias_ih[n]).unbind(0)
-        like = cell.bias_ih
-        w_zr, w_n = cell.recurrent_weights()
-        return cls(
-            x_zr=x_zr,
-            x_n=x_n,
-            drop=dropout_scale_mask((seq_len, batch, gen_dim), dropout_rate, generator, like),
-            w_co_zr=w_co[zr].t(),
-            w_co_n=w_co[n].t(),
-            w_zr=w_zr,
-            w_n=w_n,
-            clip=cell.clip_value,
-        )
-
-
-@dataclass
-class _ControllerLoop:
-    """Hoisted controller operands; `step` advances the controller one bin."""
-
-    h: torch.Tensor  # (B, C)
-    ci_zr: Sequence[torch.Tensor]  # T x (B, 2C) CI projection incl. bias
-    ci_n: Sequence[torch.Tensor]  # T x (B, C)
-    fac_drop: torch.Tensor | None  # (T, B, fac_dim) dropout multipliers
-    eps: torch.Tensor | None  # (T, B, co_dim) posterior noise; None = use means
-    w_fac_zr: torch.Tensor  # (fac_dim, 2C)
-    w_fac_n: torch.Tensor  # (fac_dim, C)
-    w_zr: torch.Tensor  # (C, 2C)
-    w_n: torch.Tensor  # (C, C)
-    w_mean: torch.Tensor  # (C, co_dim)
-    b_mean: torch.Tensor  # (co_dim,)
-    w_logvar: torch.Tensor  # (C, co_dim)
-    b_logvar: torch.Tensor  # (co_dim,)
-    clip: float
-
-    def step(
-        self, t: int, factor: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """factor_{t-1} (B, fac_dim) -> (con_t, co_mean_t, co_std_t, co_t)."""
-        fac_in = factor if self.fac_drop is None else factor * self.fac_drop[t]
-        x_zr = torch.addmm(self.ci_zr[t], fac_in, self.w_fac_zr)
-        x_n = torch.addmm(self.ci_n[t], fac_in, self.w_fac_n)
-        h = gru_step(x_zr, x_n, self.h, self.w_zr, self.w_n, self.clip)
-        co_mean = torch.addmm(self.b_mean, h, self.w_mean)
-        # sqrt(exp(logvar)) == exp(0.5 logvar); no variance floor (lfads-torch).
-        co_std = torch.exp(0.5 * torch.addmm(self.b_logvar, h, self.w_logvar))
-        co = co_mean if self.eps is None else torch.addcmul(co_mean, co_std, self.eps[t])
-        return h, co_mean, co_std, co

@@ -9,9 +9,11 @@ the maths is identical.
 
 Speed: the recurrence is latency bound (one small matmul per gate per step), so
 input projections for every time step are computed in one matmul outside the
-loop, and independent recurrences of equal hidden size (forward and backward
+loop, independent recurrences of equal hidden size (forward and backward
 directions of the IC and CI encoders) advance together through one batched
-matmul per step.
+matmul per step, and the loop runs as `StreamRecurrence`, a custom autograd
+Function with hand-written backpropagation through time (gru_tape.py).
+`gru_step` is the same maths through autograd, for the single-step cell API.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
+
+from autolfads.trainer.modules.gru_tape import GruTape
 
 
 class ClippedGRUCell(nn.Module):
@@ -126,7 +131,7 @@ def run_bidirectional(
     final states cat(fwd_last, bwd_first) (B, 2H).
     """
     batch, seq_len, _ = x.shape
-    x_tm = x.transpose(0, 1)  # (T, B, I): contiguous per-step slices below
+    x_tm = x.transpose(0, 1)  # (T, B, I)
     x_rev = x_tm.flip(0)
     results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     groups: dict[int, list[int]] = {}
@@ -135,32 +140,58 @@ def run_bidirectional(
     for hidden, members in groups.items():
         cells = [c for i in members for c in (grus[i].fwd, grus[i].bwd)]
         k = len(cells)
-        # Input projections of all steps in one batched matmul per gate group:
+        clip = cells[0].clip_value
+        assert all(c.clip_value == clip for c in cells), "grouped GRUs share one clip"
+        # Input projections of all bins, one batched matmul per gate group:
         # (K, T*B, I) @ (K, I, G) + bias -> (K, T, B, G); even streams read the
         # input forward in time, odd ones (backward directions) reversed.
         x_k = torch.stack([x_tm, x_rev] * (k // 2)).reshape(k, seq_len * batch, -1)
-        w_ih = torch.stack([c.weight_ih for c in cells])  # (K, 3H, I)
+        w_ih = torch.stack([c.weight_ih for c in cells]).transpose(1, 2)  # (K, I, 3H)
         b_ih = torch.stack([c.bias_ih for c in cells]).unsqueeze(1)  # (K, 1, 3H)
-        x_zr = torch.baddbmm(b_ih[..., : 2 * hidden], x_k, w_ih[:, : 2 * hidden].transpose(1, 2))
-        x_n = torch.baddbmm(b_ih[..., 2 * hidden :], x_k, w_ih[:, 2 * hidden :].transpose(1, 2))
-        x_zr = x_zr.view(k, seq_len, batch, 2 * hidden)
-        x_n = x_n.view(k, seq_len, batch, hidden)
-        w_zr, w_n = (
-            torch.stack(ws) for ws in zip(*(c.recurrent_weights() for c in cells), strict=True)
+        x_zr, x_n = (
+            torch.baddbmm(b_ih[..., g], x_k, w_ih[..., g]).view(k, seq_len, batch, -1)
+            for g in (slice(0, 2 * hidden), slice(2 * hidden, None))
         )
-        h = torch.cat([grus[i].h0 for i in members]).unsqueeze(1).expand(-1, batch, -1)
-        clip = cells[0].clip_value
-        assert all(c.clip_value == clip for c in cells), "grouped GRUs share one clip"
-        states = []
-        # unbind, not x[:, t]: indexing's backward would allocate a full-size zero
-        # gradient per step (quadratic in T); unbind's backward is one stack.
-        for x_zr_t, x_n_t in zip(x_zr.unbind(1), x_n.unbind(1), strict=True):
-            h = gru_step(x_zr_t, x_n_t, h, w_zr, w_n, clip)
-            states.append(h)
-        out = torch.stack(states, dim=2)  # (K, B, T, H)
+        w_hh_t = torch.stack([c.weight_hh for c in cells]).transpose(1, 2)  # (K, H, 3H)
+        h0 = torch.cat([grus[i].h0 for i in members]).unsqueeze(1).expand(-1, batch, -1)
+        # (T, K, B, H): the hand-written recurrence (gru_tape.py).
+        out = StreamRecurrence.apply(x_zr.transpose(0, 1), x_n.transpose(0, 1), h0, w_hh_t, clip)
         for j, i in enumerate(members):
-            fwd_out = out[2 * j]
-            bwd_out = out[2 * j + 1].flip(1)  # back to input time order
-            final = torch.cat([fwd_out[:, -1], bwd_out[:, 0]], dim=1)
+            fwd_out = out[:, 2 * j].transpose(0, 1)  # (B, T, H)
+            bwd_out = out[:, 2 * j + 1].flip(0).transpose(0, 1)  # back to input time order
+            final = torch.cat([out[-1, 2 * j], out[-1, 2 * j + 1]], dim=1)
             results[i] = (fwd_out, bwd_out, final)
     return [results[i] for i in range(len(grus))]
+
+
+class StreamRecurrence(torch.autograd.Function):
+    """K clipped GRUs over T bins with hand-written backpropagation through time.
+
+    x_zr (T, K, B, 2H) and x_n (T, K, B, H) projected inputs, h0 (K, B, H),
+    w_hh_t (K, H, 3H) -> states (T, K, B, H). See gru_tape.py for why this is
+    faster than stepping `gru_step` through autograd; the maths is identical.
+    """
+
+    @staticmethod
+    def forward(ctx, x_zr, x_n, h0, w_hh_t, clip):  # noqa: ANN001, ANN205 (autograd API)
+        tape = GruTape(h0, w_hh_t, x_zr.shape[0], clip)
+        tape.save = any(ctx.needs_input_grad)
+        h = h0
+        for t in range(x_zr.shape[0]):
+            h = tape.step(t, x_zr[t], x_n[t], h)
+        states = tape.states
+        ctx.tape = None
+        if tape.save:
+            # Outputs and inputs via save_for_backward: no reference cycles.
+            ctx.save_for_backward(states, h0, w_hh_t)
+            ctx.tape = tape.detach_saved()
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states):  # noqa: ANN001, ANN205
+        bwd = ctx.tape.backward(*ctx.saved_tensors)
+        dh = torch.zeros_like(grad_states[0])
+        for t in reversed(range(grad_states.shape[0])):
+            dh = bwd.step(t, dh.add_(grad_states[t]))
+        return bwd.da_zr, bwd.da_n, dh, bwd.weight_grad(), None

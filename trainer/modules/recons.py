@@ -34,9 +34,21 @@ class KernelNormalizedLinear(nn.Linear):
         return F.linear(x, self.normalized_weight())
 
 
-def poisson_nll(logrates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def poisson_nll(
+    logrates: torch.Tensor, counts: torch.Tensor, stirling: torch.Tensor | None = None
+) -> torch.Tensor:
     """Element-wise Poisson NLL with the Stirling term (`full=True`).
 
     exp(l) - k*l + [k*log k - k + 0.5*log(2*pi*k) for k > 1]; same shape as input.
+    `stirling` is that bracket precomputed by `stirling_term(counts)` (it depends
+    on the data only, so a split computes it once); the result is bitwise the same.
     """
-    return F.poisson_nll_loss(logrates, counts, log_input=True, full=True, reduction="none")
+    if stirling is None:
+        return F.poisson_nll_loss(logrates, counts, log_input=True, full=True, reduction="none")
+    return (torch.exp(logrates) - counts * logrates).add_(stirling)
+
+
+def stirling_term(counts: torch.Tensor) -> torch.Tensor:
+    """k*log k - k + 0.5*log(2*pi*k) where k > 1, else 0 (as `poisson_nll_loss`)."""
+    term = counts * torch.log(counts) - counts + 0.5 * torch.log(2 * math.pi * counts)
+    return term.masked_fill(counts <= 1, 0.0)
