@@ -30,6 +30,7 @@ from autolfads.coordinator.policy import (
 )
 from autolfads.coordinator.state import BestRecord, HistoryEntry, SearchState, StartPoint
 from autolfads.storage.keys import RunLayout
+from autolfads.storage.retention import select_checkpoints_to_delete
 
 log = logging.getLogger(__name__)
 
@@ -164,39 +165,43 @@ class Progress:
         self.outbox.put(key, render)
 
     def _collect_garbage(self, state: SearchState) -> None:
-        """Retire checkpoints no segment can start from any more. They are
+        """Retire checkpoints no segment can start from any more: storage's
+        retention rule (each member's newest `keep_generations`) over the live
+        checkpoints, sparing every start point, fallback and the best. They are
         deleted after the state that marks them is written (best effort: a
         failed or interrupted delete leaves an extra object, never a missing
         one)."""
-        keep = _protected_checkpoints(state, self.cfg.pbt.keep_generations)
-        deleted: list[str] = []
-        for entries in state.history.values():
-            for entry in entries:
-                if (
-                    entry.checkpoint
-                    and not entry.checkpoint_deleted
-                    and entry.checkpoint not in keep
-                ):
-                    # The key stays in the history: lineage still names it.
-                    entry.checkpoint_deleted = True
-                    deleted.append(entry.checkpoint)
-                    self.outbox.delete(entry.checkpoint)
-        if deleted:
+        live = [
+            h
+            for entries in state.history.values()
+            for h in entries
+            if h.checkpoint and not h.checkpoint_deleted
+        ]
+        doomed = set(
+            select_checkpoints_to_delete(
+                [h.checkpoint for h in live],
+                self.cfg.pbt.keep_generations,
+                _pinned_checkpoints(state),
+            )
+        )
+        for entry in live:
+            if entry.checkpoint in doomed:
+                # The key stays in the history: lineage still names it.
+                entry.checkpoint_deleted = True
+                self.outbox.delete(entry.checkpoint)
+        if doomed:
             state.events.append(
                 {
                     "kind": "checkpoints_deleted",
                     "generation": state.generation,
-                    "count": len(deleted),
+                    "count": len(doomed),
                 }
             )
 
 
-def _protected_checkpoints(state: SearchState, keep_generations: int) -> set[str]:
-    """Each member's newest `keep_generations` checkpoints, every start point
-    or fallback of a current segment, and the best checkpoint."""
+def _pinned_checkpoints(state: SearchState) -> set[str]:
+    """Checkpoints a segment may still start from (start points, fallbacks) and the best."""
     keep: set[str] = set()
-    for member in state.members:
-        keep.update(h.checkpoint for h in state.published(member)[:keep_generations])
     for segment in state.segments.values():
         points: list[StartPoint] = [segment.start, *segment.fallbacks]
         keep.update(p.checkpoint for p in points if p.checkpoint)
