@@ -71,13 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below
+        return code
     except AutolfadsError as err:
         print(f"autolfads: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("autolfads: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout went to a reader that stopped early (`| head`): not an error of
+        # ours; silence the interpreter's flush of the dead pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,39 @@
+"""The `autolfads` front door: behaviour shared by every subcommand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autolfads.cli import build_parser
+from autolfads.trainer.data import write_lfads_h5
+from autolfads.trainer.synth import make_synthetic
+
+COMMANDS = ("run", "train", "data", "status", "report", "finalize", "stage",
+            "coordinator", "trainer", "cancel", "argo")  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args([command, "--help"])
+    assert stop.value.code == 0
+    assert f"autolfads {command}" in capsys.readouterr().out
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "small.h5"
+    write_lfads_h5(make_synthetic("lorenz", seed=0, n_conditions=4, n_trials_per_condition=5), path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autolfads", "data", "check", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # like `| head` that already exited
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
