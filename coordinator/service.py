@@ -40,8 +40,6 @@ from autolfads.coordinator.errors import (
     UnknownLease,
 )
 from autolfads.coordinator.messages import (
-    CheckpointPoint,
-    Grant,
     HeartbeatReply,
     ReportAck,
     SegmentReport,
@@ -49,6 +47,7 @@ from autolfads.coordinator.messages import (
     WorkReply,
 )
 from autolfads.coordinator.progress import Progress
+from autolfads.coordinator.reports import check_report, loaded_start
 from autolfads.coordinator.state import (
     HistoryEntry,
     LeaseRecord,
@@ -59,7 +58,7 @@ from autolfads.coordinator.state import (
     WorkerRequest,
 )
 from autolfads.coordinator.validation import check_lease_id, check_report_shape, check_worker_id
-from autolfads.coordinator.views import status_view
+from autolfads.coordinator.views import grant_view, status_view
 from autolfads.storage.base import Store
 from autolfads.storage.errors import ObjectNotFound
 from autolfads.storage.keys import RunLayout
@@ -242,7 +241,10 @@ class CoordinatorService:
             leases = [self._grant(seg, worker_id) for seg in queued]
             state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
         self._dispatch.granted(leases)
-        return WorkReply("train", tuple(self._grant_view(x) for x in leases))
+        return WorkReply(
+            "train",
+            tuple(grant_view(self._state, x, self.layout, self.lease_timeout_s) for x in leases),
+        )
 
     def _wait_reply(self, worker_id: str) -> WorkReply:
         return WorkReply(
@@ -304,7 +306,7 @@ class CoordinatorService:
             self._last_seen.pop(report.worker_id, None)
             self._dispatch.forget_idle(report.worker_id)
             return ReportAck(accepted=True)
-        self._check_against_segment(report, segment)
+        check_report(report, segment, self.layout)
         with self._transaction():
             self._accept(report, segment, lease)
         return ReportAck(accepted=True)
@@ -463,31 +465,14 @@ class CoordinatorService:
 
     def _replay(self, worker_id: str, previous: WorkerRequest) -> WorkReply:
         leases = [self._state.leases[i] for i in previous.lease_ids if i in self._state.leases]
-        live = tuple(self._grant_view(x) for x in leases if x.status == "active")
+        live = tuple(
+            grant_view(self._state, x, self.layout, self.lease_timeout_s)
+            for x in leases
+            if x.status == "active"
+        )
         if not live:
             return self._wait_reply(worker_id)
         return WorkReply("train", live)
-
-    def _grant_view(self, lease: LeaseRecord) -> Grant:
-        seg = self._state.segments[lease.member]
-        return Grant(
-            lease_id=lease.lease_id,
-            member=seg.member,
-            generation=seg.generation,
-            hparams=dict(seg.hparams),
-            epochs=seg.epochs,
-            start=_point(seg.start),
-            fallbacks=tuple(_point(f) for f in seg.fallbacks),
-            checkpoint_key=self.layout.checkpoint(seg.member, seg.generation),
-            metrics_key=self.layout.member_metrics(seg.member, seg.generation),
-            data_key=self._state.data_key,
-            data_sha256=self._state.data_sha256,
-            config_key=self._state.config_key,
-            deadline=lease.deadline,
-            heartbeat_interval_s=self.lease_timeout_s / 4,
-            parent=seg.parent,
-            run=self._state.run,
-        )
 
     def _lease_of(self, lease_id: str, worker_id: str) -> LeaseRecord:
         lease = self._state.leases.get(lease_id)
@@ -509,36 +494,10 @@ class CoordinatorService:
             return "search_finished"
         return "lease_expired" if lease.status == "expired" else "lease_revoked"
 
-    def _check_against_segment(self, report: SegmentReport, segment: Segment) -> None:
-        if len(report.epochs) > segment.epochs:
-            raise InvalidRequest(
-                f"{len(report.epochs)} epochs reported; the lease was for {segment.epochs}"
-            )
-        if report.hparams != segment.hparams:
-            raise InvalidRequest(
-                f"hyperparameters {report.hparams} differ from the lease's {segment.hparams}"
-            )
-        expected = self.layout.checkpoint(segment.member, segment.generation)
-        if report.outcome == "succeeded" and report.checkpoint_key != expected:
-            raise InvalidRequest(
-                f"checkpoint key {report.checkpoint_key!r} is not the lease's {expected!r}"
-            )
-        starts = [segment.start, *segment.fallbacks]
-        known = {s.checkpoint for s in starts if s.checkpoint}
-        for point in report.corrupt:
-            if point.key not in known:
-                raise InvalidRequest(
-                    f"corrupt checkpoint {point.key!r} is not a start point of the lease"
-                )
-        if report.outcome == "succeeded" and not _loaded_start(segment, report):
-            raise InvalidRequest(
-                "every start point is reported corrupt, yet the outcome is SUCCEEDED"
-            )
-
     def _accept(self, report: SegmentReport, segment: Segment, lease: LeaseRecord) -> None:
         state = self._state
         succeeded = report.outcome == "succeeded"
-        started = _loaded_start(segment, report)
+        started = loaded_start(segment, report)
         lease.status = "accepted"
         for point in report.corrupt:
             self._event(
@@ -588,16 +547,3 @@ class CoordinatorService:
             self._progress.advance_sync(state)
         else:
             self._progress.advance_async(state, segment.member)
-
-
-def _loaded_start(segment: Segment, report: SegmentReport) -> StartPoint | None:
-    """The first start point not reported corrupt: the one the worker loaded."""
-    corrupt = {p.key for p in report.corrupt}
-    for point in [segment.start, *segment.fallbacks]:
-        if point.fresh or point.checkpoint not in corrupt:
-            return point
-    return None
-
-
-def _point(p: StartPoint) -> CheckpointPoint:
-    return CheckpointPoint(p.checkpoint, p.sha256, p.member, max(p.generation, 0), p.seed)

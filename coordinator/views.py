@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 
 from autolfads.config import RunConfig
-from autolfads.coordinator.messages import BestView, LineageStepView, MemberView, StatusView
-from autolfads.coordinator.state import SearchState, Segment
+from autolfads.coordinator.messages import (
+    BestView,
+    CheckpointPoint,
+    Grant,
+    LineageStepView,
+    MemberView,
+    StatusView,
+)
+from autolfads.coordinator.state import LeaseRecord, SearchState, Segment, StartPoint
+from autolfads.storage.keys import RunLayout
 
 _PHASES = {"queued": "queued", "leased": "training", "reported": "reported", "finished": "finished"}
 
@@ -57,3 +65,32 @@ def _member_view(state: SearchState, seg: Segment) -> MemberView:
         lineage=lineage,
         attempts=seg.attempts,
     )
+
+
+def grant_view(
+    state: SearchState, lease: LeaseRecord, layout: RunLayout, lease_timeout_s: float
+) -> Grant:
+    """What a worker is told about an active lease: the whole work unit."""
+    seg = state.segments[lease.member]
+    return Grant(
+        lease_id=lease.lease_id,
+        member=seg.member,
+        generation=seg.generation,
+        hparams=dict(seg.hparams),
+        epochs=seg.epochs,
+        start=_point(seg.start),
+        fallbacks=tuple(_point(f) for f in seg.fallbacks),
+        checkpoint_key=layout.checkpoint(seg.member, seg.generation),
+        metrics_key=layout.member_metrics(seg.member, seg.generation),
+        data_key=state.data_key,
+        data_sha256=state.data_sha256,
+        config_key=state.config_key,
+        deadline=lease.deadline,
+        heartbeat_interval_s=lease_timeout_s / 4,
+        parent=seg.parent,
+        run=state.run,
+    )
+
+
+def _point(p: StartPoint) -> CheckpointPoint:
+    return CheckpointPoint(p.checkpoint, p.sha256, p.member, max(p.generation, 0), p.seed)
