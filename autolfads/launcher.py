@@ -279,16 +279,19 @@ def _staged_data(store: Store, layout: RunLayout) -> tuple[str, str]:
     return key, sha
 
 
-def default_workers() -> tuple[int, int]:
-    """(workers, threads per worker): one worker per GPU, else per 2 CPU cores."""
-    try:
-        import torch
+def default_workers(workers: int | None = None) -> tuple[int, int]:
+    """(workers, torch threads per worker) for this machine.
 
-        gpus = torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - the trainer extra is required anyway
-        gpus = 0
+    Without `workers`: one worker per GPU; on CPU one per 2 cores (one per
+    core on machines of 2 cores or fewer). Threads split the cores evenly.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if gpus:
-        return gpus, max(1, cpus // gpus)
-    workers = max(1, cpus // 2) if cpus > 2 else cpus
+    if workers is None:
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except ImportError:  # pragma: no cover - the trainer extra is required anyway
+            gpus = 0
+        workers = gpus or (max(1, cpus // 2) if cpus > 2 else cpus)
     return workers, max(1, cpus // workers)

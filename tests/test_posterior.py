@@ -136,3 +136,19 @@ def test_h5_written_to_path_file_object_and_bytes(tmp_path, data_with_test):
 def test_bad_sampling_arguments(data_with_test):
     with pytest.raises(ConfigError, match="num_samples >= 1"):
         posterior_sample(_session(data_with_test), data_with_test, num_samples=0)
+
+
+def test_h5_with_data_also_holds_the_inputs(tmp_path, data_with_test):
+    out = posterior_sample(_session(data_with_test), data_with_test, num_samples=2)
+    path = tmp_path / "lfads_output_x.h5"
+    write_lfads_output(out, path, data=data_with_test)
+    with (
+        h5py.File(io.BytesIO(write_lfads_output(out, data=data_with_test)), "r") as mem,
+        h5py.File(path, "r") as f,
+    ):
+        for h5 in (mem, f):
+            assert set(out) <= set(h5.keys())
+            np.testing.assert_array_equal(
+                h5["valid_recon_data"][()], data_with_test.valid.recon_data
+            )
+            np.testing.assert_array_equal(h5["train_output_params"][()], out["train_output_params"])

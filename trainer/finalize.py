@@ -10,7 +10,6 @@ works on a run that was searched anywhere: locally, or on Argo with MinIO.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -18,15 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
-
 from autolfads.coordinator.staging import load_run
 from autolfads.errors import AutolfadsError
 from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
-from autolfads.trainer.data import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.data import load_lfads_h5
 from autolfads.trainer.metrics import evaluate
-from autolfads.trainer.posterior import posterior_sample
+from autolfads.trainer.posterior import posterior_sample, write_lfads_output
 from autolfads.trainer.session import TrainingSession
 
 log = logging.getLogger(__name__)
@@ -67,18 +63,6 @@ def read_best_member(store: Store, layout: RunLayout) -> BestMember:
     )
 
 
-def lfads_output_bytes(data: LfadsData, outputs: dict[str, np.ndarray]) -> bytes:
-    """One h5 holding the input datasets and the posterior outputs, as lfads-torch
-    users expect (their output file starts as a copy of the input)."""
-    buffer = io.BytesIO()
-    write_lfads_h5(data, buffer)
-    with h5py.File(buffer, "a") as f:
-        for key in sorted(outputs):
-            arr = np.asarray(outputs[key])
-            f.create_dataset(key, data=arr, compression="gzip" if arr.size > 4096 else None)
-    return buffer.getvalue()
-
-
 def output_name(data_key: str) -> str:
     stem = Path(data_key).name.split(".", 1)[0][:12]
     return f"lfads_output_{stem}.h5"
@@ -117,7 +101,9 @@ def finalize_run(
     }
     out_key = layout.best(output_name(data_key))
     store.put_bytes(layout.best("checkpoint.pt"), checkpoint)
-    store.put_bytes(out_key, lfads_output_bytes(data, outputs), content_type="application/x-hdf5")
+    store.put_bytes(
+        out_key, write_lfads_output(outputs, data=data), content_type="application/x-hdf5"
+    )
     doc["lfads_output"] = out_key
     text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
     # metrics.json last: its presence means best/ is complete.

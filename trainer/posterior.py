@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from autolfads.errors import ConfigError
-from autolfads.trainer.data import LfadsData
+from autolfads.trainer.data import LfadsData, write_lfads_h5
 from autolfads.trainer.model import LfadsModel, LfadsOutput
 from autolfads.trainer.split_tensors import SplitTensors
 
@@ -117,33 +117,43 @@ def _sample_split(
 
 
 def write_lfads_output(
-    outputs: dict[str, np.ndarray], dest: str | Path | BinaryIO | None = None
+    outputs: dict[str, np.ndarray],
+    dest: str | Path | BinaryIO | None = None,
+    data: LfadsData | None = None,
 ) -> bytes | None:
     """Write posterior outputs as an lfads-torch style h5.
 
-    `dest` is a path or a writable binary file object; with None the file is
-    returned as bytes (for object storage). Writes to a path go through a
-    temporary file so a failure never leaves a half-written output.
+    With `data`, the file also holds the input datasets, as lfads-torch users
+    expect (their output file starts as a copy of the input). `dest` is a path
+    or a writable binary file object; with None the file is returned as bytes
+    (for object storage). Writes to a path go through a temporary file so a
+    failure never leaves a half-written output.
     """
     if dest is None:
         buffer = io.BytesIO()
-        _write(outputs, buffer)
+        _write(outputs, buffer, data)
         return buffer.getvalue()
     if isinstance(dest, (str, Path)):
         path = Path(dest)
         tmp = path.with_name(f".{path.name}.partial")
         try:
-            _write(outputs, tmp)
+            _write(outputs, tmp, data)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
         return None
-    _write(outputs, dest)
+    _write(outputs, dest, data)
     return None
 
 
-def _write(outputs: dict[str, np.ndarray], target: str | Path | BinaryIO) -> None:
-    with h5py.File(target, "w") as f:
+def _write(
+    outputs: dict[str, np.ndarray], target: str | Path | BinaryIO, data: LfadsData | None
+) -> None:
+    mode = "w"
+    if data is not None:
+        write_lfads_h5(data, target)
+        mode = "a"
+    with h5py.File(target, mode) as f:
         for key in sorted(outputs):
             arr = np.asarray(outputs[key])
             f.create_dataset(key, data=arr, compression="gzip" if arr.size > 4096 else None)

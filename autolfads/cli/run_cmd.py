@@ -62,12 +62,9 @@ def _options(args: argparse.Namespace):
     from autolfads.errors import ConfigError
     from autolfads.launcher import LaunchOptions, default_workers
 
-    workers, threads = default_workers()
-    if args.workers is not None:
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-        workers = args.workers
-        threads = max(1, (threads * default_workers()[0]) // workers)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    workers, threads = default_workers(args.workers)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     _atomic_write(out_dir / "checkpoint.pt", session.checkpoint())
     outputs = posterior_sample(session, data, num_samples=cfg.training.posterior_samples)
     out_h5 = out_dir / f"lfads_output_{Path(cfg.data.path).stem}.h5"
-    write_lfads_output(outputs, out_h5)
+    write_lfads_output(outputs, out_h5, data=data)
     summary = {"epochs": session.epoch, "last_epoch": last, "evaluation": _evaluate(data, outputs)}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _say(args, f"done: valid_recon_smth {session.valid_recon_smth:.5f}; outputs in {out_dir}")
