@@ -232,6 +232,12 @@ class PbtConfig(_Frozen):
     stop_improvement: NonNegFloat = 5e-4
     stop_patience_generations: Annotated[int, Field(ge=2)] = 4
     seed: NonNegInt = 0
+    # What members are ranked by (lower is better), smoothed over epochs:
+    # valid_recon_smth, the NLL of every reconstructed element (lfads-torch's
+    # valid/recon_smth), or valid_heldout_recon_smth, the NLL of only what the
+    # encoder never sees (held-out neurons, forward bins), which is what co-bps
+    # and fp-bps score; it needs data with held-out neurons or forward bins.
+    fitness: Literal["valid_recon_smth", "valid_heldout_recon_smth"] = "valid_recon_smth"
     # Checkpoints kept per member besides those later generations copied from.
     keep_generations: PosInt = 2
     search_space: dict[str, HparamSpace] = Field(default_factory=default_search_space)

@@ -146,7 +146,7 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
     report = pb.ReportResultRequest(
         lease_id=lease.lease_id, worker_id=worker_id, member=lease.member,
         generation=lease.generation, outcome=pb.ReportResultRequest.SUCCEEDED,
-        hparams=hparams, valid_recon_smth=metric, checkpoint_key=lease.checkpoint_key,
+        hparams=hparams, fitness=metric, checkpoint_key=lease.checkpoint_key,
         checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
         epochs=[pb.EpochMetrics(epoch=0, values={"valid/recon_smth": metric})],
     )  # fmt: skip

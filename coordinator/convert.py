@@ -197,7 +197,7 @@ def report_to_proto(r: SegmentReport) -> pb.ReportResultRequest:
         outcome=_OUTCOMES[r.outcome],
         hparams=r.hparams,
         epochs=[pb.EpochMetrics(epoch=e, values=v) for e, v in r.epochs],
-        valid_recon_smth=r.valid_recon_smth,
+        fitness=r.fitness,
         checkpoint_key=r.checkpoint_key,
         checkpoint_sha256=r.checkpoint_sha256,
         checkpoint_size=r.checkpoint_size,
@@ -215,7 +215,7 @@ def report_from_proto(m: pb.ReportResultRequest) -> SegmentReport:
         outcome=_lookup(_invert(_OUTCOMES), m.outcome, "report outcome"),  # type: ignore[arg-type]
         hparams=dict(m.hparams),
         epochs=tuple((e.epoch, dict(e.values)) for e in m.epochs),
-        valid_recon_smth=m.valid_recon_smth,
+        fitness=m.fitness,
         checkpoint_key=m.checkpoint_key,
         checkpoint_sha256=m.checkpoint_sha256,
         checkpoint_size=m.checkpoint_size,

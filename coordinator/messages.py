@@ -81,7 +81,7 @@ class SegmentReport:
     outcome: Outcome
     hparams: dict[str, float] = field(default_factory=dict)
     epochs: tuple[tuple[int, dict[str, float]], ...] = ()
-    valid_recon_smth: float = math.nan
+    fitness: float = math.nan  # the metric pbt.fitness names; lower is better
     checkpoint_key: str = ""
     checkpoint_sha256: str = ""
     checkpoint_size: int = 0

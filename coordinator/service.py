@@ -510,9 +510,9 @@ class CoordinatorService:
         segment.phase = "reported"
         segment.lease_id = ""
         # Any non-finite metric means diverged: stored as NaN, so -inf never ranks first.
-        finite = succeeded and math.isfinite(report.valid_recon_smth)
+        finite = succeeded and math.isfinite(report.fitness)
         segment.result = SegmentResult(
-            metric=report.valid_recon_smth if finite else math.nan,
+            metric=report.fitness if finite else math.nan,
             checkpoint=report.checkpoint_key if succeeded else "",
             sha256=report.checkpoint_sha256 if succeeded else "",
             size=report.checkpoint_size,

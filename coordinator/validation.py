@@ -99,10 +99,8 @@ def check_report_shape(report: SegmentReport) -> None:
             raise InvalidRequest("checkpoint_sha256 must be 64 lowercase hex digits")
         if report.checkpoint_size <= 0:
             raise InvalidRequest("checkpoint_size must be > 0 for a published checkpoint")
-        if isinstance(report.valid_recon_smth, bool) or not isinstance(
-            report.valid_recon_smth, float
-        ):
-            raise InvalidRequest("valid_recon_smth must be a float (NaN for a diverged member)")
+        if isinstance(report.fitness, bool) or not isinstance(report.fitness, float):
+            raise InvalidRequest("fitness must be a float (NaN for a diverged member)")
     for epoch, values in report.epochs:
         if epoch < 0 or not all(isinstance(v, float) for v in values.values()):
             raise InvalidRequest(f"epoch metrics of epoch {epoch} are malformed")

@@ -68,7 +68,7 @@ def fake_train(
         outcome="succeeded",
         hparams=dict(grant.hparams),
         epochs=tuple((e, {"valid_recon_smth": metric}) for e in range(grant.epochs)),
-        valid_recon_smth=metric,
+        fitness=metric,
         checkpoint_key=grant.checkpoint_key,
         checkpoint_sha256=info.sha256,
         checkpoint_size=len(blob),

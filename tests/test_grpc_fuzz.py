@@ -119,7 +119,7 @@ def report_requests(draw, arena_reports):
         "member": st.text(max_size=20),
         "generation": st.integers(0, 2**32 - 1),
         "outcome": st.integers(-(2**31), 2**31 - 1),
-        "valid_recon_smth": floats,
+        "fitness": floats,
         "checkpoint_key": st.text(max_size=60),
         "checkpoint_sha256": st.one_of(st.text(max_size=70), st.just("0" * 64)),
         "checkpoint_size": st.integers(0, 2**64 - 1),

@@ -115,7 +115,36 @@ def test_best_member_matches_generation_logs(finished: tuple[Workspace, dict]) -
     run = ws.runs / RUN
     last = json.loads((run / "generations" / "gen-0002.json").read_text())
     assert result["metrics"]["member"] == last["best_member"]
+    assert result["metrics"]["fitness_metric"] == "valid_recon_smth"  # lfads-torch's default
     assert result["metrics"]["valid_recon_smth"] == pytest.approx(last["best_metric"])
+
+
+def test_heldout_fitness_ranks_members_by_heldout_nll(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    text = ws.config.read_text().replace("pbt:\n", "pbt:\n  fitness: valid_heldout_recon_smth\n")
+    ws.config.write_text(text)
+    proc = autolfads(ws, *run_args(ws, "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = ws.runs / RUN
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert best["fitness_metric"] == "valid_heldout_recon_smth"
+    assert f"valid_heldout_recon_smth {best['valid_heldout_recon_smth']:.4f}" in " ".join(
+        proc.stdout.split()
+    )
+    # Every ranking used the smoothed held-out NLL each segment ended with.
+    for g in range(3):
+        log = json.loads((run / "generations" / f"gen-{g:04d}.json").read_text())
+        ended = {}
+        for member in log["ranking"]:
+            doc = json.loads(
+                (run / "members" / member / f"gen-{g:04d}" / "metrics.json").read_text()
+            )
+            assert doc["fitness_metric"] == "valid_heldout_recon_smth"
+            assert doc["fitness"] == doc["epochs"][-1]["valid_heldout_recon_smth"]
+            assert doc["fitness"] != doc["epochs"][-1]["valid_recon_smth"]
+            ended[member] = doc["fitness"]
+        assert log["ranking"] == sorted(ended, key=lambda m: (ended[m], m))
+        assert log["best_metric"] == pytest.approx(ended[log["ranking"][0]])
 
 
 def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]) -> None:
@@ -215,6 +244,27 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
     ws.config.write_text("name: nodata\ndata: {path: missing.h5}\n")
     proc = autolfads(ws, *run_args(ws))
     _one_line_error(proc, "missing.h5", "not found")
+    assert not ws.runs.exists()
+
+
+def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from autolfads.trainer.data import write_lfads_h5
+    from autolfads.trainer.synth import make_chaotic_rnn
+
+    ws = make_workspace(tmp_path)
+    data = make_chaotic_rnn(seed=1, n_conditions=4, n_replications=5, n_bins=10, n_fp_bins=2)
+    held_in = {
+        s: replace(getattr(data, s), recon_data=getattr(data, s).encod_data, truth=None)
+        for s in ("train", "valid")
+    }
+    write_lfads_h5(replace(data, **held_in, attrs={}), ws.root / "held_in.h5")
+    ws.config.write_text(
+        "name: held-in\ndata: {path: ../held_in.h5}\npbt: {fitness: valid_heldout_recon_smth}\n"
+    )
+    proc = autolfads(ws, *run_args(ws))
+    _one_line_error(proc, "pbt.fitness", "held-out neurons or forward bins")
     assert not ws.runs.exists()
 
 

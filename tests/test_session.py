@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from autolfads.config import parse_config
 from autolfads.errors import ConfigError
+from autolfads.trainer.model import DataDims
 from autolfads.trainer.session import CheckpointError, TrainingSession
+from autolfads.trainer.split_tensors import SplitTensors, bits_per_spike_terms
 from autolfads.trainer.synth import make_chaotic_rnn
 
 torch.set_num_threads(1)
@@ -119,10 +124,46 @@ def test_smoothed_validation_nll_and_ramps(tiny_data):
         "valid_bps",
         "valid_co_bps",
         "valid_fp_bps",
+        "valid_heldout_recon",
+        "valid_heldout_recon_smth",
         "seconds",
     }
     assert expected <= set(m3)
     assert all(math.isfinite(v) for v in m3.values())
+    assert m1["valid_heldout_recon_smth"] == m1["valid_heldout_recon"]
+    assert m3["valid_heldout_recon_smth"] == pytest.approx(
+        0.3 * m2["valid_heldout_recon_smth"] + 0.7 * m3["valid_heldout_recon"]
+    )
+    assert session.smoothed("valid_heldout_recon_smth") == m3["valid_heldout_recon_smth"]
+    assert session.smoothed("valid_recon_smth") == m3["valid_recon_smth"]
+
+
+def test_heldout_nll_is_the_mean_over_heldout_neurons_and_forward_bins(tiny_data):
+    dims = DataDims.from_data(tiny_data)
+    split = SplitTensors.build(tiny_data.valid, torch.device("cpu"))
+    logrates = torch.randn(split.recon.shape, generator=torch.Generator().manual_seed(0)) - 2.0
+    sums = bits_per_spike_terms(logrates, split.recon, dims, split.recon_stirling)
+    # lfads-torch's loss: torch's full Poisson NLL (Stirling term for counts > 1).
+    nll = F.poisson_nll_loss(logrates, split.recon, full=True, reduction="none").numpy()
+    ne, te = tiny_data.encod_data_dim, tiny_data.encod_seq_len
+    heldout = np.concatenate([nll[:, :te, ne:].ravel(), nll[:, te:, :].ravel()])
+    assert split.heldout_nll(sums, dims) == pytest.approx(heldout.mean(), rel=1e-6)
+    assert heldout.size < nll.size  # held-in neurons in the observed bins are left out
+
+
+def test_heldout_fitness_needs_heldout_parts(tiny_data):
+    # The same trials with only the held-in neurons and observed bins to reconstruct.
+    def held_in_only(split):
+        return replace(split, recon_data=split.encod_data.copy(), truth=None)
+
+    data = replace(
+        tiny_data, train=held_in_only(tiny_data.train), valid=held_in_only(tiny_data.valid)
+    )
+    session = TrainingSession.fresh(_cfg(), data, {}, seed=0)
+    metrics = session.train_epoch()
+    assert "valid_heldout_recon_smth" not in metrics and "valid_heldout_recon" not in metrics
+    with pytest.raises(ConfigError, match="held-out neurons or forward bins"):
+        session.smoothed("valid_heldout_recon_smth")
 
 
 def test_same_seed_is_bitwise_identical_and_other_seed_differs(tiny_data):
@@ -144,6 +185,8 @@ def test_restored_session_continues_exactly_like_an_uninterrupted_one(tiny_data)
     blob = straight.checkpoint()
     restored = TrainingSession.from_checkpoint(cfg, tiny_data, blob)
     assert restored.epoch == 2 and restored.valid_recon_smth == straight.valid_recon_smth
+    held = "valid_heldout_recon_smth"
+    assert restored.smoothed(held) == straight.smoothed(held)
     assert restored.hparams == straight.hparams
     ahead = [_strip_time(straight.train_epoch()) for _ in range(2)]
     resumed = [_strip_time(restored.train_epoch()) for _ in range(2)]

@@ -72,7 +72,7 @@ def finish_generation(client: CoordinatorClient, metrics: dict[str, float]) -> N
                 generation=g.generation,
                 outcome="succeeded",
                 hparams=g.hparams,
-                valid_recon_smth=metrics[g.member],
+                fitness=metrics[g.member],
                 checkpoint_key=g.checkpoint_key,
                 checkpoint_sha256="a" * 64,
                 checkpoint_size=10,

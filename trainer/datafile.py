@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autolfads.config import RunConfig
-from autolfads.errors import DataError
+from autolfads.errors import ConfigError, DataError
 from autolfads.trainer.data import LfadsData, load_lfads_h5, write_lfads_h5
 from autolfads.trainer.synth import make_synthetic
 
@@ -29,4 +29,10 @@ def ensure_data_file(cfg: RunConfig) -> Path:
 def load_config_data(cfg: RunConfig) -> tuple[Path, LfadsData]:
     """Ensure, load and validate the run's data (bad files fail here, before any run exists)."""
     path = ensure_data_file(cfg)
-    return path, load_lfads_h5(path)
+    data = load_lfads_h5(path)
+    if cfg.pbt.fitness == "valid_heldout_recon_smth" and not (data.heldout_dim or data.fp_seq_len):
+        raise ConfigError(
+            f"pbt.fitness valid_heldout_recon_smth needs held-out neurons or forward bins, "
+            f"but {path} has neither; use pbt.fitness valid_recon_smth"
+        )
+    return path, data

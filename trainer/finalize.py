@@ -92,7 +92,9 @@ def finalize_run(
         "run": run,
         "member": best.member,
         "generation": best.generation,
-        "valid_recon_smth": best.metric if math.isfinite(best.metric) else None,
+        # The search's fitness of the best segment, under its own name.
+        "fitness_metric": cfg.pbt.fitness,
+        cfg.pbt.fitness: best.metric if math.isfinite(best.metric) else None,
         "checkpoint": layout.best("checkpoint.pt"),
         "source_checkpoint": best.checkpoint,
         "posterior_samples": samples,

@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 
 # Rates of exactly zero are scored as this (log(0) would be -inf), as in NLB.
 ZERO_RATE = 1e-9
+# What `autolfads run` prints and the report's table shows, in this order.
+SUMMARY_METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2", "bps")
 RIDGE_ALPHAS = np.logspace(-4, 0, 9)
+
+
+def summary_names(best_doc: Mapping[str, object]) -> list[str]:
+    """The summary metrics of a best/metrics.json, then the search's fitness."""
+    return [*SUMMARY_METRICS, str(best_doc.get("fitness_metric", "valid_recon_smth"))]
 
 
 def _same_shape(what: str, rates: np.ndarray, spikes: np.ndarray) -> None:

@@ -34,6 +34,10 @@ from autolfads.trainer.split_tensors import SplitTensors, bits_per_spike_terms
 CHECKPOINT_FORMAT = "autolfads-lfads-session"
 CHECKPOINT_VERSION = 1
 SMOOTHING_PREV = 0.3  # smth = 0.3*prev + 0.7*current (lfads-torch ExpSmoothedMetric)
+# Validation NLLs smoothed every epoch; either can be a search's fitness
+# (`pbt.fitness`). valid_heldout_recon covers only what the encoder never sees:
+# held-out neurons in the observed bins and every neuron in the forward bins.
+SMOOTHED_METRICS = ("valid_recon", "valid_heldout_recon")
 
 # Inclusive bounds a tunable hyperparameter must lie in (lr_init also > 0).
 HPARAM_BOUNDS: dict[str, tuple[float, float]] = {
@@ -90,7 +94,13 @@ class TrainingSession:
         self.dims = model.dims
         self._hparams = dict(hparams)
         self._epoch = 0
-        self._smth = math.nan
+        # name + "_smth" -> smoothed value (nan before the first epoch), for the
+        # metrics this data has (no held-out one without held-out parts).
+        self._smth = {
+            f"{name}_smth": math.nan
+            for name in SMOOTHED_METRICS
+            if name != "valid_heldout_recon" or data.heldout_dim or data.fp_seq_len
+        }
         train = cfg.training
         self._train = SplitTensors.build(data.train, device, train.sv_rate, train.sv_seed)
         self._valid = SplitTensors.build(data.valid, device, train.sv_rate, train.sv_seed + 1)
@@ -150,7 +160,9 @@ class TrainingSession:
         session = cls(cfg, data, model, generator, merged, dev)
         session.optimizer.load_state_dict(state["optimizer_state"])
         session._epoch = int(state["epoch"])
-        session._smth = float(state["valid_recon_smth"])
+        for key in session._smth:
+            # Checkpoints from before held-out smoothing carry only valid_recon_smth.
+            session._smth[key] = float(state.get(key, math.nan))
         # The optimizer state carries the old lr; apply the (possibly new) one.
         session._apply_lr()
         restore_global_rng(state["global_rng"])
@@ -165,8 +177,18 @@ class TrainingSession:
 
     @property
     def valid_recon_smth(self) -> float:
-        """Smoothed validation NLL (the PBT fitness); nan before the first epoch."""
-        return self._smth
+        """Smoothed validation NLL (the default PBT fitness); nan before the first epoch."""
+        return self._smth["valid_recon_smth"]
+
+    def smoothed(self, name: str) -> float:
+        """A smoothed validation metric by name (`pbt.fitness`); nan before the
+        first epoch. Raises ConfigError if this data has no such metric."""
+        if name not in self._smth:
+            raise ConfigError(
+                f"metric {name!r} is not available for this data (it has {sorted(self._smth)}); "
+                "valid_heldout_recon_smth needs held-out neurons or forward bins"
+            )
+        return self._smth[name]
 
     @property
     def hparams(self) -> dict[str, float]:
@@ -211,22 +233,26 @@ class TrainingSession:
         self._apply_lr()
         train_stats = self._run_training(weights)
         valid_stats = self._run_validation(weights)
-        current = valid_stats["valid_recon"]
-        if math.isnan(self._smth):
-            self._smth = current
-        else:
-            self._smth = SMOOTHING_PREV * self._smth + (1.0 - SMOOTHING_PREV) * current
+        for key in self._smth:
+            self._smooth(key, valid_stats[key.removesuffix("_smth")])
         self._epoch += 1
         return {
             "epoch": self._epoch,
             **train_stats,
             **valid_stats,
-            "valid_recon_smth": self._smth,
+            **self._smth,
             "kl_ramp": weights.kl_ramp,
             "l2_ramp": weights.l2_ramp,
             "lr": self._hparams["lr_init"],
             "seconds": time.perf_counter() - start,
         }
+
+    def _smooth(self, key: str, current: float) -> None:
+        prev = self._smth[key]
+        if math.isnan(prev):
+            self._smth[key] = current
+        else:
+            self._smth[key] = SMOOTHING_PREV * prev + (1.0 - SMOOTHING_PREV) * current
 
     def _run_training(self, weights: LossWeights) -> dict[str, float]:
         train_cfg, split, dims = self.cfg.training, self._train, self.dims
@@ -304,6 +330,9 @@ class TrainingSession:
         if train_cfg.sv_rate <= 0.0:
             del stats["valid_recon_sv"]
         stats.update(split.bits_per_spike(nll_sums, dims, prefix="valid_"))
+        heldout = split.heldout_nll(nll_sums, dims)
+        if heldout is not None:
+            stats["valid_heldout_recon"] = heldout
         return stats
 
     # ------------------------------------------------------------ checkpoints
@@ -318,7 +347,7 @@ class TrainingSession:
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer_state": self.optimizer.state_dict(),
             "epoch": self._epoch,
-            "valid_recon_smth": self._smth,
+            **self._smth,
             "hparams": dict(self._hparams),
             "generator_state": self.generator.get_state(),
             "global_rng": capture_global_rng(),

@@ -118,6 +118,23 @@ class SplitTensors:
             self.null_nll[name] = float(nll)
             self.n_spikes[name] = float(counts.sum())
 
+    def heldout_nll(self, nll_sums: dict[str, float], dims: DataDims) -> float | None:
+        """Mean model NLL per element over what the encoder never sees (held-out
+        channels in the observed bins, all channels in the forward bins); None
+        if the data has neither."""
+        te, tr, ne, nr = (
+            dims.encod_seq_len,
+            dims.recon_seq_len,
+            dims.encod_data_dim,
+            dims.recon_data_dim,
+        )
+        per_trial = {"co_bps": te * (nr - ne), "fp_bps": (tr - te) * nr}
+        parts = [name for name in per_trial if name in _slices(dims)]
+        if not parts:
+            return None
+        total = sum(nll_sums[name] for name in parts)
+        return total / (self.n_trials * sum(per_trial[name] for name in parts))
+
     def bits_per_spike(
         self, nll_sums: dict[str, float], dims: DataDims, prefix: str = ""
     ) -> dict[str, float]:

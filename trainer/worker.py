@@ -263,10 +263,11 @@ class Worker:
         assert job.session is not None
         blob = job.session.checkpoint()
         info = self.store.put_bytes(grant.checkpoint_key, blob)
-        metric = float(job.session.valid_recon_smth)
+        fitness_metric = job.session.cfg.pbt.fitness
+        metric = float(job.session.smoothed(fitness_metric))
         self.store.put_bytes(
             grant.metrics_key,
-            _metrics_doc(job, metric, info.sha256),
+            _metrics_doc(job, fitness_metric, metric, info.sha256),
             content_type="application/json",
         )
         self._report(
@@ -279,7 +280,7 @@ class Worker:
                 "succeeded",
                 hparams=grant.hparams,
                 epochs=tuple(job.epochs),
-                valid_recon_smth=metric,
+                fitness=metric,
                 checkpoint_key=grant.checkpoint_key,
                 checkpoint_sha256=info.sha256,
                 checkpoint_size=len(blob),
@@ -298,7 +299,7 @@ class Worker:
             "%s generation %d reported (metric %s%s)",
             job.grant.member,
             job.grant.generation,
-            report.valid_recon_smth,
+            report.fitness,
             ", duplicate" if ack.duplicate else "",
         )
 
@@ -322,7 +323,7 @@ class Worker:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
 
 
-def _metrics_doc(job: Job, metric: float, sha256: str) -> bytes:
+def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> bytes:
     g = job.grant
 
     def clean(v: float) -> float | None:
@@ -333,7 +334,8 @@ def _metrics_doc(job: Job, metric: float, sha256: str) -> bytes:
         "generation": g.generation,
         "lease_id": g.lease_id,
         "hparams": g.hparams,
-        "valid_recon_smth": clean(metric),
+        "fitness_metric": fitness_metric,
+        "fitness": clean(metric),
         "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
         "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in job.corrupt), ""),
         "corrupt_start_points": [p.key for p in job.corrupt],

@@ -86,9 +86,10 @@ def _options(args: argparse.Namespace):
 
 
 def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) -> None:
-    names = ["co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2", "bps", "valid_recon_smth"]
+    from autolfads.trainer.metrics import summary_names
+
     print(f"\nbest member {doc['member']} (generation {doc['generation']}), validation split:")
-    for name in names:
+    for name in summary_names(doc):
         if doc.get(name) is not None:
             print(f"  {name:<17} {doc[name]:.4f}")
     print(f"\nrun:     {store.location(run_name)}")

@@ -22,6 +22,7 @@ from autolfads.errors import AutolfadsError
 from autolfads.report import figures
 from autolfads.report.html import render_html
 from autolfads.storage import ObjectNotFound, RunLayout, Store
+from autolfads.trainer.metrics import summary_names
 
 
 class ReportError(AutolfadsError):
@@ -133,9 +134,7 @@ def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[st
     metric_values = {
         k: float(v)
         for k, v in metrics.items()
-        if k in ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2", "bps", "valid_recon_smth")
-        and isinstance(v, (int, float))
-        and math.isfinite(v)
+        if k in summary_names(metrics) and isinstance(v, (int, float)) and math.isfinite(v)
     }
     best_member = str(metrics.get("member", search.get("best", {}).get("member", "?")))
     page = render_html(

@@ -180,7 +180,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("lease_id", "worker_id", "member", "generation", "outcome", "hparams", "epochs", "valid_recon_smth", "checkpoint_key", "checkpoint_sha256", "checkpoint_size", "corrupt_checkpoints", "message")
+    __slots__ = ("lease_id", "worker_id", "member", "generation", "outcome", "hparams", "epochs", "fitness", "checkpoint_key", "checkpoint_sha256", "checkpoint_size", "corrupt_checkpoints", "message")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OUTCOME_UNSPECIFIED: _ClassVar[ReportResultRequest.Outcome]
@@ -205,7 +205,7 @@ class ReportResultRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     HPARAMS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
-    VALID_RECON_SMTH_FIELD_NUMBER: _ClassVar[int]
+    FITNESS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_KEY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -218,13 +218,13 @@ class ReportResultRequest(_message.Message):
     outcome: ReportResultRequest.Outcome
     hparams: _containers.ScalarMap[str, float]
     epochs: _containers.RepeatedCompositeFieldContainer[EpochMetrics]
-    valid_recon_smth: float
+    fitness: float
     checkpoint_key: str
     checkpoint_sha256: str
     checkpoint_size: int
     corrupt_checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointRef]
     message: str
-    def __init__(self, lease_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., member: _Optional[str] = ..., generation: _Optional[int] = ..., outcome: _Optional[_Union[ReportResultRequest.Outcome, str]] = ..., hparams: _Optional[_Mapping[str, float]] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., valid_recon_smth: _Optional[float] = ..., checkpoint_key: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_size: _Optional[int] = ..., corrupt_checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, lease_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., member: _Optional[str] = ..., generation: _Optional[int] = ..., outcome: _Optional[_Union[ReportResultRequest.Outcome, str]] = ..., hparams: _Optional[_Mapping[str, float]] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., fitness: _Optional[float] = ..., checkpoint_key: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_size: _Optional[int] = ..., corrupt_checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ("accepted", "duplicate")
