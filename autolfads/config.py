@@ -234,10 +234,15 @@ class PbtConfig(_Frozen):
     seed: NonNegInt = 0
     # What members are ranked by (lower is better), smoothed over epochs:
     # valid_recon_smth, the NLL of every reconstructed element (lfads-torch's
-    # valid/recon_smth), or valid_heldout_recon_smth, the NLL of only what the
-    # encoder never sees (held-out neurons, forward bins), which is what co-bps
-    # and fp-bps score; it needs data with held-out neurons or forward bins.
+    # valid/recon_smth), or valid_heldout_recon_smth, the NLL of only the
+    # held-out neurons in the observed bins (what co-bps scores; the encoder
+    # never sees them); it needs data with held-out neurons.
     fitness: Literal["valid_recon_smth", "valid_heldout_recon_smth"] = "valid_recon_smth"
+    # How member m000 starts: "sampled" like every other member (AutoLFADS), or
+    # "training": at the `training:` values of the searched hyperparameters, so
+    # a hand-tuned configuration is one of the starting points the search
+    # improves on (the others are still sampled).
+    first_member: Literal["sampled", "training"] = "sampled"
     # Checkpoints kept per member besides those later generations copied from.
     keep_generations: PosInt = 2
     search_space: dict[str, HparamSpace] = Field(default_factory=default_search_space)
@@ -267,6 +272,20 @@ class RunConfig(_Frozen):
                 f"pbt.burn_in_epochs {self.pbt.burn_in_epochs} ends before the KL/L2 ramps "
                 f"(epoch {self.training.ramp_end_epoch}); raise it or shorten the ramps"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _first_member_in_space(self) -> RunConfig:
+        if self.pbt.first_member != "training":
+            return self
+        for name, spec in sorted(self.pbt.search_space.items()):
+            value = getattr(self.training, name)
+            if not spec.min <= value <= spec.max:
+                raise ValueError(
+                    f"pbt.first_member training starts a member at training.{name} {value}, "
+                    f"outside pbt.search_space.{name} [{spec.min}, {spec.max}]; "
+                    "move the value or the bounds"
+                )
         return self
 
     def initial_hparams(self) -> dict[str, float]:

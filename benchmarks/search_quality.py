@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SHOWN = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
 
 def run_search(config: Path, out: Path, workers: int) -> tuple[Path, float]:
@@ -44,6 +45,15 @@ def run_search(config: Path, out: Path, workers: int) -> tuple[Path, float]:
     return patched, time.monotonic() - start
 
 
+def finalize(config: Path, out: Path) -> None:
+    """Finalize a search that ran to its end but was not finalized."""
+    from autolfads.config import load_config
+
+    name = load_config(config).name
+    cmd = [sys.executable, "-m", "autolfads", "finalize", "--storage", str(out / "runs")]
+    subprocess.run([*cmd, "--run", name], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -51,13 +61,18 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="score the search already in --out (finalizing it if needed) instead of running one",
+    )
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="autolfads-quality-"))
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
 
-    from autolfads.config import load_config
+    from autolfads.config import TrainingConfig, load_config
     from autolfads.storage import RunLayout, open_store
     from autolfads.trainer.datafile import load_config_data
     from autolfads.trainer.metrics import evaluate
@@ -65,7 +80,12 @@ def main() -> None:
     from autolfads.trainer.session import TrainingSession
 
     torch.set_num_threads(1)
-    config_path, search_s = run_search(args.config, out, args.workers)
+    if args.evaluate_only:
+        config_path, search_s = out / "config.yaml", float("nan")
+        if not (out / "runs" / load_config(config_path).name / "best" / "metrics.json").exists():
+            finalize(config_path, out)
+    else:
+        config_path, search_s = run_search(args.config, out, args.workers)
     cfg = load_config(config_path)
     _, data = load_config_data(cfg)
     store = open_store(str(out / "runs"))
@@ -73,22 +93,31 @@ def main() -> None:
     best = json.loads(store.get_bytes(layout.best("metrics.json")))
     samples = cfg.training.posterior_samples
 
-    def co_bps_of(session: TrainingSession) -> float:
+    def metrics_of(session: TrainingSession) -> dict[str, float]:
         outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
-        return evaluate(data, outputs)["co_bps"]
+        return evaluate(data, outputs)
 
     gen0 = []
     for p in range(cfg.pbt.population):
         blob = store.get_bytes(layout.checkpoint(f"m{p:03d}", 0))
-        gen0.append(co_bps_of(TrainingSession.from_checkpoint(cfg, data, blob)))
+        gen0.append(metrics_of(TrainingSession.from_checkpoint(cfg, data, blob))["co_bps"])
 
     best_epochs = cfg.pbt.burn_in_epochs + best["generation"] * cfg.pbt.generation_epochs
-    start = time.monotonic()
-    default = TrainingSession.fresh(cfg, data, cfg.training.hparams(), seed=cfg.training.seed)
-    for _ in range(best_epochs):
-        default.train_epoch()
-    default_s = time.monotonic() - start
-    default_co_bps = co_bps_of(default)
+    # Two single models, no search, as many epochs as the best member had: the
+    # config's hand-set `training:` values, and autolfads' own defaults (the
+    # lfads-torch values) for the hyperparameters the search tunes.
+    baselines = {
+        "config_hparams": cfg.training.hparams(),
+        "autolfads_default_hparams": {**cfg.training.hparams(), **TrainingConfig().hparams()},
+    }
+    baseline_metrics, baseline_seconds = {}, {}
+    for name, hparams in baselines.items():
+        start = time.monotonic()
+        session = TrainingSession.fresh(cfg, data, hparams, seed=cfg.training.seed)
+        for _ in range(best_epochs):
+            session.train_epoch()
+        baseline_seconds[name] = round(time.monotonic() - start, 1)
+        baseline_metrics[name] = metrics_of(session)
 
     truth = {f"{s}_output_params": getattr(data, s).truth for s in ("train", "valid")}
     ceiling = evaluate(data, truth)["co_bps"]
@@ -96,30 +125,44 @@ def main() -> None:
     result = {
         "config": str(args.config),
         "workers": args.workers,
+        "fitness": cfg.pbt.fitness,
+        "first_member": cfg.pbt.first_member,
         "search_seconds": round(search_s, 1),
         "best_member": best["member"],
         "best_epochs": best_epochs,
         "search_best_co_bps": best["co_bps"],
+        "search_best_metrics": {k: best.get(k) for k in SHOWN},
+        "search_best_hparams": store.get_json(layout.best("search.json"))["best"]["hparams"],
         "gen0_median_co_bps": statistics.median(gen0),
         "gen0_co_bps": gen0,
-        "default_hparams_co_bps": default_co_bps,
-        "default_hparams_seconds": round(default_s, 1),
+        "baselines": {
+            name: {
+                "hparams": baselines[name],
+                "seconds": baseline_seconds[name],
+                **{k: baseline_metrics[name].get(k) for k in SHOWN},
+            }
+            for name in baselines
+        },
         "true_rates_co_bps": ceiling,
         "fraction_of_ceiling": best["co_bps"] / ceiling,
-        "search_best_metrics": {
-            k: best.get(k) for k in ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
-        },
     }
     (out / "quality.json").write_text(json.dumps(result, indent=1))
-    print("| model | validation co-bps |\n|---|---|")
+    print(f"fitness: {cfg.pbt.fitness}, first member: {cfg.pbt.first_member}\n")
+    print("| model | " + " | ".join(SHOWN) + " |\n|---|" + "---|" * len(SHOWN))
+    rows = {
+        f"PBT search, best member ({best['member']}, {best_epochs} epochs)": best,
+        **{
+            f"{name.replace('_', ' ')}, {best_epochs} epochs": baseline_metrics[name]
+            for name in baselines
+        },
+    }
+    for name, values in rows.items():
+        print(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in SHOWN) + " |")
     print(
-        f"| PBT search, best member ({best['member']}, {best_epochs} epochs) | {best['co_bps']:.4f} |"
+        f"| generation 0, median member ({cfg.pbt.burn_in_epochs} epochs) "
+        f"| {statistics.median(gen0):.4f} |" + " |" * (len(SHOWN) - 1)
     )
-    print(
-        f"| generation 0, median member ({cfg.pbt.burn_in_epochs} epochs) | {statistics.median(gen0):.4f} |"
-    )
-    print(f"| default hyperparameters, {best_epochs} epochs | {default_co_bps:.4f} |")
-    print(f"| true rates (ceiling) | {ceiling:.4f} |")
+    print(f"| true rates (ceiling) | {ceiling:.4f} |" + " |" * (len(SHOWN) - 1))
     print(
         f"\nbest reaches {result['fraction_of_ceiling']:.1%} of the ceiling; search took {search_s:.0f} s"
     )

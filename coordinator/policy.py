@@ -8,8 +8,9 @@ can replay any decision and tests need no infrastructure.
 
 Decisions (the AutoLFADS recipe, shared/reference/lfads-and-pbt.md section 5):
 
-* Fitness is the smoothed validation NLL, lower is better. A non-finite metric
-  (NaN, +/-inf) means the member diverged: it ranks last and always loses.
+* Fitness is a smoothed validation NLL (the one `pbt.fitness` names), lower
+  is better. A non-finite metric (NaN, +/-inf) means the member diverged: it
+  ranks last and always loses.
 * Ranking: finite members by metric, then diverged ones; ties by member id.
 * `binary_tournament` (sync) follows lfads-torch, not autolfads-tf2: members
   are shuffled and the first half is paired with the second half, so exactly

@@ -37,12 +37,16 @@ def segment_epochs(cfg: RunConfig, generation: int) -> int:
 
 
 def initial_segments(cfg: RunConfig) -> dict[str, Segment]:
-    """Generation 0: every member from fresh init with sampled hyperparameters."""
+    """Generation 0: every member from fresh init with sampled hyperparameters
+    (m000 at the `training:` values if `pbt.first_member` is "training")."""
     pbt = cfg.pbt
     # A stream of its own, so later generations' draws never shift it.
     rng = generation_rng(pbt.seed, 0, "initial-hparams")
     sampled = sample_initial_hparams(pbt.search_space, pbt.population, rng)
     base = cfg.initial_hparams()
+    if pbt.first_member == "training":
+        # Drawn anyway, then replaced: the other members' values do not change.
+        sampled[0] = {name: base[name] for name in sampled[0]}
     segments = {}
     for index, values in enumerate(sampled):
         member = member_id(index)

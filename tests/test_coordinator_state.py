@@ -10,11 +10,13 @@ from dataclasses import asdict
 import pytest
 from coordinator_helpers import fake_train, tiny_config
 
+from autolfads.config import parse_config
 from autolfads.coordinator.clock import ManualClock
 from autolfads.coordinator.errors import CoordinatorError
 from autolfads.coordinator.population import initial_segments
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.state import STATE_FORMAT, SearchState
+from autolfads.errors import ConfigError
 
 
 def _state_after_two_generations(store) -> SearchState:
@@ -63,6 +65,29 @@ def test_initial_generation_is_a_function_of_the_seed():
     assert [s.start.seed for s in first.values()] != [s.start.seed for s in other.values()]
     assert len({s.start.seed for s in first.values()}) == 4
     assert all(s.epochs == 2 and s.start.fresh for s in first.values())
+
+
+def test_first_member_can_start_at_the_training_values():
+    sampled = initial_segments(tiny_config())
+    cfg = tiny_config(first_member="training")
+    seeded = initial_segments(cfg)
+    assert seeded["m000"].hparams == cfg.training.hparams()
+    assert sampled["m000"].hparams != cfg.training.hparams()
+    # The other members draw exactly what they would have drawn anyway.
+    for member in ("m001", "m002", "m003"):
+        assert seeded[member].hparams == sampled[member].hparams
+        assert seeded[member].start == sampled[member].start
+
+
+def test_first_member_training_values_must_lie_in_the_search_space():
+    with pytest.raises(ConfigError, match=r"training.kl_ic_scale 1e-07, outside"):
+        parse_config(
+            {
+                "data": {"path": "x.h5"},
+                "training": {"kl_ic_scale": 1e-7},
+                "pbt": {"first_member": "training"},
+            }
+        )
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"format": 99}', '{"format": 1, "run": "x"}'])

@@ -264,7 +264,7 @@ def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Pat
         "name: held-in\ndata: {path: ../held_in.h5}\npbt: {fitness: valid_heldout_recon_smth}\n"
     )
     proc = autolfads(ws, *run_args(ws))
-    _one_line_error(proc, "pbt.fitness", "held-out neurons or forward bins")
+    _one_line_error(proc, "pbt.fitness", "needs held-out neurons")
     assert not ws.runs.exists()
 
 

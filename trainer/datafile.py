@@ -30,9 +30,9 @@ def load_config_data(cfg: RunConfig) -> tuple[Path, LfadsData]:
     """Ensure, load and validate the run's data (bad files fail here, before any run exists)."""
     path = ensure_data_file(cfg)
     data = load_lfads_h5(path)
-    if cfg.pbt.fitness == "valid_heldout_recon_smth" and not (data.heldout_dim or data.fp_seq_len):
+    if cfg.pbt.fitness == "valid_heldout_recon_smth" and not data.heldout_dim:
         raise ConfigError(
-            f"pbt.fitness valid_heldout_recon_smth needs held-out neurons or forward bins, "
-            f"but {path} has neither; use pbt.fitness valid_recon_smth"
+            f"pbt.fitness valid_heldout_recon_smth needs held-out neurons, but {path} has "
+            "none (recon_data has no channels beyond encod_data); use pbt.fitness valid_recon_smth"
         )
     return path, data

@@ -35,8 +35,8 @@ CHECKPOINT_FORMAT = "autolfads-lfads-session"
 CHECKPOINT_VERSION = 1
 SMOOTHING_PREV = 0.3  # smth = 0.3*prev + 0.7*current (lfads-torch ExpSmoothedMetric)
 # Validation NLLs smoothed every epoch; either can be a search's fitness
-# (`pbt.fitness`). valid_heldout_recon covers only what the encoder never sees:
-# held-out neurons in the observed bins and every neuron in the forward bins.
+# (`pbt.fitness`). valid_heldout_recon covers only the held-out neurons in the
+# observed bins: what co-bps scores, and nothing the encoder sees.
 SMOOTHED_METRICS = ("valid_recon", "valid_heldout_recon")
 
 # Inclusive bounds a tunable hyperparameter must lie in (lr_init also > 0).
@@ -95,11 +95,11 @@ class TrainingSession:
         self._hparams = dict(hparams)
         self._epoch = 0
         # name + "_smth" -> smoothed value (nan before the first epoch), for the
-        # metrics this data has (no held-out one without held-out parts).
+        # metrics this data has (no held-out one without held-out neurons).
         self._smth = {
             f"{name}_smth": math.nan
             for name in SMOOTHED_METRICS
-            if name != "valid_heldout_recon" or data.heldout_dim or data.fp_seq_len
+            if name != "valid_heldout_recon" or data.heldout_dim
         }
         train = cfg.training
         self._train = SplitTensors.build(data.train, device, train.sv_rate, train.sv_seed)
@@ -186,7 +186,7 @@ class TrainingSession:
         if name not in self._smth:
             raise ConfigError(
                 f"metric {name!r} is not available for this data (it has {sorted(self._smth)}); "
-                "valid_heldout_recon_smth needs held-out neurons or forward bins"
+                "valid_heldout_recon_smth needs held-out neurons"
             )
         return self._smth[name]
 

@@ -119,21 +119,12 @@ class SplitTensors:
             self.n_spikes[name] = float(counts.sum())
 
     def heldout_nll(self, nll_sums: dict[str, float], dims: DataDims) -> float | None:
-        """Mean model NLL per element over what the encoder never sees (held-out
-        channels in the observed bins, all channels in the forward bins); None
-        if the data has neither."""
-        te, tr, ne, nr = (
-            dims.encod_seq_len,
-            dims.recon_seq_len,
-            dims.encod_data_dim,
-            dims.recon_data_dim,
-        )
-        per_trial = {"co_bps": te * (nr - ne), "fp_bps": (tr - te) * nr}
-        parts = [name for name in per_trial if name in _slices(dims)]
-        if not parts:
+        """Mean model NLL per element of the held-out channels in the observed
+        bins (the co-bps slice); None if the data has no held-out channels."""
+        if "co_bps" not in nll_sums:
             return None
-        total = sum(nll_sums[name] for name in parts)
-        return total / (self.n_trials * sum(per_trial[name] for name in parts))
+        elements = dims.encod_seq_len * (dims.recon_data_dim - dims.encod_data_dim)
+        return nll_sums["co_bps"] / (self.n_trials * elements)
 
     def bits_per_spike(
         self, nll_sums: dict[str, float], dims: DataDims, prefix: str = ""
