@@ -7,8 +7,10 @@ checkpoints kept), then scores on the validation split:
 
 - the search's best model (from best/metrics.json);
 - the median member of generation 0 (each member's burn-in checkpoint);
-- one model with the config's default hyperparameters (`training:` values)
-  trained for as many epochs as the best member was;
+- single models without search, trained for as many epochs as the best
+  member was, with `--baseline-seeds` seeds each: the config's hand-set
+  `training:` values, and autolfads' defaults (the lfads-torch values) for the
+  searched hyperparameters;
 - the ground-truth rates (the ceiling).
 
 Prints a markdown table and writes quality.json into the output folder.
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -45,6 +48,32 @@ def run_search(config: Path, out: Path, workers: int) -> tuple[Path, float]:
     return patched, time.monotonic() - start
 
 
+def train_baseline(
+    config: Path, hparams: dict[str, float], seed: int, epochs: int
+) -> dict[str, float]:
+    """One model without search (runs in a worker process): validation metrics
+    after `epochs` epochs, plus the training seconds."""
+    import torch
+
+    from autolfads.config import load_config
+    from autolfads.trainer.datafile import load_config_data
+    from autolfads.trainer.metrics import evaluate
+    from autolfads.trainer.posterior import posterior_sample
+    from autolfads.trainer.session import TrainingSession
+
+    torch.set_num_threads(1)
+    cfg = load_config(config)
+    _, data = load_config_data(cfg)
+    start = time.monotonic()
+    session = TrainingSession.fresh(cfg, data, hparams, seed=seed)
+    for _ in range(epochs):
+        session.train_epoch()
+    seconds = time.monotonic() - start
+    samples = cfg.training.posterior_samples
+    outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
+    return {**evaluate(data, outputs), "seconds": round(seconds, 1)}
+
+
 def finalize(config: Path, out: Path) -> None:
     """Finalize a search that ran to its end but was not finalized."""
     from autolfads.config import load_config
@@ -61,6 +90,12 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument(
+        "--baseline-seeds",
+        type=int,
+        default=3,
+        help="train each no-search baseline with this many seeds (training.seed + 0, 1, ...)",
+    )
     ap.add_argument(
         "--evaluate-only",
         action="store_true",
@@ -110,14 +145,19 @@ def main() -> None:
         "config_hparams": cfg.training.hparams(),
         "autolfads_default_hparams": {**cfg.training.hparams(), **TrainingConfig().hparams()},
     }
-    baseline_metrics, baseline_seconds = {}, {}
-    for name, hparams in baselines.items():
-        start = time.monotonic()
-        session = TrainingSession.fresh(cfg, data, hparams, seed=cfg.training.seed)
-        for _ in range(best_epochs):
-            session.train_epoch()
-        baseline_seconds[name] = round(time.monotonic() - start, 1)
-        baseline_metrics[name] = metrics_of(session)
+    seeds = [cfg.training.seed + i for i in range(args.baseline_seeds)]
+    jobs = [(name, seed) for name in baselines for seed in seeds]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {
+            job: pool.submit(train_baseline, config_path, baselines[job[0]], job[1], best_epochs)
+            for job in jobs
+        }
+        runs = {job: future.result() for job, future in futures.items()}
+    # Per baseline: every metric averaged over the seeds, plus each seed's co-bps.
+    baseline_metrics = {
+        name: {k: statistics.mean(runs[name, s][k] for s in seeds) for k in SHOWN}
+        for name in baselines
+    }
 
     truth = {f"{s}_output_params": getattr(data, s).truth for s in ("train", "valid")}
     ceiling = evaluate(data, truth)["co_bps"]
@@ -138,8 +178,10 @@ def main() -> None:
         "baselines": {
             name: {
                 "hparams": baselines[name],
-                "seconds": baseline_seconds[name],
-                **{k: baseline_metrics[name].get(k) for k in SHOWN},
+                "seeds": seeds,
+                "mean": baseline_metrics[name],
+                "co_bps_per_seed": [runs[name, s]["co_bps"] for s in seeds],
+                "seconds_per_seed": [runs[name, s]["seconds"] for s in seeds],
             }
             for name in baselines
         },
@@ -152,8 +194,8 @@ def main() -> None:
     rows = {
         f"PBT search, best member ({best['member']}, {best_epochs} epochs)": best,
         **{
-            f"{name.replace('_', ' ')}, {best_epochs} epochs": baseline_metrics[name]
-            for name in baselines
+            f"{name.replace('_', ' ')}, {best_epochs} epochs, mean of seeds {seeds}": metrics
+            for name, metrics in baseline_metrics.items()
         },
     }
     for name, values in rows.items():
@@ -163,6 +205,9 @@ def main() -> None:
         f"| {statistics.median(gen0):.4f} |" + " |" * (len(SHOWN) - 1)
     )
     print(f"| true rates (ceiling) | {ceiling:.4f} |" + " |" * (len(SHOWN) - 1))
+    for name in baselines:
+        per_seed = ", ".join(f"{runs[name, s]['co_bps']:.4f}" for s in seeds)
+        print(f"\n{name} co_bps per seed: {per_seed}")
     print(
         f"\nbest reaches {result['fraction_of_ceiling']:.1%} of the ceiling; search took {search_s:.0f} s"
     )

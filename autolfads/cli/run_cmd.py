@@ -89,9 +89,11 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
     from autolfads.trainer.metrics import summary_names
 
     print(f"\nbest member {doc['member']} (generation {doc['generation']}), validation split:")
-    for name in summary_names(doc):
+    names = summary_names(doc)
+    width = max(len(name) for name in names)
+    for name in names:
         if doc.get(name) is not None:
-            print(f"  {name:<17} {doc[name]:.4f}")
+            print(f"  {name:<{width}} {doc[name]:.4f}")
     print(f"\nrun:     {store.location(run_name)}")
     print(f"best:    {store.location(run_name + '/best/')}")
     if report_keys:
