@@ -57,8 +57,6 @@ def train_baseline(
 
     from autolfads.config import load_config
     from autolfads.trainer.datafile import load_config_data
-    from autolfads.trainer.metrics import evaluate
-    from autolfads.trainer.posterior import posterior_sample
     from autolfads.trainer.session import TrainingSession
 
     torch.set_num_threads(1)
@@ -69,9 +67,19 @@ def train_baseline(
     for _ in range(epochs):
         session.train_epoch()
     seconds = time.monotonic() - start
-    samples = cfg.training.posterior_samples
-    outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
-    return {**evaluate(data, outputs), "seconds": round(seconds, 1)}
+    return {**score(session, data), "seconds": round(seconds, 1)}
+
+
+def score(session, data) -> dict[str, float]:
+    """NLB metrics on the validation split from the config's posterior samples."""
+    from autolfads.trainer.metrics import evaluate
+    from autolfads.trainer.posterior import posterior_sample
+
+    cfg = session.cfg
+    outputs = posterior_sample(
+        session, data, num_samples=cfg.training.posterior_samples, seed=cfg.training.seed
+    )
+    return evaluate(data, outputs)
 
 
 def finalize(config: Path, out: Path) -> None:
@@ -111,7 +119,6 @@ def main() -> None:
     from autolfads.storage import RunLayout, open_store
     from autolfads.trainer.datafile import load_config_data
     from autolfads.trainer.metrics import evaluate
-    from autolfads.trainer.posterior import posterior_sample
     from autolfads.trainer.session import TrainingSession
 
     torch.set_num_threads(1)
@@ -126,16 +133,11 @@ def main() -> None:
     store = open_store(str(out / "runs"))
     layout = RunLayout(cfg.name)
     best = json.loads(store.get_bytes(layout.best("metrics.json")))
-    samples = cfg.training.posterior_samples
-
-    def metrics_of(session: TrainingSession) -> dict[str, float]:
-        outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
-        return evaluate(data, outputs)
 
     gen0 = []
     for p in range(cfg.pbt.population):
         blob = store.get_bytes(layout.checkpoint(f"m{p:03d}", 0))
-        gen0.append(metrics_of(TrainingSession.from_checkpoint(cfg, data, blob))["co_bps"])
+        gen0.append(score(TrainingSession.from_checkpoint(cfg, data, blob), data)["co_bps"])
 
     best_epochs = cfg.pbt.burn_in_epochs + best["generation"] * cfg.pbt.generation_epochs
     # Two single models, no search, as many epochs as the best member had: the

@@ -262,6 +262,10 @@ def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Pat
     proc = autolfads(ws, *run_args(ws))
     _one_line_error(proc, "pbt.fitness", "needs held-out neurons")
     assert not ws.runs.exists()
+    # `autolfads stage` (the path to other machines and Argo) refuses it too.
+    proc = autolfads(ws, "stage", str(ws.config), "--storage", str(ws.runs))
+    _one_line_error(proc, "pbt.fitness", "needs held-out neurons")
+    assert not ws.runs.exists()
 
 
 def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:

@@ -163,6 +163,13 @@ def test_heldout_fitness_needs_heldout_parts(tiny_data):
     assert "valid_heldout_recon_smth" not in metrics and "valid_heldout_recon" not in metrics
     with pytest.raises(ConfigError, match="needs held-out neurons"):
         session.smoothed("valid_heldout_recon_smth")
+    # A search ranking by it cannot start a session on this data (a trainer
+    # handed a run staged elsewhere fails the segment before any epoch).
+    heldout_cfg = _cfg().model_copy(
+        update={"pbt": _cfg().pbt.model_copy(update={"fitness": "valid_heldout_recon_smth"})}
+    )
+    with pytest.raises(ConfigError, match="pbt.fitness valid_heldout_recon_smth needs held-out"):
+        TrainingSession.fresh(heldout_cfg, data, {}, seed=0)
 
 
 def test_same_seed_is_bitwise_identical_and_other_seed_differs(tiny_data):

@@ -30,9 +30,15 @@ def load_config_data(cfg: RunConfig) -> tuple[Path, LfadsData]:
     """Ensure, load and validate the run's data (bad files fail here, before any run exists)."""
     path = ensure_data_file(cfg)
     data = load_lfads_h5(path)
+    check_data_fits_config(cfg, data)
+    return path, data
+
+
+def check_data_fits_config(cfg: RunConfig, data: LfadsData) -> None:
+    """What the config asks of the data beyond a valid file. Raises ConfigError."""
     if cfg.pbt.fitness == "valid_heldout_recon_smth" and not data.heldout_dim:
         raise ConfigError(
-            f"pbt.fitness valid_heldout_recon_smth needs held-out neurons, but {path} has "
-            "none (recon_data has no channels beyond encod_data); use pbt.fitness valid_recon_smth"
+            f"pbt.fitness valid_heldout_recon_smth needs held-out neurons, but {data.source} "
+            "has none (recon_data has no channels beyond encod_data); "
+            "use pbt.fitness valid_recon_smth"
         )
-    return path, data

@@ -21,6 +21,7 @@ from autolfads.config import TUNABLE_HPARAMS, RunConfig
 from autolfads.errors import AutolfadsError, ConfigError
 from autolfads.trainer.augment import coordinated_dropout, sample_validation_input
 from autolfads.trainer.data import LfadsData
+from autolfads.trainer.datafile import check_data_fits_config
 from autolfads.trainer.device import (
     capture_global_rng,
     make_generator,
@@ -87,6 +88,8 @@ class TrainingSession:
         hparams: Mapping[str, float],
         device: torch.device,
     ) -> None:
+        # A trainer may get a run staged elsewhere: refuse before any epoch.
+        check_data_fits_config(cfg, data)
         self.cfg = cfg
         self.model = model
         self.device = device

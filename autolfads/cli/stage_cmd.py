@@ -22,25 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
     from autolfads.coordinator.staging import stage_run
-    from autolfads.errors import DataError
     from autolfads.storage import open_store
 
+    # numpy-only: no torch needed to check, or generate, the data.
+    from autolfads.trainer.datafile import load_config_data
+
     cfg = load_config(args.config)
-    data_path = Path(cfg.data.path)
-    if not data_path.is_file():
-        if cfg.data.synth is None:
-            raise DataError(f"{data_path}: data file not found (set data.synth to generate one)")
-        _synthesise(cfg, data_path)
+    data_path, _ = load_config_data(cfg)  # bad data fails here, before anything is staged
     store = open_store(args.storage)
     layout = stage_run(store, cfg, data_path)
     print(f"staged run {layout.run} in {store.url}")
     return 0
-
-
-def _synthesise(cfg, path: Path) -> None:
-    # numpy-only modules: no torch needed to stage synthetic data.
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_synthetic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_lfads_h5(make_synthetic(cfg.data.synth.kind, seed=cfg.data.synth.seed), path)
