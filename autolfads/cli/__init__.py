@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from autolfads import __version__
 from autolfads.errors import AutolfadsError
+from autolfads.extras import extra_for_module, install_hint, require_extras
 
 # Order here is the order in `autolfads --help`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -71,12 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        require_extras(getattr(args, "extras_command", ""), *getattr(args, "extras", ()))
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe fails here, inside the handler below
         return code
     except AutolfadsError as err:
         print(f"autolfads: error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        # A command that imports an extra it did not declare: still one line.
+        extra = extra_for_module(err.name)
+        if extra is None:
+            raise
+        print(
+            f"autolfads: error: this needs the '{extra}' extra ({err.name} not installed): "
+            f"{install_hint(extra)}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("autolfads: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Any
 
+from autolfads.extras import needs
+
 POD_GC_STRATEGIES = ["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"]
 
 
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stage config and data inside the cluster (default: only for data.synth configs)",
     )
     render.set_defaults(func=run_render)
+    needs(render, "argo")
 
     submit = sub.add_parser(
         "submit", help="upload the run to storage and create its Workflow in the cluster"
@@ -51,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--poll-seconds", type=float, default=5.0, help="status poll interval with --wait"
     )
     submit.set_defaults(func=run_submit)
+    needs(submit, "argo")
 
     validate = sub.add_parser(
         "validate", help="check deploy manifests strictly (Argo + Kubernetes schemas, references)"
@@ -59,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "paths", nargs="*", help="files or folders (default: the packaged deploy/argo manifests)"
     )
     validate.set_defaults(func=run_validate)
+    needs(validate, "argo")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

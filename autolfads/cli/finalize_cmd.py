@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from autolfads.extras import needs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="data cache folder")
     p.add_argument("--metrics-out", type=Path, help="also write the metrics JSON to this file")
     p.set_defaults(func=run)
+    needs(p, "trainer")
 
 
 def run(args: argparse.Namespace) -> int:

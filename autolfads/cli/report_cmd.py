@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolfads.extras import needs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_url", metavar="RUN_URL", help="e.g. ./runs/NAME or s3://bucket/runs/NAME")
     p.add_argument("--out", type=Path, help="also write the report files into this folder")
     p.set_defaults(func=run)
+    needs(p, "report")
 
 
 def split_run_url(run_url: str) -> tuple[str, str]:

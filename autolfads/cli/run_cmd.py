@@ -102,11 +102,17 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
 
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
+    from autolfads.extras import require_extras
     from autolfads.launcher import SearchFailed, run_search
     from autolfads.progress import ProgressPrinter
     from autolfads.storage import open_store
     from autolfads.trainer.datafile import load_config_data
 
+    # Checked before anything starts: a search must not train for hours and
+    # then fail at its report for want of matplotlib.
+    require_extras("autolfads run", "trainer")
+    if not args.no_report:
+        require_extras("autolfads run", "report", alternative="or pass --no-report")
     opts = _options(args)
     cfg = load_config(args.config)
     data_path, _ = load_config_data(cfg)  # bad data fails here, before a run exists

@@ -20,6 +20,7 @@ from typing import Any
 
 from autolfads.config import RunConfig, load_config
 from autolfads.errors import AutolfadsError, ConfigError
+from autolfads.extras import needs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
+    needs(parser, "trainer")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from autolfads.cli.grpc_security import add_client_flags, client_security
+from autolfads.extras import needs
 
 STATE_POLL_S = 10.0
 
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_client_flags(p)
     p.set_defaults(func=run)
+    needs(p, "trainer")
 
 
 def run(args: argparse.Namespace) -> int:
