@@ -268,6 +268,12 @@ def run_search(
         printer.close()
         service.drain()
         pool.stop()
+        # Every trainer of this run has exited now (stragglers were killed):
+        # a lease one still held would otherwise hold up `--resume` for a
+        # whole lease timeout.
+        released = service.release_leases("autolfads run stopped its trainers")
+        if released:
+            log.info("handed back %d leases of stopped trainers", released)
         graceful_stop(server, health_servicer, grace_s=2.0)
     return service.exit_status
 

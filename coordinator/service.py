@@ -170,6 +170,25 @@ class CoordinatorService:
         self._flush()
         log.info("state written %d times for %d changes", self._commit.writes, self._commit.changes)
 
+    def release_leases(self, message: str) -> int:
+        """Requeue every active lease now, without a grace period.
+
+        Only for a caller that knows every worker holding one has stopped
+        (`autolfads run` after ending its own trainers): a resumed search then
+        hands those members out at once instead of waiting for the leases to
+        expire. Returns how many leases were released.
+        """
+        with self._lock:
+            leases = [] if self._state.terminal else self._active_leases()
+            if leases:
+                with self._transaction():
+                    for lease in leases:
+                        self._requeue(
+                            self._state.segments[lease.member], lease, "abandoned", message
+                        )
+        self._flush()
+        return len(leases)
+
     @property
     def draining(self) -> bool:
         return self._draining

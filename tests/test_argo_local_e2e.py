@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.argo.localrun import ArtifactRepo, Fault, LocalWorkflowRun
 from autolfads.argo.manifests import load_documents
@@ -181,20 +182,23 @@ def test_search_survives_a_killed_trainer_and_a_restarted_coordinator(
     s3_server, s3_bucket: str, tiny_data: Path, tmp_path: Path
 ) -> None:
     s3_server.raw_client().make_bucket(s3_bucket)
-    workflow = prepared_workflow(s3_bucket, s3_server.endpoint_url, tiny_data)
-
-    def has_checkpoint() -> bool:
-        return any(k.endswith("checkpoint.pt") for k in keys(s3_server, s3_bucket, f"runs/{RUN}/"))
-
-    def search_under_way() -> bool:
-        state = f"runs/{RUN}/coordinator/state.json"
-        return has_checkpoint() and state in keys(s3_server, s3_bucket, f"runs/{RUN}/coordinator/")
-
+    # The pods reach S3 through a proxy that holds generation 1's checkpoint
+    # uploads: the search is certainly under way (generation 0 done, nothing
+    # can finish) when the trainer and then the coordinator are killed; the
+    # uploads go through once the coordinator is down.
+    hold = Hold("PUT", r"/members/m\d+/gen-0001/")
+    proxy = ScriptedS3Proxy(s3_server.endpoint_url, hold).start()
+    workflow = prepared_workflow(s3_bucket, proxy.endpoint_url, tiny_data)
+    trainer_fault = Fault("trainer", item="0", trigger=hold.held.is_set)
     faults = [
-        Fault("trainer", item="0", trigger=has_checkpoint),
-        Fault("coordinator", trigger=search_under_way),
+        trainer_fault,
+        Fault("coordinator", trigger=lambda: trainer_fault.fired, then=hold.release),
     ]
-    result = run_locally(workflow, s3_server, s3_bucket, tmp_path, faults=faults)
+    try:
+        result = run_locally(workflow, s3_server, s3_bucket, tmp_path, faults=faults)
+    finally:
+        hold.release()
+        proxy.stop()
     assert all(f.fired for f in faults), explain(result)
     assert_finished_search(result, s3_server, s3_bucket)
     coordinator = [p for p in result.pods if p.task == "coordinator"]

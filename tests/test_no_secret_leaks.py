@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from s3_proxy import Hold, ScriptedS3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tiny_search.yaml"
@@ -201,7 +202,12 @@ def search(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sear
     credentials = s3_secrets(s3_server)
     env = clean_env(s3_server, credentials)
     bucket = f"autolfads-leak-{_TAG[:10]}"
+    # Generation 1's checkpoint uploads wait in a proxy until the live status
+    # and the workers' environment have been read: the search cannot end first.
+    hold = Hold("PUT", r"/members/m\d+/gen-0001/")
+    proxy = ScriptedS3Proxy(s3_server.endpoint_url, hold).start()
     storage = f"s3://{bucket}/runs"
+    through_proxy = f"{storage}?endpoint={proxy.endpoint_url}"
     log_dir = root / "logs"
     port = free_port()
     search = Search(root, config, env, {**credentials, **FOREIGN_GRPC}, {})
@@ -209,17 +215,20 @@ def search(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sear
         [
             sys.executable, "-m", "autolfads",
             "run", str(config), "--workers", "1", "--threads", "1", "--progress", "plain",
-            "--storage", storage, "--log-dir", str(log_dir), "--listen", f"127.0.0.1:{port}",
+            "--storage", through_proxy, "--log-dir", str(log_dir), "--listen", f"127.0.0.1:{port}",
         ],
         # DEBUG everywhere: this process and, through the environment, its workers.
         cwd=root, env={**env, "AUTOLFADS_LOG_LEVEL": "DEBUG"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
+        hold.wait_held()
         live_status = status_while_running(proc, log_dir, port, search)
         worker_token = wait_for_worker_token(proc)
+        hold.release()
         out, err = proc.communicate(timeout=300)
     finally:
+        hold.release()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
@@ -242,6 +251,7 @@ def search(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sear
     artifacts.update(workspace_files(root))
     search.artifacts = artifacts
     yield search
+    proxy.stop()
     client = s3_server.raw_client()
     for obj in client.list_objects(bucket, recursive=True):
         client.remove_object(bucket, obj.object_name)

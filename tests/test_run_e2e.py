@@ -15,11 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from s3_proxy import Hold, ScriptedS3Proxy
+
+from autolfads.coordinator.state import SearchState
+from autolfads.storage import RunLayout, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tiny_search.yaml"
@@ -154,40 +157,53 @@ def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]
     assert state.read_bytes() == before
 
 
-def _generation(state_path: Path) -> int:
-    try:
-        return int(json.loads(state_path.read_text())["generation"])
-    except (OSError, ValueError, KeyError):
-        return -1
-
-
 def test_interrupt_then_resume_reaches_the_same_best(
-    finished: tuple[Workspace, dict], tmp_path: Path
+    finished: tuple[Workspace, dict],
+    tmp_path: Path,
+    s3_server,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The trainers' uploads of generation 1 are held in a proxy in front of the
+    # S3 server, so Ctrl-C certainly lands while generation 1 is open; after it,
+    # those uploads fail, so the search cannot close generation 1 whichever
+    # process runs first. Nothing here races the search.
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    hold = Hold("PUT", r"/members/m\d+/gen-0001/")
+    proxy = ScriptedS3Proxy(s3_server.endpoint_url, hold).start()
+    url = f"s3://{s3_bucket}/test?endpoint={proxy.endpoint_url}"
     ws = make_workspace(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autolfads", *run_args(ws, "--workers", "2")],
-        cwd=ws.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    state = ws.runs / RUN / "coordinator" / "state.json"
-    deadline = time.monotonic() + 120
-    while _generation(state) < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, "search ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
-    saved = json.loads(state.read_text())
-    assert saved["status"] == "running" and saved["generation"] >= 1
-    assert not (ws.runs / RUN / "best" / "metrics.json").exists()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autolfads", *run_args(ws, "--workers", "2", "--storage", url)],
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        hold.wait_held()
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        hold.release("503:SlowDown")
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        assert "--resume" in err
+        store = open_store(url)
+        saved = SearchState.from_json(store.get_bytes(RunLayout(RUN).state()))
+        assert saved.status == "running" and saved.generation == 1
+        # `run` ended its own trainers, so it handed their leases back: the
+        # resumed run need not wait for them to expire.
+        assert not [x for x in saved.leases.values() if x.status == "active"]
+        assert not store.exists(f"{RUN}/best/metrics.json")
 
-    resumed = autolfads(ws, *run_args(ws, "--workers", "2", "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+        proxy.rule = lambda n, method, path: None  # storage is healthy again
+        resumed = autolfads(ws, *run_args(ws, "--workers", "2", "--resume", "--storage", url))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        metrics = json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
+    finally:
+        hold.release()
+        proxy.stop()
     expected = finished[1]["metrics"]
     assert metrics["member"] == expected["member"]
     assert metrics["valid_heldout_recon_smth"] == expected["valid_heldout_recon_smth"]

@@ -189,15 +189,19 @@ def test_watch_streams_changes_until_the_search_ends(search: Search, source: str
     extra = ["--interval", "0.1"] if source == "storage" else []
     proc = start_watch(target, *extra)
     try:
-        first = json.loads(proc.stdout.readline())  # the watch is live now
-        assert first["state"] == "running" and first["generation"] == 0
+        docs = [json.loads(proc.stdout.readline())]  # the watch is live now
+        assert docs[0]["state"] == "running" and docs[0]["generation"] == 0
         finish_generation(search.client, GEN0)
-        time.sleep(0.5)
+        # Cancel only once the watch has shown generation 1 (read, not slept for).
+        while docs[-1]["generation"] < 1:
+            line = proc.stdout.readline()
+            assert line, f"the watch ended early: {proc.stderr.read()}"
+            docs.append(json.loads(line))
         search.client.cancel("enough")
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    docs = [first, *(json.loads(line) for line in out.splitlines())]
+    docs += [json.loads(line) for line in out.splitlines()]
     assert proc.returncode == 0, err
     revisions = [d["revision"] for d in docs]
     assert revisions == sorted(set(revisions)), "each update is a new revision"

@@ -12,9 +12,7 @@ S3-style XML answers.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.client
 import logging
 import os
 import socket
@@ -23,13 +21,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
-from xml.sax.saxutils import escape
 
 import pytest
+from s3_proxy import ScriptedS3Proxy
 
 from autolfads.storage import (
     BucketNotFound,
@@ -47,140 +42,7 @@ from autolfads.storage import (
 )
 
 MiB = 1024 * 1024
-# Enough tries to ride out a ~0.3 s outage, still quick when it never ends.
-OUTAGE_RETRY = RetryPolicy(max_attempts=10, base_delay_s=0.05, max_delay_s=0.3)
 SHORT_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05)
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "server", "date"}
-
-Rule = Callable[[int, str, str], "str | None"]
-
-
-class ScriptedS3Proxy:
-    """Loopback HTTP proxy in front of an S3 server, with scripted faults.
-
-    `rule(n, method, path)` sees the n-th request (1-based) and returns None
-    (forward it) or a fault: "drop" (close without answering), "truncate"
-    (forward, then send half the body and close), or "<status>:<S3 code>"
-    (answer with S3's XML error document).
-    """
-
-    def __init__(self, upstream: str | None, rule: Rule | None = None) -> None:
-        self.upstream = urlsplit(upstream).netloc if upstream else None
-        self.rule: Rule = rule or (lambda n, method, path: None)
-        self.requests: list[tuple[str, str]] = []
-        self.port = 0
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ScriptedS3Proxy:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                with proxy._lock:
-                    proxy._conns.add(self.connection)
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                finally:
-                    with proxy._lock:
-                        proxy._conns.discard(self.connection)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy._handle(self)
-
-            do_PUT = do_POST = do_HEAD = do_DELETE = do_GET
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and cut every open connection: the server is gone."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server = None
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def count(self, method: str | None = None) -> int:
-        with self._lock:
-            return sum(1 for m, _ in self.requests if method in (None, m))
-
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
-        with self._lock:
-            self.requests.append((h.command, h.path))
-            n = len(self.requests)
-        fault = self.rule(n, h.command, h.path)
-        if fault == "drop":
-            h.close_connection = True
-            return
-        if fault and fault[0].isdigit():
-            status, code = fault.split(":", 1)
-            self._answer_error(h, int(status), code)
-            return
-        assert self.upstream is not None, "no upstream to forward to"
-        upstream = http.client.HTTPConnection(self.upstream, timeout=30)
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_HEADERS}
-        upstream.request(h.command, h.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        data = response.read()
-        upstream.close()
-        h.send_response(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in _HOP_HEADERS | {"content-length"}:
-                h.send_header(name, value)
-        # HEAD keeps the upstream length (the object size); others send ours.
-        sent_length = (
-            response.getheader("Content-Length", "0") if h.command == "HEAD" else len(data)
-        )
-        h.send_header("Content-Length", str(sent_length))
-        h.end_headers()
-        if h.command == "HEAD":
-            return
-        if fault == "truncate":
-            h.wfile.write(data[: len(data) // 2])
-            h.wfile.flush()
-            h.close_connection = True
-            return
-        h.wfile.write(data)
-
-    @staticmethod
-    def _answer_error(h: BaseHTTPRequestHandler, status: int, code: str) -> None:
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{code}</Code><Message>scripted {code}</Message>"
-            f"<Resource>{escape(h.path)}</Resource><RequestId>4442587FB7D0A2F9</RequestId></Error>"
-        ).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/xml")
-        h.send_header("Content-Length", "0" if h.command == "HEAD" else str(len(xml)))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(xml)
 
 
 @pytest.fixture
@@ -221,11 +83,32 @@ def test_large_object_round_trips_with_multipart(make_s3_store, s3_server, tmp_p
 # ---- outages and retries -----------------------------------------------------
 
 
+class RetrySeen(logging.Handler):
+    """Sets `event` once the store's retry loop reports its `n`-th failed attempt."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(logging.INFO)
+        self.needle = f"attempt {n} failed"
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.event.set()
+
+
 def test_server_gone_then_back_the_operation_succeeds(proxy, s3_server, s3_bucket) -> None:
-    store = proxied_store(proxy, s3_server, s3_bucket, OUTAGE_RETRY)
+    # A budget far longer than the test needs: the put must still be retrying
+    # when the server returns, however slowly this thread is scheduled.
+    patient = RetryPolicy(max_attempts=10_000, base_delay_s=0.01, max_delay_s=0.05)
+    store = proxied_store(proxy, s3_server, s3_bucket, patient)
     store.put_bytes("run/config.yaml", b"name: demo\n")
     proxy.stop()
     result: dict[str, object] = {}
+    seen = RetrySeen(2)
+    retry_log = logging.getLogger("autolfads.storage.retry")
+    retry_log.addHandler(seen)
+    level = retry_log.level
+    retry_log.setLevel(logging.INFO)
 
     def put_during_outage() -> None:
         try:
@@ -235,10 +118,15 @@ def test_server_gone_then_back_the_operation_succeeds(proxy, s3_server, s3_bucke
 
     worker = threading.Thread(target=put_during_outage)
     worker.start()
-    time.sleep(0.3)
-    assert worker.is_alive(), "the put should still be retrying while the server is gone"
-    proxy.start()  # same port
-    worker.join(timeout=10)
+    try:
+        # Two refused attempts: the put is riding out the outage, not done.
+        assert seen.event.wait(60), "the put never retried while the server was gone"
+        assert worker.is_alive() and not result, result
+        proxy.start()  # same port
+        worker.join(timeout=60)
+    finally:
+        retry_log.removeHandler(seen)
+        retry_log.setLevel(level)
     assert "error" not in result, result.get("error")
     assert store.get_bytes("run/coordinator/state.json") == b'{"generation": 3}'
     assert store.get_bytes("run/config.yaml") == b"name: demo\n"

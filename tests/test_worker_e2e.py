@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.state import SearchState
@@ -190,13 +191,37 @@ def test_one_trainer_gives_the_same_result(reference, config_path, tmp_path):
     assert search.result()[0] == reference[0]
 
 
-def test_trainer_killed_mid_lease(reference, config_path, tmp_path):
-    search = Search(tmp_path, config_path, f"file://{tmp_path / 'store'}")
+@pytest.fixture
+def proxy(s3_server):
+    """A loopback proxy in front of the S3 test server; tests set its rule to
+    a `Hold` to stop a search at a known point instead of racing it."""
+    p = ScriptedS3Proxy(s3_server.endpoint_url).start()
+    yield p
+    if isinstance(p.rule, Hold):
+        p.rule.release()
+    p.stop()
+
+
+def proxied_search(tmp: Path, config: Path, proxy, s3_server, bucket: str) -> Search:
+    url = f"s3://{bucket}/runs?endpoint={proxy.endpoint_url}"
+    return Search(tmp, config, url, env=s3_server.env)
+
+
+# The data file of the run, which a trainer downloads before its first epoch.
+DATA_GET = r"/runs/tiny/data/[0-9a-f]{64}\.h5$"
+
+
+def test_trainer_killed_mid_lease(reference, config_path, tmp_path, proxy, s3_server, s3_bucket):
+    search = proxied_search(tmp_path, config_path, proxy, s3_server, s3_bucket)
     coordinator = search.coordinator(lease_timeout=3)
+    # The victim leases all 4 members of generation 0 in one request, then
+    # blocks on its data download: it dies holding them, certainly unreported.
+    proxy.rule = hold = Hold("GET", DATA_GET)
     victim = search.trainer("victim", "--max-leases", "4")
-    search.wait_for(lambda s: sum(m.worker_id == "victim" for m in s.members) == 4)
+    hold.wait_held()
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
+    hold.release()
     survivors = [search.trainer("w1"), search.trainer("w2")]
     assert finish(*survivors, coordinator) == [0, 0, 0]
     result, state = search.result()
@@ -207,37 +232,50 @@ def test_trainer_killed_mid_lease(reference, config_path, tmp_path):
     assert len([e for e in expired if e["worker_id"] == "victim"]) == 4
 
 
-def test_coordinator_killed_and_restarted(reference, config_path, tmp_path):
-    search = Search(tmp_path, config_path, f"file://{tmp_path / 'store'}")
+def test_coordinator_killed_and_restarted(
+    reference, config_path, tmp_path, proxy, s3_server, s3_bucket
+):
+    search = proxied_search(tmp_path, config_path, proxy, s3_server, s3_bucket)
+    # Generation 1 cannot close while its checkpoint uploads are held, so the
+    # coordinator certainly dies mid-search, with history behind it.
+    proxy.rule = hold = Hold("PUT", r"/members/m\d+/gen-0001/")
     coordinator = search.coordinator(lease_timeout=10)
     trainers = [search.trainer("w1"), search.trainer("w2")]
-    search.wait_for(lambda s: s.generation >= 1)
+    hold.wait_held()
     coordinator.send_signal(signal.SIGKILL)
-    coordinator.wait(10)
-    time.sleep(1.0)  # trainers now retry against a dead address
+    assert coordinator.wait(10) == -signal.SIGKILL
+    hold.release()  # trainers publish, then retry their reports against a dead address
     restarted = search.coordinator(port=search.port, lease_timeout=10)
     assert finish(*trainers, restarted) == [0, 0, 0]
     result, state = search.result()
     assert result == reference[0]
-    assert any(e["kind"] == "coordinator_resumed" for e in state.events)
+    resumed = [e for e in state.events if e["kind"] == "coordinator_resumed"]
+    assert [e["generation"] for e in resumed] == [1]
 
 
-def test_sigterm_hands_leases_back_and_exit_codes(config_path, tmp_path):
-    search = Search(tmp_path, config_path, f"file://{tmp_path / 'store'}")
+def test_sigterm_hands_leases_back_and_exit_codes(
+    config_path, tmp_path, proxy, s3_server, s3_bucket
+):
+    search = proxied_search(tmp_path, config_path, proxy, s3_server, s3_bucket)
     coordinator = search.coordinator()
     coordinator.send_signal(signal.SIGTERM)  # search not finished: resumable exit
     assert coordinator.wait(30) == 143
     coordinator = search.coordinator(port=search.port)
+    # SIGTERM reaches the trainer while it holds 4 leases and waits for its
+    # data, before any epoch: it must hand all 4 back, never finish one.
+    proxy.rule = hold = Hold("GET", DATA_GET)
     trainer = search.trainer("evicted", "--max-leases", "4")
-    search.wait_for(lambda s: sum(m.worker_id == "evicted" for m in s.members) == 4)
+    hold.wait_held()
     trainer.send_signal(signal.SIGTERM)
+    hold.release()
     assert trainer.wait(30) == 143
     status = search.wait_for(lambda s: all(m.phase == "queued" for m in s.members), timeout=5)
     assert status.state == "running"
     with search.client() as client:
         assert client.cancel("test over") == "cancelled"
     assert coordinator.wait(30) == 0
-    store = open_store(search.storage, create_bucket=False)
+    store = open_store(search.storage, create_bucket=False, env={**os.environ, **search.env})
     state = SearchState.from_json(store.get_bytes(LAYOUT.state()))
     abandoned = [e for e in state.events if e["kind"] == "lease_abandoned"]
     assert len(abandoned) == 4 and state.status == "cancelled"
+    assert {e["worker_id"] for e in abandoned} == {"evicted"}

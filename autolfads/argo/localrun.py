@@ -71,12 +71,14 @@ class ArtifactRepo:
 @dataclass
 class Fault:
     """Kill one pod attempt of `task` (optionally only item `item`) with `sig`
-    once `trigger()` is true: an eviction, node loss or crash, as a test sees it."""
+    once `trigger()` is true: an eviction, node loss or crash, as a test sees it.
+    `then()`, if given, runs right after the signal was sent."""
 
     task: str
     trigger: Callable[[], bool]
     item: str | None = None
     sig: int = signal.SIGKILL
+    then: Callable[[], None] | None = None
     fired: bool = False
 
 
@@ -439,6 +441,8 @@ class LocalWorkflowRun:
                 if victims and fault.trigger():
                     fault.fired = True
                     victims[0].send_signal(fault.sig)
+                    if fault.then is not None:
+                        fault.then()
             time.sleep(0.1)
 
     def _kill_all(self) -> None:
