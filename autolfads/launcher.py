@@ -81,6 +81,17 @@ def check_listen_address(listen: str) -> None:
             raise AutolfadsError(f"cannot listen on {listen}: {err.strerror or err}") from None
 
 
+def check_launch(opts: LaunchOptions) -> ServerSecurity:
+    """The run's security (fresh random tokens), once what can fail about the
+    options has been checked: before storage is touched, so a refused launch
+    leaves nothing behind (the listen address is free; plaintext beyond
+    loopback was allowed)."""
+    check_listen_address(opts.listen)
+    security = ServerSecurity(tokens=TokenSet.generate(), allow_plaintext=opts.allow_plaintext)
+    security.check(opts.listen)
+    return security
+
+
 def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptions) -> RunLayout:
     """Refuse, wipe or resume an existing run; then stage config and data."""
     layout = RunLayout(cfg.name)
@@ -208,16 +219,19 @@ def write_secret(path: Path, text: str) -> None:
 
 
 def run_search(
-    cfg: RunConfig, store: Store, data_path: Path, opts: LaunchOptions, printer: ProgressPrinter
+    cfg: RunConfig,
+    store: Store,
+    data_path: Path,
+    opts: LaunchOptions,
+    security: ServerSecurity,
+    printer: ProgressPrinter,
 ) -> str:
     """Run the search to its end; return the final state (finished/cancelled/failed).
 
-    KeyboardInterrupt propagates after workers and server have stopped cleanly.
+    `security` comes from `check_launch(opts)`. KeyboardInterrupt propagates
+    after workers and server have stopped cleanly.
     """
-    check_listen_address(opts.listen)
-    tokens = TokenSet.generate()
-    security = ServerSecurity(tokens=tokens, allow_plaintext=opts.allow_plaintext)
-    security.check(opts.listen)
+    tokens = security.tokens
     layout = prepare_run(store, cfg, data_path, opts)
     data_key, data_sha = _staged_data(store, layout)
     service = CoordinatorService.open_search(

@@ -23,6 +23,13 @@ for f in dist.files or []:
         break
 PYEOF
 fi
+# Wheels of every extra's dependencies (pip's cache makes this quick), so that
+# tests/test_extras_install.py can install each extra alone in a fresh virtual
+# environment without the network.
+extras=$("$PY" -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))
+print(",".join(k for k in d["project"]["optional-dependencies"] if k != "dev"))')
+"$PY" -m pip download -q --disable-pip-version-check -d .cache/wheelhouse \
+  -c scripts/test-constraints.txt "torch==2.13.0" ".[$extras]"
 set +e
 "$PY" -m pytest "$@"
 rc=$?

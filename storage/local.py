@@ -60,17 +60,12 @@ class LocalStore(Store):
     def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = self.root.as_uri()
-        if not self.root.is_dir():
-            if self.root.exists():
-                raise StorageError(f"{self.root}: exists but is not a directory")
-            if not create:
-                raise BucketNotFound(f"{self.root}: store directory does not exist")
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise StorageError(
-                    f"{self.root}: cannot create store directory ({err.strerror})"
-                ) from None
+        # The directory is made by the first write, never here: a command that
+        # fails (or only reads) leaves no empty store folder behind.
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"{self.root}: exists but is not a directory")
+        if not create and not self.root.is_dir():
+            raise BucketNotFound(f"{self.root}: store directory does not exist")
         self._locks = StripedLocks(self.root / _INTERNAL / "locks")
 
     # ---- paths -------------------------------------------------------------

@@ -58,16 +58,19 @@ class StripedLocks:
     STRIPES = 256
 
     def __init__(self, folder: Path) -> None:
+        # Made by the first writer (`exclusive`), so that reading a store
+        # creates nothing; until then readers find no lock file and, with no
+        # writer having run, need none.
         self.folder = folder
-        # On a read-only store reads work unlocked and writes fail on their own.
-        with contextlib.suppress(OSError):
-            folder.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, name: str) -> Path:
         stripe = hashlib.sha256(name.encode("utf-8")).digest()[0] % self.STRIPES
         return self.folder / f"{stripe:02x}.lock"
 
     def exclusive(self, name: str) -> FileLock:
+        # On a read-only store writes fail on their own, at the lock or after.
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
         return FileLock(self.path_for(name))
 
     def shared(self, name: str) -> FileLock:

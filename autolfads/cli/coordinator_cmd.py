@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     # Security first: a refused --listen fails before storage is touched.
     security = server_security(args)
     security.check(args.listen)
-    store = open_store(args.storage)
+    store = open_store(args.storage, create_bucket=False)  # the run exists
     given = load_config(args.config) if args.config is not None else None
     cfg, data_key, data_sha = load_run(store, args.run, given)
     service = CoordinatorService.open_search(

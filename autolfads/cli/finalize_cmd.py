@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    store = open_store(args.storage)
+    store = open_store(args.storage, create_bucket=False)  # the run exists
     doc = finalize_run(
         store, args.run, device=args.device, num_samples=args.samples, cache_dir=args.cache_dir
     )

@@ -98,12 +98,14 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
     print(f"best:    {store.location(run_name + '/best/')}")
     if report_keys:
         print(f"report:  {store.location(report_keys['index.html'])}")
+    else:
+        print(f"report:  not built (--no-report); later: autolfads report {store.location(run_name)}")
 
 
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
     from autolfads.extras import require_extras
-    from autolfads.launcher import SearchFailed, run_search
+    from autolfads.launcher import SearchFailed, check_launch, run_search
     from autolfads.progress import ProgressPrinter
     from autolfads.storage import open_store
     from autolfads.trainer.datafile import load_config_data
@@ -115,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
         require_extras("autolfads run", "report", alternative="or pass --no-report")
     opts = _options(args)
     cfg = load_config(args.config)
+    security = check_launch(opts)  # before the data is made (synthetic) or read
     data_path, _ = load_config_data(cfg)  # bad data fails here, before a run exists
     store = open_store(opts.storage_url)
     printer = ProgressPrinter(mode=args.progress)
     try:
-        status = run_search(cfg, store, data_path, opts, printer)
+        status = run_search(cfg, store, data_path, opts, security, printer)
     except KeyboardInterrupt:
         print(
             f"\nautolfads: interrupted; state saved. Resume with: autolfads run {args.config} "

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     install_sigterm(stop)
     configure_torch(args.threads or default_threads())
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    store = open_store(args.storage)
+    store = open_store(args.storage, create_bucket=False)  # the run exists
     if args.run is not None:
         validate_identifier("run name", args.run)
     # Knowing the run, look at its stored state every STATE_POLL_S while the
