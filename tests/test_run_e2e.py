@@ -175,13 +175,24 @@ def test_interrupt_then_resume_reaches_the_same_best(
     url = f"s3://{s3_bucket}/test?endpoint={proxy.endpoint_url}"
     ws = make_workspace(tmp_path)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autolfads", *run_args(ws, "--workers", "2", "--storage", url)],
-            cwd=ws.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # As from a terminal: Ctrl-C reaches the run even when these tests were
+        # started where SIGINT is ignored (a background job of a script).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "autolfads",
+                    *run_args(ws, "--workers", "2", "--storage", url),
+                ],
+                cwd=ws.root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
         hold.wait_held()
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
