@@ -40,6 +40,7 @@ build times in build/images/images-TAG.txt.
                         answers, else buildah, else podman)
   --record FILE         where to record the result (default:
                         build/images/images-TAG.txt)
+  --no-cache            build every layer anew (default: reuse cached layers)
   -h, --help            this text
 
 Heavy steps run under nice/ionice. Build logs: build/images/build-TARGET.log.
@@ -62,6 +63,7 @@ PREFIX=ghcr.io/autolfads/autolfads-
 TAG=$VERSION
 TOOL=""
 RECORD=""
+NO_CACHE=()
 
 need_value() {
   if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
@@ -87,6 +89,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2
       ;;
+    --no-cache) NO_CACHE=(--no-cache); shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -204,7 +207,7 @@ BASE_ID=$(base_id)
 OUT=$REPO/build/images
 mkdir -p "$OUT"
 RECORD=${RECORD:-$OUT/images-$TAG.txt}
-COMMON=(-f "$REPO/Dockerfile" "${BASE_ARG[@]}" --build-arg "TORCH_VERSION=$TORCH_VERSION")
+COMMON=(-f "$REPO/Dockerfile" "${NO_CACHE[@]}" "${BASE_ARG[@]}" --build-arg "TORCH_VERSION=$TORCH_VERSION")
 if [ -n "$TORCH_WHEELS" ]; then COMMON+=(--build-context "torch-wheels=$TORCH_WHEELS"); fi
 if [ -n "$TORCH_INDEX" ]; then COMMON+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX"); fi
 if [ -n "$CUDA_INDEX" ]; then COMMON+=(--build-arg "CUDA_INDEX=$CUDA_INDEX"); fi

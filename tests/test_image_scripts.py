@@ -195,3 +195,12 @@ def test_base_image_without_debootstrap_or_root(bindir):
     proc = run(BASE, bindir)
     needle = "debootstrap not found" if os.geteuid() == 0 else "needs root"
     one_line_error(proc, "make-base-image", needle)
+
+
+def test_dockerfile_torch_source_defaults_to_the_pytorch_index():
+    """Without a torch source, `docker build` elsewhere behaves as before."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "FROM scratch AS torch-wheels" in text  # empty unless --build-context
+    assert "https://download.pytorch.org/whl/cpu" in text
+    assert "https://download.pytorch.org/whl/${CUDA_INDEX}" in text
+    assert text.count("--mount=type=bind,from=torch-wheels,target=/torch-wheels") == 2
