@@ -11,7 +11,7 @@
 # /tmp/autolfads, bind the test's folders, and chroot as 10001:10001 with the
 # image's environment, working directory and entrypoint.
 #
-# See --help. About 5 minutes on 2 shared CPU cores.
+# See --help. About a minute on 2 shared CPU cores.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -184,6 +184,7 @@ irun() {
       -v) vols+=("$2"); shift 2 ;;
       -e) envs+=("$2"); shift 2 ;;
       --entrypoint) entry=$2; shift 2 ;;
+      *) die "irun: unexpected option '$1'" ;;
     esac
   done
   shift
@@ -254,6 +255,19 @@ cp "$REPO/examples/tiny_search.yaml" "$CONFIG_DIR/"
 RUN=$(sed -n 's/^name: *//p' "$CONFIG_DIR/tiny_search.yaml")
 chown -R 10001:10001 "$W/job" "$W/img"
 
+wait_all() {  # wait_all SECONDS PID...: wait for all; kill them past the deadline
+  local deadline=$(($(date +%s) + $1)) pid rc=0
+  shift
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "process $pid still running after the deadline: killed"
+      kill "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" || rc=1
+  done
+  return "$rc"
+}
 wait_file() {  # wait_file PATH PID SECONDS
   local i
   for ((i = 0; i < $3 * 10; i++)); do
@@ -283,7 +297,7 @@ search_from_images() {
     trainers+=($!)
     PIDS+=($!)
   done
-  for pid in "${trainers[@]}" "$coord"; do wait "$pid" || rc=1; done
+  wait_all 900 "${trainers[@]}" "$coord" || rc=1
   [ "$rc" = 0 ] || return 1
   irun "$TRAINER" "${IMG_ARGS[@]}" -- finalize --storage "$store" --run "$RUN" --device cpu
 }
@@ -304,7 +318,7 @@ search_from_checkout() {
     trainers+=($!)
     PIDS+=($!)
   done
-  for pid in "${trainers[@]}" "$coord"; do wait "$pid" || rc=1; done
+  wait_all 900 "${trainers[@]}" "$coord" || rc=1
   [ "$rc" = 0 ] || return 1
   AUTOLFADS_CACHE_DIR=$W/ref/cache "$PY" -m autolfads finalize --storage "$store" --run "$RUN" --device cpu
 }
