@@ -191,7 +191,8 @@ base_present() {
 }
 if ! base_present; then
   pull_err=$(timeout 300 "$TOOL" pull -q "$BASE_SHOWN" 2>&1 >/dev/null) || {
-    reason=$(printf '%s\n' "$pull_err" | grep -v '^\s*$' | tail -n 1 | cut -c1-160)
+    reason=$(printf '%s\n' "$pull_err" | grep -v '^\s*$' | tail -n 1 |
+      sed -e 's/^Error: //' -e 's/^initializing source [^ ]*: //' | cut -c1-200)
     die "base image '$BASE_SHOWN' is not in $TOOL's local storage and could not be pulled (${reason:-no reason given}); pass --base IMAGE: a reachable image or a local one (scripts/make-base-image.sh builds one from Debian packages)"
   }
 fi
