@@ -10,14 +10,33 @@
 # Images run as an unprivileged user (uid 10001) and need no writable root
 # filesystem: the Workflow mounts an emptyDir at /tmp/autolfads.
 
+# scripts/build-images.sh builds all three with docker or buildah and records
+# their digests; scripts/test-images.sh smoke-tests them.
+
 # Pinned base (patch release + Debian release). Pin by digest in your registry
 # mirror for bit-for-bit rebuilds: --build-arg PYTHON_IMAGE=python@sha256:...
+# Without a registry: scripts/make-base-image.sh builds one with debootstrap.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 ARG TORCH_VERSION=2.13.0
+# Where packages come from. Defaults: PyPI, and PyTorch's own index for torch.
+#   PACKAGE_INDEX_URL  an index for every other package (a site mirror of PyPI)
+#   TORCH_INDEX_URL    an index for torch (default: download.pytorch.org/whl/cpu
+#                      for trainer-cpu, .../whl/${CUDA_INDEX} for trainer-cuda)
+#   --build-context torch-wheels=DIR
+#                      a folder holding torch-${TORCH_VERSION}*.whl (and, for an
+#                      air-gapped site, its dependencies): installed from there,
+#                      TORCH_INDEX_URL unused
+ARG PACKAGE_INDEX_URL=""
+ARG TORCH_INDEX_URL=""
+
+# The default for the torch-wheels build context: empty, so torch comes from
+# an index.
+FROM scratch AS torch-wheels
 
 # ---------------------------------------------------------------------------
 # Build the autolfads wheel once; every target installs the same file.
 FROM ${PYTHON_IMAGE} AS wheel
+ARG PACKAGE_INDEX_URL
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY autolfads ./autolfads
@@ -26,7 +45,8 @@ COPY storage ./storage
 COPY coordinator ./coordinator
 COPY proto ./proto
 COPY deploy/argo ./deploy/argo
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} \
+    --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------
 # Common runtime: non-root user, writable work dir, no bytecode writes.
@@ -47,8 +67,10 @@ WORKDIR /tmp/autolfads
 # ---------------------------------------------------------------------------
 # Coordinator (also runs `stage`): base dependencies only, no torch.
 FROM runtime AS coordinator
+ARG PACKAGE_INDEX_URL
 COPY --from=wheel /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels \
+RUN pip install ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} /wheels/*.whl \
+    && rm -rf /wheels \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 USER 10001:10001
 EXPOSE 50051
@@ -62,9 +84,18 @@ CMD ["--help"]
 # CPU trainer (also runs `finalize` and `report`): torch from the CPU index.
 FROM runtime AS trainer-cpu
 ARG TORCH_VERSION
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+ARG PACKAGE_INDEX_URL
+ARG TORCH_INDEX_URL
+RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
+    wheel=$(find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | sort | head -n 1); \
+    if [ -n "$wheel" ]; then \
+      pip install --find-links /torch-wheels ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$wheel"; \
+    else \
+      pip install --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" "torch==${TORCH_VERSION}"; \
+    fi
 COPY --from=wheel /wheels /wheels
-RUN pip install "$(ls /wheels/*.whl)[trainer,report]" && rm -rf /wheels
+RUN pip install ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$(ls /wheels/*.whl)[trainer,report]" \
+    && rm -rf /wheels
 USER 10001:10001
 ENTRYPOINT ["autolfads"]
 CMD ["--help"]
@@ -75,9 +106,18 @@ CMD ["--help"]
 FROM runtime AS trainer-cuda
 ARG TORCH_VERSION
 ARG CUDA_INDEX=cu126
-RUN pip install --index-url "https://download.pytorch.org/whl/${CUDA_INDEX}" "torch==${TORCH_VERSION}"
+ARG PACKAGE_INDEX_URL
+ARG TORCH_INDEX_URL
+RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
+    wheel=$(find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | sort | head -n 1); \
+    if [ -n "$wheel" ]; then \
+      pip install --find-links /torch-wheels ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$wheel"; \
+    else \
+      pip install --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/${CUDA_INDEX}}" "torch==${TORCH_VERSION}"; \
+    fi
 COPY --from=wheel /wheels /wheels
-RUN pip install "$(ls /wheels/*.whl)[trainer,report]" && rm -rf /wheels
+RUN pip install ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$(ls /wheels/*.whl)[trainer,report]" \
+    && rm -rf /wheels
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
