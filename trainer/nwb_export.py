@@ -181,7 +181,15 @@ def write_result_nwb(
     finally:
         Path(tmp).unlink(missing_ok=True)
     n_trials, n_bins = out.series["output_params"].shape[:2]
-    return (
+    line = (
         f"wrote {dest}: processing/{module} with {', '.join(SERIES[k][0] for k in out.series)} "
         f"for {n_trials} trials x {n_bins} bins, {data.recon_data_dim} units"
     )
+    width = float(np.asarray(data.attrs["nwb_bin_width"]).reshape(-1)[0])
+    overlaps = int(np.sum(out.starts[1:] < out.starts[:-1] + n_bins * width - 1e-9))
+    if overlaps:
+        # Both trials keep all their bins, so the series' timestamps step back there.
+        line += (
+            f" ({overlaps} trial windows overlap the next one: timestamps are not ascending there)"
+        )
+    return line

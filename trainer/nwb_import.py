@@ -291,7 +291,7 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     # (trials used, n_obs + n_fp, units): every unit, before choosing channels.
     counts = bin_spike_times(rec.spike_times, win.starts[used], win.n_obs + win.n_fp, width)
     units, n_heldin = _choose_units(rec, opts, counts, report)
-    recon = counts[:, :, units].astype(np.float32)
+    recon = counts[:, :, units]  # float32 counts, channels in LFADS order
     behavior = None
     if rec.behavior is not None:
         lagged = win.starts[used] + opts.behavior_lag_ms / 1000.0

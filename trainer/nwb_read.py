@@ -9,7 +9,7 @@ splits, checks) is numpy on the recording, in trainer/nwb_import.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,6 @@ class NwbRecording:
     recording_end: float  # end of the last observation interval (else last trial stop)
     behavior: tuple[np.ndarray, np.ndarray] | None = None  # (timestamps (s,), values (s, d))
     behavior_name: str = ""
-    extras: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_units(self) -> int:
