@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "trainer": ("torch",),
     "report": ("matplotlib",),
     "argo": ("kubernetes", "hera", "kubernetes_validate"),
+    "nwb": ("pynwb",),
 }
 
 

@@ -53,6 +53,14 @@ def same_search(a: RunConfig, b: RunConfig) -> bool:
     return strip(a) == strip(b)
 
 
+def read_run_config(store: Store, run: str) -> RunConfig:
+    """The config.yaml stored for `run`; ConfigError if it has none."""
+    cfg = _stored_config(store, RunLayout(run))
+    if cfg is None:
+        raise ConfigError(f"run {run!r} has no config.yaml in {store.url}")
+    return cfg
+
+
 def _stored_config(store: Store, layout: RunLayout) -> RunConfig | None:
     try:
         text = store.get_bytes(layout.config()).decode("utf-8")

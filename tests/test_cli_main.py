@@ -13,7 +13,7 @@ from autolfads.trainer.data import write_lfads_h5
 from autolfads.trainer.synth import make_synthetic
 
 COMMANDS = ("run", "train", "data", "status", "report", "finalize", "stage",
-            "coordinator", "trainer", "cancel", "argo")  # fmt: skip
+            "coordinator", "trainer", "cancel", "argo", "apply")  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

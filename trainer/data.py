@@ -30,6 +30,10 @@ from autolfads.errors import DataError
 MAX_DATASET_BYTES = 4 * 1024**3
 
 SPLITS = ("train", "valid", "test")
+# Provenance of a file made from NWB: the source units table's row of each
+# recon_data channel, the bin width in seconds, and each trial's first bin
+# start time in seconds per split (trial rows are in `{split}_inds`).
+NWB_KEYS = ("nwb_unit_index", "nwb_bin_width", *(f"nwb_{s}_start" for s in SPLITS))
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,25 @@ def validate_data(data: LfadsData) -> None:
     for name, split in data.splits().items():
         _check_split(source, name, split, data)
     _check_psth(source, data)
+    _check_nwb(source, data)
+
+
+def _check_nwb(source: str, data: LfadsData) -> None:
+    """NWB provenance, when present, must describe every channel and trial."""
+    units = data.attrs.get("nwb_unit_index")
+    if units is not None and units.shape != (data.recon_data_dim,):
+        raise _fail(
+            source, "nwb_unit_index", f"shape {units.shape}, expected ({data.recon_data_dim},)"
+        )
+    width = data.attrs.get("nwb_bin_width")
+    if width is not None and not (width.size == 1 and float(width.reshape(-1)[0]) > 0):
+        raise _fail(source, "nwb_bin_width", "expected one positive number (seconds)")
+    for name, split in data.splits().items():
+        starts = data.attrs.get(f"nwb_{name}_start")
+        if starts is not None and starts.shape != (split.n_trials,):
+            raise _fail(
+                source, f"nwb_{name}_start", f"shape {starts.shape}, expected ({split.n_trials},)"
+            )
 
 
 # --------------------------------------------------------------------------- reading
@@ -500,6 +523,9 @@ def _read_file(
     cf = _conversion_factor(f, name)
     splits = {s: _load_split(f, name, s, legacy, held, cf) for s in SPLITS}
     attrs = {"psth": _read(f, name, "psth").astype(np.float32)} if "psth" in f else {}
+    # Where the tensors came from in an NWB file (`autolfads data from-nwb`),
+    # kept as read (float64 times) so outputs can be written back to NWB.
+    attrs.update({key: _read(f, name, key) for key in NWB_KEYS if key in f})
     return splits, attrs, legacy
 
 

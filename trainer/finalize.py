@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from autolfads.config import RunConfig
 from autolfads.coordinator.staging import load_run
 from autolfads.errors import AutolfadsError
 from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
-from autolfads.trainer.data import load_lfads_h5
+from autolfads.trainer.data import LfadsData, load_lfads_h5
 from autolfads.trainer.metrics import evaluate
 from autolfads.trainer.posterior import posterior_sample, write_lfads_output
 from autolfads.trainer.session import TrainingSession
@@ -68,6 +71,32 @@ def output_name(data_key: str) -> str:
     return f"lfads_output_{stem}.h5"
 
 
+def sample_checkpoint(
+    cfg: RunConfig,
+    data: LfadsData,
+    checkpoint: bytes,
+    *,
+    device: str = "auto",
+    num_samples: int | None = None,
+    seed: int | None = None,
+    batch_size: int = 512,
+) -> dict[str, np.ndarray]:
+    """Posterior-averaged outputs of a checkpoint on `data` (finalize and apply).
+
+    Defaults are the config's: `training.posterior_samples` samples and the
+    posterior seed `training.seed`, so the same checkpoint on the same trials
+    gives the same outputs wherever it runs.
+    """
+    session = TrainingSession.from_checkpoint(cfg, data, checkpoint, device=device)
+    return posterior_sample(
+        session,
+        data,
+        num_samples=num_samples or cfg.training.posterior_samples,
+        batch_size=batch_size,
+        seed=cfg.training.seed if seed is None else seed,
+    )
+
+
 def finalize_run(
     store: Store,
     run: str,
@@ -83,10 +112,9 @@ def finalize_run(
     cache = DataCache(store, cache_dir or default_cache_dir())
     data = load_lfads_h5(cache.fetch(data_key, data_sha))
     checkpoint = store.get_bytes(best.checkpoint)
-    session = TrainingSession.from_checkpoint(cfg, data, checkpoint, device=device)
     samples = num_samples or cfg.training.posterior_samples
     log.info("posterior sampling %s (%d samples)", best.checkpoint, samples)
-    outputs = posterior_sample(session, data, num_samples=samples, seed=cfg.training.seed)
+    outputs = sample_checkpoint(cfg, data, checkpoint, device=device, num_samples=samples)
     metrics = evaluate(data, outputs, split="valid")
     doc: dict[str, Any] = {
         "run": run,

@@ -76,19 +76,25 @@ def posterior_sample(
     if not isinstance(model, LfadsModel):
         raise TypeError(f"expected an LfadsModel or TrainingSession, got {type(model).__name__}")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed))
     was_training = model.training
     model.eval()
     outputs: dict[str, np.ndarray] = {}
     try:
         for name, split in data.splits().items():
             tensors = SplitTensors.build(split, device)
+            generator = torch.Generator(device=device)
+            generator.manual_seed(_split_seed(seed, name))
             averaged = _sample_split(model, tensors, num_samples, batch_size, generator)
             outputs.update({f"{name}_{key}": value for key, value in averaged.items()})
     finally:
         model.train(was_training)
     return outputs
+
+
+def _split_seed(seed: int, split: str) -> int:
+    """An independent 63-bit seed per (seed, split name)."""
+    entropy = [int(seed), *split.encode()]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _sample_split(

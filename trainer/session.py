@@ -360,6 +360,11 @@ class TrainingSession:
         return buffer.getvalue()
 
 
+def checkpoint_data_dims(checkpoint: bytes) -> DataDims:
+    """The data sizes a checkpoint's model was built for."""
+    return DataDims.from_dict(_load_checkpoint_state(checkpoint)["data_dims"])
+
+
 def _load_checkpoint_state(checkpoint: bytes) -> dict[str, Any]:
     if not isinstance(checkpoint, (bytes, bytearray, memoryview)):
         raise CheckpointError(f"checkpoint must be bytes, got {type(checkpoint).__name__}")

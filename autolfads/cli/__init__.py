@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolfads.cli.cancel_cmd",
     "autolfads.cli.report_cmd",
     "autolfads.cli.finalize_cmd",
+    "autolfads.cli.apply_cmd",
     "autolfads.cli.stage_cmd",
     "autolfads.cli.coordinator_cmd",
     "autolfads.cli.trainer_cmd",

@@ -2,6 +2,8 @@
 
     autolfads data synth chaotic-rnn --out data/chaotic_rnn.h5 [--seed N] [--small] [--force]
     autolfads data check data/chaotic_rnn.h5
+    autolfads data from-nwb FILE.nwb --out DATA.h5 --preset mc_maze [--bin-ms 20]
+    autolfads data to-nwb lfads_output.h5 --nwb FILE.nwb --out RESULT.nwb
 
 `synth` writes the reference-size benchmark by default (chaotic RNN: 400
 conditions x 10 trials; Lorenz: 65 x 25); `--small` or the size flags make
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autolfads.errors import DataError
+from autolfads.extras import needs
 
 if TYPE_CHECKING:
     from autolfads.trainer.data import LfadsData
@@ -54,6 +57,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fp-seq-len", type=int, help="legacy train_data files: forward bins (last ones)"
     )
     check.set_defaults(func=run_check)
+    _register_from_nwb(actions)
+    _register_to_nwb(actions)
+
+
+def _register_from_nwb(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "from-nwb",
+        help="bin an NWB recording's units into trials (lfads-torch HDF5)",
+        description="Bin the units of an NWB file into trial windows and write LFADS tensors "
+        "(README, 'Your own data'). Flags override the --preset's values.",
+    )
+    p.add_argument("nwb", type=Path, help="NWB file with units and trials tables")
+    p.add_argument("--out", required=True, type=Path, help="output .h5 file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--preset", choices=["mc_maze"], help="NLB MC_Maze window, lag, forward bins")
+    p.add_argument("--bin-ms", type=int, help="bin width in ms (default 5)")
+    p.add_argument("--align", help="trials column the window is aligned to, e.g. move_onset_time")
+    p.add_argument(
+        "--window",
+        nargs=2,
+        type=int,
+        metavar=("START_MS", "END_MS"),
+        help="window around the align time (default: whole trials, start_time..stop_time)",
+    )
+    p.add_argument("--fp-ms", type=int, help="forward-prediction ms after the window (default 0)")
+    p.add_argument("--heldout-column", help="boolean units column marking held-out neurons")
+    p.add_argument("--heldout", type=int, help="else: this many random held-out neurons")
+    p.add_argument(
+        "--seed", type=int, help="seed of random held-out neurons and splits (default 0)"
+    )
+    p.add_argument("--behavior", help="TimeSeries MODULE/NAME, e.g. behavior/hand_vel")
+    p.add_argument("--behavior-lag-ms", type=int, help="behaviour taken this much later (ms)")
+    p.add_argument("--split-column", help="trials column with train / val / test (none: unused)")
+    p.add_argument("--valid-fraction", type=float, help="else: random valid fraction (0.2)")
+    p.add_argument("--condition-columns", nargs="+", help="trials columns defining conditions")
+    p.add_argument("--psth-kern-sd-ms", type=float, help="PSTH smoothing kernel sd (default 0)")
+    p.add_argument(
+        "--drop-bad-trials", action="store_true", help="leave out trials that fail a check"
+    )
+    p.add_argument(
+        "--units-from", type=Path, help="reuse this from-nwb file's channels (for apply)"
+    )
+    p.set_defaults(func=run_from_nwb)
+    needs(p, "nwb")
+
+
+def _register_to_nwb(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "to-nwb",
+        help="write LFADS outputs into a copy of the source NWB file",
+        description="Copy the source NWB file and add the inferred rates, factors and inputs "
+        "per trial as a processing module.",
+    )
+    p.add_argument("output", type=Path, help="lfads_output .h5 (finalize, train or apply)")
+    p.add_argument("--nwb", required=True, type=Path, help="the NWB file the data came from")
+    p.add_argument("--out", required=True, type=Path, help="result .nwb file")
+    p.add_argument("--module", default="lfads", help="processing module name (default lfads)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=run_to_nwb)
+    needs(p, "nwb")
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, int]:
@@ -152,3 +215,62 @@ def _extras(data: LfadsData) -> list[str]:
     if "psth" in data.attrs:
         extras.append(f"psth {data.attrs['psth'].shape}")
     return extras
+
+
+def _import_options(args: argparse.Namespace):
+    from autolfads.trainer.data import load_lfads_h5
+    from autolfads.trainer.nwb_import import NwbImportOptions, units_like
+
+    given = {
+        "bin_ms": args.bin_ms,
+        "align": args.align,
+        "window_ms": None if args.window is None else tuple(args.window),
+        "fp_ms": args.fp_ms,
+        "heldout_column": args.heldout_column,
+        "heldout": args.heldout,
+        "seed": args.seed,
+        "behavior": args.behavior,
+        "behavior_lag_ms": args.behavior_lag_ms,
+        "split_column": args.split_column,
+        "valid_fraction": args.valid_fraction,
+        "condition_columns": None
+        if args.condition_columns is None
+        else tuple(args.condition_columns),
+        "psth_kern_sd_ms": args.psth_kern_sd_ms,
+        "drop_bad_trials": args.drop_bad_trials or None,
+    }
+    if args.heldout is not None and args.heldout_column is not None:
+        raise DataError("pass --heldout-column or --heldout, not both")
+    if args.units_from is not None:
+        given.update(units_like(load_lfads_h5(args.units_from)))
+    if args.preset:
+        if args.heldout is not None:
+            given["heldout_column"] = ""  # random held-out neurons replace the preset's column
+        return NwbImportOptions.from_preset(args.preset, **given)
+    return NwbImportOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+def run_from_nwb(args: argparse.Namespace) -> int:
+    from autolfads.trainer.data import dataset_sha256, write_lfads_h5
+    from autolfads.trainer.nwb_import import nwb_to_lfads
+
+    if args.out.exists() and not args.force:
+        raise DataError(f"{args.out}: already exists; pass --force to overwrite it")
+    opts = _import_options(args)
+    data, report = nwb_to_lfads(args.nwb, opts)
+    write_lfads_h5(data, args.out)  # validates; atomic
+    print(f"wrote {args.out} from {args.nwb} (sha256 {dataset_sha256(args.out)[:16]})")
+    for line in report.lines:
+        print(f"  {line}")
+    return 0
+
+
+def run_to_nwb(args: argparse.Namespace) -> int:
+    from autolfads.trainer.nwb_export import write_result_nwb
+
+    if args.out.exists() and not args.force:
+        raise DataError(f"{args.out}: already exists; pass --force to overwrite it")
+    if args.out.resolve() == args.nwb.resolve():
+        raise DataError(f"{args.out}: is the source file; write the result to a new file")
+    print(write_result_nwb(args.output, args.nwb, args.out, module=args.module))
+    return 0
