@@ -46,6 +46,37 @@ TUNABLE_HPARAMS: tuple[str, ...] = (
     "kl_co_scale",
 )
 
+# The one table of what each tunable hyperparameter may be, wherever a value
+# enters: the config's search space, the coordinator checking a report, the
+# trainer applying a lease. (low, high, whether low itself is allowed); high
+# itself is never allowed (a rate of 1 drops every input; inf is no scale).
+HPARAM_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "lr_init": (0.0, 1.0, False),
+    "dropout_rate": (0.0, 1.0, True),
+    "cd_rate": (0.0, 1.0, True),
+    "l2_gen_scale": (0.0, math.inf, True),
+    "l2_con_scale": (0.0, math.inf, True),
+    "kl_ic_scale": (0.0, math.inf, True),
+    "kl_co_scale": (0.0, math.inf, True),
+}
+assert set(HPARAM_BOUNDS) == set(TUNABLE_HPARAMS)
+
+
+def hparam_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be hyperparameter `name`, or None if it can."""
+    if name not in HPARAM_BOUNDS:
+        return f"unknown hyperparameter {name!r}; tunable ones are {list(TUNABLE_HPARAMS)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"hyperparameter {name}={value!r} is not a number"
+    if not math.isfinite(value):
+        return f"hyperparameter {name}={value!r} is not a finite number"
+    low, high, low_allowed = HPARAM_BOUNDS[name]
+    if value < low or (value == low and not low_allowed) or value >= high:
+        interval = f"{'[' if low_allowed else '('}{low}, {high})"
+        return f"hyperparameter {name}={value!r} lies outside {interval}"
+    return None
+
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 # Hostile-input bounds. A real config is a few KB with < 200 values nested
@@ -255,6 +286,12 @@ class PbtConfig(_Frozen):
                 f"unknown hyperparameter(s) {unknown} in search_space; "
                 f"tunable ones are {list(TUNABLE_HPARAMS)}"
             )
+        for name, spec in sorted(self.search_space.items()):
+            for bound in ("min", "max", "init"):
+                value = getattr(spec, bound)
+                problem = None if value is None else hparam_problem(name, value)
+                if problem:
+                    raise ValueError(f"search_space.{name}.{bound}: {problem}")
         return self
 
 

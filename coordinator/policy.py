@@ -204,18 +204,22 @@ def _sorted_unique(scores: Sequence[MemberScore]) -> list[MemberScore]:
     return ordered
 
 
-def _rank_key(score: MemberScore) -> tuple[bool, float, str]:
-    return (score.diverged, 0.0 if score.diverged else score.metric, score.member)
+def ranking_key(member: str, fitness: float) -> tuple[bool, float, str]:
+    """The one order of members everywhere (decisions, generation records,
+    status tables): finite fitness ascending (a lower NLL is better), then the
+    diverged (non-finite) ones, ties broken by member id."""
+    finite = math.isfinite(fitness)
+    return (not finite, fitness if finite else 0.0, member)
 
 
 def rank(scores: Sequence[MemberScore]) -> list[MemberScore]:
-    """Best first: finite metrics ascending, diverged last, ties by member id."""
-    return sorted(scores, key=_rank_key)
+    """Best first, by `ranking_key`."""
+    return sorted(scores, key=lambda s: ranking_key(s.member, s.metric))
 
 
 def _beats(a: MemberScore, b: MemberScore) -> bool:
     """True if `a` wins against `b` (strict total order, see `rank`)."""
-    return _rank_key(a) < _rank_key(b)
+    return ranking_key(a.member, a.metric) < ranking_key(b.member, b.metric)
 
 
 def _finite_donors(ordered: Sequence[MemberScore]) -> list[MemberScore]:

@@ -26,6 +26,7 @@ from autolfads.coordinator.policy import (
     generation_rng,
     plan_generation,
     plan_member_async,
+    ranking_key,
     should_stop,
 )
 from autolfads.coordinator.state import BestRecord, HistoryEntry, SearchState, StartPoint
@@ -219,5 +220,4 @@ def _record_decision(entry: HistoryEntry | None, plan: MemberPlan) -> None:
 
 def _rank_key(entry: HistoryEntry | None) -> tuple[bool, float, str]:
     assert entry is not None
-    finite = math.isfinite(entry.metric)
-    return (not finite, entry.metric if finite else 0.0, entry.member)
+    return ranking_key(entry.member, entry.metric)

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from autolfads.coordinator.policy import GenerationPlan
+from autolfads.coordinator.policy import GenerationPlan, ranking_key
 from autolfads.coordinator.state import HistoryEntry, SearchState
 
 
@@ -79,14 +79,7 @@ def sync_generation_doc(state: SearchState, plan: GenerationPlan, stop_reason: s
 def async_generation_doc(state: SearchState, generation: int) -> bytes:
     """gen-NNNN.json in async mode: each member's decision as it was taken."""
     entries = [e for m in state.members if (e := state.entry(m, generation)) is not None]
-    ranked = sorted(
-        entries,
-        key=lambda e: (
-            not math.isfinite(e.metric),
-            e.metric if math.isfinite(e.metric) else 0.0,
-            e.member,
-        ),
-    )
+    ranked = sorted(entries, key=lambda e: ranking_key(e.member, e.metric))
     doc = {
         "run": state.run,
         "mode": "async",

@@ -9,10 +9,9 @@ epochs of at most MAX_EPOCH_METRICS named metrics each.
 
 from __future__ import annotations
 
-import math
 import re
 
-from autolfads.config import TUNABLE_HPARAMS
+from autolfads.config import TUNABLE_HPARAMS, hparam_problem
 from autolfads.coordinator.errors import InvalidRequest
 from autolfads.coordinator.messages import SegmentReport
 
@@ -30,12 +29,10 @@ MAX_CORRUPT_POINTS = 64
 
 def check_hparams(values: dict[str, float]) -> str | None:
     """Why a hyperparameter dict is malformed, or None if it is fine."""
-    unknown = sorted(set(values) - set(TUNABLE_HPARAMS))
-    if unknown:
-        return f"unknown hyperparameter(s) {unknown}; tunable ones are {list(TUNABLE_HPARAMS)}"
     for name, value in values.items():
-        if not isinstance(value, float) or not math.isfinite(value) or value < 0:
-            return f"hyperparameter {name}={value!r} is not a finite number >= 0"
+        problem = hparam_problem(name, value)
+        if problem:
+            return problem
     return None
 
 

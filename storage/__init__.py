@@ -9,7 +9,7 @@ See docs/storage.md for the run layout and how to point at a MinIO server.
 This package imports no torch.
 """
 
-from autolfads.storage.base import ObjectInfo, Store
+from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities
 from autolfads.storage.cache import DataCache, default_cache_dir, upload_data
 from autolfads.storage.errors import (
     BucketNotFound,
@@ -21,7 +21,9 @@ from autolfads.storage.errors import (
     StorageAuthError,
     StorageError,
     StorageUnavailable,
+    Unsupported,
 )
+from autolfads.storage.faults import FaultyStore, WrapperStore
 from autolfads.storage.keys import (
     RunLayout,
     validate_identifier,
@@ -30,6 +32,7 @@ from autolfads.storage.keys import (
     validate_sha256,
 )
 from autolfads.storage.local import LocalStore
+from autolfads.storage.memory import MemoryStore
 from autolfads.storage.retention import gc_checkpoints, select_checkpoints_to_delete
 from autolfads.storage.retry import RetryPolicy
 from autolfads.storage.s3 import S3Settings, S3Store
@@ -39,9 +42,11 @@ __all__ = [
     "BucketNotFound",
     "ChecksumMismatch",
     "DataCache",
+    "FaultyStore",
     "InvalidKey",
     "InvalidMetadata",
     "LocalStore",
+    "MemoryStore",
     "MissingChecksum",
     "ObjectInfo",
     "ObjectNotFound",
@@ -52,7 +57,10 @@ __all__ = [
     "StorageAuthError",
     "StorageError",
     "StorageUnavailable",
+    "Unsupported",
+    "WrapperStore",
     "Store",
+    "StoreCapabilities",
     "default_cache_dir",
     "gc_checkpoints",
     "open_store",

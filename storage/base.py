@@ -33,6 +33,7 @@ from autolfads.storage.errors import (
     MissingChecksum,
     ObjectNotFound,
     StorageError,
+    Unsupported,
 )
 from autolfads.storage.keys import validate_key, validate_prefix, validate_sha256
 
@@ -126,11 +127,23 @@ def temp_path_beside(path: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class StoreCapabilities:
+    """What a backend offers beyond the contract every store keeps.
+
+    presigned_urls: `presigned_url()` hands out time-limited browser links
+    (S3/MinIO); elsewhere it raises `Unsupported`.
+    """
+
+    presigned_urls: bool = False
+
+
 class Store(ABC):
     """Abstract object store; see the module docstring for the guarantees."""
 
     #: Credential-free display form, e.g. "s3://bucket/prefix?endpoint=..." or "file:///abs".
     url: str
+    capabilities: StoreCapabilities = StoreCapabilities()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -266,9 +279,10 @@ class Store(ABC):
         """Remove the object; deleting a missing key is not an error."""
         self._delete(validate_key(key))
 
-    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
-        """A time-limited GET URL for a browser, or None where the backend has
-        none. The URL itself grants access: hand it to the user, never log it."""
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        """A time-limited GET URL for a browser (`Unsupported` where the backend
+        has none, see `capabilities`). The URL itself grants access: hand it to
+        the user, never log it."""
         validate_key(key)
         if (
             isinstance(expires_s, bool)
@@ -276,6 +290,11 @@ class Store(ABC):
             or not 1 <= expires_s <= 604800
         ):
             raise StorageError(f"presigned URL lifetime {expires_s!r} must be 1..604800 seconds")
+        if not self.capabilities.presigned_urls:
+            raise Unsupported(
+                f"{self.location(key)}: {type(self).__name__} has no presigned URLs; "
+                "serve the file another way or use an S3/MinIO store"
+            )
         return self._presigned_url(key, expires_s)
 
     def _verify(self, key: str, actual: str, recorded: str | None, expected: str | None) -> None:
@@ -326,5 +345,6 @@ class Store(ABC):
     @abstractmethod
     def _delete(self, key: str) -> None: ...
 
-    @abstractmethod
-    def _presigned_url(self, key: str, expires_s: int) -> str | None: ...
+    def _presigned_url(self, key: str, expires_s: int) -> str:
+        """Only called where `capabilities.presigned_urls` is true."""
+        raise Unsupported(f"{type(self).__name__} declares presigned URLs but has none")

@@ -68,3 +68,7 @@ def one_line(text: str, limit: int = 300) -> str:
     """Collapse whitespace and cut long foreign messages to keep errors one line."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class Unsupported(StorageError):
+    """The backend does not offer this operation (see `Store.capabilities`)."""

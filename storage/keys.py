@@ -103,10 +103,30 @@ def parse_generation_dir(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def split_checkpoint_key(key: str) -> tuple[str, str, int] | None:
+    """The one parser of checkpoint keys:
+    '<run path>/members/m003/gen-0007/checkpoint.pt' -> ('<run path>', 'm003', 7),
+    where the run path may carry a store prefix; None for any other key.
+    Only the canonical spelling counts: 'gen-00007' is not generation 7."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if len(parts) < 5 or parts[-4] != "members" or parts[-1] != CHECKPOINT_NAME:
+        return None
+    member, gen = parts[-3], parts[-2]
+    generation = parse_generation_dir(gen)
+    if generation is None or gen != generation_dir(generation):
+        return None
+    if not _IDENTIFIER.fullmatch(member):
+        return None
+    return "/".join(parts[:-4]), member, generation
+
+
 class RunLayout:
     """Keys of one run. All methods return keys relative to the store root."""
 
-    CHECKPOINT = "checkpoint.pt"
+    CHECKPOINT = CHECKPOINT_NAME
     METRICS = "metrics.json"
 
     def __init__(self, run: str) -> None:
@@ -187,15 +207,10 @@ class RunLayout:
         return parsed
 
     def try_parse_checkpoint_key(self, key: str) -> tuple[str, int] | None:
-        parts = key.split("/") if isinstance(key, str) else []
-        if len(parts) != 5 or parts[0] != self.run or parts[1] != "members":
+        parsed = split_checkpoint_key(key)
+        if parsed is None or parsed[0] != self.run:
             return None
-        member, gen, name = parts[2], parts[3], parts[4]
-        generation = parse_generation_dir(gen)
-        if name != self.CHECKPOINT or generation is None or not _IDENTIFIER.fullmatch(member):
-            return None
-        # Only the canonical spelling: 'gen-00007' is not generation 7's directory.
-        return (member, generation) if gen == generation_dir(generation) else None
+        return parsed[1], parsed[2]
 
     def parse_generation_key(self, key: str) -> int:
         """'<run>/generations/gen-0007.json' -> 7."""

@@ -267,6 +267,3 @@ class LocalStore(Store):
             except OSError:
                 return  # not empty (or raced with a writer): keep it
             folder = folder.parent
-
-    def _presigned_url(self, key: str, expires_s: int) -> str | None:
-        return None

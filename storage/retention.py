@@ -10,30 +10,24 @@ small and are the record of the search.
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 
 from autolfads.storage.base import Store
 from autolfads.storage.errors import InvalidKey, ObjectNotFound, StorageError
-from autolfads.storage.keys import RunLayout, generation_dir
+from autolfads.storage.keys import RunLayout, split_checkpoint_key
 
 log = logging.getLogger(__name__)
 
-# '<run>/members/<member>/gen-NNNN/checkpoint.pt' (any store prefix before it).
-_CHECKPOINT = re.compile(
-    r"^(?P<head>(?:.+/)?[^/]+/members/(?P<member>[^/]+)/)gen-(?P<gen>\d{4,})/checkpoint\.pt$"
-)
-
 
 def _parse(key: str) -> tuple[str, str, int]:
-    """(member folder, member, generation) of a checkpoint key."""
-    match = _CHECKPOINT.fullmatch(key) if isinstance(key, str) else None
-    if not match or f"gen-{match['gen']}" != generation_dir(int(match["gen"])):
+    """(run path, member, generation) of a checkpoint key."""
+    parsed = split_checkpoint_key(key)
+    if parsed is None:
         raise InvalidKey(
             f"not a checkpoint key: {key!r} (expected <run>/members/<member>/gen-NNNN/checkpoint.pt)"
         )
-    return match["head"], match["member"], int(match["gen"])
+    return parsed
 
 
 def select_checkpoints_to_delete(
@@ -51,10 +45,10 @@ def select_checkpoints_to_delete(
     if keep_generations < 1:
         raise StorageError(f"keep_generations must be >= 1, got {keep_generations}")
     keep = set(protected)
-    by_member: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    by_member: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
     for key in set(existing):
-        head, _, generation = _parse(key)
-        by_member[head].append((generation, key))
+        run, member, generation = _parse(key)
+        by_member[run, member].append((generation, key))
     doomed = []
     for checkpoints in by_member.values():
         checkpoints.sort(reverse=True)  # newest first

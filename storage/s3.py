@@ -32,7 +32,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from autolfads.storage.base import ObjectInfo, Store, sha256_file
+from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities, sha256_file
 from autolfads.storage.errors import (
     BucketNotFound,
     ObjectNotFound,
@@ -134,6 +134,8 @@ def is_transient(err: BaseException) -> bool:
 
 class S3Store(Store):
     """Objects under `s3://<bucket>/<prefix>` on a MinIO or S3 server."""
+
+    capabilities = StoreCapabilities(presigned_urls=True)
 
     def __init__(self, bucket: str, prefix: str, settings: S3Settings) -> None:
         if prefix:
@@ -416,7 +418,7 @@ class S3Store(Store):
         # S3 answers 204 for a missing key, which makes delete idempotent.
         self._call("delete", key, lambda: self._client.remove_object(self.bucket, self._name(key)))
 
-    def _presigned_url(self, key: str, expires_s: int) -> str | None:
+    def _presigned_url(self, key: str, expires_s: int) -> str:
         return self._call(
             "presign",
             key,

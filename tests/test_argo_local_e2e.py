@@ -1,6 +1,6 @@
 """The rendered Workflow, run step by step as local processes, finishes a search.
 
-autolfads.argo.localrun executes the exact command lines of the Workflow's
+tests/argo_localrun.py executes the exact command lines of the Workflow's
 containers in Argo's order (stage; coordinator and N trainers concurrently;
 then finalize and report) against moto's S3 server, emulating only Argo's
 scheduling, artifacts and the coordinator's Service. The second test kills a
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from argo_localrun import ArtifactRepo, Fault, LocalWorkflowRun
 from s3_proxy import Hold, ScriptedS3Proxy
 
-from autolfads.argo.localrun import ArtifactRepo, Fault, LocalWorkflowRun
 from autolfads.argo.manifests import load_documents
 from autolfads.argo.render import RenderOptions, render_workflow
 from autolfads.config import loads_config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import replace
@@ -18,7 +19,7 @@ from autolfads.coordinator.errors import InvalidRequest, SearchFinished, StaleLe
 from autolfads.coordinator.messages import SegmentReport
 from autolfads.coordinator.service import CoordinatorService
 from autolfads.coordinator.state import SearchState
-from autolfads.storage import LocalStore, RunLayout
+from autolfads.storage import FaultyStore, LocalStore, RunLayout
 from autolfads.storage.errors import StorageError
 
 DATA_KEY = "search/data/" + "ab" * 32 + ".h5"
@@ -246,24 +247,15 @@ def test_plateau_stops_before_max_generations(local_store):
 # ------------------------------------------------------------------ capacity
 
 
-class SlowStateStore(LocalStore):
-    """A real local store whose state writes take a while (and can be made
-    to fail), so concurrent changes pile up behind one write."""
+STATE_KEY = f"^{re.escape(LAYOUT.state())}$"
 
-    def __init__(self, root, delay_s: float = 0.02) -> None:
-        super().__init__(root)
-        self.delay_s = delay_s
-        self.state_writes = 0
-        self.fail_next_state_write = False
 
-    def _put_bytes(self, key, data, sha256, content_type, metadata):
-        if key == LAYOUT.state():
-            if self.fail_next_state_write:
-                self.fail_next_state_write = False
-                raise StorageError(f"{key}: disk full (injected)")
-            time.sleep(self.delay_s)
-            self.state_writes += 1
-        return super()._put_bytes(key, data, sha256, content_type, metadata)
+def slow_state_store(root) -> FaultyStore:
+    """A real local store whose state writes take a while, so concurrent
+    changes pile up behind one write."""
+    store = FaultyStore(LocalStore(root))
+    store.inject("put", STATE_KEY, delay_s=0.02, times=None)
+    return store
 
 
 def persisted(store) -> SearchState:
@@ -271,7 +263,7 @@ def persisted(store) -> SearchState:
 
 
 def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp_path):
-    store = SlowStateStore(tmp_path)
+    store = slow_state_store(tmp_path)
     service = open_service(store, tiny_config(population=24, max_generations=2))
     errors: list[BaseException] = []
 
@@ -297,16 +289,19 @@ def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp
     state = persisted(store)
     assert state.status == "finished" and all(len(h) == 2 for h in state.history.values())
     # 48 grants + 48 reports (+ the start) in far fewer writes.
-    assert service._commit.changes >= 97 and store.state_writes < service._commit.changes * 0.8
+    assert (
+        service._commit.changes >= 97
+        and store.count("put", STATE_KEY) < service._commit.changes * 0.8
+    )
 
 
 def test_failed_state_write_rolls_back_and_the_retry_counts_once(tmp_path):
-    store = SlowStateStore(tmp_path, delay_s=0.0)
+    store = FaultyStore(LocalStore(tmp_path))
     service = open_service(store)
     grant = service.request_work("w0", 1).grants[0]
     report = fake_train(store, grant, "w0")
     before = store.get_bytes(LAYOUT.state())
-    store.fail_next_state_write = True
+    store.inject("put", STATE_KEY, fail="disk full")
     with pytest.raises(StorageError, match="not saved"):
         service.report(report)
     # Memory agrees with storage: the report never happened.

@@ -1,328 +1,68 @@
-"""One contract, every backend: the behaviour callers rely on, whatever the store.
+"""One contract, every backend: each store here subclasses the contract that
+ships with the package (`autolfads.storage.testing.StoreContract`).
 
-Each test runs against the local-directory store and against an S3 store on
-a real S3 HTTP server (moto on loopback, or a real MinIO; see conftest.py).
+The S3 store runs on a real S3 HTTP server (moto on loopback, or a real MinIO;
+see conftest.py); the wrappers run over the in-memory store, so a store that
+injects faults keeps the contract whenever no fault is injected.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import threading
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from autolfads.storage import (
-    ChecksumMismatch,
-    InvalidKey,
-    InvalidMetadata,
-    LocalStore,
-    MissingChecksum,
-    ObjectNotFound,
-    S3Store,
-    StorageError,
-    Store,
-)
+from autolfads.storage import FaultyStore, LocalStore, MemoryStore, S3Store, Store, WrapperStore
+from autolfads.storage.testing import StoreContract
 
 
-@dataclass
-class Backend:
-    store: Store
-    # tamper(key, data, keep_checksum): replace the bytes behind the store's
-    # back, keeping the recorded SHA-256 (corruption) or dropping it.
-    tamper: Callable[[str, bytes, bool], None]
+class TestLocalStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        return LocalStore(tmp_path / "store")
 
-
-def _local_backend(tmp_path: Path) -> Backend:
-    store = LocalStore(tmp_path / "store")
-
-    def tamper(key: str, data: bytes, keep_checksum: bool) -> None:
+    def tamper(self, store: Store, key: str, data: bytes, *, keep_checksum: bool) -> None:
+        assert isinstance(store, LocalStore)
         path = store.root / key
         path.write_bytes(data)
         if not keep_checksum:
             path.with_name(f".{path.name}.meta.json").unlink()
 
-    return Backend(store, tamper)
 
+class TestS3Store(StoreContract):
+    @pytest.fixture
+    def store(self, make_s3_store) -> Store:
+        return make_s3_store("contract")
 
-def _s3_backend(make_s3_store, s3_server) -> Backend:
-    store = make_s3_store("contract")
-    assert isinstance(store, S3Store)
-    client = s3_server.raw_client()
+    @pytest.fixture(autouse=True)
+    def _raw(self, s3_server) -> None:
+        self.raw = s3_server.raw_client()
 
-    def tamper(key: str, data: bytes, keep_checksum: bool) -> None:
+    def tamper(self, store: Store, key: str, data: bytes, *, keep_checksum: bool) -> None:
+        assert isinstance(store, S3Store)
         recorded = store.stat(key).sha256
         meta = {"x-amz-meta-sha256": recorded} if keep_checksum else None
-        client.put_object(
+        self.raw.put_object(
             store.bucket, f"contract/{key}", io.BytesIO(data), len(data), metadata=meta
         )
 
-    return Backend(store, tamper)
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def store(self) -> Store:
+        return MemoryStore()
+
+    def tamper(self, store: Store, key: str, data: bytes, *, keep_checksum: bool) -> None:
+        assert isinstance(store, MemoryStore)
+        store.replace_behind_the_back(key, data, keep_checksum=keep_checksum)
 
 
-@pytest.fixture(params=["local", "s3"])
-def backend(request, tmp_path) -> Backend:
-    if request.param == "local":
-        return _local_backend(tmp_path)
-    return _s3_backend(
-        request.getfixturevalue("make_s3_store"), request.getfixturevalue("s3_server")
-    )
+class TestFaultyStoreWithoutFaults(TestMemoryStore):
+    @pytest.fixture
+    def store(self) -> Store:
+        return FaultyStore(MemoryStore())
 
-
-@pytest.fixture
-def store(backend: Backend) -> Store:
-    return backend.store
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---- round trips -----------------------------------------------------------
-
-
-def test_put_get_stat_round_trip(store: Store) -> None:
-    data = b"\x00\x01checkpoint bytes\xff" * 100
-    info = store.put_bytes(
-        "run1/members/m001/gen-0000/checkpoint.pt", data, metadata={"member": "m001"}
-    )
-    assert info.sha256 == sha(data) and info.size == len(data)
-    assert store.get_bytes("run1/members/m001/gen-0000/checkpoint.pt") == data
-    stat = store.stat("run1/members/m001/gen-0000/checkpoint.pt")
-    assert (stat.size, stat.sha256) == (len(data), sha(data))
-    assert stat.metadata == {"member": "m001"}
-    assert stat.content_type == "application/octet-stream"
-    assert stat.modified is not None and stat.modified > 0
-    assert store.exists("run1/members/m001/gen-0000/checkpoint.pt")
-
-
-def test_empty_object(store: Store) -> None:
-    store.put_bytes("empty.bin", b"")
-    assert store.get_bytes("empty.bin") == b""
-    assert store.stat("empty.bin").size == 0
-
-
-def test_overwrite_replaces_bytes_and_checksum(store: Store) -> None:
-    store.put_bytes("state.json", b"old")
-    store.put_bytes("state.json", b"new and longer")
-    assert store.get_bytes("state.json") == b"new and longer"
-    assert store.stat("state.json").sha256 == sha(b"new and longer")
-
-
-def test_json_round_trip(store: Store) -> None:
-    record = {"generation": 7, "ranking": ["m003", "m001"], "copied": {"m001": "m003"}}
-    store.put_json("run/generations/gen-0007.json", record)
-    assert store.get_json("run/generations/gen-0007.json") == record
-    assert store.stat("run/generations/gen-0007.json").content_type == "application/json"
-
-
-def test_file_round_trip(store: Store, tmp_path: Path) -> None:
-    src = tmp_path / "in.h5"
-    data = bytes(range(256)) * 12_000  # ~3 MB: several 1 MiB chunks
-    src.write_bytes(data)
-    info = store.put_file("run/data/x.h5", src, metadata={"source-name": "in.h5"})
-    assert info.sha256 == sha(data)
-    dest = tmp_path / "out" / "copy.h5"
-    got = store.get_file("run/data/x.h5", dest)
-    assert dest.read_bytes() == data and got.sha256 == sha(data)
-    # Downloading again over an existing file replaces it.
-    store.put_bytes("run/data/x.h5", b"v2")
-    store.get_file("run/data/x.h5", dest)
-    assert dest.read_bytes() == b"v2"
-
-
-def test_put_file_missing_source_is_clear(store: Store, tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="not an existing file"):
-        store.put_file("x.bin", tmp_path / "absent.bin")
-
-
-# ---- missing objects, deletion -----------------------------------------------
-
-
-def test_missing_object(store: Store, tmp_path: Path) -> None:
-    with pytest.raises(ObjectNotFound, match="absent.bin"):
-        store.get_bytes("absent.bin")
-    with pytest.raises(ObjectNotFound):
-        store.stat("absent.bin")
-    with pytest.raises(ObjectNotFound):
-        store.get_file("absent.bin", tmp_path / "out.bin")
-    assert not (tmp_path / "out.bin").exists()
-    assert not store.exists("absent.bin")
-
-
-def test_delete_is_idempotent(store: Store) -> None:
-    store.put_bytes("a/b/c.bin", b"1")
-    store.put_bytes("a/b/d.bin", b"2")
-    store.delete("a/b/c.bin")
-    store.delete("a/b/c.bin")
-    store.delete("never/existed.bin")
-    assert not store.exists("a/b/c.bin")
-    assert [i.key for i in store.list()] == ["a/b/d.bin"]
-
-
-# ---- listing -------------------------------------------------------------------
-
-
-def test_list_is_recursive_sorted_and_prefix_filtered(store: Store) -> None:
-    keys = [
-        "run/members/m010/gen-0001/checkpoint.pt",
-        "run/members/m002/history.jsonl",
-        "run/config.yaml",
-        "run/members/m002/gen-0000/checkpoint.pt",
-        "run/members/m001x/gen-0000/checkpoint.pt",
-        "other/config.yaml",
-    ]
-    for n, key in enumerate(keys):
-        store.put_bytes(key, bytes([n]) * (n + 1))
-    assert [i.key for i in store.list()] == sorted(keys)
-    assert [i.key for i in store.list("run/members/")] == sorted(k for k in keys if "members" in k)
-    # A plain string prefix, as in S3: "m00" matches m001x and m002.
-    assert [i.key for i in store.list("run/members/m00")] == [
-        "run/members/m001x/gen-0000/checkpoint.pt",
-        "run/members/m002/gen-0000/checkpoint.pt",
-        "run/members/m002/history.jsonl",
-    ]
-    assert [i.key for i in store.list("run/members/m002/")] == [
-        "run/members/m002/gen-0000/checkpoint.pt",
-        "run/members/m002/history.jsonl",
-    ]
-    assert list(store.list("nothing/here/")) == []
-    sizes = {i.key: i.size for i in store.list()}
-    assert sizes["run/config.yaml"] == 3
-    for info in store.list():
-        assert info.sha256 in (None, store.stat(info.key).sha256)
-
-
-# ---- integrity -------------------------------------------------------------------
-
-
-def test_tampered_object_is_detected(backend: Backend, tmp_path: Path) -> None:
-    store = backend.store
-    key = "run/members/m001/gen-0003/checkpoint.pt"
-    store.put_bytes(key, b"genuine checkpoint")
-    backend.tamper(key, b"corrupt checkpoint", True)
-    with pytest.raises(ChecksumMismatch, match="gen-0003/checkpoint.pt") as caught:
-        store.get_bytes(key)
-    assert "\n" not in str(caught.value)
-    with pytest.raises(ChecksumMismatch):
-        store.get_file(key, tmp_path / "ckpt.pt")
-    # Nothing half-verified is left at the destination.
-    assert not (tmp_path / "ckpt.pt").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name != "store"] == []
-    assert store.get_bytes(key, verify=False) == b"corrupt checkpoint"
-
-
-def test_object_without_checksum_is_unverifiable(backend: Backend) -> None:
-    store = backend.store
-    store.put_bytes("run/config.yaml", b"name: x\n")
-    backend.tamper("run/config.yaml", b"name: y\n", False)
-    with pytest.raises(MissingChecksum, match="no SHA-256 recorded"):
-        store.get_bytes("run/config.yaml")
-    # MissingChecksum is a ChecksumMismatch: one except clause falls back on both.
-    assert issubclass(MissingChecksum, ChecksumMismatch)
-    assert store.get_bytes("run/config.yaml", verify=False) == b"name: y\n"
-    # A caller that knows the content hash can still verify it.
-    assert store.get_bytes("run/config.yaml", expected_sha256=sha(b"name: y\n")) == b"name: y\n"
-
-
-def test_expected_sha256_must_match(store: Store, tmp_path: Path) -> None:
-    store.put_bytes("d.h5", b"data")
-    with pytest.raises(ChecksumMismatch, match="expected"):
-        store.get_bytes("d.h5", expected_sha256=sha(b"other"))
-    with pytest.raises(ChecksumMismatch):
-        store.get_file("d.h5", tmp_path / "d.h5", expected_sha256=sha(b"other"))
-    assert not (tmp_path / "d.h5").exists()
-    with pytest.raises(InvalidKey, match="SHA-256"):
-        store.get_bytes("d.h5", expected_sha256="not-a-hash")
-
-
-def test_concurrent_overwrites_never_expose_a_mix(store: Store) -> None:
-    # Writers replace one key with whole, distinct payloads while a reader
-    # verifies every read: each read is one complete version.
-    payloads = [bytes([n]) * (50_000 + n) for n in range(4)]
-    store.put_bytes("run/coordinator/state.json", payloads[0])
-    errors: list[BaseException] = []
-
-    def write(data: bytes) -> None:
-        try:
-            for _ in range(5):
-                store.put_bytes("run/coordinator/state.json", data)
-        except BaseException as err:  # reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
-    for t in threads:
-        t.start()
-    seen = set()
-    while any(t.is_alive() for t in threads):
-        seen.add(store.get_bytes("run/coordinator/state.json"))
-    for t in threads:
-        t.join()
-    assert not errors
-    assert seen <= set(payloads)
-
-
-# ---- keys --------------------------------------------------------------------------
-
-BAD_KEYS = [
-    "../escape.bin",
-    "run/../../escape.bin",
-    "/etc/passwd",
-    "a//b",
-    "a/",
-    "",
-    ".hidden",
-    "run/.x.meta.json",
-    "a\x00b",
-    "a\nb",
-    "a\x1bb",
-    "a\\b",
-    "a b",
-    "k" * 1000,
-]
-
-
-@pytest.mark.parametrize("key", BAD_KEYS)
-def test_bad_keys_rejected_by_every_operation(store: Store, key: str, tmp_path: Path) -> None:
-    operations = [
-        lambda: store.put_bytes(key, b"x"),
-        lambda: store.get_bytes(key),
-        lambda: store.get_file(key, tmp_path / "out"),
-        lambda: store.stat(key),
-        lambda: store.exists(key),
-        lambda: store.delete(key),
-        lambda: store.presigned_url(key),
-    ]
-    for operation in operations:
-        with pytest.raises(InvalidKey) as caught:
-            operation()
-        assert "\n" not in str(caught.value)
-    if key and key != "a/":  # "" and "a/" are valid listing prefixes
-        with pytest.raises(InvalidKey):
-            store.list(key)
-    assert list(store.list()) == []
-    assert not (tmp_path / "escape.bin").exists()
-
-
-def test_bad_metadata_rejected(store: Store) -> None:
-    for metadata in ({"Upper": "x"}, {"sha256": "x"}, {"ok": "caf\u00e9"}, {"ok": "a\nb"}):
-        with pytest.raises(InvalidMetadata):
-            store.put_bytes("m.bin", b"x", metadata=metadata)
-    assert not store.exists("m.bin")
-
-
-def test_presigned_url_serves_the_object_where_supported(store: Store) -> None:
-    store.put_bytes("run/best/report/index.html", b"<html>best</html>", content_type="text/html")
-    url = store.presigned_url("run/best/report/index.html", expires_s=60)
-    if isinstance(store, LocalStore):
-        assert url is None
-        return
-    assert url is not None and url.startswith("http")
-    with urllib.request.urlopen(url, timeout=10) as response:  # loopback only
-        assert response.read() == b"<html>best</html>"
-    with pytest.raises(StorageError, match="lifetime"):
-        store.presigned_url("run/best/report/index.html", expires_s=0)
+    def tamper(self, store: Store, key: str, data: bytes, *, keep_checksum: bool) -> None:
+        assert isinstance(store, WrapperStore)
+        super().tamper(store.inner, key, data, keep_checksum=keep_checksum)

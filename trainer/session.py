@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autolfads.config import TUNABLE_HPARAMS, RunConfig
+from autolfads.config import RunConfig, hparam_problem
 from autolfads.errors import AutolfadsError, ConfigError
 from autolfads.trainer.augment import coordinated_dropout, sample_validation_input
 from autolfads.trainer.data import LfadsData
@@ -40,40 +40,19 @@ SMOOTHING_PREV = 0.3  # smth = 0.3*prev + 0.7*current (lfads-torch ExpSmoothedMe
 # observed bins: what co-bps scores, and nothing the encoder sees.
 SMOOTHED_METRICS = ("valid_recon", "valid_heldout_recon")
 
-# Inclusive bounds a tunable hyperparameter must lie in (lr_init also > 0).
-HPARAM_BOUNDS: dict[str, tuple[float, float]] = {
-    "lr_init": (0.0, 1.0),
-    "dropout_rate": (0.0, 0.99),
-    "cd_rate": (0.0, 0.99),
-    "l2_gen_scale": (0.0, 1e6),
-    "l2_con_scale": (0.0, 1e6),
-    "kl_ic_scale": (0.0, 1e6),
-    "kl_co_scale": (0.0, 1e6),
-}
-
 
 class CheckpointError(AutolfadsError):
     """Checkpoint bytes are unreadable or belong to a different model/data."""
 
 
 def validate_hparams(hparams: Mapping[str, float]) -> dict[str, float]:
-    """Check names and values; return them as floats. Raises ConfigError."""
-    out: dict[str, float] = {}
+    """Check names and values (`config.HPARAM_BOUNDS`); return them as floats.
+    Raises ConfigError."""
     for name, value in hparams.items():
-        if name not in HPARAM_BOUNDS:
-            raise ConfigError(
-                f"unknown hyperparameter {name!r}; tunable ones are {list(TUNABLE_HPARAMS)}"
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"hyperparameter {name}: {value!r} is not a number")
-        value = float(value)
-        lo, hi = HPARAM_BOUNDS[name]
-        if not math.isfinite(value):
-            raise ConfigError(f"hyperparameter {name}: {value!r} is not a finite number")
-        if not lo <= value <= hi or (name == "lr_init" and value <= 0.0):
-            raise ConfigError(f"hyperparameter {name}: {value!r} lies outside [{lo}, {hi}]")
-        out[name] = value
-    return out
+        problem = hparam_problem(name, value)
+        if problem:
+            raise ConfigError(problem)
+    return {name: float(value) for name, value in hparams.items()}
 
 
 class TrainingSession:

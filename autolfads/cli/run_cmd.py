@@ -99,7 +99,9 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
     if report_keys:
         print(f"report:  {store.location(report_keys['index.html'])}")
     else:
-        print(f"report:  not built (--no-report); later: autolfads report {store.location(run_name)}")
+        print(
+            f"report:  not built (--no-report); later: autolfads report {store.location(run_name)}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

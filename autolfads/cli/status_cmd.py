@@ -252,15 +252,10 @@ def _emit(report: StatusReport, args: argparse.Namespace, out: TextIO, first: bo
 
 
 def _ranked(members: tuple[Any, ...]) -> list[Any]:
-    """Best first: finite metrics ascending, then members without one."""
-    return sorted(
-        members,
-        key=lambda m: (
-            not math.isfinite(m.metric),
-            m.metric if math.isfinite(m.metric) else 0,
-            m.member,
-        ),
-    )
+    """Best first, in the coordinator's one ranking order."""
+    from autolfads.coordinator.policy import ranking_key
+
+    return sorted(members, key=lambda m: ranking_key(m.member, m.metric))
 
 
 def _num(value: float | None, fmt: str = ".6g") -> str:
