@@ -3,7 +3,7 @@
 The base install (`pip install autolfads`) runs the coordinator and the
 storage tools. Everything heavier is an extra, named in pyproject.toml's
 `[project.optional-dependencies]`; `EXTRAS` below lists the import names each
-extra must make importable, and tests/test_extras.py checks both against each
+extra must make importable, and tests/test_extras_install.py checks both against each
 other and installs every extra alone in a fresh virtual environment.
 
 Commands declare the extras they need (`require_extras`) and check them before
