@@ -29,7 +29,7 @@ fi
 extras=$("$PY" -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))
 print(",".join(k for k in d["project"]["optional-dependencies"] if k != "dev"))')
 "$PY" -m pip download -q --disable-pip-version-check -d .cache/wheelhouse \
-  -c scripts/test-constraints.txt "torch==2.13.0" ".[$extras]"
+  -c scripts/test-constraints.txt "torch==2.13.0" ".[$extras]" "setuptools>=68" wheel
 # Lint and format are part of the check (ruff is in the dev extra).
 "$PY" -m ruff check --quiet .
 "$PY" -m ruff format --check --quiet .

@@ -57,26 +57,32 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not any(WHEELHOUSE.glob("*.whl")):
         pytest.fail(f"no wheels in {WHEELHOUSE}: run ./scripts/test.sh, which downloads them")
     out = tmp_path_factory.mktemp("wheel")
+    # An isolated, offline build (its setuptools and wheel are in the wheelhouse
+    # too): the wheel does not depend on what the test environment happens to hold.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-w", str(out), str(REPO)],
+        [uv(), "build", "-q", "--wheel", "--offline", "--no-index", "--find-links",
+         str(WHEELHOUSE), "--out-dir", str(out), str(REPO)],
         check=True, capture_output=True,
     )  # fmt: skip
     return out
+
+
+def uv() -> str:
+    found = shutil.which("uv")
+    assert found, "uv is in the dev extra: run ./scripts/test.sh"
+    return found
 
 
 class Env:
     """A virtual environment with autolfads and one extra (or none)."""
 
     def __init__(self, root: Path, extra: str | None, wheels: Path) -> None:
-        uv = shutil.which("uv")
-        assert uv, "uv is in the dev extra: run ./scripts/test.sh"
         self.root = root
         self.bin = root / "venv" / "bin"
-        subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(root / "venv")], check=True)
+        subprocess.run([uv(), "venv", "-q", "-p", sys.executable, str(root / "venv")], check=True)
         target = f"autolfads[{extra}]" if extra else "autolfads"
         subprocess.run(
-            [uv, "pip", "install", "-q", "--python", str(self.bin / "python"), "--offline",
+            [uv(), "pip", "install", "-q", "--python", str(self.bin / "python"), "--offline",
              "--no-index", "--find-links", str(WHEELHOUSE), "--find-links", str(wheels), target],
             check=True, capture_output=True,
         )  # fmt: skip
