@@ -3,6 +3,7 @@
 
     <run>/config.yaml          the run config (workers read it from here)
     <run>/data/<sha256>.h5     the data, content-addressed
+    <run>/baseline.json        the data's floor and ceiling (trainer/baseline.py)
 
 The coordinator image has no torch and no local data file, so everything it
 and the trainers need comes from these two objects.
@@ -35,6 +36,12 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
             "use a new run name (name: in the config) to start another search"
         )
     upload_data(store, layout, path)
+    if not store.exists(layout.baseline()):
+        # Once per run, before the config that marks the run as staged.
+        from autolfads.trainer.baseline import reference_scores
+        from autolfads.trainer.data import load_lfads_h5
+
+        store.put_json(layout.baseline(), reference_scores(load_lfads_h5(path)))
     if stored is None:
         store.put_bytes(
             layout.config(), cfg.to_yaml().encode("utf-8"), content_type="application/yaml"

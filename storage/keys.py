@@ -148,6 +148,10 @@ class RunLayout:
     def config(self) -> str:
         return f"{self.run}/config.yaml"
 
+    def baseline(self) -> str:
+        """The data's floor (smoothing baseline) and ceiling (true rates) scores."""
+        return f"{self.run}/baseline.json"
+
     def data(self, sha256: str, suffix: str = ".h5") -> str:
         """Content-addressed data file: the same bytes always have the same key."""
         if suffix and not re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix):

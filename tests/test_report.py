@@ -39,7 +39,7 @@ def test_figures_are_pngs_even_with_diverged_members() -> None:
     cond = np.repeat(np.arange(3), 4)
     pngs = [
         figures.hparam_progression(recs),
-        figures.metric_per_generation(recs),
+        figures.metric_per_generation(recs, {"smoothing baseline": 1.2, "true rates": 0.8}),
         figures.lineage_plot(recs, [(0, "m001"), (1, "m000"), (2, "m000")]),
         figures.psth_panels(rates, spikes, cond, [0, 1], [0, 2], truth=rates),
         figures.raster_vs_rates(rates, spikes, [0, 3]),
@@ -53,6 +53,11 @@ def test_html_escapes_names_and_lists_lineage() -> None:
     page = render_html(
         "run<script>",
         {"co_bps": 0.31},
+        {
+            "floor": {"co_bps": 0.154},
+            "ceiling": {"co_bps": 0.342},
+            "fraction_of_range": {"co_bps": 0.83},
+        },
         {"Lineage": "lineage.png"},
         recs,
         [(0, "m001"), (1, "m001")],
@@ -61,6 +66,8 @@ def test_html_escapes_names_and_lists_lineage() -> None:
     assert "<script>" not in page and "run&lt;script&gt;" in page
     assert 'src="lineage.png"' in page
     assert "0.31" in page
+    # the model beside its floor and ceiling, and where it lies between them
+    assert "<td>0.31</td><td>0.154</td><td>0.342</td><td>83 %</td>" in page
     # one row per lineage step, with generation, member and parent
     assert page.count('<tr><td class="l">0</td><td class="l">m001</td>') == 1
 

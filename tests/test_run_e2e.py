@@ -99,19 +99,40 @@ def test_run_layout_best_metrics_and_report(finished: tuple[Workspace, dict]) ->
     metrics = result["metrics"]
     for name in METRICS:
         assert isinstance(metrics[name], float), name
-    # The table printed at the end shows the same numbers.
+    # The table printed at the end shows the same numbers, beside the data's
+    # floor (smoothing baseline) and ceiling (true rates) and the model's place.
+    floor, ceiling = metrics["floor"], metrics["ceiling"]
     for name in METRICS:
-        assert re.search(rf"^  {name} +{metrics[name]:.4f}$", result["stdout"], re.MULTILINE)
+        row = rf"^  {name} +{metrics[name]:.4f} +{floor[name]:.4f} +{ceiling[name]:.4f} +"
+        assert re.search(row, result["stdout"], re.MULTILINE), name
+    co = (metrics["co_bps"] - floor["co_bps"]) / (ceiling["co_bps"] - floor["co_bps"])
+    assert metrics["fraction_of_range"]["co_bps"] == pytest.approx(co)
+    assert re.search(rf"^  co_bps .* {100 * co:.0f} %$", result["stdout"], re.MULTILINE)
+    # The stored floor and ceiling are the run's baseline.json, computed at staging.
+    baseline = json.loads((ws.runs / RUN / "baseline.json").read_text())
+    assert {k: floor[k] for k in METRICS} == {k: baseline["floor"][k] for k in METRICS}
     assert str(best / "report" / "index.html") in result["stdout"]
     # Progress lines went to stderr while the search ran.
     assert "generation 3/3" in result["stderr"]
 
     report = best / "report"
     html = (report / "index.html").read_text()
+    assert "<th>smoothing</th><th>true rates</th>" in html
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     for png in ("hparams.png", "metric.png", "lineage.png", "psth.png", "raster.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{png}"' in html
+
+
+def test_status_of_the_finished_run_places_the_model(finished: tuple[Workspace, dict]) -> None:
+    ws, result = finished
+    metrics = result["metrics"]
+    proc = autolfads(ws, "status", str(ws.runs / RUN))
+    assert proc.returncode == 0, proc.stderr
+    assert f"evaluation of {metrics['member']}" in proc.stdout
+    floor, ceiling = metrics["floor"]["co_bps"], metrics["ceiling"]["co_bps"]
+    row = rf"^  co_bps +{metrics['co_bps']:.4f} +{floor:.4f} +{ceiling:.4f} +-?\d+ %$"
+    assert re.search(row, proc.stdout, re.MULTILINE), proc.stdout
 
 
 def test_best_member_matches_generation_logs(finished: tuple[Workspace, dict]) -> None:

@@ -23,6 +23,7 @@ from autolfads.config import RunConfig
 from autolfads.coordinator.staging import load_run
 from autolfads.errors import AutolfadsError
 from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
+from autolfads.trainer.baseline import place
 from autolfads.trainer.data import LfadsData, load_lfads_h5
 from autolfads.trainer.metrics import evaluate
 from autolfads.trainer.posterior import posterior_sample, write_lfads_output
@@ -97,6 +98,16 @@ def sample_checkpoint(
     )
 
 
+def _placed(store: Store, layout: RunLayout, metrics: dict[str, float]) -> dict[str, Any]:
+    """floor / ceiling / fraction_of_range from the run's baseline.json (runs
+    staged before it existed have none: then nothing is added)."""
+    try:
+        baseline = store.get_json(layout.baseline())
+    except ObjectNotFound:
+        return {}
+    return place(metrics, baseline)
+
+
 def finalize_run(
     store: Store,
     run: str,
@@ -128,6 +139,7 @@ def finalize_run(
         "posterior_samples": samples,
         "split": "valid",
         **{k: float(v) for k, v in metrics.items()},
+        **_placed(store, layout, metrics),
     }
     out_key = layout.best(output_name(data_key))
     store.put_bytes(layout.best("checkpoint.pt"), checkpoint)

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolfads.cli.run_cmd",
     "autolfads.cli.train_cmd",
     "autolfads.cli.data_cmd",
+    "autolfads.cli.baseline_cmd",
     "autolfads.cli.status_cmd",
     "autolfads.cli.cancel_cmd",
     "autolfads.cli.report_cmd",

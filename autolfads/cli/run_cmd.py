@@ -86,14 +86,11 @@ def _options(args: argparse.Namespace):
 
 
 def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) -> None:
+    from autolfads.cli.metrics_table import metrics_table
     from autolfads.trainer.metrics import summary_names
 
     print(f"\nbest member {doc['member']} (generation {doc['generation']}), validation split:")
-    names = summary_names(doc)
-    width = max(len(name) for name in names)
-    for name in names:
-        if doc.get(name) is not None:
-            print(f"  {name:<{width}} {doc[name]:.4f}")
+    print("\n".join(metrics_table(doc, summary_names(doc))))
     print(f"\nrun:     {store.location(run_name)}")
     print(f"best:    {store.location(run_name + '/best/')}")
     if report_keys:

@@ -59,6 +59,8 @@ class StatusReport:
     source: str  # the coordinator address or the store URL + run
     view: Any  # autolfads.coordinator.messages.StatusView
     generations: tuple[GenerationSummary, ...]
+    # best/metrics.json of a finished, finalized run (storage source only).
+    evaluation: dict[str, Any] | None = None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -167,7 +169,9 @@ def _from_storage(
         view = _read_state(store, layout, source)
         if view.revision != revision:
             revision = view.revision
-            yield StatusReport(source, view, _read_generations(store, layout, n_generations))
+            generations = _read_generations(store, layout, n_generations)
+            evaluation = _read_evaluation(store, layout) if view.terminal else None
+            yield StatusReport(source, view, generations, evaluation)
         if not watch or view.terminal:
             return
         time.sleep(interval_s)
@@ -194,6 +198,16 @@ def _read_state(store: Any, layout: Any, source: str) -> Any:
 
     view = status_view(state, RunConfig(name=state.run, data=DataConfig(path="-")))
     return dataclasses.replace(view, max_generations=0)
+
+
+def _read_evaluation(store: Any, layout: Any) -> dict[str, Any] | None:
+    """best/metrics.json once `finalize` has written it."""
+    from autolfads.storage import ObjectNotFound
+
+    try:
+        return store.get_json(layout.best("metrics.json"))
+    except ObjectNotFound:
+        return None
 
 
 def _read_config(store: Any, layout: Any) -> Any:
@@ -305,6 +319,14 @@ def render_text(report: StatusReport, top: int = 0) -> str:
     lines.extend(_table(header, rows, left={1, 3, 5}))
     if top and len(ranked) > top:
         lines.append(f"... {len(ranked) - top} more member(s); drop --top to see all")
+    if report.evaluation is not None:
+        from autolfads.cli.metrics_table import metrics_table
+        from autolfads.trainer.metrics import summary_names
+
+        doc = report.evaluation
+        lines.append("")
+        lines.append(f"evaluation of {doc.get('member')} (finalize, validation split):")
+        lines.extend(metrics_table(doc, summary_names(doc)))
     if report.generations:
         lines.append("")
         gen_rows = [
@@ -373,4 +395,5 @@ def report_to_json(report: StatusReport, top: int = 0) -> dict[str, Any]:
             {**dataclasses.asdict(s), "best_metric": _finite(s.best_metric)}
             for s in report.generations
         ],
+        "evaluation": report.evaluation,
     }

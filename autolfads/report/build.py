@@ -100,6 +100,19 @@ def _example_conditions(cond_idx: np.ndarray, n: int = 3) -> list[int]:
     return [int(i) for i in ids[np.argsort(-counts, kind="stable")][:n]]
 
 
+def _reference_lines(metrics: dict[str, Any]) -> dict[str, float]:
+    """Floor and ceiling in the fitness's units, where baseline.json has them
+    (the held-out NLL fitness; the all-element NLL has no meaningful floor)."""
+    if metrics.get("fitness_metric") != "valid_heldout_recon_smth":
+        return {}
+    lines = {}
+    for label, ref in (("smoothing baseline", "floor"), ("true rates", "ceiling")):
+        value = (metrics.get(ref) or {}).get("valid_heldout_recon")
+        if isinstance(value, int | float) and math.isfinite(value):
+            lines[label] = float(value)
+    return lines
+
+
 def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[str, str]:
     """Render the report into `<run>/best/report/` (and `out_dir`); return name -> key."""
     layout = RunLayout(run)
@@ -113,7 +126,10 @@ def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[st
         cond = np.zeros(outputs.rates.shape[0], dtype=int)
     pngs = {
         "Hyperparameter progression": ("hparams.png", figures.hparam_progression(records)),
-        "Validation metric per generation": ("metric.png", figures.metric_per_generation(records)),
+        "Validation metric per generation": (
+            "metric.png",
+            figures.metric_per_generation(records, _reference_lines(metrics)),
+        ),
         "Lineage": ("lineage.png", figures.lineage_plot(records, lineage)),
         "Inferred rates vs trial-averaged PSTHs": (
             "psth.png",
@@ -140,6 +156,7 @@ def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[st
     page = render_html(
         run,
         metric_values,
+        metrics,
         {caption: name for caption, (name, _) in pngs.items()},
         records,
         lineage,

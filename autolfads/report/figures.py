@@ -97,8 +97,12 @@ def hparam_progression(
     return _png(fig)
 
 
-def metric_per_generation(records: Sequence[MemberRecord]) -> bytes:
-    """Population spread and best validation metric per generation."""
+def metric_per_generation(
+    records: Sequence[MemberRecord], references: Mapping[str, float] | None = None
+) -> bytes:
+    """Population spread and best validation metric per generation; with
+    `references` (label -> value in the metric's units, e.g. the smoothing
+    baseline and the true rates), one horizontal line each."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     gens = sorted({r.generation for r in records})
@@ -108,6 +112,9 @@ def metric_per_generation(records: Sequence[MemberRecord]) -> bytes:
         ax.scatter(np.full(vals.size, g), vals, s=10, color="tab:blue", alpha=0.5)
         best.append(vals.min() if vals.size else np.nan)
     ax.plot(gens, best, color="tab:red", marker="o", label="best")
+    styles = ("--", ":", "-.")
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color="0.3", linestyle=styles[i % len(styles)], label=label)
     ax.set_xlabel("generation")
     ax.set_ylabel("smoothed valid NLL")
     ax.set_title("Validation metric per generation (dots: members)")

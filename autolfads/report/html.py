@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from autolfads.report.figures import MemberRecord
 
@@ -54,15 +55,28 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int =
 def render_html(
     run: str,
     metrics: Mapping[str, float],
+    placement: Mapping[str, Any],
     figures: Mapping[str, str],
     records: Sequence[MemberRecord],
     lineage: Sequence[tuple[int, str]],
     best_member: str,
     notes: Sequence[str] = (),
 ) -> str:
-    """figures: caption -> PNG file name (relative to the HTML file)."""
+    """figures: caption -> PNG file name (relative to the HTML file);
+    placement: best/metrics.json's floor, ceiling and fraction_of_range."""
+    floor = placement.get("floor") or {}
+    ceiling = placement.get("ceiling") or {}
+    fractions = placement.get("fraction_of_range") or {}
     metric_rows = [
-        (METRIC_LABELS.get(k, k), v) for k, v in metrics.items() if isinstance(v, (int, float))
+        (
+            METRIC_LABELS.get(k, k),
+            v,
+            floor.get(k, "-"),
+            ceiling.get(k, "-"),
+            f"{100 * fractions[k]:.0f} %" if k in fractions else "-",
+        )
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
     ]
     by_key = {(r.generation, r.member): r for r in records}
     hp_names = sorted({k for r in records for k in r.hparams})
@@ -85,7 +99,7 @@ def render_html(
         f"{len({r.generation for r in records})} generations, "
         f"{len({r.member for r in records})} members.</p>",
         "<h2>Evaluation of the best model (validation split)</h2>",
-        _table(["metric", "value"], metric_rows),
+        _table(["metric", "model", "smoothing", "true rates", "floor to ceiling"], metric_rows),
     ]
     parts += [f'<p class="muted">{html.escape(n)}</p>' for n in notes]
     for caption, filename in figures.items():
