@@ -217,6 +217,10 @@ class HparamSpace(_Frozen):
     init: NonNegFloat | None = None
     # Explore multiplies by 1 +/- U(0.002 w, w); 0 freezes the value.
     explore_weight: NonNegFloat = 0.3
+    # False: explore may carry the value beyond [min, max], which then bound
+    # only the initial draw (lfads-torch lets the KL and L2 scales wander so;
+    # only its rates are clamped). The hard limits of HPARAM_BOUNDS still hold.
+    clamp: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> HparamSpace:

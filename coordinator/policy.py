@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autolfads.config import HparamSpace, PbtConfig
+from autolfads.config import HparamSpace, PbtConfig, hparam_problem
 from autolfads.errors import AutolfadsError
 
 # Explore redraws at most this many times before clipping into the bounds.
@@ -146,13 +146,19 @@ def sample_initial_hparams(
     return [{name: float(col[i]) for name, col in columns.items()} for i in range(population)]
 
 
-def _perturb(value: float, spec: HparamSpace, rng: np.random.Generator) -> float:
+def _perturb(name: str, value: float, spec: HparamSpace, rng: np.random.Generator) -> float:
+    """Redraw until the candidate is allowed: inside [min, max], or with
+    `clamp: false` inside the hyperparameter's hard bounds only."""
     w = spec.explore_weight
     for _ in range(EXPLORE_TRIES):
         sign = 1.0 if rng.random() < 0.5 else -1.0
         candidate = value * (1.0 + sign * rng.uniform(EXPLORE_MIN_FRACTION * w, w))
         if spec.min <= candidate <= spec.max:
             return float(candidate)
+        if not spec.clamp and hparam_problem(name, candidate) is None:
+            return float(candidate)
+    if not spec.clamp:
+        return float(value)
     return float(min(max(candidate, spec.min), spec.max))
 
 
@@ -165,7 +171,8 @@ def explore(
     """Perturb every searched hyperparameter; others are copied unchanged.
 
     Each value becomes x * (1 +/- U(0.002 w, w)), redrawn until inside its
-    bounds and clipped after EXPLORE_TRIES draws. With probability
+    bounds and clipped after EXPLORE_TRIES draws; with `clamp: false` the
+    bounds are only the hyperparameter's hard limits (config.HPARAM_BOUNDS). With probability
     `resample_probability` a value is instead redrawn from its sampling
     distribution (never for `fixed` sampling). A weight of 0 keeps the value.
     A value of 0 stays 0 (the perturbation is multiplicative).
@@ -187,7 +194,7 @@ def explore(
         if resample and spec.sampling != "fixed":
             out[name] = float(_draw(spec, rng, 1)[0])
         else:
-            out[name] = _perturb(out[name], spec, rng)
+            out[name] = _perturb(name, out[name], spec, rng)
     return out
 
 

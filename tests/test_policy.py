@@ -199,6 +199,29 @@ def test_explore_clips_when_no_draw_fits() -> None:
     assert out in (1e-3, 1.0001e-3)
 
 
+def test_unclamped_values_explore_beyond_their_range_within_hard_limits() -> None:
+    # lfads-torch's choice: the KL/L2 scales may wander past their initial
+    # range; a rate never reaches 1 however far it is pushed.
+    space = {
+        "kl_co_scale": HparamSpace(min=1e-6, max=1e-4, explore_weight=0.8, clamp=False),
+        "cd_rate": HparamSpace(
+            min=0.01, max=0.7, sampling="uniform", explore_weight=0.8, clamp=False
+        ),
+        "l2_gen_scale": HparamSpace(min=1e-4, max=1.0, explore_weight=0.8),
+    }
+    rng = np.random.default_rng(5)
+    values = {"kl_co_scale": 1e-4, "cd_rate": 0.7, "l2_gen_scale": 1.0}
+    seen_kl, seen_cd = [], []
+    for _ in range(400):
+        values = explore(values, space, rng)
+        seen_kl.append(values["kl_co_scale"])
+        seen_cd.append(values["cd_rate"])
+        assert 1e-4 <= values["l2_gen_scale"] <= 1.0  # clamped by default
+        assert 0.0 <= values["cd_rate"] < 1.0
+    assert max(seen_kl) > 1e-4 or min(seen_kl) < 1e-6
+    assert max(seen_cd) > 0.7
+
+
 def test_explore_weight_zero_and_unsearched_values_are_unchanged() -> None:
     space = {"lr_init": HparamSpace(min=1e-5, max=1.0, explore_weight=0.0)}
     values = {"lr_init": 2e-3, "dropout_rate": 0.25}
