@@ -86,8 +86,11 @@ FROM runtime AS trainer-cpu
 ARG TORCH_VERSION
 ARG PACKAGE_INDEX_URL
 ARG TORCH_INDEX_URL
+# From a folder of wheels: the +cpu build when there is one (a folder may hold
+# CUDA builds too), else whatever torch of that version it holds.
 RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
-    wheel=$(find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | sort | head -n 1); \
+    wheel=$( (find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}+cpu-*.whl"; \
+              find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | sort) | head -n 1); \
     if [ -n "$wheel" ]; then \
       pip install --find-links /torch-wheels ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$wheel"; \
     else \
@@ -108,8 +111,9 @@ ARG TORCH_VERSION
 ARG CUDA_INDEX=cu126
 ARG PACKAGE_INDEX_URL
 ARG TORCH_INDEX_URL
+# Never a +cpu build from the folder: the CUDA image must get CUDA kernels.
 RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
-    wheel=$(find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | sort | head -n 1); \
+    wheel=$(find /torch-wheels -maxdepth 1 -name "torch-${TORCH_VERSION}[-+]*.whl" | grep -v '+cpu-' | sort | head -n 1); \
     if [ -n "$wheel" ]; then \
       pip install --find-links /torch-wheels ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} "$wheel"; \
     else \

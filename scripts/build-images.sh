@@ -239,7 +239,7 @@ image_info() {  # image_info REF -> "ID DIGEST SIZE"
   echo "# base $BASE_SHOWN (sha256:${BASE_ID#sha256:}); torch $TORCH_VERSION from $TORCH_SOURCE"
   echo "# commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
   printf '# %s\t%s\t%s\t%s\t%s\t%s\n' target image id digest size build_s
-} >"$RECORD"
+} >"$RECORD.partial"  # replaces the last record only once every target built
 
 for t in "${TARGET_LIST[@]}"; do
   ref=$PREFIX$t:$TAG
@@ -252,7 +252,8 @@ for t in "${TARGET_LIST[@]}"; do
   fi
   secs=$(($(date +%s) - start))
   read -r id digest size < <(image_info "$ref")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$ref" "$id" "$digest" "$size" "$secs" >>"$RECORD"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$ref" "$id" "$digest" "$size" "$secs" >>"$RECORD.partial"
   echo "build-images: $t built in $secs s: $size, $id"
 done
+mv "$RECORD.partial" "$RECORD"
 echo "build-images: recorded in $RECORD"

@@ -59,8 +59,10 @@ class StripedLocks:
 
     def __init__(self, folder: Path) -> None:
         # Made by the first writer (`exclusive`), so that reading a store
-        # creates nothing; until then readers find no lock file and, with no
-        # writer having run, need none.
+        # creates nothing. A reader that finds no lock file reads unlocked;
+        # only a read overlapping the store's very first writes to that key
+        # could pair new data with an old sidecar, and the checksum check
+        # (which re-reads once on a mismatch) catches exactly that.
         self.folder = folder
 
     def path_for(self, name: str) -> Path:

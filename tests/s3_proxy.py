@@ -167,14 +167,12 @@ class Hold:
         self.method = method
         self.pattern = re.compile(pattern)
         self.held = threading.Event()
-        self.matched = 0
         self._released = threading.Event()
         self._outcome: str | None = None
 
     def __call__(self, n: int, method: str, path: str) -> str | None:
         if method != self.method or not self.pattern.search(path):
             return None
-        self.matched += 1
         if not self._released.is_set():
             self.held.set()
             self._released.wait()

@@ -178,6 +178,25 @@ def test_argo_extra_renders_and_validates(wheels: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_nwb_extra_converts_a_recording(wheels: Path, tmp_path: Path) -> None:
+    from nwb_fixtures import make_maze_truth, write_maze_nwb
+
+    env = Env(tmp_path / "env", "nwb", wheels)
+    assert env.imports("pynwb") and not env.imports("torch")
+    nwb = write_maze_nwb(
+        tmp_path / "maze.nwb", make_maze_truth(n_trials=40, n_units=8, n_heldout=2)
+    )
+    out = tmp_path / "maze.h5"
+    proc = env.autolfads(
+        "data", "from-nwb", str(nwb), "--out", str(out), "--preset", "mc_maze", "--bin-ms", "20",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checked = env.autolfads("data", "check", str(out), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_base_install_stages_and_names_the_extras_it_lacks(wheels: Path, tmp_path: Path) -> None:
     env = Env(tmp_path / "env", None, wheels)
     work = tmp_path / "work"
@@ -193,6 +212,7 @@ def test_base_install_stages_and_names_the_extras_it_lacks(wheels: Path, tmp_pat
         (["report", str(work / "runs" / RUN)], "report"),
         (["argo", "render", str(config), "--storage", "s3://b/runs"], "argo"),
         (["argo", "validate"], "argo"),
+        (["data", "from-nwb", "x.nwb", "--out", "x.h5"], "nwb"),
     ):
         one_line_naming(env.autolfads(*args, cwd=work), extra)
     assert listing(work) == before

@@ -174,6 +174,8 @@ def test_to_nwb_refuses_another_source_or_a_taken_module(search, tmp_path, capsy
     assert main(["data", "to-nwb", str(search["finalized"]), "--nwb", str(first),
                  "--out", str(out)]) == 2  # fmt: skip
     assert "already has a processing module 'lfads'" in one_error_line(capsys)
+    assert main(["data", "to-nwb", *args, "--out", str(out), "--module", "a/b"]) == 2
+    assert "cannot contain '/'" in one_error_line(capsys)
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 

@@ -207,6 +207,8 @@ BAD_CASES = {
     "preset bin": ("maze", ("--preset", "mc_maze", "--bin-ms", "30"), "--bin-ms 5 or 20"),
     "split values": ("odd_split", MAZE, "values ['calibration']"),
     "behaviour missing": ("maze", (*MAZE, "--behavior", "behavior/eye_pos"), "has no 'eye_pos'"),
+    "align without window": ("maze", ("--align", "move_onset_time"), "--align and --window go together"),
+    "fraction and split column": ("maze", (*MAZE, "--valid-fraction", "0.3"), "drop one of them"),
 }  # fmt: skip
 
 
@@ -248,3 +250,24 @@ def test_without_pynwb_one_line_names_the_extra(bad, tmp_path) -> None:
         "autolfads: error: `autolfads data from-nwb` needs the 'nwb' extra (pynwb not "
         "installed): pip install 'autolfads[nwb]'"
     ]
+
+
+def test_spikes_on_a_millisecond_grid_bin_as_integer_arithmetic_does() -> None:
+    # Many recordings store spike and trial times in whole milliseconds: a
+    # spike on a bin edge belongs to the bin it starts, though its float time
+    # may compute as a hair before that edge.
+    from autolfads.trainer.nwb_binning import bin_spike_times
+
+    rng = np.random.default_rng(7)
+    spike_ms = [np.sort(rng.choice(20_000, size=3000, replace=False)) for _ in range(5)]
+    start_ms = rng.integers(0, 19_000, size=60)
+    n_bins, bin_ms = 40, 5
+    counts = bin_spike_times(
+        [t / 1000.0 for t in spike_ms], start_ms / 1000.0, n_bins, bin_ms / 1000.0
+    )
+    expected = np.zeros_like(counts)
+    for unit, times in enumerate(spike_ms):
+        for trial, s in enumerate(start_ms):
+            inside = times[(times >= s) & (times < s + n_bins * bin_ms)]
+            np.add.at(expected[trial, :, unit], (inside - s) // bin_ms, 1)
+    assert np.array_equal(counts, expected)

@@ -86,7 +86,8 @@ def sample_checkpoint(
 
     Defaults are the config's: `training.posterior_samples` samples and the
     posterior seed `training.seed`, so the same checkpoint on the same trials
-    gives the same outputs wherever it runs.
+    (same order, same batch size) gives the same outputs on the same kind of
+    device; CPU and CUDA generators draw different noise.
     """
     session = TrainingSession.from_checkpoint(cfg, data, checkpoint, device=device)
     return posterior_sample(

@@ -13,6 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+# Times are floats in seconds, and many recordings store them on a whole-
+# millisecond grid: a spike exactly on a bin edge can compute as 1e-16 s
+# before it. Edges are moved 1 ns earlier, so such a spike lands in the bin
+# it starts (as integer arithmetic would put it); no real spike is that close.
+EDGE_TOL_S = 1e-9
+
 
 def bin_spike_times(
     spike_times: Sequence[np.ndarray], starts: np.ndarray, n_bins: int, bin_width: float
@@ -27,8 +33,8 @@ def bin_spike_times(
     ends = starts + n_bins * bin_width
     counts = np.zeros((starts.size, n_bins, len(spike_times)), dtype=np.float32)
     for unit, times in enumerate(spike_times):
-        lo = np.searchsorted(times, starts, side="left")
-        hi = np.searchsorted(times, ends, side="left")
+        lo = np.searchsorted(times, starts - EDGE_TOL_S, side="left")
+        hi = np.searchsorted(times, ends - EDGE_TOL_S, side="left")
         per_trial = hi - lo
         total = int(per_trial.sum())
         if total == 0:
@@ -38,8 +44,8 @@ def bin_spike_times(
         trial = np.repeat(np.arange(starts.size), per_trial)
         offsets = np.cumsum(per_trial) - per_trial
         idx = np.arange(total) - np.repeat(offsets, per_trial) + np.repeat(lo, per_trial)
-        k = np.floor((times[idx] - starts[trial]) / bin_width).astype(np.int64)
-        # A time just below the window's end can round up to n_bins.
+        k = np.floor((times[idx] - starts[trial] + EDGE_TOL_S) / bin_width).astype(np.int64)
+        # Rounding can still push an edge time one bin out of the window.
         np.clip(k, 0, n_bins - 1, out=k)
         np.add.at(counts[:, :, unit], (trial, k), 1)
     return counts
@@ -96,7 +102,7 @@ def condition_psth(
     edges, summed into bins, averaged over each condition's trials
     (NaN for a condition without trials).
     """
-    pad = int(np.ceil(3 * kern_sd_ms))
+    pad = int(np.ceil(4 * kern_sd_ms))  # gaussian_filter1d's kernel reaches 4 sd
     width_ms = n_bins * bin_ms
     psth = np.full((n_conditions, n_bins, len(spike_times)), np.nan)
     for cond in range(n_conditions):

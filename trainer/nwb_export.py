@@ -21,6 +21,7 @@ and forward) are contiguous in every series.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,16 +152,24 @@ def write_result_nwb(
     """Copy `source_nwb` to `dest` with the outputs as a processing module; a summary line."""
     from pynwb import NWBHDF5IO
 
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", module):
+        raise DataError(
+            f"--module {module!r}: a processing module name is 1-64 letters, digits, '_', '.' "
+            "or '-' (NWB names cannot contain '/')"
+        )
     data, out = read_outputs(outputs_path)
     source, dest = str(source_nwb), Path(dest)
     if not Path(source).is_file():
         raise DataError(f"{source}: file not found")
     if not dest.parent.is_dir():
         raise DataError(f"{dest}: folder {dest.parent} does not exist")
+    src_io = None
     try:
         src_io = NWBHDF5IO(source, "r")
         nwbfile = src_io.read()
     except Exception as err:
+        if src_io is not None:
+            src_io.close()
         raise DataError(
             f"{source}: not an NWB file, or unreadable by pynwb ({type(err).__name__})"
         ) from None

@@ -104,6 +104,11 @@ class Windows:
 
 
 def _check_ms(opts: NwbImportOptions) -> None:
+    if (opts.align is None) != (opts.window_ms is None):
+        raise DataError(
+            "--align and --window go together (the window is placed around the align "
+            "time); pass both, or neither to bin whole trials from start_time to stop_time"
+        )
     if opts.bin_ms < 1:
         raise DataError(f"--bin-ms must be >= 1, got {opts.bin_ms}")
     if opts.fp_ms < 0 or opts.fp_ms % opts.bin_ms:

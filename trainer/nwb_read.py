@@ -122,10 +122,13 @@ def read_nwb(
     source = str(path)
     if not Path(path).is_file():
         raise DataError(f"{source}: file not found")
+    io = None
     try:
         io = NWBHDF5IO(source, "r")
         nwbfile = io.read()
     except Exception as err:  # h5py and hdmf raise many types for foreign files
+        if io is not None:
+            io.close()
         raise DataError(
             f"{source}: not an NWB file, or unreadable by pynwb ({type(err).__name__})"
         ) from None

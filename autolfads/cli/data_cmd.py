@@ -241,6 +241,17 @@ def _import_options(args: argparse.Namespace):
     }
     if args.heldout is not None and args.heldout_column is not None:
         raise DataError("pass --heldout-column or --heldout, not both")
+    if args.units_from is not None and (args.heldout is not None or args.heldout_column):
+        raise DataError(
+            "--units-from fixes the channels and which of them are held out; "
+            "drop --heldout / --heldout-column"
+        )
+    if args.valid_fraction is not None and (args.split_column or args.preset):
+        raise DataError(
+            "--valid-fraction splits trials at random, but the splits come from "
+            f"{'--split-column' if args.split_column else 'the preset split column'}; "
+            "drop one of them"
+        )
     if args.units_from is not None:
         given.update(units_like(load_lfads_h5(args.units_from)))
     if args.preset:
