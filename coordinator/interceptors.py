@@ -27,12 +27,12 @@ class RpcMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.calls: Counter[tuple[str, str]] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
 
     def record(self, method: str, code: str, seconds: float) -> None:
         with self._lock:
             self.calls[(method, code)] += 1
-            self.seconds[method] += seconds
+            self.seconds[method] = self.seconds.get(method, 0.0) + seconds
 
     def count(self, method: str, code: str = "OK") -> int:
         with self._lock:

@@ -182,7 +182,7 @@ def _linger(service: CoordinatorService, stop: threading.Event, linger_s: float)
 def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {}
+    previous: dict[int, object] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     return previous

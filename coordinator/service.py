@@ -280,7 +280,7 @@ class CoordinatorService:
             if lease.status == "active":
                 lease.deadline = self.clock.now() + self.lease_timeout_s
                 return HeartbeatReply("continue", deadline=lease.deadline)
-            return HeartbeatReply("stop", self._stop_reason(lease), lease.deadline)
+            return HeartbeatReply("stop", self._stop_reason(lease), lease.deadline)  # type: ignore[arg-type]
 
     def report(self, report: SegmentReport) -> ReportAck:
         check_worker_id(report.worker_id)

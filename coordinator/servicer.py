@@ -92,6 +92,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return _handle(
             context,
             lambda: pb.CancelSearchResponse(
-                state=convert.search_state_to_proto(self._service.cancel(request.reason))
+                state=convert.search_state_to_proto(self._service.cancel(request.reason))  # type: ignore[arg-type]
             ),
         )

@@ -244,7 +244,8 @@ class SearchState:
             elif f.name == "history":
                 text = _join_object(value.items(), _join_entries)
             else:
-                text = _dumps(asdict(value) if is_dataclass(value) else value)
+                plain = is_dataclass(value) and not isinstance(value, type)
+                text = _dumps(asdict(value) if plain else value)
             parts.append(f"{json.dumps(f.name)}:{text}")
         return "{" + ",".join(parts) + "}"
 

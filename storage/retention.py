@@ -49,7 +49,7 @@ def select_checkpoints_to_delete(
     for key in set(existing):
         run, member, generation = _parse(key)
         by_member[run, member].append((generation, key))
-    doomed = []
+    doomed: list[str] = []
     for checkpoints in by_member.values():
         checkpoints.sort(reverse=True)  # newest first
         doomed.extend(key for _, key in checkpoints[keep_generations:] if key not in keep)

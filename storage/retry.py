@@ -64,7 +64,9 @@ class RetryPolicy:
         """AUTOLFADS_S3_MAX_ATTEMPTS / _BASE_DELAY_S / _MAX_DELAY_S override the defaults."""
         default = cls()
         return cls(
-            max_attempts=env_number(env, "AUTOLFADS_S3_MAX_ATTEMPTS", int, default.max_attempts),
+            max_attempts=int(
+                env_number(env, "AUTOLFADS_S3_MAX_ATTEMPTS", int, default.max_attempts)
+            ),
             base_delay_s=env_number(env, "AUTOLFADS_S3_BASE_DELAY_S", float, default.base_delay_s),
             max_delay_s=env_number(env, "AUTOLFADS_S3_MAX_DELAY_S", float, default.max_delay_s),
         )

@@ -126,7 +126,7 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, InvalidResponseError):
         # Non-XML answers (a proxy's 502 page); the status is only in the text.
         match = re.search(r"Response code: (\d+)", str(err))
-        return bool(match) and int(match.group(1)) >= 500
+        return match is not None and int(match.group(1)) >= 500
     return isinstance(
         err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError | socket.timeout
     )
@@ -283,7 +283,7 @@ class S3Store(Store):
                     stream,
                     size,
                     content_type=content_type,
-                    metadata=headers,
+                    metadata=dict(headers),  # minio's wider value type
                     part_size=self.settings.part_size,
                 )
 

@@ -350,7 +350,7 @@ def _read_float(f: h5py.File, source: str, key: str) -> np.ndarray | None:
 def _held_size(f: h5py.File, source: str, key: str, given: int | None) -> int:
     """A legacy-layout size: the argument, else a root attribute or scalar
     dataset named `key`, else 0."""
-    raw = given
+    raw: object = given
     if raw is None:
         raw = f.attrs.get(key)
     if raw is None and key in f:
@@ -449,7 +449,8 @@ def _load_split(
                 f"shape {raw.shape} leaves no held-in data after heldout_dim {heldout_dim}, "
                 f"fp_seq_len {fp_seq_len}",
             )
-        recon = raw.astype(np.float32)
+        recon: np.ndarray | None = raw.astype(np.float32)
+        assert recon is not None
         encod = np.ascontiguousarray(recon[:, : t - fp_seq_len, : c - heldout_dim])
         if name == "test":
             recon = None  # its held-out channels and forward bins are placeholders
@@ -493,7 +494,9 @@ def load_lfads_h5(
                 f"{name}: corrupt or unreadable HDF5 content ({type(err).__name__}: "
                 f"{_one_line(err)})"
             ) from None
-        data = LfadsData(splits["train"], splits["valid"], splits["test"], name, attrs)
+        train, valid = splits["train"], splits["valid"]
+        assert train is not None and valid is not None, "train and valid are required splits"
+        data = LfadsData(train, valid, splits["test"], name, attrs)
         validate_data(data)
     if not legacy:
         _check_requested(data, heldout_dim, fp_seq_len)

@@ -9,7 +9,7 @@ too, so that code outside the session that uses them also resumes exactly.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 def capture_global_rng() -> dict[str, Any]:
     """Global RNG states in types `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch_cpu": torch.get_rng_state(),
         "numpy": (

@@ -144,9 +144,9 @@ def finalize_run(
     }
     out_key = layout.best(output_name(data_key))
     store.put_bytes(layout.best("checkpoint.pt"), checkpoint)
-    store.put_bytes(
-        out_key, write_lfads_output(outputs, data=data), content_type="application/x-hdf5"
-    )
+    blob = write_lfads_output(outputs, data=data)
+    assert blob is not None  # no destination: the file comes back as bytes
+    store.put_bytes(out_key, blob, content_type="application/x-hdf5")
     doc["lfads_output"] = out_key
     text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
     # metrics.json last: its presence means best/ is complete.

@@ -25,6 +25,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -58,7 +59,10 @@ def read_outputs(path: str | Path) -> tuple[LfadsData, TrialOutputs]:
             f"{path}: has no NWB provenance (nwb_unit_index); to-nwb needs outputs of data "
             "made by `autolfads data from-nwb`"
         )
-    rows, names, starts, series = [], [], [], {k: [] for k in SERIES}
+    rows: list[np.ndarray] = []
+    names: list[str] = []
+    starts: list[np.ndarray] = []
+    series: dict[str, list[np.ndarray]] = {k: [] for k in SERIES}
     with h5py.File(path, "r") as f:
         for name, split in data.splits().items():
             if f"{name}_output_params" not in f:
@@ -109,7 +113,7 @@ def _add_module(nwbfile, data: LfadsData, out: TrialOutputs, module_name: str) -
     module = nwbfile.create_processing_module(
         module_name, "LFADS posterior means per trial (autolfads data to-nwb)"
     )
-    made = {}
+    made: dict[str, Any] = {}
     for key, arr in out.series.items():
         name, unit, description = SERIES[key]
         values = arr / width if key == "output_params" else arr  # counts/bin -> spikes/s

@@ -73,7 +73,7 @@ class NwbImportOptions:
         if preset not in PRESETS:
             raise DataError(f"unknown --preset {preset!r}; choose one of {sorted(PRESETS)}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        opts = replace(cls(), **{**PRESETS[preset], **given})
+        opts = replace(cls(), **{**PRESETS[preset], **given})  # type: ignore[arg-type]
         if opts.bin_ms not in PRESET_BIN_MS[preset]:
             raise DataError(
                 f"--preset {preset} is defined for --bin-ms {' or '.join(map(str, PRESET_BIN_MS[preset]))}, "
@@ -305,7 +305,7 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     cond = n_cond = None
     attrs: dict[str, np.ndarray] = {
         "nwb_unit_index": units.astype(np.int64),
-        "nwb_bin_width": np.float64(width),
+        "nwb_bin_width": np.asarray(width, dtype=np.float64),
     }
     if opts.condition_columns:
         cond_all, n_cond = _conditions(rec, opts.condition_columns)
@@ -346,7 +346,9 @@ def _summary(
     data: LfadsData, report: ImportReport, n_heldin: int, n_heldout: int, opts: NwbImportOptions
 ) -> list[str]:
     trials = ", ".join(f"{s.n_trials} {name}" for name, s in data.splits().items())
-    rate = np.mean([s.recon_data.mean() for s in data.splits().values()]) / (opts.bin_ms / 1000)
+    rate = np.mean(
+        [s.recon_data.mean() for s in data.splits().values() if s.recon_data is not None]
+    ) / (opts.bin_ms / 1000)
     lines = [
         f"trials: {trials}"
         + (f" ({report.unused_trials} marked none)" if report.unused_trials else ""),

@@ -247,6 +247,7 @@ class TrainingSession:
         sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
         for idx in perm.split(train_cfg.batch_size):
             encod, recon, ext, sv = split.batch(idx)
+            assert recon is not None, "training splits carry their targets"
             if sv is not None:
                 encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
             encod, grad_mask = coordinated_dropout(
@@ -285,6 +286,7 @@ class TrainingSession:
         with torch.inference_mode():
             for idx in torch.arange(split.n_trials, device=self.device).split(train_cfg.batch_size):
                 encod, recon, ext, sv = split.batch(idx)
+                assert recon is not None, "validation splits carry their targets"
                 if sv is not None:
                     encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
                 out = self.model(encod, ext, 0.0, True, self.generator)

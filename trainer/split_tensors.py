@@ -66,17 +66,16 @@ class SplitTensors:
     def build(
         cls, split: Split, device: torch.device, sv_rate: float = 0.0, sv_seed: int = 0
     ) -> SplitTensors:
-        def to_dev(arr: np.ndarray | None) -> torch.Tensor | None:
-            if arr is None:
-                return None
+        def to_dev(arr: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(arr, dtype=np.float32), device=device)
 
-        sv = None
+        def maybe(arr: np.ndarray | None) -> torch.Tensor | None:
+            return None if arr is None else to_dev(arr)
+
+        sv: torch.Tensor | None = None
         if sv_rate > 0.0:
             sv = to_dev(make_sv_mask(split.encod_data.shape, sv_rate, sv_seed))
-        tensors = cls(
-            to_dev(split.encod_data), to_dev(split.recon_data), to_dev(split.ext_input), sv
-        )
+        tensors = cls(to_dev(split.encod_data), maybe(split.recon_data), maybe(split.ext_input), sv)
         tensors._null_model()
         if tensors.recon is not None:
             tensors.recon_stirling = stirling_term(tensors.recon)
@@ -94,7 +93,7 @@ class SplitTensors:
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.index_select(0, idx)
 
-        return take(self.encod), take(self.recon), take(self.ext), take(self.sv_mask)
+        return self.encod.index_select(0, idx), take(self.recon), take(self.ext), take(self.sv_mask)
 
     def stirling(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Precomputed Stirling term (B, Tr, Nr) of the trials in idx."""

@@ -19,6 +19,8 @@ condition start from jittered initial states, so they differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from autolfads.errors import DataError
@@ -293,7 +295,10 @@ def make_lorenz(
 
 def make_synthetic(kind: str, seed: int = 0, **sizes: float) -> LfadsData:
     """Dispatch on `kind` ("chaotic-rnn" or "lorenz"); `sizes` go to the generator."""
-    makers = {"chaotic-rnn": make_chaotic_rnn, "lorenz": make_lorenz}
+    makers: dict[str, Callable[..., LfadsData]] = {
+        "chaotic-rnn": make_chaotic_rnn,
+        "lorenz": make_lorenz,
+    }
     if kind not in makers:
         raise DataError(f"unknown synthetic dataset {kind!r}; choose one of {list(SYNTH_KINDS)}")
     try:

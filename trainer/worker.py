@@ -263,6 +263,7 @@ class Worker:
         assert job.session is not None
         blob = job.session.checkpoint()
         info = self.store.put_bytes(grant.checkpoint_key, blob)
+        assert info.sha256 is not None, "a put always records the checksum"
         fitness_metric = job.session.cfg.pbt.fitness
         metric = float(job.session.smoothed(fitness_metric))
         self.store.put_bytes(

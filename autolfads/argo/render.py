@@ -128,9 +128,10 @@ def _check_options(opts: RenderOptions) -> None:
     }.items():
         if value is not None and value < 0:
             raise ConfigError(f"{flag} {value}: must be 0 or more")
-    for flag, value in {"--cpu": opts.trainer_cpu, "--memory": opts.trainer_memory}.items():
-        if value is not None and not _QUANTITY.match(value):
-            raise ConfigError(f"{flag} {value!r}: not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    quantities: dict[str, str | None] = {"--cpu": opts.trainer_cpu, "--memory": opts.trainer_memory}
+    for flag, quantity in quantities.items():
+        if quantity is not None and not _QUANTITY.match(quantity):
+            raise ConfigError(f"{flag} {quantity!r}: not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
     if not _NAMESPACE.match(opts.namespace):
         raise ConfigError(f"--namespace {opts.namespace!r}: not a valid namespace name")
     for what, name in {

@@ -22,13 +22,13 @@ from typing import Any
 
 import kubernetes_validate
 from hera.workflows import models as argo_models
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from autolfads.argo import semantics
 from autolfads.argo.manifests import ManifestError, load_documents
 
 K8S_VERSION = "1.30.0"
-ARGO_MODELS: dict[str, type] = {
+ARGO_MODELS: dict[str, type[BaseModel]] = {
     "Workflow": argo_models.Workflow,
     "WorkflowTemplate": argo_models.WorkflowTemplate,
     "ClusterWorkflowTemplate": argo_models.ClusterWorkflowTemplate,

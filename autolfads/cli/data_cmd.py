@@ -192,7 +192,7 @@ def summary_lines(data: LfadsData) -> list[str]:
     extras = _extras(data)
     lines.append("extras: " + (", ".join(extras) if extras else "none"))
     valid = data.valid
-    if valid.truth is not None and data.heldout_dim > 0:
+    if valid.truth is not None and valid.recon_data is not None and data.heldout_dim > 0:
         ceiling = co_bps(valid.truth, valid.recon_data, data.encod_data_dim, data.encod_seq_len)
         lines.append(f"co-bps of the true rates (valid): {ceiling:.4f}")
     return lines

@@ -130,10 +130,12 @@ class LfadsDecoder(nn.Module):
         cell, gen_dim = self.gen_cell, self.gen_cell.hidden_size
         groups = (slice(0, 2 * gen_dim), slice(2 * gen_dim, None))
         if ext_input is None or self.ext_input_dim == 0:
-            return tuple(cell.bias_ih[g].expand(seq_len, batch, -1) for g in groups)
+            zr, n = (cell.bias_ih[g].expand(seq_len, batch, -1) for g in groups)
+            return zr, n
         ext = apply_dropout(ext_input, dropout_rate, generator).transpose(0, 1)
         w_ext = cell.weight_ih[:, self.co_dim :]
-        return tuple(F.linear(ext, w_ext[g], cell.bias_ih[g]) for g in groups)
+        zr, n = (F.linear(ext, w_ext[g], cell.bias_ih[g]) for g in groups)
+        return zr, n
 
     def _controller_operands(
         self,

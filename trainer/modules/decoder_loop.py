@@ -270,6 +270,7 @@ def _sum_into(
     if grads is None and extra is None:
         out.zero_()
     elif grads is None:
+        assert extra is not None
         out.copy_(extra)
     elif extra is None:
         out.copy_(grads[t])

@@ -28,6 +28,8 @@ state lies inside [-clip, clip], bounds included (and not for NaN).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -77,7 +79,7 @@ class GruTape:
         """Drop the tensors the caller passes through `save_for_backward`: the
         tape lives on the autograd node, and an output referenced from there
         would form a reference cycle through C++ that is never collected."""
-        self.states = self.h0 = self.w_hh_t = None
+        self.states = self.h0 = self.w_hh_t = None  # type: ignore[assignment]  # spent
         return self
 
     def backward(self, states: torch.Tensor, h0: torch.Tensor, w_hh_t: torch.Tensor) -> GruBackward:
@@ -91,7 +93,7 @@ class GruBackward:
 
     def __init__(
         self,
-        saved: list[tuple[torch.Tensor, ...]],
+        saved: Sequence[tuple[torch.Tensor, ...]],
         hidden: int,
         states: torch.Tensor,
         h0: torch.Tensor,

@@ -24,6 +24,7 @@ class GaussianPrior(nn.Module):
     def __init__(self, dim: int, variance: float) -> None:
         super().__init__()
         self.mean = nn.Parameter(torch.zeros(dim))
+        self.logvar: torch.Tensor
         self.register_buffer("logvar", torch.full((dim,), math.log(variance)))
 
     def kl(self, post_mean: torch.Tensor, post_std: torch.Tensor) -> torch.Tensor:
