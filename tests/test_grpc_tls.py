@@ -30,6 +30,8 @@ from autolfads.coordinator.tls import ClientTls, ServerTls
 from autolfads.coordinator.tokens import TokenSet
 from autolfads.errors import ConfigError
 from autolfads.storage import LocalStore
+from autolfads.trainer.data import write_lfads_h5
+from autolfads.trainer.synth import make_chaotic_rnn
 
 TOKENS = TokenSet.generate()
 
@@ -259,7 +261,11 @@ def test_bad_pem_files_are_one_line_errors(tmp_path, pki, files, message):
 def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki):
     store = LocalStore(tmp_path / "store")
     data = tmp_path / "data.h5"
-    data.write_bytes(os.urandom(256))  # the coordinator never opens it
+    write_lfads_h5(
+        make_chaotic_rnn(seed=0, n_conditions=4, n_replications=4, n_neurons=8, n_heldout=2,
+                         n_bins=10, n_fp_bins=2),
+        data,
+    )  # fmt: skip
     stage_run(store, tiny_config(), data)
     cert, key = pki["server"]
     folder = write_dir(tmp_path / "tls", {"tls.crt": cert, "tls.key": key})
