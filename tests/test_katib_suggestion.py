@@ -293,3 +293,31 @@ def test_sync_mode_needs_a_slot_per_member(store, served):
     with pytest.raises(grpc.RpcError) as info:
         katib.validate()
     assert "must equal the population 3 in sync mode" in info.value.details()
+
+
+def test_trial_command_rejects_a_bad_name_in_one_line(store, capsys):
+    from autolfads.cli import main
+
+    code = main(["trainer", "--katib-trial", "Not_A-trial", "--storage", store.url])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("autolfads: error: unknown trial name")
+    assert err.count("\n") == 1
+
+
+def test_an_end_trial_prints_the_best_fitness_and_trains_nothing(store, cfg, served, capsys):
+    import threading
+
+    from autolfads.katib.trial import run_trial
+
+    katib_for(served, cfg, fake_trials(store)).run()
+    capsys.readouterr()
+    code = run_trial(
+        store,
+        "search-end-9",
+        cache_dir=store.root,
+        device="cpu",
+        stop=threading.Event(),
+        worker_id="x",
+    )
+    best = best_of(store, cfg)[3]
+    assert code == 0 and capsys.readouterr().out == f"fitness={best!r}\n"
