@@ -321,3 +321,26 @@ def test_an_end_trial_prints_the_best_fitness_and_trains_nothing(store, cfg, ser
     )
     best = best_of(store, cfg)[3]
     assert code == 0 and capsys.readouterr().out == f"fitness={best!r}\n"
+
+
+def test_a_retried_request_gets_the_same_trials_back(store, cfg, served):
+    """Katib lost the reply (its 60 s timeout, a restart): it asks again with
+    the same total; the service must name the same trials, not lease more."""
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    request = api.GetSuggestionsRequest(
+        experiment=katib.experiment, current_request_number=3, total_request_number=3
+    )
+    with grpc.insecure_channel(served.target) as channel:
+        stub = api_grpc.SuggestionStub(channel)
+        first = stub.GetSuggestions(request, timeout=30)
+        state = store.get_bytes(RunLayout(cfg.name).state())
+        served.restart()
+    with grpc.insecure_channel(served.target) as channel:
+        again = api_grpc.SuggestionStub(channel).GetSuggestions(request, timeout=30)
+    assert [a.trial_name for a in again.parameter_assignments] == [
+        a.trial_name for a in first.parameter_assignments
+    ]
+    assert again == first
+    leases = json.loads(store.get_bytes(RunLayout(cfg.name).state()))["leases"]
+    assert len(leases) == len(json.loads(state)["leases"]) == 3
