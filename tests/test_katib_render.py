@@ -177,3 +177,20 @@ def test_submit_name_conflict_is_one_line(
     fake_kube.create_reply = (409, status_body(409, "AlreadyExists", "exists", name="submit-test"))
     assert main(["katib", "submit", str(config_path), "--storage", storage]) == 2
     assert "an Experiment named 'submit-test' already exists" in one_error_line(capsys)
+
+
+def test_katib_config_entry_is_a_strict_container():
+    """katib-config inlines a corev1.Container (plus algorithmName)."""
+    from autolfads.argo.validate import validate_k8s_object
+
+    entry = render_katib_config_entry(OPTS)
+    assert entry["algorithmName"] == "autolfads-pbt"
+    container = {k: v for k, v in entry.items() if k != "algorithmName"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "suggestion"},
+        "spec": {"containers": [{"name": "suggestion", **container}]},
+    }
+    assert validate_k8s_object(pod) == []
+    assert "ports" not in entry  # Katib adds suggestion-api:6789 itself
