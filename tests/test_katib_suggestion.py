@@ -256,6 +256,18 @@ def test_bad_requests_leave_the_state_untouched(store, cfg, served):
         err = call(served.target, "GetSuggestions", request)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, needle
         assert needle in err.details(), err.details()
+    mismatched = api.Experiment()
+    mismatched.CopyFrom(katib.experiment)
+    mismatched.spec.parameter_specs.parameters[0].feasible_space.max = "0.9"
+    err = call(
+        served.target,
+        "GetSuggestions",
+        api.GetSuggestionsRequest(
+            experiment=mismatched, trials=trials, current_request_number=1, total_request_number=4
+        ),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "differs from the config" in err.details()
     with grpc.insecure_channel(served.target) as channel:
         for method in ("GetSuggestions", "ValidateAlgorithmSettings"):
             raw = channel.unary_unary(f"/api.v1.beta1.Suggestion/{method}")
