@@ -17,7 +17,6 @@ only inside another GetSuggestions call; the service answers it with no-op
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from autolfads.argo.render import split_storage
@@ -25,6 +24,7 @@ from autolfads.config import RunConfig
 from autolfads.errors import ConfigError
 from autolfads.katib.experiment import ALGORITHM_NAME, OBJECTIVE_METRIC, searched_parameters
 from autolfads.katib.names import MAX_EXPERIMENT_NAME
+from autolfads.katib.options import KatibOptions
 
 API_VERSION = "kubeflow.org/v1beta1"
 CONTAINER = "training"
@@ -37,22 +37,6 @@ JOB_SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 JOB_FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-
-
-@dataclass(frozen=True)
-class KatibOptions:
-    storage: str = "s3://autolfads/runs"
-    # The example profile namespace of a KubeFlow install.
-    namespace: str = "kubeflow-user-example-com"
-    image: str = "ghcr.io/autolfads/autolfads-trainer-cpu:0.1.0"
-    suggestion_image: str = "ghcr.io/autolfads/autolfads-coordinator:0.1.0"
-    s3_endpoint: str = "http://minio-service.kubeflow:9000"
-    s3_region: str = "us-east-1"
-    s3_secret: str = "autolfads-s3"
-    device: str = "auto"
-    cpu: str = "2"
-    memory: str = "4Gi"
-    threads: int = 2
 
 
 def _check(cfg: RunConfig, opts: KatibOptions) -> None:

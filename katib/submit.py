@@ -17,7 +17,8 @@ from autolfads.argo.submit import (
 )
 from autolfads.config import RunConfig, load_config
 from autolfads.errors import ConfigError
-from autolfads.katib.manifest import KatibOptions, render_experiment
+from autolfads.katib.manifest import render_experiment
+from autolfads.katib.options import KatibOptions
 from autolfads.katib.webhook import validate_experiment
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"

@@ -31,7 +31,8 @@ from test_pod_hardening import PodUnderTest, pod_problems
 
 from autolfads.cli import main
 from autolfads.config import load_config
-from autolfads.katib.manifest import KatibOptions, render_experiment, render_katib_config_entry
+from autolfads.katib.manifest import render_experiment, render_katib_config_entry
+from autolfads.katib.options import KatibOptions
 from autolfads.katib.webhook import experiment_problems, filled_trial_spec, validate_experiment
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -69,7 +69,7 @@ def run_suggestion(args: argparse.Namespace) -> int:
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:
-    from autolfads.katib.manifest import KatibOptions
+    from autolfads.katib.options import KatibOptions
 
     d = KatibOptions()
     p.add_argument("config", type=Path, metavar="CONFIG.yaml")
@@ -91,7 +91,7 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace):
-    from autolfads.katib.manifest import KatibOptions
+    from autolfads.katib.options import KatibOptions
 
     return KatibOptions(
         storage=args.storage,
