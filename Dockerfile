@@ -43,6 +43,7 @@ COPY autolfads ./autolfads
 COPY trainer ./trainer
 COPY storage ./storage
 COPY coordinator ./coordinator
+COPY katib ./katib
 COPY proto ./proto
 COPY deploy/argo ./deploy/argo
 RUN pip wheel --no-cache-dir --no-deps ${PACKAGE_INDEX_URL:+--index-url "$PACKAGE_INDEX_URL"} \

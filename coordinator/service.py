@@ -265,6 +265,46 @@ class CoordinatorService:
             tuple(grant_view(self._state, x, self.layout, self.lease_timeout_s) for x in leases),
         )
 
+    def request_exactly(self, worker_id: str, count: int, request_id: str) -> WorkReply | None:
+        """All or nothing: `count` leases, or None (nothing changed) while fewer
+        are queued; DONE once the search has ended.
+
+        For a scheduler that must be answered with exactly `count` units and
+        cannot be told to wait (Katib). A retry with the same `request_id`
+        gets the first answer's leases back.
+        """
+        check_worker_id(worker_id)
+        if not 1 <= count <= self.max_leases_per_request:
+            raise InvalidRequest(
+                f"{count} leases requested; must be between 1 and {self.max_leases_per_request}"
+            )
+        with self._lock:
+            self._sweep()
+            state = self._state
+            previous = state.requests.get(worker_id)
+            replay = previous is not None and previous.request_id == request_id
+            queued = 0 if self._draining else len(self._dispatch.queued(state))
+            if not state.terminal and not replay and queued < count:
+                return None
+            reply = self._request_work(worker_id, count, request_id)
+            ticket = self._commit.latest
+        if reply.action == "train":
+            self._commit.wait(ticket)
+        return reply
+
+    def unit_status(self, member: str, generation: int) -> tuple[str, str]:
+        """Where (member, generation) stands: ("leased", lease id), ("done", "")
+        once reported or passed, ("unknown", "") if never handed out."""
+        with self._lock:
+            segment = self._state.segments.get(member)
+            if segment is None or generation > segment.generation:
+                return "unknown", ""
+            if generation < segment.generation or segment.phase in ("reported", "finished"):
+                return "done", ""
+            if segment.phase == "leased":
+                return "leased", segment.lease_id
+            return "unknown", ""
+
     def _wait_reply(self, worker_id: str) -> WorkReply:
         return WorkReply(
             "wait", retry_after_s=self._dispatch.retry_after(worker_id, self.clock.now())

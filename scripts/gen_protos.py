@@ -19,7 +19,12 @@ from pathlib import Path
 GRPC_TOOLS_VERSION = "1.85.1"
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
-PROTO_FILES = ("autolfads/pbt/v1/coordinator.proto",)
+# Katib's suggestion API (api.v1.beta1) lives under autolfads/katib_api so its
+# generated module does not clash with the `kubeflow-katib` package's.
+PROTO_FILES = (
+    "autolfads/pbt/v1/coordinator.proto",
+    "autolfads/katib_api/v1beta1/api.proto",
+)
 
 
 def check_generator() -> None:

@@ -23,6 +23,12 @@ for f in dist.files or []:
         break
 PYEOF
 fi
+# Katib's published models, only for tests: the generated api.v1.beta1 module
+# (tests/test_katib_proto.py compares our stubs with it) and the Experiment
+# models (render's round-trip check). kubeflow-katib pins protobuf < 5, which
+# conflicts with ours, so both come without their dependencies.
+"$PY" -m pip install -q --disable-pip-version-check --no-deps \
+  "kubeflow-katib==0.19.0" "kubeflow-katib-api==0.19.0"
 # Wheels of every extra's dependencies (pip's cache makes this quick), so that
 # tests/test_extras_install.py can install each extra alone in a fresh virtual
 # environment without the network.

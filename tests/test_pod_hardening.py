@@ -230,8 +230,9 @@ CONFIG = loads_config(
         RenderOptions(inline=True),
         RenderOptions(inline=True, trainer_gpus=1, trainer_cpu="4", trainer_memory="16Gi"),
         RenderOptions(inline=True, stage=False, n_trainers=2),
+        RenderOptions(inline=True, kubeflow=True, namespace="kubeflow-user-example-com"),
     ],
-    ids=["default", "gpu", "no-stage"],
+    ids=["default", "gpu", "no-stage", "kubeflow"],
 )
 def test_rendered_workflows_are_hardened(opts: RenderOptions) -> None:
     workflow = render_workflow(CONFIG, opts)

@@ -13,16 +13,19 @@ import tomllib
 REPO = Path(__file__).resolve().parent.parent
 STUB_DIR = Path("autolfads/pbt/v1")
 STUBS = ("coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py")
+KATIB_DIR = Path("autolfads/katib_api/v1beta1")
+KATIB_STUBS = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
 def test_committed_stubs_are_fresh(tmp_path):
     subprocess.run(
         [sys.executable, str(REPO / "scripts/gen_protos.py"), "--out", str(tmp_path)], check=True
     )
-    for name in STUBS:
-        fresh = (tmp_path / STUB_DIR / name).read_text()
-        committed = (REPO / "proto" / STUB_DIR / name).read_text()
-        assert fresh == committed, f"{name} is stale: run python scripts/gen_protos.py"
+    stubs = [STUB_DIR / name for name in STUBS] + [KATIB_DIR / name for name in KATIB_STUBS]
+    for path in stubs:
+        fresh = (tmp_path / path).read_text()
+        committed = (REPO / "proto" / path).read_text()
+        assert fresh == committed, f"{path} is stale: run python scripts/gen_protos.py"
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -69,6 +69,11 @@ class RenderOptions:
     grpc_worker_credentials: str | None = None
     grpc_tls: bool | None = None
     grpc_tls_certs: str | None = None
+    # Inside a KubeFlow profile namespace: no Istio sidecars (they keep Argo
+    # pods from completing and intercept the coordinator's gRPC port) and
+    # the profile's ServiceAccount (default-editor unless `service_account`).
+    kubeflow: bool = False
+    service_account: str | None = None
 
 
 def split_storage(url: str) -> tuple[str, str]:
@@ -135,6 +140,7 @@ def _check_options(opts: RenderOptions) -> None:
     if not _NAMESPACE.match(opts.namespace):
         raise ConfigError(f"--namespace {opts.namespace!r}: not a valid namespace name")
     for what, name in {
+        "--service-account": opts.service_account,
         "gRPC token Secret": opts.grpc_credentials,
         "gRPC worker token Secret": opts.grpc_worker_credentials,
         "gRPC TLS Secret": opts.grpc_tls_certs,
@@ -194,6 +200,20 @@ def workflow_parameters(
     return [{"name": k, "value": str(v)} for k, v in values.items() if v is not None]
 
 
+KUBEFLOW_SERVICE_ACCOUNT = "default-editor"
+ISTIO_INJECT = "sidecar.istio.io/inject"
+
+
+def _kubeflow_profile(spec: dict[str, Any], template: dict[str, Any], opts: RenderOptions) -> None:
+    """Run in a KubeFlow profile namespace: its ServiceAccount, no Istio sidecar
+    in any pod (the template's pod labels are kept: the Workflow's podMetadata
+    replaces the template's)."""
+    spec["serviceAccountName"] = opts.service_account or KUBEFLOW_SERVICE_ACCOUNT
+    meta = copy.deepcopy(template.get("podMetadata", {}))
+    meta.setdefault("annotations", {})[ISTIO_INJECT] = "false"
+    spec["podMetadata"] = meta
+
+
 def render_workflow(cfg: RunConfig, opts: RenderOptions) -> dict[str, Any]:
     """The Workflow object for `cfg`, validated as strictly as the deploy files."""
     _check_options(opts)
@@ -214,6 +234,10 @@ def render_workflow(cfg: RunConfig, opts: RenderOptions) -> dict[str, Any]:
         spec["parallelism"] = opts.parallelism
     if opts.pod_gc is not None:
         spec["podGC"] = {**template["spec"].get("podGC", {}), "strategy": opts.pod_gc}
+    if opts.kubeflow:
+        _kubeflow_profile(spec, template["spec"], opts)
+    elif opts.service_account is not None:
+        spec["serviceAccountName"] = opts.service_account
     if opts.inline:
         workflow = resolve_workflow(workflow, template)
     name = template["metadata"]["name"]

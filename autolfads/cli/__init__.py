@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolfads.cli.coordinator_cmd",
     "autolfads.cli.trainer_cmd",
     "autolfads.cli.argo_cmd",
+    "autolfads.cli.katib_cmd",
 )
 
 

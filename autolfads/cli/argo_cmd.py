@@ -76,6 +76,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", default="autolfads", help="Kubernetes namespace")
     parser.add_argument("--name", help="Workflow name (default: generated, autolfads-xxxxx)")
     parser.add_argument(
+        "--kubeflow",
+        action="store_true",
+        help="run in a KubeFlow profile namespace: its ServiceAccount, no Istio sidecars "
+        "(see deploy/argo/kubeflow.md)",
+    )
+    parser.add_argument(
+        "--service-account",
+        help="pods' ServiceAccount (default: the template's; default-editor with --kubeflow)",
+    )
+    parser.add_argument(
         "--s3-endpoint", help="S3 URL as seen from pods (default: http://minio:9000)"
     )
     parser.add_argument("--s3-region", help="S3 region (default: us-east-1)")
@@ -145,6 +155,8 @@ def render_options(args: argparse.Namespace) -> Any:
         grpc_worker_credentials=args.grpc_worker_credentials,
         grpc_tls=True if args.grpc_tls_secret else None,
         grpc_tls_certs=args.grpc_tls_secret,
+        kubeflow=args.kubeflow,
+        service_account=args.service_account,
     )
 
 

@@ -26,7 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="coordinator address")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address")
+    target.add_argument(
+        "--katib-trial",
+        metavar="NAME",
+        help="train the one segment of this Katib trial (${trialSpec.Name}), print "
+        "fitness=<value> and exit (see deploy/katib/README.md)",
+    )
     p.add_argument(
         "--storage", required=True, help="store URL, e.g. s3://bucket/runs or file:///dir"
     )
@@ -74,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-leases {args.max_leases} must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
+    if args.katib_trial is not None:
+        return _run_katib_trial(args)
     security = client_security(args, "work")
     stop = threading.Event()
     install_sigterm(stop)
@@ -100,3 +109,30 @@ def run(args: argparse.Namespace) -> int:
             unavailable_wait_s=args.unavailable_wait,
         )
         return worker.run()
+
+
+def _run_katib_trial(args: argparse.Namespace) -> int:
+    import threading
+
+    from autolfads.errors import ConfigError
+    from autolfads.katib.names import parse_trial_name
+    from autolfads.katib.trial import run_trial
+    from autolfads.storage import default_cache_dir, open_store
+    from autolfads.trainer.worker import configure_torch, default_threads, install_sigterm
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1")
+    if args.max_leases != 1 or args.run is not None:
+        raise ConfigError("--katib-trial trains one segment: drop --max-leases and --run")
+    parse_trial_name(args.katib_trial)  # a bad name fails before storage is touched
+    stop = threading.Event()
+    install_sigterm(stop)
+    configure_torch(args.threads or default_threads())
+    return run_trial(
+        open_store(args.storage, create_bucket=False),
+        args.katib_trial,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        device=args.device,
+        stop=stop,
+        worker_id=args.worker_id or args.katib_trial,
+    )

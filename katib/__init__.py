@@ -1,0 +1,1 @@
+"""Katib's suggestion API served by this project's PBT (`autolfads katib ...`)."""

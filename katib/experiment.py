@@ -1,0 +1,142 @@
+"""What Katib tells the suggestion service, as plain values, and the check
+that a Katib Experiment matches the run's config (ValidateAlgorithmSettings).
+
+Wire-free: `convert` builds these from api.v1.beta1 messages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autolfads.config import RunConfig
+from autolfads.coordinator.errors import InvalidRequest
+
+ALGORITHM_NAME = "autolfads-pbt"
+OBJECTIVE_METRIC = "fitness"
+# The PBT settings live in the run's config.yaml; the Experiment restates none.
+KNOWN_SETTINGS: frozenset[str] = frozenset()
+# Trial conditions after which a trial does no more work.
+TERMINAL_CONDITIONS = frozenset({"succeeded", "failed", "killed", "earlystopped"})
+
+
+@dataclass(frozen=True)
+class ParameterView:
+    name: str
+    type: str  # double, int, discrete, categorical, unknown_type
+    min: str = ""
+    max: str = ""
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    name: str
+    parameters: tuple[ParameterView, ...] = ()
+    objective_type: str = "unknown"  # minimize, maximize, unknown
+    objective_metric: str = ""
+    algorithm: str = ""
+    settings: tuple[tuple[str, str], ...] = ()
+    parallel_trials: int = 0
+    max_trials: int = 0
+
+
+@dataclass(frozen=True)
+class TrialView:
+    name: str
+    condition: str  # created, running, succeeded, killed, failed, ...
+    metrics: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ended(self) -> bool:
+        return self.condition in TERMINAL_CONDITIONS
+
+
+@dataclass(frozen=True)
+class Assignment:
+    trial_name: str
+    values: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def searched_parameters(cfg: RunConfig) -> dict[str, tuple[float, float]]:
+    """The Katib parameters of a run: its search space, name -> (min, max)."""
+    return {name: (s.min, s.max) for name, s in sorted(cfg.pbt.search_space.items())}
+
+
+def check_experiment(exp: ExperimentView, cfg: RunConfig) -> None:
+    """InvalidRequest naming the first setting or parameter that does not fit."""
+    if exp.algorithm != ALGORITHM_NAME:
+        raise InvalidRequest(
+            f"algorithm {exp.algorithm!r} is not {ALGORITHM_NAME!r}, the one this service serves"
+        )
+    for name, _ in exp.settings:
+        if name not in KNOWN_SETTINGS:
+            raise InvalidRequest(
+                f"unknown algorithm setting {name[:80]!r}: {ALGORITHM_NAME} takes its PBT "
+                f"settings from the run's config.yaml (pbt:)"
+            )
+    if exp.objective_metric != OBJECTIVE_METRIC or exp.objective_type != "minimize":
+        raise InvalidRequest(
+            f"objective must minimise {OBJECTIVE_METRIC!r} (the trainer prints it), "
+            f"not {exp.objective_type} {exp.objective_metric[:80]!r}"
+        )
+    _check_parameters(exp.parameters, cfg)
+    population = cfg.pbt.population
+    if not 1 <= exp.parallel_trials <= population:
+        raise InvalidRequest(
+            f"parallelTrialCount {exp.parallel_trials} must be between 1 and the population "
+            f"{population} (each running trial is one member)"
+        )
+    if cfg.pbt.mode == "sync" and exp.parallel_trials != population:
+        # Katib cannot lower its request: with fewer slots than members the
+        # generation barrier would never be reached.
+        raise InvalidRequest(
+            f"parallelTrialCount {exp.parallel_trials} must equal the population {population} "
+            "in sync mode (or use pbt.mode: async)"
+        )
+    if exp.max_trials and exp.max_trials < exp.parallel_trials:
+        raise InvalidRequest(
+            f"maxTrialCount {exp.max_trials} is below parallelTrialCount {exp.parallel_trials}"
+        )
+
+
+def _check_parameters(parameters: tuple[ParameterView, ...], cfg: RunConfig) -> None:
+    wanted = searched_parameters(cfg)
+    seen: set[str] = set()
+    for p in parameters:
+        if p.name in seen:
+            raise InvalidRequest(f"parameter {p.name[:80]!r} is declared twice")
+        seen.add(p.name)
+        if p.name not in wanted:
+            raise InvalidRequest(
+                f"parameter {p.name[:80]!r} is not in the run's pbt.search_space "
+                f"({', '.join(wanted)})"
+            )
+        if p.type != "double":
+            raise InvalidRequest(f"parameter {p.name!r} must be of type double, not {p.type}")
+        low, high = wanted[p.name]
+        for bound, text, expected in (("min", p.min, low), ("max", p.max, high)):
+            value = _number(p.name, bound, text)
+            if not math.isclose(value, expected, rel_tol=1e-9, abs_tol=0.0):
+                raise InvalidRequest(
+                    f"parameter {p.name!r}: {bound} {text} differs from the config's {expected!r}"
+                )
+    missing = sorted(set(wanted) - seen)
+    if missing:
+        raise InvalidRequest(f"parameters {missing} of pbt.search_space are not declared")
+
+
+def _number(name: str, bound: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest(f"parameter {name!r}: {bound} {text[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"parameter {name!r}: {bound} {text[:40]!r} is not finite")
+    return value
+
+
+def format_value(value: float) -> str:
+    """A hyperparameter as Katib carries it (a string; repr round-trips)."""
+    return repr(float(value))

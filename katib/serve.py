@@ -1,0 +1,37 @@
+"""The suggestion process's main loop: serve until SIGTERM, then stop
+gracefully (health NOT_SERVING first). State is in storage after every
+answered call, so a kill -9 loses nothing a restart cannot rebuild."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from grpc_health.v1 import health
+
+from autolfads.katib.servicer import create_suggestion_server
+from autolfads.katib.suggestion import KatibSuggestion
+from autolfads.storage import Store
+
+log = logging.getLogger(__name__)
+EXIT_STOPPED = 0
+
+
+def serve(store: Store, listen: str, *, port_file: Path | None = None) -> int:
+    health_servicer = health.HealthServicer()
+    server, port = create_suggestion_server(listen, KatibSuggestion(store), health_servicer)
+    log.info("Katib suggestion service (autolfads-pbt) on port %d, storage %s", port, store.url)
+    if port_file is not None:
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(port_file)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(5.0).wait()
+    return EXIT_STOPPED

@@ -1,0 +1,217 @@
+"""Katib's suggestion protocol on top of the PBT coordinator service.
+
+One `CoordinatorService` per run holds the population; it is rebuilt from
+`<run>/coordinator/state.json` whenever this process starts, so a restarted
+suggestion pod carries on. Each Katib trial is one lease (one training
+segment of one member). A GetSuggestions call:
+
+1. checks the Experiment against the run's config and every trial name
+   (nothing changes if one is unknown);
+2. turns each ended trial whose lease is still open into a segment report:
+   the trial's own report.json if it wrote one, else a failed segment (a
+   killed pod); reports already counted change nothing, so duplicate and
+   out-of-order trial lists are harmless;
+3. asks the service for exactly `count` leases (all or nothing, idempotent
+   by Katib's total request number), writes each lease to storage for its
+   trial and names the trial after member and generation. When fewer
+   members are ready (sync mode, between generations) it answers
+   UNAVAILABLE: Katib's controller logs it and asks again later. Once the
+   search has ended, it answers with no-op "end" trials so that Katib
+   reaches maxTrialCount and ends the Experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from autolfads.config import RunConfig
+from autolfads.coordinator.errors import (
+    CoordinatorError,
+    InvalidRequest,
+    SearchFinished,
+    StaleLease,
+    UnknownLease,
+)
+from autolfads.coordinator.messages import Grant, SegmentReport
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.staging import load_run
+from autolfads.errors import ConfigError, DataError
+from autolfads.katib import records
+from autolfads.katib.experiment import (
+    Assignment,
+    ExperimentView,
+    TrialView,
+    check_experiment,
+    format_value,
+    searched_parameters,
+)
+from autolfads.katib.names import (
+    TrialName,
+    check_run_name,
+    end_trial,
+    parse_trial_name,
+    segment_trial,
+)
+from autolfads.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Every lease of the search is held by this one worker: Katib.
+WORKER_ID = "katib"
+# Katib, not a lease timeout, decides when a trial is dead (it reports it
+# FAILED or KILLED), so leases never expire on their own.
+LEASE_TIMEOUT_S = 100 * 365 * 24 * 3600.0
+
+
+class NotReady(CoordinatorError):
+    """Fewer members are ready than Katib asked for; ask again later."""
+
+
+class KatibSuggestion:
+    """Thread-safe; one per process (Katib runs one suggestion per Experiment)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._searches: dict[str, CoordinatorService] = {}
+
+    def validate(self, exp: ExperimentView) -> None:
+        """ValidateAlgorithmSettings: InvalidRequest naming what does not fit."""
+        check_experiment(exp, self._config(exp.name))
+
+    def suggest(
+        self, exp: ExperimentView, trials: list[TrialView], count: int, total: int
+    ) -> list[Assignment]:
+        if count < 1:
+            raise InvalidRequest(f"current_request_number {count} must be at least 1")
+        if total < count:
+            raise InvalidRequest(
+                f"total_request_number {total} is below current_request_number {count}"
+            )
+        with self._lock:
+            service = self._search(exp)
+            population = service.cfg.pbt.population
+            if count > population:
+                raise InvalidRequest(
+                    f"{count} suggestions requested; at most the population {population} "
+                    "can train at once"
+                )
+            ended = self._check_trials(service, exp.name, trials)
+            for trial, view in ended:
+                self._ingest(service, trial, view)
+            reply = service.request_exactly(WORKER_ID, count, f"katib-{total}")
+            if reply is None:
+                raise NotReady(
+                    f"fewer than {count} members are ready (generation "
+                    f"{service.status().generation} is still running); ask again later"
+                )
+            if reply.action == "done":
+                return self._end_assignments(service, exp.name, count, total)
+            return [self._assign(service, grant) for grant in reply.grants]
+
+    # ------------------------------------------------------------ internals
+
+    def _config(self, run: str) -> RunConfig:
+        """The run's staged config, without starting its search."""
+        if run in self._searches:
+            return self._searches[run].cfg
+        return self._staged(run)[0]
+
+    def _staged(self, run: str) -> tuple[RunConfig, str, str]:
+        check_run_name(run)
+        try:
+            return load_run(self.store, run)
+        except (ConfigError, DataError) as err:
+            raise InvalidRequest(f"experiment {run!r}: {err}") from None
+
+    def _search(self, exp: ExperimentView) -> CoordinatorService:
+        """The run's search, opened (or resumed from storage) once the
+        Experiment has been checked against its config."""
+        if exp.name not in self._searches:
+            cfg, data_key, data_sha = self._staged(exp.name)
+            check_experiment(exp, cfg)
+            self._searches[exp.name] = CoordinatorService.open_search(
+                cfg,
+                self.store,
+                data_key,
+                data_sha,
+                lease_timeout_s=LEASE_TIMEOUT_S,
+                # Katib holds every lease: room for the whole population twice.
+                max_leases_per_request=2 * cfg.pbt.population,
+            )
+            log.info("search %s opened from %s", exp.name, self.store.url)
+        service = self._searches[exp.name]
+        check_experiment(exp, service.cfg)
+        return service
+
+    def _check_trials(
+        self, service: CoordinatorService, run: str, trials: list[TrialView]
+    ) -> list[tuple[TrialName, TrialView]]:
+        """Ended trials whose lease is still open, in (generation, member)
+        order; InvalidRequest for a trial this search never handed out."""
+        open_leases: dict[str, tuple[TrialName, TrialView]] = {}
+        for view in trials:
+            trial = parse_trial_name(view.name, run)
+            if trial.is_end:
+                continue
+            where, _ = service.unit_status(trial.member, trial.generation)
+            if where == "unknown":
+                raise InvalidRequest(f"unknown trial {view.name!r}: this search never named it")
+            if where == "leased" and view.ended:
+                open_leases.setdefault(view.name, (trial, view))
+        return sorted(open_leases.values(), key=lambda x: (x[0].generation, x[0].member))
+
+    def _ingest(self, service: CoordinatorService, trial: TrialName, view: TrialView) -> None:
+        where, lease_id = service.unit_status(trial.member, trial.generation)
+        if where != "leased":
+            return
+        written = records.get_report(self.store, trial)
+        failed = SegmentReport(
+            lease_id,
+            WORKER_ID,
+            trial.member,
+            trial.generation,
+            "failed",
+            hparams=dict(records.get_lease(self.store, trial).hparams),
+            message=f"Katib trial {trial} ended {view.condition} without a report",
+        )
+        if written is not None and written.outcome in ("succeeded", "failed"):
+            try:
+                self._report(service, replace(written, lease_id=lease_id, worker_id=WORKER_ID))
+                return
+            except InvalidRequest as err:
+                # A report that does not fit its lease must not stall the member.
+                failed = replace(failed, message=f"Katib trial {trial}: bad report: {err}"[:500])
+        self._report(service, failed)
+
+    def _report(self, service: CoordinatorService, report: SegmentReport) -> None:
+        try:
+            service.report(report)
+        except (StaleLease, UnknownLease, SearchFinished) as err:
+            log.warning("%s generation %d not counted: %s", report.member, report.generation, err)
+
+    def _assign(self, service: CoordinatorService, grant: Grant) -> Assignment:
+        trial = segment_trial(service.layout.run, grant.member, grant.generation)
+        records.put_lease(self.store, trial, grant)
+        names = searched_parameters(service.cfg)
+        values = tuple((name, format_value(grant.hparams[name])) for name in names)
+        labels = (
+            ("autolfads.member", grant.member),
+            ("autolfads.generation", str(grant.generation)),
+        )
+        return Assignment(str(trial), values, labels)
+
+    def _end_assignments(
+        self, service: CoordinatorService, run: str, count: int, total: int
+    ) -> list[Assignment]:
+        """No-op trials that let Katib count up to maxTrialCount and stop."""
+        best = service.status().best
+        hparams = best.hparams if best is not None else service.cfg.initial_hparams()
+        names = searched_parameters(service.cfg)
+        values = tuple((name, format_value(hparams[name])) for name in names)
+        return [
+            Assignment(str(end_trial(run, index)), values, (("autolfads.end", "true"),))
+            for index in range(total - count, total)
+        ]

@@ -1,0 +1,140 @@
+"""A fake Katib controller, faithful to how Katib drives a suggestion service.
+
+It does what Katib's experiment and suggestion controllers do, minus
+Kubernetes: ValidateAlgorithmSettings once (an error fails the Experiment);
+then, while fewer than maxTrialCount trials exist, ask GetSuggestions for the
+free slots (parallelTrialCount - running) with every trial so far (name,
+parameter assignments, labels, latest condition, observation), insist on
+exactly that many assignments, create trials under the returned names and
+run them (`run_trials`: the test runs each trial's container command). An
+error reply creates nothing; Katib logs it and reconciles again when a trial
+changes, so the fake only asks again after its running trials have ended.
+The Experiment succeeds once maxTrialCount trials have completed.
+
+Rounds are batched (all running trials end before the next request), which
+makes the order in which the service sees results deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from autolfads.katib_api.v1beta1 import api_pb2 as api
+from autolfads.katib_api.v1beta1 import api_pb2_grpc as api_grpc
+
+Condition = api.TrialStatus.TrialConditionType
+
+
+@dataclass
+class FakeTrial:
+    name: str
+    assignments: dict[str, str]
+    labels: dict[str, str]
+    condition: int = Condition.CREATED
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    def to_proto(self) -> api.Trial:
+        trial = api.Trial(name=self.name)
+        trial.spec.objective.type = api.MINIMIZE
+        trial.spec.objective.objective_metric_name = "fitness"
+        for name, value in self.assignments.items():
+            trial.spec.parameter_assignments.assignments.add(name=name, value=value)
+        trial.spec.labels.update(self.labels)
+        trial.status.condition = self.condition
+        for name, value in self.metrics.items():
+            trial.status.observation.metrics.add(name=name, value=value)
+        return trial
+
+
+# run_trials(trials) runs them and sets each one's condition and metrics.
+TrialRunner = Callable[[list[FakeTrial]], None]
+
+
+def experiment_proto(
+    name: str,
+    parameters: dict[str, tuple[float, float]],
+    parallel: int,
+    max_trials: int,
+    settings: dict[str, str] | None = None,
+) -> api.Experiment:
+    exp = api.Experiment(name=name)
+    spec = exp.spec
+    for pname, (low, high) in parameters.items():
+        p = spec.parameter_specs.parameters.add(name=pname, parameter_type=api.DOUBLE)
+        p.feasible_space.min = repr(low)
+        p.feasible_space.max = repr(high)
+    spec.objective.type = api.MINIMIZE
+    spec.objective.objective_metric_name = "fitness"
+    spec.algorithm.algorithm_name = "autolfads-pbt"
+    for key, value in (settings or {}).items():
+        spec.algorithm.algorithm_settings.add(name=key, value=value)
+    spec.parallel_trial_count = parallel
+    spec.max_trial_count = max_trials
+    return exp
+
+
+class FakeKatib:
+    def __init__(self, target: str, experiment: api.Experiment, run_trials: TrialRunner) -> None:
+        self.target = target
+        self.experiment = experiment
+        self.run_trials = run_trials
+        self.trials: list[FakeTrial] = []
+        self.requested = 0  # Suggestion.Spec.Requests
+        self.errors: list[grpc.StatusCode] = []
+
+    def _stub(self, channel: grpc.Channel) -> api_grpc.SuggestionStub:
+        return api_grpc.SuggestionStub(channel)
+
+    def validate(self) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            self._stub(channel).ValidateAlgorithmSettings(
+                api.ValidateAlgorithmSettingsRequest(experiment=self.experiment), timeout=60
+            )
+
+    def request(self, count: int) -> list[FakeTrial]:
+        """One SyncAssignments: exactly `count` new trials, or an RpcError."""
+        request = api.GetSuggestionsRequest(
+            experiment=self.experiment,
+            trials=[t.to_proto() for t in self.trials],
+            current_request_number=count,
+            total_request_number=self.requested + count,
+        )
+        with grpc.insecure_channel(self.target) as channel:
+            reply = self._stub(channel).GetSuggestions(request, timeout=60)
+        assert len(reply.parameter_assignments) == count, "The response contains unexpected trials"
+        self.requested += count
+        new = [
+            FakeTrial(a.trial_name, {x.name: x.value for x in a.assignments}, dict(a.labels))
+            for a in reply.parameter_assignments
+        ]
+        assert all(t.name for t in new)
+        assert not {t.name for t in new} & {t.name for t in self.trials}, "trial names repeat"
+        self.trials.extend(new)
+        return new
+
+    def step(self) -> bool:
+        """One round: ask for the free slots, run what comes back. False once
+        the Experiment is over (maxTrialCount trials completed)."""
+        spec = self.experiment.spec
+        if len(self.trials) >= spec.max_trial_count:
+            return False
+        free = min(spec.parallel_trial_count, spec.max_trial_count - len(self.trials))
+        try:
+            new = self.request(free)
+        except grpc.RpcError as err:
+            self.errors.append(err.code())
+            raise
+        for trial in new:
+            trial.condition = Condition.RUNNING
+        self.run_trials(new)
+        return True
+
+    def run(self, max_rounds: int = 1000) -> None:
+        self.validate()
+        for _ in range(max_rounds):
+            if not self.step():
+                return
+        raise AssertionError("the Experiment did not end")

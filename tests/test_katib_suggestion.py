@@ -1,0 +1,358 @@
+"""The Katib suggestion service on real gRPC (loopback), driven by the fake
+Katib controller; trials train with `fake_train` (no torch) so whole
+searches take well under a second. The trial processes themselves are
+exercised in test_katib_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import grpc
+import pytest
+from coordinator_helpers import fake_train, tiny_config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
+
+from autolfads.coordinator.service import CoordinatorService
+from autolfads.katib import records
+from autolfads.katib.experiment import searched_parameters
+from autolfads.katib.names import parse_trial_name
+from autolfads.katib.servicer import create_suggestion_server
+from autolfads.katib.suggestion import KatibSuggestion
+from autolfads.katib_api.v1beta1 import api_pb2 as api
+from autolfads.katib_api.v1beta1 import api_pb2_grpc as api_grpc
+from autolfads.storage import LocalStore, RunLayout
+
+DATA_SHA = "ab" * 32
+
+
+def stage(store, cfg) -> None:
+    store.put_bytes(RunLayout(cfg.name).config(), cfg.to_yaml().encode())
+    store.put_bytes(f"{cfg.name}/data/{DATA_SHA}.h5", b"not read by fake_train")
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def cfg(store):
+    cfg = tiny_config(mode="async", population=3, max_generations=3)
+    stage(store, cfg)
+    return cfg
+
+
+class Served:
+    def __init__(self, store) -> None:
+        self.store = store
+        self.server = None
+        self.start()
+
+    def start(self) -> None:
+        self.server, port = create_suggestion_server("127.0.0.1:0", KatibSuggestion(self.store))
+        self.target = f"127.0.0.1:{port}"
+
+    def restart(self) -> None:
+        """A new process: nothing but storage survives."""
+        self.server.stop(None).wait()
+        self.start()
+
+
+@pytest.fixture
+def served(store):
+    s = Served(store)
+    yield s
+    s.server.stop(None).wait()
+
+
+def fake_trials(store, fail: set[str] = frozenset()) -> callable:
+    """Runs trials in-process like `trainer --katib-trial` would."""
+
+    def run(trials: list[FakeTrial]) -> None:
+        for trial in trials:
+            name = parse_trial_name(trial.name)
+            if name.is_end:  # `trainer --katib-trial` prints the best and exits 0
+                trial.condition = Condition.SUCCEEDED
+                trial.metrics = {"fitness": "0.0"}
+                continue
+            if trial.name in fail:  # killed: no report, Katib says FAILED
+                trial.condition = Condition.FAILED
+                continue
+            grant = records.get_lease(store, name)
+            report = fake_train(store, grant, "katib")
+            records.put_report(store, name, report)
+            trial.condition = Condition.SUCCEEDED
+            trial.metrics = {"fitness": repr(report.fitness)}
+
+    return run
+
+
+def katib_for(served, cfg, run_trials, *, max_trials=None, parallel=None, **kw) -> FakeKatib:
+    pbt = cfg.pbt
+    exp = experiment_proto(
+        cfg.name,
+        searched_parameters(cfg),
+        parallel or pbt.population,
+        # One round more than the generations: the last results reach the
+        # service only through one more GetSuggestions call (see katib/README).
+        max_trials or pbt.population * (pbt.max_generations + 1),
+        **kw,
+    )
+    return FakeKatib(served.target, exp, run_trials)
+
+
+def reference_best(tmp_path, cfg) -> tuple:
+    """The same search under the coordinator with one worker, one lease at a time."""
+    store = LocalStore(tmp_path / "reference")
+    stage(store, cfg)
+    service = CoordinatorService.open_search(cfg, store, f"{cfg.name}/data/{DATA_SHA}.h5", DATA_SHA)
+    while not service.terminal:
+        reply = service.request_work("w", 1)
+        for grant in reply.grants:
+            service.report(fake_train(store, grant, "w"))
+    return best_of(store, cfg)
+
+
+def best_of(store, cfg) -> tuple:
+    state = json.loads(store.get_bytes(RunLayout(cfg.name).state()))
+    best = state["best"]
+    return state["status"], best["member"], best["generation"], best["metric"]
+
+
+def test_health_reports_serving_for_katibs_probe_name(served):
+    with grpc.insecure_channel(served.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("manager.v1beta1.Suggestion", ""):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_katib_search_equals_the_coordinator_run(tmp_path, store, cfg, served):
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.run()
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+    assert best_of(store, cfg)[0] == "finished"
+    names = [t.name for t in katib.trials]
+    assert names[:3] == ["search-m000-g0", "search-m001-g0", "search-m002-g0"]
+    assert all(t.condition == Condition.SUCCEEDED for t in katib.trials)
+    first = katib.trials[0]
+    assert first.labels == {"autolfads.member": "m000", "autolfads.generation": "0"}
+    assert set(first.assignments) == set(cfg.pbt.search_space)
+
+
+def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(tmp_path, store, cfg, served):
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    plain_request = katib.request
+    rng = random.Random(0)
+
+    def messy(count: int) -> list[FakeTrial]:
+        # Katib lists trials in no promised order; a trial may appear twice.
+        katib.trials = katib.trials + katib.trials[: len(katib.trials) // 2]
+        rng.shuffle(katib.trials)
+        try:
+            return plain_request(count)
+        finally:
+            katib.trials = list({t.name: t for t in katib.trials}.values())
+
+    katib.request = messy
+    rounds = 0
+    while katib.step():
+        rounds += 1
+        if rounds in (1, 3):
+            served.restart()  # the suggestion pod dies between calls
+            katib.target = served.target
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+def test_a_failed_trial_counts_as_a_failed_segment_and_the_search_goes_on(store, cfg, served):
+    katib = katib_for(served, cfg, fake_trials(store, fail={"search-m001-g1"}))
+    katib.run()
+    state = json.loads(store.get_bytes(RunLayout(cfg.name).state()))
+    assert state["status"] == "finished"
+    failed = [e for e in state["events"] if e["kind"] == "segment_failed"]
+    assert [(e["member"], e["generation"]) for e in failed] == [("m001", 1)]
+    assert "ended failed without a report" in failed[0]["message"]
+    # Every member still ran every generation: one Katib trial per segment.
+    assert len([t for t in katib.trials if "-end-" not in t.name]) == 9
+
+
+def test_after_the_search_ends_katib_gets_end_trials(store, cfg, served):
+    katib = katib_for(served, cfg, fake_trials(store), max_trials=14)
+    katib.run()
+    ends = [t for t in katib.trials if t.labels.get("autolfads.end") == "true"]
+    assert [t.name for t in ends] == [f"search-end-{i}" for i in range(9, 14)]
+
+
+def call(target, method: str, request) -> grpc.RpcError:
+    with grpc.insecure_channel(target) as channel:
+        stub = api_grpc.SuggestionStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(stub, method)(request, timeout=10)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda e: e.spec.parameter_specs.parameters.add(name="gamma"), "'gamma' is not in"),
+        (lambda e: e.spec.parameter_specs.parameters.pop(), "are not declared"),
+        (
+            lambda e: setattr(e.spec.parameter_specs.parameters[0].feasible_space, "max", "x1"),
+            "is not a number",
+        ),
+        (
+            lambda e: setattr(e.spec.parameter_specs.parameters[0].feasible_space, "min", "0.5"),
+            "differs from the config",
+        ),
+        (
+            lambda e: e.spec.algorithm.algorithm_settings.add(name="n_population", value="4"),
+            "unknown algorithm setting 'n_population'",
+        ),
+        (lambda e: setattr(e.spec.objective, "type", api.MAXIMIZE), "must minimise"),
+        (lambda e: setattr(e.spec, "parallel_trial_count", 4), "parallelTrialCount 4"),
+        (lambda e: setattr(e, "name", "other-run"), "no config.yaml"),
+        (lambda e: setattr(e, "name", "Bad_Name"), "Kubernetes name"),
+    ],
+)
+def test_validate_names_the_bad_setting(store, cfg, served, change, needle):
+    exp = katib_for(served, cfg, None).experiment
+    change(exp)
+    err = call(
+        served.target,
+        "ValidateAlgorithmSettings",
+        api.ValidateAlgorithmSettingsRequest(experiment=exp),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.details() and "\n" not in err.details()
+    assert not store.exists(RunLayout(cfg.name).state()) or needle == "no config.yaml"
+
+
+def test_bad_requests_leave_the_state_untouched(store, cfg, served):
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    katib.step()
+    layout = RunLayout(cfg.name)
+    before = store.get_bytes(layout.state())
+    trials = [t.to_proto() for t in katib.trials]
+    bad = [
+        (0, 3, trials, "current_request_number 0"),
+        (-2, 3, trials, "current_request_number -2"),
+        (4, 7, trials, "at most the population 3"),
+        (1, 4, [*trials, FakeTrial("search-m009-g0", {}, {}).to_proto()], "unknown trial"),
+        (1, 4, [*trials, FakeTrial("search-m000-g5", {}, {}).to_proto()], "unknown trial"),
+        (1, 4, [*trials, FakeTrial("other-m000-g0", {}, {}).to_proto()], "unknown trial"),
+        (1, 4, [*trials, FakeTrial("hello", {}, {}).to_proto()], "unknown trial name"),
+    ]
+    for count, total, listed, needle in bad:
+        request = api.GetSuggestionsRequest(
+            experiment=katib.experiment,
+            trials=listed,
+            current_request_number=count,
+            total_request_number=total,
+        )
+        err = call(served.target, "GetSuggestions", request)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, needle
+        assert needle in err.details(), err.details()
+    mismatched = api.Experiment()
+    mismatched.CopyFrom(katib.experiment)
+    mismatched.spec.parameter_specs.parameters[0].feasible_space.max = "0.9"
+    err = call(
+        served.target,
+        "GetSuggestions",
+        api.GetSuggestionsRequest(
+            experiment=mismatched, trials=trials, current_request_number=1, total_request_number=4
+        ),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "differs from the config" in err.details()
+    with grpc.insecure_channel(served.target) as channel:
+        for method in ("GetSuggestions", "ValidateAlgorithmSettings"):
+            raw = channel.unary_unary(f"/api.v1.beta1.Suggestion/{method}")
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"\xff\x00garbage" * 10, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid api.v1.beta1." in info.value.details()
+    assert store.get_bytes(layout.state()) == before
+
+
+def test_sync_mode_answers_unavailable_until_the_generation_closes(tmp_path, store, served):
+    cfg = tiny_config(mode="sync", population=3, max_generations=2)
+    stage(store, cfg)
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    run = fake_trials(store)
+    first = katib.request(3)
+    run(first[:1])  # one trial ended: Katib asks for its slot at once
+    with pytest.raises(grpc.RpcError) as info:
+        katib.request(1)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "ask again later" in info.value.details()
+    run(first[1:])  # the generation closes: all three slots are answered
+    assert [t.name for t in katib.request(3)] == [f"search-m00{i}-g1" for i in range(3)]
+    run(katib.trials[3:])
+    while katib.step():
+        pass
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+def test_sync_mode_needs_a_slot_per_member(store, served):
+    cfg = tiny_config(mode="sync", population=3)
+    stage(store, cfg)
+    katib = katib_for(served, cfg, None, parallel=2)
+    with pytest.raises(grpc.RpcError) as info:
+        katib.validate()
+    assert "must equal the population 3 in sync mode" in info.value.details()
+
+
+def test_trial_command_rejects_a_bad_name_in_one_line(store, capsys):
+    from autolfads.cli import main
+
+    code = main(["trainer", "--katib-trial", "Not_A-trial", "--storage", store.url])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("autolfads: error: unknown trial name")
+    assert err.count("\n") == 1
+
+
+def test_an_end_trial_prints_the_best_fitness_and_trains_nothing(store, cfg, served, capsys):
+    import threading
+
+    from autolfads.katib.trial import run_trial
+
+    katib_for(served, cfg, fake_trials(store)).run()
+    capsys.readouterr()
+    code = run_trial(
+        store,
+        "search-end-9",
+        cache_dir=store.root,
+        device="cpu",
+        stop=threading.Event(),
+        worker_id="x",
+    )
+    best = best_of(store, cfg)[3]
+    assert code == 0 and capsys.readouterr().out == f"fitness={best!r}\n"
+
+
+def test_a_retried_request_gets_the_same_trials_back(store, cfg, served):
+    """Katib lost the reply (its 60 s timeout, a restart): it asks again with
+    the same total; the service must name the same trials, not lease more."""
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    request = api.GetSuggestionsRequest(
+        experiment=katib.experiment, current_request_number=3, total_request_number=3
+    )
+    with grpc.insecure_channel(served.target) as channel:
+        stub = api_grpc.SuggestionStub(channel)
+        first = stub.GetSuggestions(request, timeout=30)
+        state = store.get_bytes(RunLayout(cfg.name).state())
+        served.restart()
+    with grpc.insecure_channel(served.target) as channel:
+        again = api_grpc.SuggestionStub(channel).GetSuggestions(request, timeout=30)
+    assert [a.trial_name for a in again.parameter_assignments] == [
+        a.trial_name for a in first.parameter_assignments
+    ]
+    assert again == first
+    leases = json.loads(store.get_bytes(RunLayout(cfg.name).state()))["leases"]
+    assert len(leases) == len(json.loads(state)["leases"]) == 3
