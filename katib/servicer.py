@@ -20,7 +20,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from autolfads.coordinator.errors import CoordinatorError, InvalidRequest
@@ -94,7 +94,7 @@ class SuggestionServicer:
         )
 
 
-def _parse(cls: type, raw: bytes) -> Any:
+def _parse(cls: type[Message], raw: bytes) -> Any:
     try:
         return cls.FromString(raw)
     except DecodeError:

@@ -184,6 +184,8 @@ def validate_experiment(
     if problems:
         return problems
     if validate_k8s is None:
-        from autolfads.argo.validate import validate_k8s_object as validate_k8s
+        from autolfads.argo.validate import validate_k8s_object
+
+        validate_k8s = validate_k8s_object
     job = filled_trial_spec(exp)
     return [f"spec.trialTemplate.trialSpec: {p}" for p in validate_k8s(job)]
