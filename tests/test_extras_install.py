@@ -125,6 +125,10 @@ def trained(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     message = one_line_naming(refused, "report")
     assert "--no-report" in message
     assert listing(root) == before
+    # Without the ray extra, --ray names it before anything is created.
+    no_ray = env.autolfads("run", str(config), "--no-report", "--ray", "auto", cwd=root)
+    one_line_naming(no_ray, "ray")
+    assert listing(root) == before
     done = env.autolfads(
         "run", str(config), "--no-report", "--workers", "1", "--threads", "1",
         "--progress", "quiet", cwd=root,

@@ -1,0 +1,197 @@
+"""`autolfads run --ray` end to end on a real local Ray cluster.
+
+One cluster (head on 127.0.0.1, 2 CPUs) is started for the module; tests
+that need a second node add one at 127.0.0.2 (another machine as Ray sees
+it) and remove it. The searches must reach exactly the best member and
+metrics of `autolfads run` (the session's `local_run`), whether a trainer
+actor is killed with SIGKILL or its node is removed mid-segment. Those
+faults land at a known point: the trainers' generation-1 checkpoint uploads
+are held in an S3 proxy until the fault is in place (nothing races).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
+from s3_proxy import Hold, ScriptedS3Proxy
+
+# Keep Ray on loopback and offline: no usage reports, and 127.0.0.1 is not
+# rewritten to the machine's outside address. Ray reads these when imported.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+os.environ.update(RAY_ENV)
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+LEASE_TIMEOUT = "8"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
+    c = Cluster(initialize_head=True, connect=True, head_node_args=head)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture
+def second_node(cluster) -> Iterator[object]:
+    """A node of 1 CPU at 127.0.0.2: another machine, to Ray."""
+    node = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
+    cluster.wait_for_nodes()
+    yield node
+    if node in cluster.worker_nodes:
+        cluster.remove_node(node)
+
+
+def same_best(metrics: dict, local_run: tuple[Workspace, dict]) -> None:
+    expected = local_run[1]["metrics"]
+    assert metrics["member"] == expected["member"]
+    assert metrics["valid_heldout_recon_smth"] == expected["valid_heldout_recon_smth"]
+    assert metrics["co_bps"] == expected["co_bps"]
+
+
+def ray_args(ws: Workspace, cluster, *extra: str) -> list[str]:
+    return run_args(ws, "--ray", cluster.address, "--lease-timeout", LEASE_TIMEOUT, *extra)
+
+
+def coordinator():
+    return ray.get_actor(f"coordinator-{RUN}", namespace="autolfads")
+
+
+def listing(root: Path) -> list[Path]:
+    return sorted(root.rglob("*"))
+
+
+def test_ray_search_reaches_the_best_of_autolfads_run(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path)
+    proc = autolfads(ws, *ray_args(ws, cluster, "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+    same_best(metrics, local_run)
+    assert str(ws.runs / RUN / "best" / "report" / "index.html") in proc.stdout
+    assert "generation 3/3" in proc.stderr
+    # The actors are gone: the next run of that name could start at once.
+    with pytest.raises(ValueError):
+        coordinator()
+
+
+class HeldSearch:
+    """`autolfads run --ray` on S3 behind a proxy that holds the trainers'
+    generation-1 checkpoint uploads until `release()`."""
+
+    def __init__(self, ws: Workspace, cluster, s3_server, bucket: str, *extra: str) -> None:
+        self.hold = Hold("PUT", r"/members/m\d+/gen-0001/")
+        self.proxy = ScriptedS3Proxy(s3_server.endpoint_url, self.hold).start()
+        self.url = f"s3://{bucket}/test?endpoint={self.proxy.endpoint_url}"
+        # Read back past the proxy, which is gone by then.
+        self.direct_url = f"s3://{bucket}/test?endpoint={s3_server.endpoint_url}"
+        self.s3_server = s3_server
+        args = ray_args(ws, cluster, "--storage", self.url, "--no-report", *extra)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "autolfads", *args],
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **s3_server.env},
+        )
+
+    def trainers(self) -> dict[int, tuple[int, str]]:
+        """slot -> (pid, node IP) of each trainer actor, once the search is held."""
+        self.hold.wait_held()
+        assert self.proc.poll() is None
+        found = ray.get(coordinator().trainers.remote())
+        return {slot: (pid, ip) for slot, pid, ip in found}
+
+    def finish(self) -> dict:
+        self.hold.release()
+        try:
+            _, err = self.proc.communicate(timeout=240)
+        finally:
+            self.proxy.stop()
+        assert self.proc.returncode == 0, err[-3000:]
+        from autolfads.storage import open_store
+
+        store = open_store(self.direct_url, env=self.s3_server.env)
+        return json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
+
+
+def test_trainer_actor_killed_mid_segment_is_restarted_by_ray(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket: str
+) -> None:
+    search = HeldSearch(make_workspace(tmp_path), cluster, s3_server, s3_bucket, "--workers", "2")
+    trainers = search.trainers()
+    assert len(trainers) == 2
+    pid, _ = trainers[0]
+    os.kill(pid, signal.SIGKILL)
+    # Ray starts the killed trainer again (a new process), with the search held.
+    assert search.trainers()[0][0] != pid
+    metrics = search.finish()
+    same_best(metrics, local_run)
+
+
+def test_node_lost_mid_segment_the_search_ends_with_the_same_best(
+    cluster, second_node, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    # 3 trainers of 1 CPU on 2 + 1 CPUs: one of them is on the second node.
+    search = HeldSearch(make_workspace(tmp_path), cluster, s3_server, s3_bucket, "--workers", "3")
+    trainers = search.trainers()
+    assert sorted(ip for _, ip in trainers.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
+    (lost,) = [slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.2"]
+    cluster.remove_node(second_node)
+    # Room for Ray to restart the lost trainer elsewhere.
+    third = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+    try:
+        assert search.trainers()[lost][1] == "127.0.0.3"
+        metrics = search.finish()
+    finally:
+        cluster.remove_node(third)
+    same_best(metrics, local_run)
+
+
+# ---- bad input: one line, non-zero exit, nothing created ------------------------
+
+
+def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    before = listing(ws.root)
+    proc = autolfads(ws, *run_args(ws, "--ray", f"127.0.0.1:{port}"), env=RAY_ENV)
+    one_line_error(proc, f"127.0.0.1:{port}", "ray start --head")
+    assert listing(ws.root) == before
+
+
+def test_local_storage_on_a_cluster_of_several_machines_is_one_line(
+    cluster, second_node, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *ray_args(ws, cluster))
+    one_line_error(proc, "127.0.0.2", "s3://")
+    assert listing(ws.root) == before
+
+
+def test_gpus_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *ray_args(ws, cluster, "--trainer-gpus", "0.5"))
+    one_line_error(proc, "--trainer-gpus", "no GPUs")
+    assert listing(ws.root) == before
