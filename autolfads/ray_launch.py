@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,10 +94,14 @@ def join(opts: LaunchOptions, ray_opts: RayOptions, security: ServerSecurity) ->
     ray_cluster.check_resources(ray_opts.resources, live)
     head = ray_cluster.head_ip(live)
     tokens = security.tokens
-    if is_loopback_host(head):
-        # Every node is this machine: the coordinator stays on loopback.
+    if is_loopback_host(head) or all(node.ip == head for node in live):
+        # Every node is the head's machine: the coordinator stays on loopback
+        # (nodes of other machines that join later could not reach it).
         return Cluster(
-            f"{head}:0", head, ServerSecurity(tokens=tokens), ClientSecurity(token=tokens.worker)
+            "127.0.0.1:0",
+            "127.0.0.1",
+            ServerSecurity(tokens=tokens),
+            ClientSecurity(token=tokens.worker),
         )
     return _beyond_loopback(head, ray_opts, security)
 
@@ -208,6 +214,7 @@ def run_on_ray(
         write_observer_token(log_dir, cluster.security.tokens, address)
     else:
         log.info("re-attached to the running coordinator of run %s", cfg.name)
+    _stop_on_sigterm()
     try:
         view = watch(actor, printer)
     except KeyboardInterrupt:
@@ -220,6 +227,17 @@ def run_on_ray(
     if view.error:
         raise SearchFailed(f"search stopped on the Ray cluster: {view.error}")
     return view.status
+
+
+def _stop_on_sigterm() -> None:
+    """`ray job stop` sends SIGTERM: stop the search as Ctrl-C does (Ray's own
+    handler would only exit the driver, leaving the detached search running)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def watch(actor, printer: ProgressPrinter) -> CoordinatorView:

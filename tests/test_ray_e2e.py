@@ -3,8 +3,8 @@
 One cluster (head on 127.0.0.1, 2 CPUs) is started for the module; tests
 that need a second node add one at 127.0.0.2 (another machine as Ray sees
 it) and remove it. The searches must reach exactly the best member and
-metrics of `autolfads run` (the session's `local_run`), whether a trainer
-actor is killed with SIGKILL or its node is removed mid-segment. Those
+metrics of `autolfads run` (the session's `local_run`), also when a trainer
+actor is killed with SIGKILL and another's node is removed mid-segment. Those
 faults land at a known point: the trainers' generation-1 checkpoint uploads
 are held in an S3 proxy until the fault is in place (nothing races).
 """
@@ -95,22 +95,30 @@ class HeldSearch:
     """`autolfads run --ray` on S3 behind a proxy that holds the trainers'
     generation-1 checkpoint uploads until `release()`."""
 
-    def __init__(self, ws: Workspace, cluster, s3_server, bucket: str, *extra: str) -> None:
-        self.hold = Hold("PUT", r"/members/m\d+/gen-0001/")
+    def __init__(
+        self, ws: Workspace, cluster, s3_server, bucket: str, *extra: str, generation: int = 1
+    ) -> None:
+        self.hold = Hold("PUT", rf"/members/m\d+/gen-{generation:04d}/")
         self.proxy = ScriptedS3Proxy(s3_server.endpoint_url, self.hold).start()
         self.url = f"s3://{bucket}/test?endpoint={self.proxy.endpoint_url}"
         # Read back past the proxy, which is gone by then.
         self.direct_url = f"s3://{bucket}/test?endpoint={s3_server.endpoint_url}"
         self.s3_server = s3_server
         args = ray_args(ws, cluster, "--storage", self.url, "--no-report", *extra)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "autolfads", *args],
-            cwd=ws.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **s3_server.env},
-        )
+        # As from a terminal: Ctrl-C reaches the run even when these tests were
+        # started where SIGINT is ignored (a background job of a script).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "autolfads", *args],
+                cwd=ws.root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **s3_server.env},
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def trainers(self) -> dict[int, tuple[int, str]]:
         """slot -> (pid, node IP) of each trainer actor, once the search is held."""
@@ -131,38 +139,68 @@ class HeldSearch:
         store = open_store(self.direct_url, env=self.s3_server.env)
         return json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
 
-
-def test_trainer_actor_killed_mid_segment_is_restarted_by_ray(
-    cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket: str
-) -> None:
-    search = HeldSearch(make_workspace(tmp_path), cluster, s3_server, s3_bucket, "--workers", "2")
-    trainers = search.trainers()
-    assert len(trainers) == 2
-    pid, _ = trainers[0]
-    os.kill(pid, signal.SIGKILL)
-    # Ray starts the killed trainer again (a new process), with the search held.
-    assert search.trainers()[0][0] != pid
-    metrics = search.finish()
-    same_best(metrics, local_run)
+    def interrupt(self) -> str:
+        """Ctrl-C while held; the held uploads then fail. The driver's stderr."""
+        self.hold.wait_held()
+        self.proc.send_signal(signal.SIGINT)
+        self.hold.release("503:SlowDown")
+        try:
+            _, err = self.proc.communicate(timeout=240)
+        finally:
+            self.proxy.stop()
+        assert self.proc.returncode == 130, err[-3000:]
+        return err
 
 
-def test_node_lost_mid_segment_the_search_ends_with_the_same_best(
+def test_trainer_killed_and_node_lost_mid_segment_the_search_ends_with_the_same_best(
     cluster, second_node, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket
 ) -> None:
-    # 3 trainers of 1 CPU on 2 + 1 CPUs: one of them is on the second node.
+    # One search, both faults (each costs a lease timeout, paid once here):
+    # 3 trainers of 1 CPU on 2 + 1 CPUs, so one of them is on the second node.
     search = HeldSearch(make_workspace(tmp_path), cluster, s3_server, s3_bucket, "--workers", "3")
     trainers = search.trainers()
     assert sorted(ip for _, ip in trainers.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
     (lost,) = [slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.2"]
+    killed = min(slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.1")
+    os.kill(trainers[killed][0], signal.SIGKILL)
     cluster.remove_node(second_node)
     # Room for Ray to restart the lost trainer elsewhere.
     third = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
     try:
-        assert search.trainers()[lost][1] == "127.0.0.3"
+        # Ray has restarted both (new processes) while the search is held.
+        after = search.trainers()
+        assert after[killed][0] != trainers[killed][0]
+        assert after[lost][0] != trainers[lost][0]
+        assert sorted(ip for _, ip in after.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.3"]
         metrics = search.finish()
     finally:
         cluster.remove_node(third)
     same_best(metrics, local_run)
+
+
+def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket, monkeypatch
+) -> None:
+    from autolfads.coordinator.state import SearchState
+    from autolfads.storage import RunLayout, open_store
+
+    ws = make_workspace(tmp_path)
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "2", generation=0)
+    err = search.interrupt()
+    assert "--resume" in err and "--ray" in err
+    store = open_store(search.direct_url, env=s3_server.env)
+    saved = SearchState.from_json(store.get_bytes(RunLayout(RUN).state()))
+    assert saved.status == "running" and saved.generation == 0
+    # The trainers were ended and their leases handed back; the actors are gone.
+    assert not [x for x in saved.leases.values() if x.status == "active"]
+    with pytest.raises(ValueError):
+        coordinator()
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    args = ray_args(ws, cluster, "--workers", "2", "--resume", "--no-report")
+    resumed = autolfads(ws, *args, "--storage", search.direct_url)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_best(json.loads(store.get_bytes(f"{RUN}/best/metrics.json")), local_run)
 
 
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
