@@ -39,9 +39,9 @@ ORPHAN_LINGER_S = 3600.0
 RESTART_WAIT_S = 120.0
 
 
-def _configure_logging() -> None:
+def _configure_logging(env: dict[str, str]) -> None:
     # An actor's stderr is its Ray log file (dashboard: Actors -> logs).
-    level = os.environ.get("AUTOLFADS_LOG_LEVEL", "INFO").upper()
+    level = env.get("AUTOLFADS_LOG_LEVEL", os.environ.get("AUTOLFADS_LOG_LEVEL", "INFO")).upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -57,8 +57,15 @@ class TrainerSpec:
     device: str
     cpus: float
     gpus: float
-    # Storage settings for nodes that lack them in their own environment.
+    # Storage settings from the driver, over the node's own environment. They
+    # travel as actor arguments: a runtime_env's variables would be written
+    # into Ray's runtime_env_agent log.
     env: dict[str, str]
+
+    def open_store(self, url: str, *, create_bucket: bool = True):
+        from autolfads.storage import open_store
+
+        return open_store(url, env={**os.environ, **self.env}, create_bucket=create_bucket)
 
     def __repr__(self) -> str:  # the env may hold credentials
         return f"TrainerSpec(cpus={self.cpus}, gpus={self.gpus}, env={sorted(self.env)})"
@@ -70,7 +77,7 @@ class TrainerActor:
     def __init__(
         self, coordinator: str, spec: TrainerSpec, name: str, run: str, security: ClientSecurity
     ) -> None:
-        _configure_logging()
+        _configure_logging(spec.env)
         self.coordinator = coordinator
         self.spec = spec
         self.name = name
@@ -87,11 +94,11 @@ class TrainerActor:
     def run(self) -> int:
         """The `autolfads trainer` loop; its exit code (0 done, 143 stopped)."""
         from autolfads.coordinator.client import CoordinatorClient
-        from autolfads.storage import default_cache_dir, open_store
+        from autolfads.storage import default_cache_dir
         from autolfads.trainer.worker import Worker, configure_torch
 
         configure_torch(self.spec.threads)
-        store = open_store(self.spec.storage_url, create_bucket=False)
+        store = self.spec.open_store(self.spec.storage_url, create_bucket=False)
         # A restarted actor is a new worker to the coordinator: the lease of
         # the lost incarnation expires and its member is trained again.
         worker_id = f"{self.name}-{os.getpid()}"
@@ -141,10 +148,10 @@ class CoordinatorActor:
         lease_timeout_s: float,
     ) -> None:
         from autolfads.coordinator.staging import load_run
-        from autolfads.storage import RunLayout, open_store
+        from autolfads.storage import RunLayout
 
-        _configure_logging()
-        store = open_store(storage_url)
+        _configure_logging(spec.env)
+        store = spec.open_store(storage_url)
         cfg, _, _ = load_run(store, run)
         self.service = resume_service(cfg, store, RunLayout(run), lease_timeout_s)
         self.serving: Serving = serve(self.service, listen, security)
@@ -181,7 +188,6 @@ class CoordinatorActor:
                 max_restarts=-1,
                 max_task_retries=-1,
                 max_concurrency=2,  # stop() while run() trains
-                runtime_env={"env_vars": self._spec.env} if self._spec.env else None,
             )
             .remote(
                 self.address, self._spec, f"{self._run}-ray-{slot}", self._run,

@@ -47,8 +47,8 @@ from autolfads.storage import Store
 
 log = logging.getLogger(__name__)
 
-# Storage settings the trainers need, passed through Ray's runtime
-# environment (never a command line, log line or actor name).
+# Storage settings the actors need, passed as actor arguments (never a
+# command line, log line, actor name or runtime_env, which Ray logs).
 FORWARDED_ENV_PREFIXES = ("AWS_", "MINIO_", "AUTOLFADS_S3_")
 FORWARDED_ENV_NAMES = ("AUTOLFADS_LOG_LEVEL", "SSL_CERT_FILE")
 POLL_S = 0.5
@@ -162,7 +162,6 @@ def start_coordinator(cfg: RunConfig, opts: LaunchOptions, ray_opts: RayOptions,
         gpus=ray_opts.resources.gpus,
         env=forwarded_env(),
     )
-    env = forwarded_env()
     return (
         ray.remote(CoordinatorActor)
         .options(
@@ -172,7 +171,6 @@ def start_coordinator(cfg: RunConfig, opts: LaunchOptions, ray_opts: RayOptions,
             num_cpus=0,
             resources={"node:__internal_head__": 0.001},
             max_concurrency=8,  # view(), stop() and trainers() while the search ticks
-            runtime_env={"env_vars": env} if env else None,
         )
         .remote(
             cfg.name, opts.storage_url, cluster.listen, cluster.advertise, cluster.security,

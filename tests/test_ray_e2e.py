@@ -201,6 +201,12 @@ def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     resumed = autolfads(ws, *args, "--storage", search.direct_url)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_best(json.loads(store.get_bytes(f"{RUN}/best/metrics.json")), local_run)
+    # The storage secret reached the actors, but none of Ray's logs.
+    logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
+    assert (logs / "raylet.out").is_file()
+    secret = s3_server.secret_key.encode()
+    leaked = [f.name for f in logs.rglob("*") if f.is_file() and secret in f.read_bytes()]
+    assert not leaked
 
 
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
