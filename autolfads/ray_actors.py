@@ -164,6 +164,7 @@ class CoordinatorActor:
         self._runs: dict[object, int] = {}  # run() call -> slot
         self._restarts = dict.fromkeys(range(workers), 0)
         self._error = ""
+        self._last_failure = ""
         self._stopping = threading.Event()
         self._closed = threading.Event()
         self._stopped_lock = threading.Lock()
@@ -217,13 +218,14 @@ class CoordinatorActor:
                     code,
                     1 + self._restarts[slot],
                 )
-                self._error = f"trainer {slot} ended: {code}"
+                self._last_failure = f"trainer {slot} ended: {code}"
                 continue
             self._restarts[slot] += 1
             log.warning("trainer %d ended (%s) while the search runs; running it again", slot, code)
             self._runs[self._trainers[slot].run.remote()] = slot
         if not self._runs and not self.service.terminal and not self._stopping.is_set():
-            self._error = f"every trainer actor failed; last: {self._error}"
+            # Like `autolfads run`: the search fails only once no trainer is left.
+            self._error = f"every trainer actor failed; last: {self._last_failure}"
 
     def _stop_trainers(self) -> None:
         import ray

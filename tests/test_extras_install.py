@@ -194,3 +194,16 @@ def test_base_install_stages_and_names_the_extras_it_lacks(wheels: Path, tmp_pat
     ):
         one_line_naming(env.autolfads(*args, cwd=work), extra)
     assert listing(work) == before
+
+
+@pytest.mark.slow
+def test_ray_extra_installs_alone(wheels: Path, tmp_path: Path) -> None:
+    # Ray's wheels resolve offline from the wheelhouse; the search itself still
+    # needs the trainer extra, and says so before touching the cluster.
+    env = Env(tmp_path / "env", "ray", wheels)
+    assert env.imports("ray") and not env.imports("torch")
+    work = tmp_path / "work"
+    config = workspace(work)
+    before = listing(work)
+    one_line_naming(env.autolfads("run", str(config), "--ray", "auto", cwd=work), "trainer")
+    assert listing(work) == before

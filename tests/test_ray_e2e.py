@@ -239,3 +239,11 @@ def test_gpus_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path: Path) -> 
     proc = autolfads(ws, *ray_args(ws, cluster, "--trainer-gpus", "0.5"))
     one_line_error(proc, "--trainer-gpus", "no GPUs")
     assert listing(ws.root) == before
+
+
+def test_listen_with_ray_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *run_args(ws, "--ray", "auto", "--listen", "0.0.0.0:50051"))
+    one_line_error(proc, "--listen", "--ray")
+    assert listing(ws.root) == before

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORAGE = "./runs"
+LOCAL_LISTEN = "127.0.0.1:0"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--listen",
-        default="127.0.0.1:0",
+        default=LOCAL_LISTEN,
         help="coordinator address (default: a free loopback port); tokens are random per run",
     )
     p.add_argument(
@@ -162,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         require_extras("autolfads run", "report", alternative="or pass --no-report")
     if args.ray is not None:
         require_extras("autolfads run --ray", "ray")
+        if args.listen != LOCAL_LISTEN:
+            raise ConfigError("--listen is not for --ray: the coordinator actor picks its address")
     elif args.tls_dir is not None:
         raise ConfigError("--tls-dir is for --ray; `autolfads coordinator` takes TLS flags")
     opts = _options(args)
