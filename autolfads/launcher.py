@@ -287,18 +287,21 @@ def shut_down(
     graceful_stop(serving.server, serving.health, grace_s=2.0)  # type: ignore[arg-type]
 
 
-def write_observer_token(log_dir: Path, tokens: TokenSet, address: str) -> Path:
-    """Write the observer token (0600) and log how to watch the search."""
+def write_observer_token(log_dir: Path, tokens: TokenSet) -> Path:
+    """Write the observer token (0600) for `autolfads status --token-file`."""
     assert tokens.observer is not None, "generated token sets have every role"
     path = log_dir / "observer.token"
     write_secret(path, tokens.observer)
+    return path
+
+
+def log_watch_hint(address: str, token_file: Path) -> None:
     log.info(
         "coordinator on %s; watch it with: autolfads status %s --token-file %s",
         address,
         address,
-        path,
+        token_file,
     )
-    return path
 
 
 def make_log_dir(opts: LaunchOptions, run: str) -> Path:
@@ -327,7 +330,7 @@ def run_search(
         return service.exit_status
     serving = serve(service, opts.listen, security)
     log_dir = make_log_dir(opts, cfg.name)
-    write_observer_token(log_dir, tokens, f"127.0.0.1:{serving.port}")
+    log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
     progress = progress_source(service, cfg)
     pool = WorkerPool(
         _worker_command(opts, serving.port, cfg.name),

@@ -37,6 +37,7 @@ from autolfads.errors import ConfigError
 from autolfads.launcher import (
     LaunchOptions,
     SearchFailed,
+    log_watch_hint,
     make_log_dir,
     prepare_run,
     write_observer_token,
@@ -204,12 +205,13 @@ def run_on_ray(
         )
     if actor is None:
         prepare_run(store, cfg, data_path, opts)
+        # The token file is there before any trainer can start.
+        token_file = write_observer_token(make_log_dir(opts, cfg.name), cluster.security.tokens)
         started = time.monotonic()
         actor = start_coordinator(cfg, opts, ray_opts, cluster)
         address = ray.get(actor.address_of.remote())
         log.info("coordinator actor up in %.1f s", time.monotonic() - started)
-        log_dir = make_log_dir(opts, cfg.name)
-        write_observer_token(log_dir, cluster.security.tokens, address)
+        log_watch_hint(address, token_file)
     else:
         log.info("re-attached to the running coordinator of run %s", cfg.name)
     _stop_on_sigterm()

@@ -185,7 +185,16 @@ def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     from autolfads.storage import RunLayout, open_store
 
     ws = make_workspace(tmp_path)
-    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "2", generation=0)
+    logs = tmp_path / "logs"
+    search = HeldSearch(
+        ws, cluster, s3_server, s3_bucket, "--workers", "2", "--log-dir", str(logs), generation=0
+    )
+    search.hold.wait_held()
+    # `autolfads status` reaches the coordinator actor with the observer token.
+    address = ray.get(coordinator().address_of.remote())
+    status = autolfads(ws, "status", address, "--token-file", str(logs / "observer.token"))
+    assert status.returncode == 0, status.stderr
+    assert RUN in status.stdout and "m003" in status.stdout
     err = search.interrupt()
     assert "--resume" in err and "--ray" in err
     store = open_store(search.direct_url, env=s3_server.env)
