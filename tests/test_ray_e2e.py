@@ -4,7 +4,9 @@ One cluster (head on 127.0.0.1, 2 CPUs) is started for the module; tests
 that need a second node add one at 127.0.0.2 (another machine as Ray sees
 it) and remove it. The searches must reach exactly the best member and
 metrics of `autolfads run` (the session's `local_run`), also when a trainer
-actor is killed with SIGKILL and another's node is removed mid-segment. Those
+actor is killed with SIGKILL, another's node is removed and the driver is
+killed mid-segment (`--resume` then watches the detached search to its end),
+and after Ctrl-C plus `--resume`. Those
 faults land at a known point: the trainers' generation-1 checkpoint uploads
 are held in an S3 proxy until the fault is in place (nothing races).
 """
@@ -104,6 +106,7 @@ class HeldSearch:
         # Read back past the proxy, which is gone by then.
         self.direct_url = f"s3://{bucket}/test?endpoint={s3_server.endpoint_url}"
         self.s3_server = s3_server
+        self.cluster = cluster
         args = ray_args(ws, cluster, "--storage", self.url, "--no-report", *extra)
         # As from a terminal: Ctrl-C reaches the run even when these tests were
         # started where SIGINT is ignored (a background job of a script).
@@ -127,13 +130,21 @@ class HeldSearch:
         found = ray.get(coordinator().trainers.remote())
         return {slot: (pid, ip) for slot, pid, ip in found}
 
-    def finish(self) -> dict:
+    def finish(self, resume: Workspace | None = None) -> dict:
+        """Release the hold; the search's best, as the driver (or, after the
+        driver was lost, `--resume` in `resume`) finalized it."""
         self.hold.release()
         try:
-            _, err = self.proc.communicate(timeout=240)
+            if resume is None:
+                _, err = self.proc.communicate(timeout=240)
+                code = self.proc.returncode
+            else:
+                args = ray_args(resume, self.cluster, "--storage", self.url, "--resume")
+                done = autolfads(resume, *args, "--no-report", env=self.s3_server.env)
+                code, err = done.returncode, done.stderr
         finally:
             self.proxy.stop()
-        assert self.proc.returncode == 0, err[-3000:]
+        assert code == 0, err[-3000:]
         from autolfads.storage import open_store
 
         store = open_store(self.direct_url, env=self.s3_server.env)
@@ -152,12 +163,13 @@ class HeldSearch:
         return err
 
 
-def test_trainer_killed_and_node_lost_mid_segment_the_search_ends_with_the_same_best(
+def test_trainer_killed_node_lost_and_driver_lost_mid_segment_same_best(
     cluster, second_node, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket
 ) -> None:
-    # One search, both faults (each costs a lease timeout, paid once here):
+    # One search, all three faults (a lease timeout is paid once for all):
     # 3 trainers of 1 CPU on 2 + 1 CPUs, so one of them is on the second node.
-    search = HeldSearch(make_workspace(tmp_path), cluster, s3_server, s3_bucket, "--workers", "3")
+    ws = make_workspace(tmp_path)
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "3")
     trainers = search.trainers()
     assert sorted(ip for _, ip in trainers.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
     (lost,) = [slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.2"]
@@ -172,7 +184,12 @@ def test_trainer_killed_and_node_lost_mid_segment_the_search_ends_with_the_same_
         assert after[killed][0] != trainers[killed][0]
         assert after[lost][0] != trainers[lost][0]
         assert sorted(ip for _, ip in after.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.3"]
-        metrics = search.finish()
+        # The driver is lost too (a laptop asleep): the detached search goes on,
+        # and `--resume` watches it again to its end.
+        search.proc.kill()
+        search.proc.communicate()
+        assert ray.get(coordinator().view.remote()).status == "running"
+        metrics = search.finish(resume=ws)
     finally:
         cluster.remove_node(third)
     same_best(metrics, local_run)
