@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "argo": ("kubernetes", "hera", "kubernetes_validate"),
     "nwb": ("pynwb",),
+    "ray": ("ray",),
 }
 
 

@@ -218,6 +218,99 @@ def write_secret(path: Path, text: str) -> None:
         out.write(text + "\n")
 
 
+@dataclass
+class Serving:
+    """A coordinator's gRPC server, its health service and the bound port."""
+
+    server: object  # grpc.Server (grpc is imported by create_server)
+    health: object  # grpc_health.v1.health.HealthServicer
+    port: int
+
+
+def open_service(
+    cfg: RunConfig, store: Store, data_path: Path, opts: LaunchOptions
+) -> CoordinatorService:
+    """Stage (or resume) the run and open its coordinator state."""
+    layout = prepare_run(store, cfg, data_path, opts)
+    return resume_service(cfg, store, layout, opts.lease_timeout_s)
+
+
+def resume_service(
+    cfg: RunConfig, store: Store, layout: RunLayout, lease_timeout_s: float
+) -> CoordinatorService:
+    """The coordinator state of an already staged run (fresh or resumed)."""
+    data_key, data_sha = _staged_data(store, layout)
+    return CoordinatorService.open_search(
+        cfg, store, data_key, data_sha, lease_timeout_s=lease_timeout_s
+    )
+
+
+def serve(service: CoordinatorService, listen: str, security: ServerSecurity) -> Serving:
+    from grpc_health.v1 import health
+
+    health_servicer = health.HealthServicer()
+    server, port = create_server(
+        listen, service, health_servicer=health_servicer, security=security
+    )
+    return Serving(server, health_servicer, port)
+
+
+def progress_source(service: CoordinatorService, cfg: RunConfig) -> Callable[[], ProgressSnapshot]:
+    """A function returning the search's progress line data, timed from now."""
+    start = time.monotonic()
+
+    def progress() -> ProgressSnapshot:
+        return snapshot(
+            service.status(),
+            time.monotonic() - start,
+            burn_in_epochs=cfg.pbt.burn_in_epochs,
+            generation_epochs=cfg.pbt.generation_epochs,
+        )
+
+    return progress
+
+
+def shut_down(
+    service: CoordinatorService, serving: Serving, stop_trainers: Callable[[], None]
+) -> None:
+    """Drain, end the trainers, hand back their leases, stop the server.
+
+    Every trainer of this run has exited once `stop_trainers` returns
+    (stragglers killed): a lease one still held would otherwise hold up
+    `--resume` for a whole lease timeout.
+    """
+    service.drain()
+    stop_trainers()
+    released = service.release_leases("autolfads run stopped its trainers")
+    if released:
+        log.info("handed back %d leases of stopped trainers", released)
+    graceful_stop(serving.server, serving.health, grace_s=2.0)
+
+
+def write_observer_token(log_dir: Path, tokens: TokenSet) -> Path:
+    """Write the observer token (0600) for `autolfads status --token-file`."""
+    assert tokens.observer is not None, "generated token sets have every role"
+    path = log_dir / "observer.token"
+    write_secret(path, tokens.observer)
+    return path
+
+
+def log_watch_hint(address: str, token_file: Path) -> None:
+    log.info(
+        "coordinator on %s; watch it with: autolfads status %s --token-file %s",
+        address,
+        address,
+        token_file,
+    )
+
+
+def make_log_dir(opts: LaunchOptions, run: str) -> Path:
+    log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix=f"autolfads-{run}-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log.info("worker logs in %s", log_dir)
+    return log_dir
+
+
 def run_search(
     cfg: RunConfig,
     store: Store,
@@ -232,42 +325,18 @@ def run_search(
     after workers and server have stopped cleanly.
     """
     tokens = security.tokens
-    layout = prepare_run(store, cfg, data_path, opts)
-    data_key, data_sha = _staged_data(store, layout)
-    service = CoordinatorService.open_search(
-        cfg, store, data_key, data_sha, lease_timeout_s=opts.lease_timeout_s
-    )
+    service = open_service(cfg, store, data_path, opts)
     if service.terminal:
         return service.exit_status
-    from grpc_health.v1 import health
-
-    health_servicer = health.HealthServicer()
-    server, port = create_server(
-        opts.listen, service, health_servicer=health_servicer, security=security
-    )
-    log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix=f"autolfads-{cfg.name}-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log.info("worker logs in %s", log_dir)
-    assert tokens.observer is not None
-    write_secret(log_dir / "observer.token", tokens.observer)
-    log.info(
-        "coordinator on port %d; watch it with: autolfads status 127.0.0.1:%d --token-file %s",
-        port,
-        port,
-        log_dir / "observer.token",
-    )
-    start = time.monotonic()
-
-    def progress() -> ProgressSnapshot:
-        return snapshot(
-            service.status(),
-            time.monotonic() - start,
-            burn_in_epochs=cfg.pbt.burn_in_epochs,
-            generation_epochs=cfg.pbt.generation_epochs,
-        )
-
+    serving = serve(service, opts.listen, security)
+    log_dir = make_log_dir(opts, cfg.name)
+    log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
+    progress = progress_source(service, cfg)
     pool = WorkerPool(
-        _worker_command(opts, port, cfg.name), opts.workers, log_dir, env=worker_env(tokens)
+        _worker_command(opts, serving.port, cfg.name),
+        opts.workers,
+        log_dir,
+        env=worker_env(tokens),
     )
     try:
         while not service.terminal:
@@ -280,15 +349,7 @@ def run_search(
         pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
     finally:
         printer.close()
-        service.drain()
-        pool.stop()
-        # Every trainer of this run has exited now (stragglers were killed):
-        # a lease one still held would otherwise hold up `--resume` for a
-        # whole lease timeout.
-        released = service.release_leases("autolfads run stopped its trainers")
-        if released:
-            log.info("handed back %d leases of stopped trainers", released)
-        graceful_stop(server, health_servicer, grace_s=2.0)
+        shut_down(service, serving, pool.stop)
     return service.exit_status
 
 

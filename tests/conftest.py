@@ -13,6 +13,7 @@ tested against a scripted loopback server (tests/test_storage_s3.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from run_helpers import RUN, Workspace, autolfads, make_workspace, run_args
 
 from autolfads.storage import LocalStore, RetryPolicy, Store, open_store
 
@@ -134,3 +136,14 @@ def make_s3_store(s3_server: S3TestServer, s3_bucket: str) -> Callable[..., Stor
 @pytest.fixture
 def local_store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
+    """The tiny search by `autolfads run` (1 worker, local storage), run once
+    per session: the reference the other deployment paths must reach."""
+    ws = make_workspace(tmp_path_factory.mktemp("run"))
+    proc = autolfads(ws, *run_args(ws, "--workers", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+    return ws, {"metrics": metrics, "stdout": proc.stdout, "stderr": proc.stderr}

@@ -131,6 +131,10 @@ def trained(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     message = one_line_naming(refused, "report")
     assert "--no-report" in message
     assert listing(root) == before
+    # Without the ray extra, --ray names it before anything is created.
+    no_ray = env.autolfads("run", str(config), "--no-report", "--ray", "auto", cwd=root)
+    one_line_naming(no_ray, "ray")
+    assert listing(root) == before
     done = env.autolfads(
         "run", str(config), "--no-report", "--workers", "1", "--threads", "1",
         "--progress", "quiet", cwd=root,
@@ -215,4 +219,17 @@ def test_base_install_stages_and_names_the_extras_it_lacks(wheels: Path, tmp_pat
         (["data", "from-nwb", "x.nwb", "--out", "x.h5"], "nwb"),
     ):
         one_line_naming(env.autolfads(*args, cwd=work), extra)
+    assert listing(work) == before
+
+
+@pytest.mark.slow
+def test_ray_extra_installs_alone(wheels: Path, tmp_path: Path) -> None:
+    # Ray's wheels resolve offline from the wheelhouse; the search itself still
+    # needs the trainer extra, and says so before touching the cluster.
+    env = Env(tmp_path / "env", "ray", wheels)
+    assert env.imports("ray") and not env.imports("torch")
+    work = tmp_path / "work"
+    config = workspace(work)
+    before = listing(work)
+    one_line_naming(env.autolfads("run", str(config), "--ray", "auto", cwd=work), "trainer")
     assert listing(work) == before

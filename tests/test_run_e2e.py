@@ -8,70 +8,28 @@ reach the very same best model, and that bad input fails with one line.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from run_helpers import RUN, Workspace, autolfads, make_workspace, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.coordinator.state import SearchState
 from autolfads.storage import RunLayout, open_store
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "tiny_search.yaml"
-RUN = "tiny-search"
 METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass(frozen=True)
-class Workspace:
-    root: Path
-    config: Path
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-
-def make_workspace(root: Path) -> Workspace:
-    """The example config copied so its relative data path lands in `root`."""
-    (root / "cfg").mkdir(parents=True)
-    config = root / "cfg" / "tiny.yaml"
-    shutil.copy(EXAMPLE, config)
-    return Workspace(root, config)
-
-
-def autolfads(ws: Workspace, *args: str, timeout: float = 240, env: dict | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "autolfads", *args],
-        cwd=ws.root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def run_args(ws: Workspace, *extra: str) -> list[str]:
-    return ["run", str(ws.config), "--threads", "1", "--progress", "plain", *extra]
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
-    ws = make_workspace(tmp_path_factory.mktemp("run"))
-    proc = autolfads(ws, *run_args(ws, "--workers", "1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
-    return ws, {"metrics": metrics, "stdout": proc.stdout, "stderr": proc.stderr}
+def finished(local_run: tuple[Workspace, dict]) -> tuple[Workspace, dict]:
+    return local_run
 
 
 def test_run_layout_best_metrics_and_report(finished: tuple[Workspace, dict]) -> None:

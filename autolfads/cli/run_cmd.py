@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORAGE = "./runs"
+LOCAL_LISTEN = "127.0.0.1:0"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--listen",
-        default="127.0.0.1:0",
+        default=LOCAL_LISTEN,
         help="coordinator address (default: a free loopback port); tokens are random per run",
     )
     p.add_argument(
@@ -54,6 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="allow a non-loopback --listen without TLS (the tokens travel in the clear)",
     )
     p.add_argument("--log-dir", type=Path, help="worker logs (default: a temporary folder)")
+    ray = p.add_argument_group("on a Ray cluster (needs the 'ray' extra)")
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on the existing Ray cluster at auto, HEAD:6379 or ray://HEAD:10001",
+    )
+    ray.add_argument(
+        "--trainer-cpus", type=float, default=1.0, metavar="N",
+        help="CPUs Ray reserves per trainer actor (default 1)",
+    )  # fmt: skip
+    ray.add_argument(
+        "--trainer-gpus", type=float, default=0.0, metavar="N",
+        help="GPUs per trainer actor; a fraction (0.5) lets trainers share a GPU (default 0)",
+    )  # fmt: skip
+    ray.add_argument(
+        "--tls-dir", type=Path, metavar="DIR",
+        help="TLS for a coordinator beyond loopback: tls.crt + tls.key (head) and ca.crt",
+    )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.set_defaults(func=run)
 
@@ -101,8 +120,33 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
         )
 
 
+def _join_ray(args: argparse.Namespace, opts, security):
+    """Join and check the Ray cluster: (options with its worker count, the launch)."""
+    from dataclasses import replace
+
+    from autolfads import ray_launch
+    from autolfads.ray_cluster import TrainerResources
+
+    ray_opts = ray_launch.RayOptions(
+        address=args.ray,
+        resources=TrainerResources(cpus=args.trainer_cpus, gpus=args.trainer_gpus),
+        tls_dir=args.tls_dir,
+    )
+    cluster = ray_launch.join(opts, ray_opts, security)
+    if args.workers is None:  # the cluster's size, not this machine's
+        opts = replace(opts, workers=ray_launch.default_workers(ray_opts.resources))
+    if args.threads is None:
+        opts = replace(opts, threads_per_worker=max(1, int(args.trainer_cpus)))
+
+    def launch(cfg, store, data_path, printer) -> str:
+        return ray_launch.run_on_ray(cfg, store, data_path, opts, ray_opts, cluster, printer)
+
+    return opts, launch
+
+
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
+    from autolfads.errors import ConfigError
     from autolfads.extras import require_extras
     from autolfads.launcher import SearchFailed, check_launch, run_search
     from autolfads.progress import ProgressPrinter
@@ -114,19 +158,32 @@ def run(args: argparse.Namespace) -> int:
     require_extras("autolfads run", "trainer")
     if not args.no_report:
         require_extras("autolfads run", "report", alternative="or pass --no-report")
+    if args.ray is not None:
+        require_extras("autolfads run --ray", "ray")
+        if args.listen != LOCAL_LISTEN:
+            raise ConfigError("--listen is not for --ray: the coordinator actor picks its address")
+    elif args.tls_dir is not None:
+        raise ConfigError("--tls-dir is for --ray; `autolfads coordinator` takes TLS flags")
     opts = _options(args)
     cfg = load_config(args.config)
     security = check_launch(opts)  # before the data is made (synthetic) or read
+    launch = None
+    if args.ray is not None:  # the cluster is checked before anything is created
+        opts, launch = _join_ray(args, opts, security)
     data_path, _ = load_config_data(cfg)  # bad data fails here, before a run exists
     store = open_store(opts.storage_url)
     printer = ProgressPrinter(mode=args.progress)
     try:
-        status = run_search(cfg, store, data_path, opts, security, printer)
+        if launch is None:
+            status = run_search(cfg, store, data_path, opts, security, printer)
+        else:
+            status = launch(cfg, store, data_path, printer)
     except KeyboardInterrupt:
         print(
             f"\nautolfads: interrupted; state saved. Resume with: autolfads run {args.config} "
             "--resume"
-            + ("" if opts.storage_url == DEFAULT_STORAGE else f" --storage {opts.storage_url}"),
+            + ("" if opts.storage_url == DEFAULT_STORAGE else f" --storage {opts.storage_url}")
+            + ("" if args.ray is None else f" --ray {args.ray}"),
             file=sys.stderr,
         )
         return 130

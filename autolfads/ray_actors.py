@@ -1,0 +1,300 @@
+"""The two Ray actors of `autolfads run --ray`, as plain classes.
+
+`TrainerActor` runs the very worker loop of `autolfads trainer`
+(`trainer.worker.Worker`) inside a Ray actor process. `CoordinatorActor`
+serves the very `CoordinatorService` of `autolfads run` over gRPC from the
+head node, owns the trainer actors and ticks the search; the driver only
+watches it (see ray_launch.py for why it lives there).
+
+The classes become actors with `ray.remote(cls).options(...)` in the
+functions that start them, so this module imports without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from autolfads.coordinator.security import ClientSecurity, ServerSecurity
+from autolfads.launcher import (
+    MAX_RESTARTS_PER_WORKER,
+    WORKER_EXIT_GRACE_S,
+    Serving,
+    progress_source,
+    resume_service,
+    serve,
+    shut_down,
+)
+from autolfads.progress import ProgressSnapshot
+
+log = logging.getLogger(__name__)
+
+# After the search ended, a coordinator actor whose driver went away (a laptop
+# asleep) waits this long for `autolfads run --resume` to collect it.
+ORPHAN_LINGER_S = 3600.0
+# How long `trainers()` waits for a trainer actor Ray is restarting.
+RESTART_WAIT_S = 120.0
+
+
+def _configure_logging(env: dict[str, str]) -> None:
+    # An actor's stderr is its Ray log file (dashboard: Actors -> logs).
+    level = env.get("AUTOLFADS_LOG_LEVEL", os.environ.get("AUTOLFADS_LOG_LEVEL", "INFO")).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """How the coordinator actor starts each trainer actor."""
+
+    storage_url: str
+    threads: int
+    device: str
+    cpus: float
+    gpus: float
+    # Storage settings from the driver, over the node's own environment. They
+    # travel as actor arguments: a runtime_env's variables would be written
+    # into Ray's runtime_env_agent log.
+    env: dict[str, str]
+
+    def open_store(self, url: str, *, create_bucket: bool = True):
+        from autolfads.storage import open_store
+
+        return open_store(url, env={**os.environ, **self.env}, create_bucket=create_bucket)
+
+    def __repr__(self) -> str:  # the env may hold credentials
+        return f"TrainerSpec(cpus={self.cpus}, gpus={self.gpus}, env={sorted(self.env)})"
+
+
+class TrainerActor:
+    """One stateless PBT trainer: lease, train, report until the search is done."""
+
+    def __init__(
+        self, coordinator: str, spec: TrainerSpec, name: str, run: str, security: ClientSecurity
+    ) -> None:
+        _configure_logging(spec.env)
+        self.coordinator = coordinator
+        self.spec = spec
+        self.name = name
+        self.run_name = run
+        self.security = security
+        self.stop_event = threading.Event()
+
+    def where(self) -> tuple[int, str]:
+        """(pid, node IP) of this incarnation."""
+        import ray
+
+        return os.getpid(), ray.util.get_node_ip_address()
+
+    def run(self) -> int:
+        """The `autolfads trainer` loop; its exit code (0 done, 143 stopped)."""
+        from autolfads.coordinator.client import CoordinatorClient
+        from autolfads.storage import default_cache_dir
+        from autolfads.trainer.worker import Worker, configure_torch
+
+        configure_torch(self.spec.threads)
+        store = self.spec.open_store(self.spec.storage_url, create_bucket=False)
+        # A restarted actor is a new worker to the coordinator: the lease of
+        # the lost incarnation expires and its member is trained again.
+        worker_id = f"{self.name}-{os.getpid()}"
+        with CoordinatorClient(
+            self.coordinator, unavailable_wait_s=10.0, security=self.security
+        ) as client:
+            worker = Worker(
+                client,
+                store,
+                worker_id,
+                cache_dir=default_cache_dir(),
+                device=self.spec.device,
+                stop=self.stop_event,
+                run=self.run_name,
+                unavailable_wait_s=60.0,
+            )
+            return worker.run()
+
+    def stop(self) -> None:
+        """Abandon the current leases between epochs (like SIGTERM)."""
+        self.stop_event.set()
+
+
+@dataclass(frozen=True)
+class CoordinatorView:
+    """What the driver polls: the progress line and whether the search ended."""
+
+    progress: ProgressSnapshot
+    done: bool
+    status: str
+    error: str = ""
+
+
+class CoordinatorActor:
+    """The search's coordinator on the head node, owning its trainer actors."""
+
+    def __init__(
+        self,
+        run: str,
+        storage_url: str,
+        listen: str,
+        advertise: str,
+        security: ServerSecurity,
+        trainer_security: ClientSecurity,
+        spec: TrainerSpec,
+        workers: int,
+        lease_timeout_s: float,
+    ) -> None:
+        from autolfads.coordinator.staging import load_run
+        from autolfads.storage import RunLayout
+
+        _configure_logging(spec.env)
+        store = spec.open_store(storage_url)
+        cfg, _, _ = load_run(store, run)
+        self.service = resume_service(cfg, store, RunLayout(run), lease_timeout_s)
+        self.serving: Serving = serve(self.service, listen, security)
+        self.address = f"{advertise}:{self.serving.port}"
+        self._progress = progress_source(self.service, cfg)
+        self._spec = spec
+        self._run = run
+        self._trainer_security = trainer_security
+        self._trainers: dict[int, Any] = {}  # slot -> Ray actor handle (untyped)
+        self._runs: dict[object, int] = {}  # run() call -> slot
+        self._restarts = dict.fromkeys(range(workers), 0)
+        self._error = ""
+        self._last_failure = ""
+        self._stopping = threading.Event()
+        self._closed = threading.Event()
+        self._stopped_lock = threading.Lock()
+        self._stopped = False
+        for slot in range(workers):
+            self._start_trainer(slot)
+        self._loop = threading.Thread(target=self._tick_loop, name="search", daemon=True)
+        self._loop.start()
+
+    # ------------------------------------------------------------ trainers
+
+    def _start_trainer(self, slot: int) -> None:
+        import ray
+
+        actor = (
+            ray.remote(TrainerActor)
+            .options(
+                num_cpus=self._spec.cpus,
+                num_gpus=self._spec.gpus,
+                # Ray restarts a crashed actor (or one whose node was lost)
+                # and re-runs its pending run(): the worker is stateless.
+                max_restarts=-1,
+                max_task_retries=-1,
+                max_concurrency=2,  # stop() while run() trains
+            )
+            .remote(
+                self.address, self._spec, f"{self._run}-ray-{slot}", self._run,
+                self._trainer_security,
+            )
+        )  # fmt: skip
+        self._trainers[slot] = actor
+        self._runs[actor.run.remote()] = slot
+
+    def _check_trainers(self) -> None:
+        """Call run() again on a trainer whose loop ended while the search runs."""
+        import ray
+
+        ready, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=0)
+        for ref in ready:
+            slot = self._runs.pop(ref)
+            try:
+                code = ray.get(ref)
+            except Exception as err:  # the actor is gone for good, or run() raised
+                code = f"{type(err).__name__}: {str(err)[:300]}"
+            if self.service.terminal or self._stopping.is_set():
+                continue
+            if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
+                log.error(
+                    "trainer %d ended (%s) %d times; giving up on it",
+                    slot,
+                    code,
+                    1 + self._restarts[slot],
+                )
+                self._last_failure = f"trainer {slot} ended: {code}"
+                continue
+            self._restarts[slot] += 1
+            log.warning("trainer %d ended (%s) while the search runs; running it again", slot, code)
+            self._runs[self._trainers[slot].run.remote()] = slot
+        if not self._runs and not self.service.terminal and not self._stopping.is_set():
+            # Like `autolfads run`: the search fails only once no trainer is left.
+            self._error = f"every trainer actor failed; last: {self._last_failure}"
+
+    def _stop_trainers(self) -> None:
+        import ray
+
+        for actor in self._trainers.values():
+            actor.stop.remote()
+        if self._runs:
+            ray.wait(list(self._runs), num_returns=len(self._runs), timeout=WORKER_EXIT_GRACE_S)
+        for actor in self._trainers.values():
+            ray.kill(actor, no_restart=True)
+        self._runs.clear()
+
+    # ------------------------------------------------------------ the search
+
+    def _tick_loop(self) -> None:
+        while not self.service.terminal and not self._stopping.is_set() and not self._error:
+            self.service.tick()
+            self._check_trainers()
+            time.sleep(0.5)
+        if self._stopping.is_set():
+            return  # stop() shuts down
+        # Trainers learn DONE at their next request; give them a moment.
+        import ray
+
+        if self._runs:
+            ray.wait(list(self._runs), num_returns=len(self._runs), timeout=WORKER_EXIT_GRACE_S)
+        self._shut_down()
+        # Nobody collected the result (the driver went away): exit on our own.
+        if not self._closed.wait(ORPHAN_LINGER_S):
+            os._exit(0)
+
+    def _shut_down(self) -> None:
+        with self._stopped_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        shut_down(self.service, self.serving, self._stop_trainers)
+
+    def view(self) -> CoordinatorView:
+        done = self._stopped or bool(self._error)
+        return CoordinatorView(
+            self._progress(), done=done, status=self.service.exit_status, error=self._error
+        )
+
+    def address_of(self) -> str:
+        return self.address
+
+    def trainers(self) -> list[tuple[int, int, str]]:
+        """(slot, pid, node IP) of every trainer actor now alive."""
+        import ray
+
+        refs = {slot: actor.where.remote() for slot, actor in self._trainers.items()}
+        out = []
+        for slot, ref in refs.items():
+            try:
+                pid, ip = ray.get(ref, timeout=RESTART_WAIT_S)
+            except Exception:  # restarting, or gone: not alive now
+                continue
+            out.append((slot, pid, ip))
+        return out
+
+    def stop(self) -> str:
+        """Ctrl-C in the driver: stop trainers (leases handed back), save state."""
+        self._stopping.set()
+        self._loop.join()
+        self._shut_down()
+        return self.service.exit_status
+
+    def close(self) -> None:
+        """The driver has the result; the actor may be ended."""
+        self._closed.set()

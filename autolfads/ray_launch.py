@@ -1,0 +1,266 @@
+"""`autolfads run --ray ADDRESS`: the whole search on an existing Ray cluster.
+
+What runs where:
+
+* the driver (this process, wherever `autolfads run` was typed) checks the
+  cluster, stages the run, starts the coordinator actor, shows the progress
+  line and, once the search has finished, posterior-samples the best member
+  and builds the report exactly as `autolfads run` does;
+* the coordinator actor (ray_actors.CoordinatorActor) is pinned to the head
+  node and *detached*: it serves the search over gRPC (random tokens; TLS
+  when the head is not this machine's loopback) and owns the trainer actors.
+  Detached, it outlives its driver: a laptop that sleeps or loses its
+  connection does not end a long search. `autolfads run --ray ... --resume`
+  finds it again by run name and carries on watching;
+* trainer actors run the `autolfads trainer` loop with the resources asked
+  (`--trainer-cpus`, fractional `--trainer-gpus`); Ray restarts one that
+  crashes or loses its node, and the coordinator's leases make that safe.
+
+Ctrl-C stops the trainers (their leases handed back), saves the state and
+ends the actors; `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autolfads import ray_cluster
+from autolfads.config import RunConfig
+from autolfads.coordinator.security import ClientSecurity, ServerSecurity, is_loopback_host
+from autolfads.errors import ConfigError
+from autolfads.launcher import (
+    LaunchOptions,
+    SearchFailed,
+    log_watch_hint,
+    make_log_dir,
+    prepare_run,
+    write_observer_token,
+)
+from autolfads.progress import ProgressPrinter
+from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
+from autolfads.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Storage settings the actors need, passed as actor arguments (never a
+# command line, log line, actor name or runtime_env, which Ray logs).
+FORWARDED_ENV_PREFIXES = ("AWS_", "MINIO_", "AUTOLFADS_S3_")
+FORWARDED_ENV_NAMES = ("AUTOLFADS_LOG_LEVEL", "SSL_CERT_FILE")
+POLL_S = 0.5
+STOP_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str
+    resources: ray_cluster.TrainerResources
+    tls_dir: Path | None = None
+
+
+def default_workers(need: ray_cluster.TrainerResources) -> int:
+    """As many trainers as the cluster's CPUs (and GPUs, if asked for) hold."""
+    live = ray_cluster.nodes()
+    fits = [sum(n.cpus for n in live) // need.cpus] if need.cpus else []
+    if need.gpus:
+        fits.append(sum(n.gpus for n in live) // need.gpus)
+    return max(1, int(min(fits, default=1)))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The facts about the joined cluster the launch depends on."""
+
+    listen: str  # where the coordinator actor binds
+    advertise: str  # the host trainers dial
+    security: ServerSecurity
+    trainer_security: ClientSecurity
+
+
+def actor_name(run: str) -> str:
+    return f"coordinator-{run}"
+
+
+def join(opts: LaunchOptions, ray_opts: RayOptions, security: ServerSecurity) -> Cluster:
+    """Connect and check the cluster; nothing is created if this raises."""
+    ray_opts.resources.check()
+    ray_cluster.connect(ray_opts.address)
+    live = ray_cluster.nodes()
+    ray_cluster.check_storage(opts.storage_url, live, ray_cluster.driver_ip())
+    ray_cluster.check_resources(ray_opts.resources, live)
+    head = ray_cluster.head_ip(live)
+    tokens = security.tokens
+    if is_loopback_host(head) or all(node.ip == head for node in live):
+        # Every node is the head's machine: the coordinator stays on loopback
+        # (nodes of other machines that join later could not reach it).
+        return Cluster(
+            "127.0.0.1:0",
+            "127.0.0.1",
+            ServerSecurity(tokens=tokens),
+            ClientSecurity(token=tokens.worker),
+        )
+    return _beyond_loopback(head, ray_opts, security)
+
+
+def _beyond_loopback(head: str, ray_opts: RayOptions, security: ServerSecurity) -> Cluster:
+    """Trainers on other machines reach the coordinator over the network: TLS
+    from --tls-dir, or plaintext only if --allow-plaintext says so."""
+    from autolfads.coordinator.tls import ClientTls, ServerTls
+
+    tokens = security.tokens
+    if ray_opts.tls_dir is None:
+        if not security.allow_plaintext:
+            raise ConfigError(
+                f"the coordinator will listen on the head node {head}, beyond loopback: pass "
+                "--tls-dir DIR (tls.crt, tls.key for the head and ca.crt) or --allow-plaintext"
+            )
+        return Cluster(
+            f"{head}:0",
+            head,
+            ServerSecurity(tokens=tokens, allow_plaintext=True),
+            ClientSecurity(token=tokens.worker, allow_plaintext=True),
+        )
+    return Cluster(
+        f"{head}:0",
+        head,
+        ServerSecurity(tokens=tokens, tls=ServerTls.from_dir(ray_opts.tls_dir)),
+        ClientSecurity(token=tokens.worker, tls=ClientTls.from_dir(ray_opts.tls_dir)),
+    )
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = dict(os.environ) if environ is None else environ
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES
+    }
+
+
+def _find(run: str):
+    import ray
+
+    try:
+        return ray.get_actor(actor_name(run), namespace=ray_cluster.NAMESPACE)
+    except ValueError:
+        return None
+
+
+def start_coordinator(cfg: RunConfig, opts: LaunchOptions, ray_opts: RayOptions, cluster: Cluster):
+    """The detached coordinator actor on the head node (it starts the trainers)."""
+    import ray
+
+    spec = TrainerSpec(
+        storage_url=opts.storage_url,
+        threads=opts.threads_per_worker,
+        device=opts.device,
+        cpus=ray_opts.resources.cpus,
+        gpus=ray_opts.resources.gpus,
+        env=forwarded_env(),
+    )
+    return (
+        ray.remote(CoordinatorActor)
+        .options(
+            name=actor_name(cfg.name),
+            namespace=ray_cluster.NAMESPACE,
+            lifetime="detached",  # survives the driver (see the module docstring)
+            num_cpus=0,
+            resources={"node:__internal_head__": 0.001},
+            max_concurrency=8,  # view(), stop() and trainers() while the search ticks
+        )
+        .remote(
+            cfg.name, opts.storage_url, cluster.listen, cluster.advertise, cluster.security,
+            cluster.trainer_security, spec, opts.workers, opts.lease_timeout_s,
+        )
+    )  # fmt: skip
+
+
+def run_on_ray(
+    cfg: RunConfig,
+    store: Store,
+    data_path: Path,
+    opts: LaunchOptions,
+    ray_opts: RayOptions,
+    cluster: Cluster,
+    printer: ProgressPrinter,
+) -> str:
+    """Run (or re-attach to) the search on the joined cluster; return its
+    final state. KeyboardInterrupt propagates after the actors have stopped
+    cleanly.
+    """
+    import ray
+
+    if not opts.storage_url.startswith("s3://"):
+        # Actors do not share this process's working directory.
+        opts = replace(opts, storage_url=store.url)
+    actor = _find(cfg.name)
+    if actor is not None and not opts.resume:
+        raise ConfigError(
+            f"run {cfg.name!r} is already running on this Ray cluster; watch it again with --resume"
+        )
+    if actor is None:
+        prepare_run(store, cfg, data_path, opts)
+        # The token file is there before any trainer can start.
+        token_file = write_observer_token(make_log_dir(opts, cfg.name), cluster.security.tokens)
+        started = time.monotonic()
+        actor = start_coordinator(cfg, opts, ray_opts, cluster)
+        address = ray.get(actor.address_of.remote())
+        log.info("coordinator actor up in %.1f s", time.monotonic() - started)
+        log_watch_hint(address, token_file)
+    else:
+        log.info("re-attached to the running coordinator of run %s", cfg.name)
+    _stop_on_sigterm()
+    try:
+        view = watch(actor, printer)
+    except KeyboardInterrupt:
+        printer.close()
+        ray.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+        end(actor)
+        raise
+    printer.close()
+    end(actor)
+    if view.error:
+        raise SearchFailed(f"search stopped on the Ray cluster: {view.error}")
+    return view.status
+
+
+def _stop_on_sigterm() -> None:
+    """`ray job stop` sends SIGTERM: stop the search as Ctrl-C does (Ray's own
+    handler would only exit the driver, leaving the detached search running)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def watch(actor, printer: ProgressPrinter) -> CoordinatorView:
+    """Show progress until the coordinator actor says the search has ended."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    while True:
+        try:
+            view: CoordinatorView = ray.get(actor.view.remote())
+        except RayActorError as err:
+            raise SearchFailed(
+                f"the coordinator actor died ({str(err).splitlines()[0]}); the state is saved: "
+                "run again with --resume"
+            ) from None
+        printer.show(view.progress)
+        if view.done:
+            return view
+        time.sleep(POLL_S)
+
+
+def end(actor) -> None:
+    import ray
+
+    actor.close.remote()
+    ray.kill(actor, no_restart=True)

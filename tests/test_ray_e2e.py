@@ -1,0 +1,275 @@
+"""`autolfads run --ray` end to end on a real local Ray cluster.
+
+One cluster (head on 127.0.0.1, 2 CPUs) is started for the module; tests
+that need a second node add one at 127.0.0.2 (another machine as Ray sees
+it) and remove it. The searches must reach exactly the best member and
+metrics of `autolfads run` (the session's `local_run`), also when a trainer
+actor is killed with SIGKILL, another's node is removed and the driver is
+killed mid-segment (`--resume` then watches the detached search to its end),
+and after Ctrl-C plus `--resume`. Those
+faults land at a known point: the trainers' generation-1 checkpoint uploads
+are held in an S3 proxy until the fault is in place (nothing races).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
+from s3_proxy import Hold, ScriptedS3Proxy
+
+# Keep Ray on loopback and offline: no usage reports, and 127.0.0.1 is not
+# rewritten to the machine's outside address. Ray reads these when imported.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+os.environ.update(RAY_ENV)
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+LEASE_TIMEOUT = "8"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
+    c = Cluster(initialize_head=True, connect=True, head_node_args=head)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture
+def second_node(cluster) -> Iterator[object]:
+    """A node of 1 CPU at 127.0.0.2: another machine, to Ray."""
+    node = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
+    cluster.wait_for_nodes()
+    yield node
+    if node in cluster.worker_nodes:
+        cluster.remove_node(node)
+
+
+def same_best(metrics: dict, local_run: tuple[Workspace, dict]) -> None:
+    expected = local_run[1]["metrics"]
+    assert metrics["member"] == expected["member"]
+    assert metrics["valid_heldout_recon_smth"] == expected["valid_heldout_recon_smth"]
+    assert metrics["co_bps"] == expected["co_bps"]
+
+
+def ray_args(ws: Workspace, cluster, *extra: str) -> list[str]:
+    return run_args(ws, "--ray", cluster.address, "--lease-timeout", LEASE_TIMEOUT, *extra)
+
+
+def coordinator():
+    return ray.get_actor(f"coordinator-{RUN}", namespace="autolfads")
+
+
+def listing(root: Path) -> list[Path]:
+    return sorted(root.rglob("*"))
+
+
+def test_ray_search_reaches_the_best_of_autolfads_run(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path)
+    proc = autolfads(ws, *ray_args(ws, cluster, "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
+    same_best(metrics, local_run)
+    assert str(ws.runs / RUN / "best" / "report" / "index.html") in proc.stdout
+    assert "generation 3/3" in proc.stderr
+    # The actors are gone: the next run of that name could start at once.
+    with pytest.raises(ValueError):
+        coordinator()
+
+
+class HeldSearch:
+    """`autolfads run --ray` on S3 behind a proxy that holds the trainers'
+    generation-1 checkpoint uploads until `release()`."""
+
+    def __init__(
+        self, ws: Workspace, cluster, s3_server, bucket: str, *extra: str, generation: int = 1
+    ) -> None:
+        self.hold = Hold("PUT", rf"/members/m\d+/gen-{generation:04d}/")
+        self.proxy = ScriptedS3Proxy(s3_server.endpoint_url, self.hold).start()
+        self.url = f"s3://{bucket}/test?endpoint={self.proxy.endpoint_url}"
+        # Read back past the proxy, which is gone by then.
+        self.direct_url = f"s3://{bucket}/test?endpoint={s3_server.endpoint_url}"
+        self.s3_server = s3_server
+        self.cluster = cluster
+        args = ray_args(ws, cluster, "--storage", self.url, "--no-report", *extra)
+        # As from a terminal: Ctrl-C reaches the run even when these tests were
+        # started where SIGINT is ignored (a background job of a script).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "autolfads", *args],
+                cwd=ws.root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **s3_server.env},
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def trainers(self) -> dict[int, tuple[int, str]]:
+        """slot -> (pid, node IP) of each trainer actor, once the search is held."""
+        self.hold.wait_held()
+        assert self.proc.poll() is None
+        found = ray.get(coordinator().trainers.remote())
+        return {slot: (pid, ip) for slot, pid, ip in found}
+
+    def finish(self, resume: Workspace | None = None) -> dict:
+        """Release the hold; the search's best, as the driver (or, after the
+        driver was lost, `--resume` in `resume`) finalized it."""
+        self.hold.release()
+        try:
+            if resume is None:
+                _, err = self.proc.communicate(timeout=240)
+                code = self.proc.returncode
+            else:
+                args = ray_args(resume, self.cluster, "--storage", self.url, "--resume")
+                done = autolfads(resume, *args, "--no-report", env=self.s3_server.env)
+                code, err = done.returncode, done.stderr
+        finally:
+            self.proxy.stop()
+        assert code == 0, err[-3000:]
+        from autolfads.storage import open_store
+
+        store = open_store(self.direct_url, env=self.s3_server.env)
+        return json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
+
+    def interrupt(self) -> str:
+        """Ctrl-C while held; the held uploads then fail. The driver's stderr."""
+        self.hold.wait_held()
+        self.proc.send_signal(signal.SIGINT)
+        self.hold.release("503:SlowDown")
+        try:
+            _, err = self.proc.communicate(timeout=240)
+        finally:
+            self.proxy.stop()
+        assert self.proc.returncode == 130, err[-3000:]
+        return err
+
+
+def test_trainer_killed_node_lost_and_driver_lost_mid_segment_same_best(
+    cluster, second_node, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    # One search, all three faults (a lease timeout is paid once for all):
+    # 3 trainers of 1 CPU on 2 + 1 CPUs, so one of them is on the second node.
+    ws = make_workspace(tmp_path)
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "3")
+    trainers = search.trainers()
+    assert sorted(ip for _, ip in trainers.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
+    (lost,) = [slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.2"]
+    killed = min(slot for slot, (_, ip) in trainers.items() if ip == "127.0.0.1")
+    os.kill(trainers[killed][0], signal.SIGKILL)
+    cluster.remove_node(second_node)
+    # Room for Ray to restart the lost trainer elsewhere.
+    third = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+    try:
+        # Ray has restarted both (new processes) while the search is held.
+        after = search.trainers()
+        assert after[killed][0] != trainers[killed][0]
+        assert after[lost][0] != trainers[lost][0]
+        assert sorted(ip for _, ip in after.values()) == ["127.0.0.1", "127.0.0.1", "127.0.0.3"]
+        # The driver is lost too (a laptop asleep): the detached search goes on,
+        # and `--resume` watches it again to its end.
+        search.proc.kill()
+        search.proc.communicate()
+        assert ray.get(coordinator().view.remote()).status == "running"
+        metrics = search.finish(resume=ws)
+    finally:
+        cluster.remove_node(third)
+    same_best(metrics, local_run)
+
+
+def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket, monkeypatch
+) -> None:
+    from autolfads.coordinator.state import SearchState
+    from autolfads.storage import RunLayout, open_store
+
+    ws = make_workspace(tmp_path)
+    logs = tmp_path / "logs"
+    search = HeldSearch(
+        ws, cluster, s3_server, s3_bucket, "--workers", "2", "--log-dir", str(logs), generation=0
+    )
+    search.hold.wait_held()
+    # `autolfads status` reaches the coordinator actor with the observer token.
+    address = ray.get(coordinator().address_of.remote())
+    status = autolfads(ws, "status", address, "--token-file", str(logs / "observer.token"))
+    assert status.returncode == 0, status.stderr
+    assert RUN in status.stdout and "m003" in status.stdout
+    err = search.interrupt()
+    assert "--resume" in err and "--ray" in err
+    store = open_store(search.direct_url, env=s3_server.env)
+    saved = SearchState.from_json(store.get_bytes(RunLayout(RUN).state()))
+    assert saved.status == "running" and saved.generation == 0
+    # The trainers were ended and their leases handed back; the actors are gone.
+    assert not [x for x in saved.leases.values() if x.status == "active"]
+    with pytest.raises(ValueError):
+        coordinator()
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    args = ray_args(ws, cluster, "--workers", "2", "--resume", "--no-report")
+    resumed = autolfads(ws, *args, "--storage", search.direct_url)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_best(json.loads(store.get_bytes(f"{RUN}/best/metrics.json")), local_run)
+    # The storage secret reached the actors, but none of Ray's logs.
+    logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
+    assert (logs / "raylet.out").is_file()
+    secret = s3_server.secret_key.encode()
+    leaked = [f.name for f in logs.rglob("*") if f.is_file() and secret in f.read_bytes()]
+    assert not leaked
+
+
+# ---- bad input: one line, non-zero exit, nothing created ------------------------
+
+
+def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    before = listing(ws.root)
+    proc = autolfads(ws, *run_args(ws, "--ray", f"127.0.0.1:{port}"), env=RAY_ENV)
+    one_line_error(proc, f"127.0.0.1:{port}", "ray start --head")
+    assert listing(ws.root) == before
+
+
+def test_local_storage_on_a_cluster_of_several_machines_is_one_line(
+    cluster, second_node, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *ray_args(ws, cluster))
+    one_line_error(proc, "127.0.0.2", "s3://")
+    assert listing(ws.root) == before
+
+
+def test_gpus_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *ray_args(ws, cluster, "--trainer-gpus", "0.5"))
+    one_line_error(proc, "--trainer-gpus", "no GPUs")
+    assert listing(ws.root) == before
+
+
+def test_listen_with_ray_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *run_args(ws, "--ray", "auto", "--listen", "0.0.0.0:50051"))
+    one_line_error(proc, "--listen", "--ray")
+    assert listing(ws.root) == before
