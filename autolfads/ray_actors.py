@@ -180,7 +180,9 @@ class CoordinatorActor:
     def _start_trainer(self, slot: int) -> None:
         import ray
 
-        actor = (
+        # An actor handle: its methods are called through `.remote`, which
+        # Ray's own annotations do not describe.
+        actor: Any = (
             ray.remote(TrainerActor)
             .options(
                 num_cpus=self._spec.cpus,
