@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 # pyproject's range admits GPU builds; the CPU pin lives only here.
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check -c scripts/test-constraints.txt \
-  -e ".[trainer,report,argo,nwb,ray,dev]" --config-settings editable_mode=strict
+  -e ".[trainer,report,argo,nwb,ray,dev]"
 # Optional parity oracle for the NLB metrics; its pandas pin has no Python 3.11
 # wheel, so it is installed without dependencies (evaluation.py needs none of them).
 # Its wheel also installs a top-level `tests` package that could shadow ours: remove it.
