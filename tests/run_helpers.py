@@ -55,3 +55,34 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert lines[0].startswith("autolfads: error: ")
     for needle in needles:
         assert needle in lines[0]
+
+
+def write_tiny_config(root: Path, run: str, **pbt: object) -> Path:
+    """A tiny chaotic-RNN data set and a config for it in `root` (the real
+    trainer in seconds), for the searches driven by real processes; `pbt`
+    overrides the search settings (population, mode, ...)."""
+    import yaml
+
+    from autolfads.trainer.data import write_lfads_h5
+    from autolfads.trainer.synth import make_chaotic_rnn
+
+    data = make_chaotic_rnn(
+        seed=0, n_conditions=8, n_replications=4, n_neurons=10, n_heldout=2, n_bins=20, n_fp_bins=4
+    )
+    write_lfads_h5(data, root / "data.h5")
+    cfg = {
+        "name": run,
+        "data": {"path": "data.h5"},
+        "model": {
+            "ic_enc_dim": 8, "ci_enc_dim": 4, "con_dim": 4, "co_dim": 2,
+            "ic_dim": 8, "gen_dim": 8, "fac_dim": 4,
+        },
+        "training": {"batch_size": 16, "l2_increase_epochs": 1, "kl_increase_epochs": 1},
+        "pbt": {
+            "population": 4, "burn_in_epochs": 2, "generation_epochs": 1,
+            "max_generations": 3, "seed": 1, **pbt,
+        },
+    }  # fmt: skip
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
+from run_helpers import write_tiny_config
 
 from autolfads.config import load_config
 from autolfads.katib.experiment import searched_parameters
@@ -44,39 +44,7 @@ FITNESS = re.compile(r"^fitness=(\S+)$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory) -> Path:
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_chaotic_rnn
-
-    root = tmp_path_factory.mktemp("katib-e2e")
-    data = make_chaotic_rnn(
-        seed=0, n_conditions=8, n_replications=4, n_neurons=10, n_heldout=2, n_bins=20, n_fp_bins=4
-    )
-    write_lfads_h5(data, root / "data.h5")
-    cfg = {
-        "name": RUN,
-        "data": {"path": "data.h5"},
-        "model": {
-            "ic_enc_dim": 8,
-            "ci_enc_dim": 4,
-            "con_dim": 4,
-            "co_dim": 2,
-            "ic_dim": 8,
-            "gen_dim": 8,
-            "fac_dim": 4,
-        },
-        "training": {"batch_size": 16, "l2_increase_epochs": 1, "kl_increase_epochs": 1},
-        "pbt": {
-            "population": 3,
-            "burn_in_epochs": 2,
-            "generation_epochs": 1,
-            "max_generations": 3,
-            "seed": 1,
-            "mode": "async",
-        },
-    }
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_tiny_config(tmp_path_factory.mktemp("katib-e2e"), RUN, population=3, mode="async")
 
 
 def cli(*args: str, log: Path | None = None) -> subprocess.Popen:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import RUN, Workspace, autolfads, make_workspace, run_args
+from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.coordinator.state import SearchState
@@ -224,20 +224,11 @@ def test_s3_storage_and_four_workers_reach_the_same_best(
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("autolfads: error: ")
-    for needle in needles:
-        assert needle in lines[0]
-
-
 def test_bad_config_is_one_line(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     ws.config.write_text(ws.config.read_text().replace("population: 4", "population: four"))
     proc = autolfads(ws, *run_args(ws))
-    _one_line_error(proc, "pbt.population", "four")
+    one_line_error(proc, "pbt.population", "four")
     assert not ws.runs.exists()
 
 
@@ -245,7 +236,7 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     ws.config.write_text("name: nodata\ndata: {path: missing.h5}\n")
     proc = autolfads(ws, *run_args(ws))
-    _one_line_error(proc, "missing.h5", "not found")
+    one_line_error(proc, "missing.h5", "not found")
     assert not ws.runs.exists()
 
 
@@ -266,11 +257,11 @@ def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Pat
         "name: held-in\ndata: {path: ../held_in.h5}\npbt: {fitness: valid_heldout_recon_smth}\n"
     )
     proc = autolfads(ws, *run_args(ws))
-    _one_line_error(proc, "pbt.fitness", "needs held-out neurons")
+    one_line_error(proc, "pbt.fitness", "needs held-out neurons")
     assert not ws.runs.exists()
     # `autolfads stage` (the path to other machines and Argo) refuses it too.
     proc = autolfads(ws, "stage", str(ws.config), "--storage", str(ws.runs))
-    _one_line_error(proc, "pbt.fitness", "needs held-out neurons")
+    one_line_error(proc, "pbt.fitness", "needs held-out neurons")
     assert not ws.runs.exists()
 
 
@@ -288,7 +279,7 @@ def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:
     }
     url = f"s3://bucket/runs?endpoint=http://127.0.0.1:{port}"
     proc = autolfads(ws, *run_args(ws, "--storage", url), env=env, timeout=60)
-    _one_line_error(proc, f"127.0.0.1:{port}")
+    one_line_error(proc, f"127.0.0.1:{port}")
     assert "s3cr3t-never-printed" not in proc.stderr + proc.stdout
 
 
@@ -299,5 +290,5 @@ def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         proc = autolfads(ws, *run_args(ws, "--listen", f"127.0.0.1:{port}"))
-    _one_line_error(proc, f"127.0.0.1:{port}")
+    one_line_error(proc, f"127.0.0.1:{port}")
     assert not (ws.runs / RUN).exists()

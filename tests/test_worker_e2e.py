@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from run_helpers import write_tiny_config
 from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.coordinator.client import CoordinatorClient
@@ -32,38 +32,7 @@ LAYOUT = RunLayout(RUN)
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory) -> Path:
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_chaotic_rnn
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = make_chaotic_rnn(
-        seed=0, n_conditions=8, n_replications=4, n_neurons=10, n_heldout=2, n_bins=20, n_fp_bins=4
-    )
-    write_lfads_h5(data, root / "data.h5")
-    cfg = {
-        "name": RUN,
-        "data": {"path": "data.h5"},
-        "model": {
-            "ic_enc_dim": 8,
-            "ci_enc_dim": 4,
-            "con_dim": 4,
-            "co_dim": 2,
-            "ic_dim": 8,
-            "gen_dim": 8,
-            "fac_dim": 4,
-        },
-        "training": {"batch_size": 16, "l2_increase_epochs": 1, "kl_increase_epochs": 1},
-        "pbt": {
-            "population": 4,
-            "burn_in_epochs": 2,
-            "generation_epochs": 1,
-            "max_generations": 3,
-            "seed": 1,
-        },
-    }
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_tiny_config(tmp_path_factory.mktemp("e2e"), RUN)
 
 
 def cli(*args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
