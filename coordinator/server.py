@@ -86,9 +86,18 @@ def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    credentials = None if security.tls is None else security.tls.credentials()
+    return server, bind_and_start(server, addr, credentials)
+
+
+def bind_and_start(
+    server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Bind `addr` (TLS when `credentials` are given), start, return the port;
+    one line naming the address if it cannot be bound."""
     try:
-        if security.tls is not None:
-            port = server.add_secure_port(addr, security.tls.credentials())
+        if credentials is not None:
+            port = server.add_secure_port(addr, credentials)
         else:
             port = server.add_insecure_port(addr)
     except RuntimeError as err:
@@ -96,7 +105,7 @@ def create_server(
     if port == 0:
         raise CoordinatorError(f"cannot listen on {addr}: address in use or invalid")
     server.start()
-    return server, port
+    return port
 
 
 def describe(security: ServerSecurity) -> str:

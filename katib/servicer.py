@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from autolfads.coordinator.errors import CoordinatorError, InvalidRequest
 from autolfads.coordinator.limits import server_options
+from autolfads.coordinator.server import bind_and_start
 from autolfads.coordinator.wire_errors import to_status
 from autolfads.katib import convert
 from autolfads.katib.records import TrialRecordError
@@ -129,11 +130,4 @@ def create_suggestion_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", HEALTH_NAME, SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    try:
-        port = server.add_insecure_port(addr)
-    except RuntimeError as err:
-        raise CoordinatorError(f"cannot listen on {addr}: {err}") from None
-    if port == 0:
-        raise CoordinatorError(f"cannot listen on {addr}: address in use or invalid")
-    server.start()
-    return server, port
+    return server, bind_and_start(server, addr)
