@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autolfads.config import RunConfig
-from autolfads.coordinator.security import ServerSecurity
-from autolfads.coordinator.server import create_server, graceful_stop
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.staging import stage_run
-from autolfads.coordinator.tokens import ENV_VARS, TokenSet
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.staging import stage_run
+from autolfads.coordinator.security.exposure import ServerSecurity
+from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet
+from autolfads.coordinator.wire.server import create_server, graceful_stop
 from autolfads.errors import AutolfadsError
-from autolfads.progress import ProgressPrinter, ProgressSnapshot, snapshot
+from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ def run_search(
 
 
 def _staged_data(store: Store, layout: RunLayout) -> tuple[str, str]:
-    from autolfads.coordinator.staging import load_run
+    from autolfads.coordinator.search.staging import load_run
 
     _, key, sha = load_run(store, layout.run)
     return key, sha

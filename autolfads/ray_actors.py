@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from autolfads.coordinator.security import ClientSecurity, ServerSecurity
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.launcher import (
     MAX_RESTARTS_PER_WORKER,
     WORKER_EXIT_GRACE_S,
@@ -29,7 +29,7 @@ from autolfads.launcher import (
     serve,
     shut_down,
 )
-from autolfads.progress import ProgressSnapshot
+from autolfads.progress_display import ProgressSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TrainerActor:
 
     def run(self) -> int:
         """The `autolfads trainer` loop; its exit code (0 done, 143 stopped)."""
-        from autolfads.coordinator.client import CoordinatorClient
+        from autolfads.coordinator.wire.client import CoordinatorClient
         from autolfads.storage import default_cache_dir
         from autolfads.trainer.worker import Worker, configure_torch
 
@@ -148,7 +148,7 @@ class CoordinatorActor:
         workers: int,
         lease_timeout_s: float,
     ) -> None:
-        from autolfads.coordinator.staging import load_run
+        from autolfads.coordinator.search.staging import load_run
         from autolfads.storage import RunLayout
 
         _configure_logging(spec.env)

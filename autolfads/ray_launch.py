@@ -32,7 +32,7 @@ from pathlib import Path
 
 from autolfads import ray_cluster
 from autolfads.config import RunConfig
-from autolfads.coordinator.security import ClientSecurity, ServerSecurity, is_loopback_host
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity, is_loopback_host
 from autolfads.errors import ConfigError
 from autolfads.launcher import (
     LaunchOptions,
@@ -42,7 +42,7 @@ from autolfads.launcher import (
     prepare_run,
     write_observer_token,
 )
-from autolfads.progress import ProgressPrinter
+from autolfads.progress_display import ProgressPrinter
 from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
 from autolfads.storage import Store
 
@@ -110,7 +110,7 @@ def join(opts: LaunchOptions, ray_opts: RayOptions, security: ServerSecurity) ->
 def _beyond_loopback(head: str, ray_opts: RayOptions, security: ServerSecurity) -> Cluster:
     """Trainers on other machines reach the coordinator over the network: TLS
     from --tls-dir, or plaintext only if --allow-plaintext says so."""
-    from autolfads.coordinator.tls import ClientTls, ServerTls
+    from autolfads.coordinator.security.tls import ClientTls, ServerTls
 
     tokens = security.tokens
     if ray_opts.tls_dir is None:

@@ -34,7 +34,7 @@ import grpc
 import numpy as np
 
 from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
-from autolfads.coordinator.staging import stage_run
+from autolfads.coordinator.search.staging import stage_run
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore

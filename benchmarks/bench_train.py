@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from autolfads.config import parse_config
-from autolfads.trainer.augment import coordinated_dropout
-from autolfads.trainer.data import LfadsData, load_lfads_h5
-from autolfads.trainer.objective import lfads_loss
-from autolfads.trainer.session import TrainingSession
+from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.model.augment import coordinated_dropout
+from autolfads.trainer.model.objective import lfads_loss
+from autolfads.trainer.model.session import TrainingSession
 
 SIZES = {
     "stated": {
@@ -71,8 +71,8 @@ def _load_data(sizes: dict) -> LfadsData:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
         code = (
-            "import sys; from autolfads.trainer.synth import make_chaotic_rnn; "
-            "from autolfads.trainer.data import write_lfads_h5; "
+            "import sys; from autolfads.trainer.data.synth import make_chaotic_rnn; "
+            "from autolfads.trainer.data.dataset import write_lfads_h5; "
             f"write_lfads_h5(make_chaotic_rnn(seed=0, **{sizes!r}), sys.argv[1])"
         )
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)

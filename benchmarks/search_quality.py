@@ -56,8 +56,8 @@ def train_baseline(
     import torch
 
     from autolfads.config import load_config
-    from autolfads.trainer.datafile import load_config_data
-    from autolfads.trainer.session import TrainingSession
+    from autolfads.trainer.data.config_data import load_config_data
+    from autolfads.trainer.model.session import TrainingSession
 
     torch.set_num_threads(1)
     cfg = load_config(config)
@@ -72,8 +72,8 @@ def train_baseline(
 
 def score(session, data) -> dict[str, float]:
     """NLB metrics on the validation split from the config's posterior samples."""
-    from autolfads.trainer.metrics import evaluate
-    from autolfads.trainer.posterior import posterior_sample
+    from autolfads.trainer.evaluation.metrics import evaluate
+    from autolfads.trainer.evaluation.posterior import posterior_sample
 
     cfg = session.cfg
     outputs = posterior_sample(
@@ -117,9 +117,9 @@ def main() -> None:
 
     from autolfads.config import TrainingConfig, load_config
     from autolfads.storage import RunLayout, open_store
-    from autolfads.trainer.datafile import load_config_data
-    from autolfads.trainer.metrics import evaluate
-    from autolfads.trainer.session import TrainingSession
+    from autolfads.trainer.data.config_data import load_config_data
+    from autolfads.trainer.evaluation.metrics import evaluate
+    from autolfads.trainer.model.session import TrainingSession
 
     torch.set_num_threads(1)
     if args.evaluate_only:

@@ -20,9 +20,9 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from autolfads.cli.data_cmd import SMALL_SIZES
-from autolfads.trainer.metrics import evaluate
-from autolfads.trainer.smoothing import smoothing_baseline
-from autolfads.trainer.synth import SYNTH_KINDS, make_synthetic
+from autolfads.trainer.data.synth import SYNTH_KINDS, make_synthetic
+from autolfads.trainer.evaluation.metrics import evaluate
+from autolfads.trainer.evaluation.smoothing import smoothing_baseline
 
 METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from autolfads.config import RunConfig
-from autolfads.coordinator.errors import InvalidRequest
+from autolfads.coordinator.search.errors import InvalidRequest
 
 ALGORITHM_NAME = "autolfads-pbt"
 OBJECTIVE_METRIC = "fitness"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from autolfads.coordinator.errors import InvalidRequest
+from autolfads.coordinator.search.errors import InvalidRequest
 
 # Katib's webhook limit on Experiment names (its trials and jobs append to it).
 MAX_EXPERIMENT_NAME = 40

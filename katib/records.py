@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
 from autolfads.errors import AutolfadsError
 from autolfads.katib.names import TrialName
 from autolfads.storage import ObjectNotFound, Store

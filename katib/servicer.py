@@ -23,10 +23,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from autolfads.coordinator.errors import CoordinatorError, InvalidRequest
-from autolfads.coordinator.limits import server_options
-from autolfads.coordinator.server import bind_and_start
-from autolfads.coordinator.wire_errors import to_status
+from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest
+from autolfads.coordinator.security.limits import server_options
+from autolfads.coordinator.wire.server import bind_and_start
+from autolfads.coordinator.wire.status_codes import to_status
 from autolfads.katib import convert
 from autolfads.katib.records import TrialRecordError
 from autolfads.katib.suggestion import KatibSuggestion, NotReady

@@ -27,16 +27,16 @@ import threading
 from dataclasses import replace
 
 from autolfads.config import RunConfig
-from autolfads.coordinator.errors import (
+from autolfads.coordinator.search.errors import (
     CoordinatorError,
     InvalidRequest,
     SearchFinished,
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.messages import Grant, SegmentReport
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.staging import load_run
+from autolfads.coordinator.search.messages import Grant, SegmentReport
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.staging import load_run
 from autolfads.errors import ConfigError, DataError
 from autolfads.katib import records
 from autolfads.katib.experiment import (

@@ -21,7 +21,7 @@ import math
 import threading
 from pathlib import Path
 
-from autolfads.coordinator.messages import (
+from autolfads.coordinator.search.messages import (
     Grant,
     HeartbeatReply,
     ReportAck,

@@ -325,7 +325,7 @@ search_from_checkout() {
 SUMMARY='
 import hashlib, io, json, sys
 import torch
-from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.search.state import SearchState
 
 def content_hash(blob):
     """SHA-256 of a checkpoint without "global_rng": that entry is the saving

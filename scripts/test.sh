@@ -39,7 +39,7 @@ print(",".join(k for k in d["project"]["optional-dependencies"] if k != "dev"))'
 # Lint and format are part of the check (ruff is in the dev extra).
 "$PY" -m ruff check --quiet .
 "$PY" -m ruff format --check --quiet .
-"$PY" scripts/typecheck.py
+"$PY" -m mypy
 set +e
 "$PY" -m pytest "$@"
 rc=$?

@@ -14,7 +14,7 @@ import hashlib
 import json
 
 from autolfads.config import RunConfig, parse_config
-from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
 from autolfads.storage import ChecksumMismatch, Store
 
 

@@ -63,8 +63,8 @@ def write_tiny_config(root: Path, run: str, **pbt: object) -> Path:
     overrides the search settings (population, mode, ...)."""
     import yaml
 
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_chaotic_rnn
+    from autolfads.trainer.data.dataset import write_lfads_h5
+    from autolfads.trainer.data.synth import make_chaotic_rnn
 
     data = make_chaotic_rnn(
         seed=0, n_conditions=8, n_replications=4, n_neurons=10, n_heldout=2, n_bins=20, n_fp_bins=4

@@ -31,8 +31,8 @@ RUN = "e2e-run"
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_chaotic_rnn
+    from autolfads.trainer.data.dataset import write_lfads_h5
+    from autolfads.trainer.data.synth import make_chaotic_rnn
 
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
     data = make_chaotic_rnn(

@@ -17,9 +17,13 @@ import torch
 from scipy.stats import poisson
 from sklearn.linear_model import PoissonRegressor
 
-from autolfads.trainer.baseline import SD_CANDIDATES_BINS, fraction_of_range, reference_scores
-from autolfads.trainer.data import LfadsData, write_lfads_h5
-from autolfads.trainer.synth import make_chaotic_rnn
+from autolfads.trainer.data.dataset import LfadsData, write_lfads_h5
+from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.evaluation.baseline import (
+    SD_CANDIDATES_BINS,
+    fraction_of_range,
+    reference_scores,
+)
 
 
 @pytest.fixture(scope="module")

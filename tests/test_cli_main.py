@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from autolfads.cli import build_parser
-from autolfads.trainer.data import write_lfads_h5
-from autolfads.trainer.synth import make_synthetic
+from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.synth import make_synthetic
 
 COMMANDS = ("run", "train", "data", "status", "report", "finalize", "stage",
             "coordinator", "trainer", "cancel", "argo", "apply")  # fmt: skip

@@ -14,11 +14,16 @@ from dataclasses import replace
 import pytest
 from coordinator_helpers import fake_train, tiny_config
 
-from autolfads.coordinator.clock import ManualClock
-from autolfads.coordinator.errors import InvalidRequest, SearchFinished, StaleLease, UnknownLease
-from autolfads.coordinator.messages import SegmentReport
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.errors import (
+    InvalidRequest,
+    SearchFinished,
+    StaleLease,
+    UnknownLease,
+)
+from autolfads.coordinator.search.messages import SegmentReport
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.state import SearchState
 from autolfads.storage import FaultyStore, LocalStore, RunLayout
 from autolfads.storage.errors import StorageError
 

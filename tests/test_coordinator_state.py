@@ -11,11 +11,11 @@ import pytest
 from coordinator_helpers import fake_train, tiny_config
 
 from autolfads.config import parse_config
-from autolfads.coordinator.clock import ManualClock
-from autolfads.coordinator.errors import CoordinatorError
-from autolfads.coordinator.population import initial_segments
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.state import STATE_FORMAT, SearchState
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.population import initial_segments
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.state import STATE_FORMAT, SearchState
 from autolfads.errors import ConfigError
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from autolfads.errors import DataError
-from autolfads.trainer.data import (
+from autolfads.trainer.data.dataset import (
     LfadsData,
     Split,
     dataset_sha256,
@@ -273,8 +273,8 @@ def test_writing_invalid_data_leaves_no_file(tmp_path):
 
 def test_data_modules_do_not_import_torch():
     code = (
-        "import sys, autolfads.trainer.data, autolfads.trainer.synth, "
-        "autolfads.trainer.metrics, autolfads.trainer.smoothing, autolfads.cli.data_cmd; "
+        "import sys, autolfads.trainer.data.dataset, autolfads.trainer.data.synth, "
+        "autolfads.trainer.evaluation.metrics, autolfads.trainer.evaluation.smoothing, autolfads.cli.data_cmd; "
         "sys.exit('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, timeout=60)

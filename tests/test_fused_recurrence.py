@@ -4,7 +4,8 @@ The encoder and decoder loops are custom autograd Functions (gru_tape.py,
 decoder_loop.py). Their backward passes are checked against finite
 differences (gradcheck, float64) with the clamp active, dropout masks and
 posterior noise, and their forward values against a plain per-bin loop
-written from the LFADS equations and stepped through autograd.
+written from the LFADS equations and stepped through autograd
+(`modules/reference.py`, which ships beside the kernels).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import pytest
 import torch
 
 from autolfads.config import ModelConfig
-from autolfads.trainer.model import DataDims, LfadsModel
-from autolfads.trainer.modules.decoder_loop import ControllerOperands, run_decoder_loop
-from autolfads.trainer.modules.gru import StreamRecurrence, gru_step
+from autolfads.trainer.model.lfads import DataDims, LfadsModel
+from autolfads.trainer.model.modules.decoder_loop import ControllerOperands, run_decoder_loop
+from autolfads.trainer.model.modules.gru import StreamRecurrence
+from autolfads.trainer.model.modules.reference import (
+    decoder_loop_reference,
+    stream_recurrence_reference,
+)
 
 torch.set_num_threads(1)
 D64 = torch.float64
@@ -47,10 +52,13 @@ def test_stream_recurrence_values_match_stepping_gru_step():
     torch.manual_seed(1)
     x, h0, w = _rand(6, 3, 2, 9), _rand(3, 2, 3), _rand(3, 3, 9)
     states = StreamRecurrence.apply(x[..., :6], x[..., 6:], h0, w, 1.5)
-    h = h0
-    for t in range(6):
-        h = gru_step(x[t, ..., :6], x[t, ..., 6:], h, w[..., :6], w[..., 6:], 1.5)
-        torch.testing.assert_close(states[t], h)
+    plain = stream_recurrence_reference(x[..., :6], x[..., 6:], h0, w, 1.5)
+    torch.testing.assert_close(states, plain)
+    weights = torch.randn_like(plain)
+    fused_grads = torch.autograd.grad((states * weights).sum(), (x, h0, w))
+    plain_grads = torch.autograd.grad((plain * weights).sum(), (x, h0, w))
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def _decoder_operands(with_con: bool, dropout: bool, sample: bool) -> tuple[list, dict]:
@@ -90,36 +98,22 @@ def test_decoder_recurrence_gradients_match_finite_differences(with_con, dropout
     )
 
 
-def _naive_decoder(grads: list, consts: dict, clip: float = 1.2) -> list[torch.Tensor]:
-    """The LFADS decoder equations, one bin at a time, through autograd."""
-    factor, gen_h, gen_x_zr, gen_x_n, w_gen_hh_t, w_fac_t = grads[:6]
-    con_h, ci_x_zr, ci_x_n, w_con_fac_t, w_con_hh_t, w_co_t, b_co, w_gen_co_t = grads[6:]
-    gen_x, ci_x = torch.cat([gen_x_zr, gen_x_n], 2), torch.cat([ci_x_zr, ci_x_n], 2)
-    co_dim, g, c = w_gen_co_t.shape[0], gen_h.shape[1], con_h.shape[1]
-    outs: list[list[torch.Tensor]] = [[] for _ in range(6)]
-    for t in range(gen_x.shape[0]):
-        x_con = ci_x[t] + (factor * consts["fac_drop"][t]) @ w_con_fac_t
-        con_h = gru_step(
-            x_con[:, : 2 * c], x_con[:, 2 * c :], con_h, *w_con_hh_t.split(2 * c, 1), clip
-        )
-        mlv = con_h @ w_co_t + b_co
-        mean, std = mlv[:, :co_dim], torch.exp(0.5 * mlv[:, co_dim:])
-        co = mean + std * consts["eps"][t]
-        x_gen = gen_x[t] + co @ w_gen_co_t
-        gen_h = gru_step(
-            x_gen[:, : 2 * g], x_gen[:, 2 * g :], gen_h, *w_gen_hh_t.split(2 * g, 1), clip
-        )
-        factor = (gen_h * consts["gen_drop"][t]) @ w_fac_t
-        for out, value in zip(outs, (gen_h, factor, con_h, mean, std, co), strict=True):
-            out.append(value)
-    return [torch.stack(o) for o in outs]
+def _reference(grads: list, consts: dict, clip: float = 1.2) -> list[torch.Tensor]:
+    con = None
+    if len(grads) > 6:
+        con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
+    return list(decoder_loop_reference(*grads[:6], clip, consts["gen_drop"], con))
 
 
-def test_decoder_loop_values_and_gradients_equal_the_plain_per_bin_loop():
+@pytest.mark.parametrize(
+    "with_con, dropout, sample",
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_decoder_loop_values_and_gradients_equal_the_plain_per_bin_loop(with_con, dropout, sample):
     torch.manual_seed(3)
-    grads, consts = _decoder_operands(True, True, True)
+    grads, consts = _decoder_operands(with_con, dropout, sample)
     fused = _run(grads, consts)
-    naive = _naive_decoder(grads, consts)
+    naive = _reference(grads, consts)
     for a, b in zip(fused, naive, strict=True):
         torch.testing.assert_close(a, b)
     weights = [torch.randn_like(o) for o in naive]
@@ -127,8 +121,8 @@ def test_decoder_loop_values_and_gradients_equal_the_plain_per_bin_loop():
     def weighted(outs: list[torch.Tensor]) -> torch.Tensor:
         return sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
 
-    fused_grads = torch.autograd.grad(weighted(list(fused)), grads)
-    naive_grads = torch.autograd.grad(weighted(naive), grads)
+    fused_grads = torch.autograd.grad(weighted(list(fused)), grads, materialize_grads=True)
+    naive_grads = torch.autograd.grad(weighted(naive), grads, materialize_grads=True)
     for a, b in zip(fused_grads, naive_grads, strict=True):
         torch.testing.assert_close(a, b)
 

@@ -18,18 +18,18 @@ from coordinator_helpers import tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.cli import main
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.errors import PermissionDenied, Unauthenticated, UnknownLease
-from autolfads.coordinator.interceptors import RpcMetrics
-from autolfads.coordinator.security import (
+from autolfads.coordinator.search.errors import PermissionDenied, Unauthenticated, UnknownLease
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.security.exposure import (
     ClientSecurity,
     ServerSecurity,
     is_loopback_host,
     target_host,
 )
-from autolfads.coordinator.server import create_server
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.tokens import ENV_VARS, TokenSet, resolve_client_token
+from autolfads.coordinator.security.interceptors import RpcMetrics
+from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet, resolve_client_token
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
 from autolfads.launcher import LaunchOptions, _worker_command, worker_env, write_secret
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -109,7 +109,7 @@ def test_each_role_may_make_exactly_its_calls(served, local_store, role):
 def test_refusals_are_logged_once_without_the_token(served, local_store, caplog):
     target, metrics = served
     before = persisted(local_store)
-    with caplog.at_level(logging.WARNING, logger="autolfads.coordinator.auth"):
+    with caplog.at_level(logging.WARNING, logger="autolfads.coordinator.security.auth"):
         with client(target, BOGUS) as c:
             for _ in range(20):
                 with pytest.raises(Unauthenticated, match="unknown token"):

@@ -16,16 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autolfads.config import TUNABLE_HPARAMS
-from autolfads.coordinator.auth import bearer_metadata
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.clock import ManualClock
-from autolfads.coordinator.convert import report_to_proto
-from autolfads.coordinator.errors import StaleLease
-from autolfads.coordinator.security import ClientSecurity, ServerSecurity
-from autolfads.coordinator.server import create_server
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.state import SearchState
-from autolfads.coordinator.tokens import TokenSet
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.errors import StaleLease
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.state import SearchState
+from autolfads.coordinator.security.auth import bearer_metadata
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
+from autolfads.coordinator.security.tokens import TokenSet
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.convert import report_to_proto
+from autolfads.coordinator.wire.server import create_server
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore, RunLayout

@@ -14,17 +14,17 @@ import pytest
 from coordinator_helpers import fake_train, tiny_config
 
 from autolfads.config import parse_config
-from autolfads.coordinator.auth import bearer_metadata
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.errors import InvalidRequest, Overloaded
-from autolfads.coordinator.interceptors import RpcMetrics
-from autolfads.coordinator.limits import MAX_REQUEST_BYTES
-from autolfads.coordinator.security import ClientSecurity, ServerSecurity
-from autolfads.coordinator.server import create_server
-from autolfads.coordinator.service import MAX_TRACKED_WORKERS, CoordinatorService
-from autolfads.coordinator.state import SearchState
-from autolfads.coordinator.tokens import TokenSet
-from autolfads.coordinator.validation import MAX_EPOCH_METRICS
+from autolfads.coordinator.search.errors import InvalidRequest, Overloaded
+from autolfads.coordinator.search.service import MAX_TRACKED_WORKERS, CoordinatorService
+from autolfads.coordinator.search.state import SearchState
+from autolfads.coordinator.search.validation import MAX_EPOCH_METRICS
+from autolfads.coordinator.security.auth import bearer_metadata
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
+from autolfads.coordinator.security.interceptors import RpcMetrics
+from autolfads.coordinator.security.limits import MAX_REQUEST_BYTES
+from autolfads.coordinator.security.tokens import TokenSet
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc

@@ -14,17 +14,17 @@ from coordinator_helpers import fake_train, tiny_config
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.errors import (
+from autolfads.coordinator.search.errors import (
     CoordinatorUnavailable,
     InvalidRequest,
     SearchFinished,
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.interceptors import RpcMetrics
-from autolfads.coordinator.server import SERVICE_NAME, create_server, graceful_stop
-from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.security.interceptors import RpcMetrics
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import SERVICE_NAME, create_server, graceful_stop
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -100,7 +100,7 @@ def test_bad_requests_get_status_codes_and_change_nothing(served, service, local
 
 
 def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
-    from autolfads.coordinator.clock import ManualClock
+    from autolfads.coordinator.search.clock import ManualClock
 
     clock = ManualClock()
     service = CoordinatorService.open_search(

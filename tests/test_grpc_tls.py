@@ -20,18 +20,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.errors import CoordinatorError, CoordinatorUnavailable, TlsError
-from autolfads.coordinator.security import ClientSecurity, ServerSecurity
-from autolfads.coordinator.server import create_server
-from autolfads.coordinator.service import CoordinatorService
-from autolfads.coordinator.staging import stage_run
-from autolfads.coordinator.tls import ClientTls, ServerTls
-from autolfads.coordinator.tokens import TokenSet
+from autolfads.coordinator.search.errors import CoordinatorError, CoordinatorUnavailable, TlsError
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.staging import stage_run
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
+from autolfads.coordinator.security.tls import ClientTls, ServerTls
+from autolfads.coordinator.security.tokens import TokenSet
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
 from autolfads.storage import LocalStore
-from autolfads.trainer.data import write_lfads_h5
-from autolfads.trainer.synth import make_chaotic_rnn
+from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.synth import make_chaotic_rnn
 
 TOKENS = TokenSet.generate()
 

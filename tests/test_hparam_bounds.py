@@ -9,9 +9,9 @@ import math
 import pytest
 
 from autolfads.config import HparamSpace, PbtConfig
-from autolfads.coordinator.validation import check_hparams
+from autolfads.coordinator.search.validation import check_hparams
 from autolfads.errors import ConfigError
-from autolfads.trainer.session import validate_hparams
+from autolfads.trainer.model.session import validate_hparams
 
 CASES = [
     ("lr_init", 0.0, False),

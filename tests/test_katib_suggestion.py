@@ -14,7 +14,7 @@ from coordinator_helpers import fake_train, tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
 
-from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.katib import records
 from autolfads.katib.experiment import searched_parameters
 from autolfads.katib.names import parse_trial_name

@@ -9,8 +9,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from autolfads.errors import DataError
-from autolfads.trainer.data import LfadsData, Split
-from autolfads.trainer.metrics import (
+from autolfads.trainer.data.dataset import LfadsData, Split
+from autolfads.trainer.evaluation.metrics import (
     bits_per_spike,
     co_bps,
     evaluate,

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from autolfads.config import ModelConfig
-from autolfads.trainer.model import DataDims, LfadsModel
-from autolfads.trainer.modules.gru import (
+from autolfads.trainer.model.lfads import DataDims, LfadsModel
+from autolfads.trainer.model.modules.gru import (
     BidirectionalClippedGRU,
     ClippedGRUCell,
     run_bidirectional,
 )
-from autolfads.trainer.modules.recons import KernelNormalizedLinear
+from autolfads.trainer.model.modules.recons import KernelNormalizedLinear
 
 torch.set_num_threads(1)
 

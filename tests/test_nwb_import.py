@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from autolfads.cli import main
-from autolfads.trainer.data import load_lfads_h5
+from autolfads.trainer.data.dataset import load_lfads_h5
 
 pytest.importorskip("pynwb")
 
@@ -256,7 +256,7 @@ def test_spikes_on_a_millisecond_grid_bin_as_integer_arithmetic_does() -> None:
     # Many recordings store spike and trial times in whole milliseconds: a
     # spike on a bin edge belongs to the bin it starts, though its float time
     # may compute as a hair before that edge.
-    from autolfads.trainer.nwb_binning import bin_spike_times
+    from autolfads.trainer.data.nwb_binning import bin_spike_times
 
     rng = np.random.default_rng(7)
     spike_ms = [np.sort(rng.choice(20_000, size=3000, replace=False)) for _ in range(5)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autolfads.cli import main
-from autolfads.trainer.data import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
 
 pytest.importorskip("pynwb")
 

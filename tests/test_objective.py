@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from autolfads.trainer.augment import (
+from autolfads.trainer.model.augment import (
     apply_grad_mask,
     coordinated_dropout,
     make_sv_mask,
     sample_validation_losses,
 )
-from autolfads.trainer.modules.priors import AutoregressivePrior, GaussianPrior
-from autolfads.trainer.modules.recons import poisson_nll
-from autolfads.trainer.objective import LossWeights, combine, l2_penalty, ramp, reconstruction
+from autolfads.trainer.model.modules.priors import AutoregressivePrior, GaussianPrior
+from autolfads.trainer.model.modules.recons import poisson_nll
+from autolfads.trainer.model.objective import LossWeights, combine, l2_penalty, ramp, reconstruction
 
 torch.set_num_threads(1)
 

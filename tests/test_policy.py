@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autolfads.config import HparamSpace, PbtConfig, default_search_space
-from autolfads.coordinator.policy import (
+from autolfads.coordinator.search.policy import (
     MemberScore,
     PolicyError,
     binary_tournament,

@@ -11,10 +11,14 @@ import torch
 
 from autolfads.config import parse_config
 from autolfads.errors import ConfigError
-from autolfads.trainer.data import LfadsData, Split
-from autolfads.trainer.posterior import OUTPUT_FIELDS, posterior_sample, write_lfads_output
-from autolfads.trainer.session import TrainingSession
-from autolfads.trainer.synth import make_chaotic_rnn
+from autolfads.trainer.data.dataset import LfadsData, Split
+from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.evaluation.posterior import (
+    OUTPUT_FIELDS,
+    posterior_sample,
+    write_lfads_output,
+)
+from autolfads.trainer.model.session import TrainingSession
 
 torch.set_num_threads(1)
 

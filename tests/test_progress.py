@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 
-from autolfads.coordinator.messages import BestView, MemberView, StatusView
-from autolfads.progress import ProgressPrinter, snapshot
+from autolfads.coordinator.search.messages import BestView, MemberView, StatusView
+from autolfads.progress_display import ProgressPrinter, snapshot
 
 
 def _status(generation: int, phases: list[str], best_history: tuple[float, ...]) -> StatusView:

@@ -198,7 +198,7 @@ def test_trainer_killed_node_lost_and_driver_lost_mid_segment_same_best(
 def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket, monkeypatch
 ) -> None:
-    from autolfads.coordinator.state import SearchState
+    from autolfads.coordinator.search.state import SearchState
     from autolfads.storage import RunLayout, open_store
 
     ws = make_workspace(tmp_path)

@@ -19,7 +19,7 @@ import pytest
 from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
 
-from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.search.state import SearchState
 from autolfads.storage import RunLayout, open_store
 
 METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
@@ -243,8 +243,8 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
 def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from autolfads.trainer.data import write_lfads_h5
-    from autolfads.trainer.synth import make_chaotic_rnn
+    from autolfads.trainer.data.dataset import write_lfads_h5
+    from autolfads.trainer.data.synth import make_chaotic_rnn
 
     ws = make_workspace(tmp_path)
     data = make_chaotic_rnn(seed=1, n_conditions=4, n_replications=5, n_bins=10, n_fp_bins=2)

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from autolfads.cli import main
 from autolfads.errors import DataError
-from autolfads.trainer.data import LfadsData, load_lfads_h5, write_lfads_h5
-from autolfads.trainer.synth import make_synthetic
+from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.data.synth import make_synthetic
 
 FUZZ = settings(
     max_examples=int(os.environ.get("AUTOLFADS_FUZZ_EXAMPLES", "100")),

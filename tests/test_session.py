@@ -11,10 +11,10 @@ from torch.nn import functional as F
 
 from autolfads.config import parse_config
 from autolfads.errors import ConfigError
-from autolfads.trainer.model import DataDims
-from autolfads.trainer.session import CheckpointError, TrainingSession
-from autolfads.trainer.split_tensors import SplitTensors, bits_per_spike_terms
-from autolfads.trainer.synth import make_chaotic_rnn
+from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.model.batches import SplitTensors, bits_per_spike_terms
+from autolfads.trainer.model.lfads import DataDims
+from autolfads.trainer.model.session import CheckpointError, TrainingSession
 
 torch.set_num_threads(1)
 

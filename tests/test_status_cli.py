@@ -18,10 +18,10 @@ import pytest
 from autolfads.cli import main
 from autolfads.cli.status_cmd import is_coordinator_address, split_run_url
 from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.messages import SegmentReport
-from autolfads.coordinator.server import create_server
-from autolfads.coordinator.service import CoordinatorService
+from autolfads.coordinator.search.messages import SegmentReport
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
 from autolfads.storage import LocalStore, RunLayout, open_store
 
 RUN = "demo"

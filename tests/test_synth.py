@@ -11,10 +11,10 @@ from threadpoolctl import threadpool_limits
 
 from autolfads.cli import main
 from autolfads.errors import DataError
-from autolfads.trainer.data import load_lfads_h5, validate_data
-from autolfads.trainer.metrics import evaluate
-from autolfads.trainer.smoothing import smooth_spikes, smoothing_baseline
-from autolfads.trainer.synth import make_chaotic_rnn, make_lorenz, make_synthetic
+from autolfads.trainer.data.dataset import load_lfads_h5, validate_data
+from autolfads.trainer.data.synth import make_chaotic_rnn, make_lorenz, make_synthetic
+from autolfads.trainer.evaluation.metrics import evaluate
+from autolfads.trainer.evaluation.smoothing import smooth_spikes, smoothing_baseline
 
 SMALL_RNN = {"n_conditions": 20, "n_replications": 5}
 SMALL_LORENZ = {"n_conditions": 12, "n_trials_per_condition": 5}

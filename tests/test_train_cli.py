@@ -12,9 +12,9 @@ import yaml
 from autolfads.cli import main
 from autolfads.cli.train_cmd import load_run_data
 from autolfads.config import load_config
-from autolfads.trainer.data import write_lfads_h5
-from autolfads.trainer.session import TrainingSession
-from autolfads.trainer.synth import make_chaotic_rnn
+from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.model.session import TrainingSession
 
 torch.set_num_threads(1)
 

@@ -21,8 +21,8 @@ import pytest
 from run_helpers import write_tiny_config
 from s3_proxy import Hold, ScriptedS3Proxy
 
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.state import SearchState
+from autolfads.coordinator.search.state import SearchState
+from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.storage import RunLayout, open_store
 
 pytestmark = pytest.mark.slow

@@ -32,15 +32,15 @@ from pathlib import Path
 import torch
 
 from autolfads.config import RunConfig, loads_config
-from autolfads.coordinator.client import CoordinatorClient
-from autolfads.coordinator.errors import (
+from autolfads.coordinator.search.errors import (
     CoordinatorError,
     CoordinatorUnavailable,
     SearchFinished,
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
+from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
+from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.errors import AutolfadsError
 from autolfads.storage import (
     ChecksumMismatch,
@@ -50,8 +50,8 @@ from autolfads.storage import (
     StorageError,
     Store,
 )
-from autolfads.trainer.data import LfadsData, load_lfads_h5
-from autolfads.trainer.session import CheckpointError, TrainingSession
+from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.model.session import CheckpointError, TrainingSession
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autolfads.errors import ConfigError, DataError
-    from autolfads.trainer.apply import apply_model
+    from autolfads.trainer.evaluation.apply import apply_model
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:

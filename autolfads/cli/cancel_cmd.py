@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autolfads.coordinator.client import CoordinatorClient
+    from autolfads.coordinator.wire.client import CoordinatorClient
     from autolfads.errors import ConfigError
 
     if not args.wait >= 0:

@@ -53,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
-    from autolfads.coordinator.server import serve
-    from autolfads.coordinator.service import CoordinatorService
-    from autolfads.coordinator.staging import load_run
+    from autolfads.coordinator.search.service import CoordinatorService
+    from autolfads.coordinator.search.staging import load_run
+    from autolfads.coordinator.wire.server import serve
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
 

@@ -20,7 +20,7 @@ from autolfads.errors import DataError
 from autolfads.extras import needs
 
 if TYPE_CHECKING:
-    from autolfads.trainer.data import LfadsData
+    from autolfads.trainer.data.dataset import LfadsData
 
 # CI-sized datasets: a few hundred trials, generated and trained in seconds.
 SMALL_SIZES: dict[str, dict[str, int]] = {
@@ -141,8 +141,8 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data import dataset_sha256, write_lfads_h5
-    from autolfads.trainer.synth import make_synthetic
+    from autolfads.trainer.data.dataset import dataset_sha256, write_lfads_h5
+    from autolfads.trainer.data.synth import make_synthetic
 
     if args.out.exists() and not args.force:
         raise DataError(f"{args.out}: already exists; pass --force to overwrite it")
@@ -158,7 +158,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data import dataset_sha256, load_lfads_h5
+    from autolfads.trainer.data.dataset import dataset_sha256, load_lfads_h5
 
     data = load_lfads_h5(args.path, heldout_dim=args.heldout_dim, fp_seq_len=args.fp_seq_len)
     print(f"{args.path}: OK (sha256 {dataset_sha256(args.path)})")
@@ -169,7 +169,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def summary_lines(data: LfadsData) -> list[str]:
     """What the trainer will see: splits, shapes, channel/bin split, rates, extras."""
-    from autolfads.trainer.metrics import co_bps
+    from autolfads.trainer.evaluation.metrics import co_bps
 
     lines = []
     for name, split in data.splits().items():
@@ -218,8 +218,8 @@ def _extras(data: LfadsData) -> list[str]:
 
 
 def _import_options(args: argparse.Namespace):
-    from autolfads.trainer.data import load_lfads_h5
-    from autolfads.trainer.nwb_import import NwbImportOptions, units_like
+    from autolfads.trainer.data.dataset import load_lfads_h5
+    from autolfads.trainer.data.nwb_import import NwbImportOptions, units_like
 
     given = {
         "bin_ms": args.bin_ms,
@@ -262,8 +262,8 @@ def _import_options(args: argparse.Namespace):
 
 
 def run_from_nwb(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data import dataset_sha256, write_lfads_h5
-    from autolfads.trainer.nwb_import import nwb_to_lfads
+    from autolfads.trainer.data.dataset import dataset_sha256, write_lfads_h5
+    from autolfads.trainer.data.nwb_import import nwb_to_lfads
 
     if args.out.exists() and not args.force:
         raise DataError(f"{args.out}: already exists; pass --force to overwrite it")
@@ -277,7 +277,7 @@ def run_from_nwb(args: argparse.Namespace) -> int:
 
 
 def run_to_nwb(args: argparse.Namespace) -> int:
-    from autolfads.trainer.nwb_export import write_result_nwb
+    from autolfads.trainer.data.nwb_export import write_result_nwb
 
     if args.out.exists() and not args.force:
         raise DataError(f"{args.out}: already exists; pass --force to overwrite it")

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
-    from autolfads.trainer.finalize import finalize_run
+    from autolfads.trainer.evaluation.finalize import finalize_run
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")

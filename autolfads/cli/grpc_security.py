@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from autolfads.errors import ConfigError
 
 if TYPE_CHECKING:  # grpc is imported only when a command runs
-    from autolfads.coordinator.security import ClientSecurity, ServerSecurity
+    from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 
 
 TLS_DIR_ENV = "AUTOLFADS_TLS_DIR"
@@ -122,9 +122,9 @@ def server_security(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> ServerSecurity:
     """The ServerSecurity the flags (and environment) describe."""
-    from autolfads.coordinator.security import ServerSecurity
-    from autolfads.coordinator.tls import ServerTls
-    from autolfads.coordinator.tokens import TokenSet
+    from autolfads.coordinator.security.exposure import ServerSecurity
+    from autolfads.coordinator.security.tls import ServerTls
+    from autolfads.coordinator.security.tokens import TokenSet
 
     environ = os.environ if environ is None else environ
     tokens = TokenSet.load(
@@ -159,9 +159,9 @@ def client_security(
     args: argparse.Namespace, right: str, environ: Mapping[str, str] | None = None
 ) -> ClientSecurity:
     """The ClientSecurity for a command whose calls need `right` (read/work/operate)."""
-    from autolfads.coordinator.security import ClientSecurity
-    from autolfads.coordinator.tls import ClientTls
-    from autolfads.coordinator.tokens import resolve_client_token
+    from autolfads.coordinator.security.exposure import ClientSecurity
+    from autolfads.coordinator.security.tls import ClientTls
+    from autolfads.coordinator.security.tokens import resolve_client_token
 
     environ = os.environ if environ is None else environ
     token = resolve_client_token(right, args.token_file, environ)  # type: ignore[arg-type]

@@ -106,7 +106,7 @@ def _options(args: argparse.Namespace):
 
 def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) -> None:
     from autolfads.cli.metrics_table import metrics_table
-    from autolfads.trainer.metrics import summary_names
+    from autolfads.trainer.evaluation.metrics import summary_names
 
     print(f"\nbest member {doc['member']} (generation {doc['generation']}), validation split:")
     print("\n".join(metrics_table(doc, summary_names(doc))))
@@ -149,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.errors import ConfigError
     from autolfads.extras import require_extras
     from autolfads.launcher import SearchFailed, check_launch, run_search
-    from autolfads.progress import ProgressPrinter
+    from autolfads.progress_display import ProgressPrinter
     from autolfads.storage import open_store
-    from autolfads.trainer.datafile import load_config_data
+    from autolfads.trainer.data.config_data import load_config_data
 
     # Checked before anything starts: a search must not train for hours and
     # then fail at its report for want of matplotlib.
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         raise SearchFailed(
             f"search ended {status}; see `autolfads status {store.location(cfg.name)}`"
         )
-    from autolfads.trainer.finalize import finalize_run
+    from autolfads.trainer.evaluation.finalize import finalize_run
 
     doc = finalize_run(store, cfg.name, device=opts.device)
     keys = None

@@ -21,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
-    from autolfads.coordinator.staging import stage_run
+    from autolfads.coordinator.search.staging import stage_run
     from autolfads.storage import open_store
 
     # numpy-only: no torch needed to check, or generate, the data.
-    from autolfads.trainer.datafile import load_config_data
+    from autolfads.trainer.data.config_data import load_config_data
 
     cfg = load_config(args.config)
     data_path, _ = load_config_data(cfg)  # bad data fails here, before anything is staged

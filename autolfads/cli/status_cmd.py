@@ -57,7 +57,7 @@ class GenerationSummary:
 @dataclass(frozen=True)
 class StatusReport:
     source: str  # the coordinator address or the store URL + run
-    view: Any  # autolfads.coordinator.messages.StatusView
+    view: Any  # autolfads.coordinator.search.messages.StatusView
     generations: tuple[GenerationSummary, ...]
     # best/metrics.json of a finished, finalized run (storage source only).
     evaluation: dict[str, Any] | None = None
@@ -123,7 +123,7 @@ def _reports(args: argparse.Namespace) -> Iterator[StatusReport]:
 def _from_coordinator(
     target: str, watch: bool, wait_s: float, security: Any = None
 ) -> Iterator[StatusReport]:
-    from autolfads.coordinator.client import CoordinatorClient
+    from autolfads.coordinator.wire.client import CoordinatorClient
 
     with CoordinatorClient(
         target, timeout_s=max(wait_s, 1.0), unavailable_wait_s=wait_s, security=security
@@ -178,8 +178,8 @@ def _from_storage(
 
 
 def _read_state(store: Any, layout: Any, source: str) -> Any:
-    from autolfads.coordinator.state import SearchState
-    from autolfads.coordinator.views import status_view
+    from autolfads.coordinator.search.state import SearchState
+    from autolfads.coordinator.search.views import status_view
     from autolfads.storage import ObjectNotFound
 
     try:
@@ -267,7 +267,7 @@ def _emit(report: StatusReport, args: argparse.Namespace, out: TextIO, first: bo
 
 def _ranked(members: tuple[Any, ...]) -> list[Any]:
     """Best first, in the coordinator's one ranking order."""
-    from autolfads.coordinator.policy import ranking_key
+    from autolfads.coordinator.search.policy import ranking_key
 
     return sorted(members, key=lambda m: ranking_key(m.member, m.metric))
 
@@ -321,7 +321,7 @@ def render_text(report: StatusReport, top: int = 0) -> str:
         lines.append(f"... {len(ranked) - top} more member(s); drop --top to see all")
     if report.evaluation is not None:
         from autolfads.cli.metrics_table import metrics_table
-        from autolfads.trainer.metrics import summary_names
+        from autolfads.trainer.evaluation.metrics import summary_names
 
         doc = report.evaluation
         lines.append("")

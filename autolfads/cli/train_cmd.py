@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch  # heavy: only once the inputs are known to be good
 
-    from autolfads.trainer.posterior import posterior_sample, write_lfads_output
-    from autolfads.trainer.session import TrainingSession
+    from autolfads.trainer.evaluation.posterior import posterior_sample, write_lfads_output
+    from autolfads.trainer.model.session import TrainingSession
 
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
@@ -87,7 +87,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 def load_run_data(cfg: RunConfig) -> Any:
     """The run's data file, generated first from `data.synth` if it is missing."""
-    from autolfads.trainer.datafile import load_config_data
+    from autolfads.trainer.data.config_data import load_config_data
 
     return load_config_data(cfg)[1]
 
@@ -117,7 +117,7 @@ def _train(session: Any, epochs: int, jsonl: Path, args: argparse.Namespace) -> 
 
 
 def _evaluate(data: Any, outputs: dict[str, Any]) -> dict[str, float]:
-    from autolfads.trainer.metrics import evaluate
+    from autolfads.trainer.evaluation.metrics import evaluate
 
     return {k: float(v) for k, v in evaluate(data, outputs).items()}
 

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import threading
 
-    from autolfads.coordinator.client import CoordinatorClient
+    from autolfads.coordinator.wire.client import CoordinatorClient
     from autolfads.errors import ConfigError
     from autolfads.storage import default_cache_dir, open_store, validate_identifier
     from autolfads.trainer.worker import Worker, configure_torch, default_threads, install_sigterm

@@ -22,7 +22,7 @@ from autolfads.errors import AutolfadsError
 from autolfads.report import figures
 from autolfads.report.html import render_html
 from autolfads.storage import ObjectNotFound, RunLayout, Store
-from autolfads.trainer.metrics import summary_names
+from autolfads.trainer.evaluation.metrics import summary_names
 
 
 class ReportError(AutolfadsError):

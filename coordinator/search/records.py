@@ -1,0 +1,119 @@
+"""The search's decisions, written to the run layout for people to read.
+
+    <run>/generations/gen-0003.json     ranking, who copied whom, old/new hparams
+    <run>/members/<member>/history.jsonl one line per finished segment
+    <run>/best/search.json              the best member when the search ends
+
+Together with the checkpoints these reconstruct the search from the bucket
+alone. Every document is a pure function of the state, so writing one again
+after a coordinator restart produces the same bytes. JSON has no NaN: a
+diverged member's metric is written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from autolfads.coordinator.search.policy import GenerationPlan, ranking_key
+from autolfads.coordinator.search.state import HistoryEntry, SearchState
+
+
+def json_metric(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _dumps(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _entry_doc(entry: HistoryEntry) -> dict[str, Any]:
+    doc = asdict(entry)
+    doc["metric"] = json_metric(entry.metric)
+    return doc
+
+
+def _events_of(state: SearchState, generation: int) -> list[dict[str, Any]]:
+    return [e for e in state.events if e.get("generation") == generation]
+
+
+def sync_generation_doc(state: SearchState, plan: GenerationPlan, stop_reason: str) -> bytes:
+    """gen-NNNN.json of a synchronous generation, after `plan_generation`."""
+    g = plan.generation
+    members: dict[str, Any] = {}
+    for member in state.members:
+        entry = state.entry(member, g)
+        assert entry is not None, f"{member} has no result for generation {g}"
+        step = plan.plans[member]
+        members[member] = {
+            "metric": json_metric(entry.metric),
+            "checkpoint": entry.checkpoint,
+            "sha256": entry.sha256,
+            "started_from": {"member": entry.parent, "generation": entry.start_generation},
+            "hparams": entry.hparams,
+            "next": {
+                "parent": step.parent,
+                "exploited": step.exploited,
+                "checkpoint": step.checkpoint,
+                "old_hparams": entry.hparams,
+                "new_hparams": step.hparams,
+            },
+        }
+    doc = {
+        "run": state.run,
+        "mode": "sync",
+        "generation": g,
+        "ranking": plan.ranking,
+        "best_member": plan.best_member,
+        "best_metric": json_metric(plan.best_metric),
+        "copies": {m: p.parent for m, p in sorted(plan.plans.items()) if p.exploited},
+        "members": members,
+        "stop": stop_reason,
+        "events": _events_of(state, g),
+    }
+    return _dumps(doc)
+
+
+def async_generation_doc(state: SearchState, generation: int) -> bytes:
+    """gen-NNNN.json in async mode: each member's decision as it was taken."""
+    entries = [e for m in state.members if (e := state.entry(m, generation)) is not None]
+    ranked = sorted(entries, key=lambda e: ranking_key(e.member, e.metric))
+    doc = {
+        "run": state.run,
+        "mode": "async",
+        "generation": generation,
+        "complete": len(entries) == len(state.members),
+        "ranking": [e.member for e in ranked],
+        "copies": {e.member: e.next_parent for e in entries if e.next_exploited},
+        "members": {e.member: _entry_doc(e) for e in entries},
+        "events": _events_of(state, generation),
+    }
+    return _dumps(doc)
+
+
+def history_doc(state: SearchState, member: str) -> bytes:
+    """history.jsonl: S3 cannot append, so the whole object is rewritten."""
+    lines = [
+        json.dumps(_entry_doc(e), sort_keys=True, allow_nan=False)
+        for e in state.history.get(member, [])
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def best_doc(state: SearchState) -> bytes:
+    best = state.best
+    doc: dict[str, Any] = {
+        "run": state.run,
+        "status": state.status,
+        "message": state.message,
+        "best_history": [json_metric(v) for v in state.best_history],
+    }
+    if best is not None:
+        doc["best"] = {**asdict(best), "metric": json_metric(best.metric)}
+        doc["lineage"] = [
+            {"generation": e.generation, "member": e.member, "checkpoint": e.checkpoint}
+            for e in state.lineage(best.member, best.generation)
+        ]
+    return _dumps(doc)

@@ -1,0 +1,238 @@
+"""Typed client of the coordinator: what the trainer, the CLI and users' scripts use.
+
+    with CoordinatorClient("10.0.0.5:50051") as client:
+        status = client.status()
+        print(status.generation, status.best)
+
+Every call has a deadline. Every RPC of the protocol is idempotent
+(RequestWork through its request_id), so every call is retried on
+UNAVAILABLE: quickly by the channel's retry policy, then by a slower loop
+with backoff until `unavailable_wait_s` has passed in total, which rides out
+a coordinator restart. After that `CoordinatorUnavailable` is raised. Other
+failures come back as the domain exceptions of `coordinator.errors`.
+
+Security (`ClientSecurity`): the bearer token goes with every call as
+`authorization` metadata; TLS is used when `security.tls` is set; plaintext
+to a non-loopback target needs `allow_plaintext`. Refusals (UNAUTHENTICATED,
+PERMISSION_DENIED) and failed TLS handshakes are never retried: they raise
+`Unauthenticated`, `PermissionDenied` or `TlsError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from autolfads.coordinator.search.errors import CoordinatorUnavailable, TlsError
+from autolfads.coordinator.search.messages import (
+    HeartbeatReply,
+    ReportAck,
+    SegmentReport,
+    StatusView,
+    WorkReply,
+)
+from autolfads.coordinator.security.auth import bearer_metadata
+from autolfads.coordinator.security.exposure import ClientSecurity
+from autolfads.coordinator.security.limits import MAX_REPLY_BYTES
+from autolfads.coordinator.wire import convert
+from autolfads.coordinator.wire.server import SERVICE_NAME
+from autolfads.coordinator.wire.status_codes import from_rpc_error
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_UNAVAILABLE_WAIT_S = 300.0
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+# Fast, transparent retries inside one call (gRPC caps maxAttempts at 5).
+SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE_NAME}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                # RESOURCE_EXHAUSTED: the server's concurrent-RPC cap (a burst).
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            },
+        }
+    ]
+}
+CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    # Reconnect quickly once a restarted coordinator is back (default max 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
+)
+# Substrings of grpc's details for a failed TLS handshake: not worth retrying.
+_TLS_FAILURES = (
+    "handshake failed",
+    "ssl_error",
+    "certificate_verify_failed",
+    "tsi_",
+    "verification check failed",
+)
+
+
+class CoordinatorClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        unavailable_wait_s: float = DEFAULT_UNAVAILABLE_WAIT_S,
+        sleep: Callable[[float], None] = time.sleep,
+        security: ClientSecurity | None = None,
+    ) -> None:
+        security = security or ClientSecurity()
+        security.check(target)
+        self.target = target
+        self.timeout_s = timeout_s
+        self.unavailable_wait_s = unavailable_wait_s
+        self._sleep = sleep
+        self._metadata = bearer_metadata(security.token) if security.token else None
+        self._tls = security.tls is not None
+        if security.tls is not None:
+            self._channel = grpc.secure_channel(
+                target,
+                security.tls.credentials(),
+                options=CHANNEL_OPTIONS + security.tls.channel_options(),
+            )
+        else:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ------------------------------------------------------------ protocol
+
+    def request_work(self, worker_id: str, max_leases: int = 1) -> WorkReply:
+        """Leases (action "train"), "wait" (see retry_after_s) or "done"."""
+        # One id for all retries of this request: the server replays its answer.
+        request = pb.RequestWorkRequest(
+            worker_id=worker_id, max_leases=max_leases, request_id=uuid.uuid4().hex
+        )
+        return convert.work_from_proto(self._call(self._stub.RequestWork, request))
+
+    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
+        request = pb.HeartbeatRequest(
+            lease_id=lease_id, worker_id=worker_id, epochs_done=epochs_done
+        )
+        return convert.heartbeat_from_proto(self._call(self._stub.Heartbeat, request))
+
+    def report(self, report: SegmentReport) -> ReportAck:
+        return convert.ack_from_proto(
+            self._call(self._stub.ReportResult, convert.report_to_proto(report))
+        )
+
+    def status(self) -> StatusView:
+        return convert.status_from_proto(self._call(self._stub.GetStatus, pb.GetStatusRequest()))
+
+    def watch(self, timeout_s: float | None = None) -> Iterator[StatusView]:
+        """The current status, then one after every change, until the search
+        ends (or `timeout_s` passes: a long deadline, since streams are long)."""
+        stream = self._stub.WatchStatus(
+            pb.WatchStatusRequest(), timeout=timeout_s, metadata=self._metadata
+        )
+        try:
+            for message in stream:
+                yield convert.status_from_proto(message)
+        except grpc.RpcError as err:
+            raise self._failure(err) from None
+        finally:
+            stream.cancel()
+
+    def cancel(self, reason: str = "") -> str:
+        """Cancel the search; returns its state afterwards (idempotent)."""
+        reply = self._call(self._stub.CancelSearch, pb.CancelSearchRequest(reason=reason))
+        return convert.search_state_from_proto(reply.state)
+
+    def health(self, service: str = SERVICE_NAME) -> str:
+        """'SERVING' or 'NOT_SERVING' (one try, no retry loop)."""
+        try:
+            reply = self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s
+            )
+        except grpc.RpcError as err:
+            raise self._failure(err) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        start = time.monotonic()
+        delay = 0.2
+        while True:
+            try:
+                return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as err:
+                waited = time.monotonic() - start
+                if self._tls_failure(err):
+                    raise self._failure(err) from None
+                if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s:
+                    failure = from_rpc_error(err, self.target)
+                    if err.code() in _RETRYABLE:
+                        raise CoordinatorUnavailable(
+                            f"coordinator {self.target} unreachable for {waited:.0f} s: "
+                            f"{failure}{self._plaintext_hint(err)}"
+                        ) from None
+                    raise failure from None
+                log.info(
+                    "coordinator %s unavailable (%s); retrying in %.1f s",
+                    self.target,
+                    err.code().name,
+                    delay,
+                )
+                self._sleep(min(delay, max(self.unavailable_wait_s - waited, 0.0)))
+                delay = min(delay * 2, 5.0)
+
+    def _plaintext_hint(self, err: grpc.RpcError) -> str:
+        """A TLS server hangs up on a plaintext client: say so."""
+        details = (err.details() or "").lower() if hasattr(err, "details") else ""
+        if self._tls or "socket closed" not in details:
+            return ""
+        return " (if the coordinator serves TLS, give --tls-ca or --tls-dir)"
+
+    def _tls_failure(self, err: grpc.RpcError) -> bool:
+        details = (err.details() or "").lower() if hasattr(err, "details") else ""
+        return err.code() == grpc.StatusCode.UNAVAILABLE and any(
+            marker in details for marker in _TLS_FAILURES
+        )
+
+    def _failure(self, err: grpc.RpcError) -> Exception:
+        """The domain exception for `err`; a failed handshake as one clear TlsError."""
+        if not self._tls_failure(err):
+            return from_rpc_error(err, self.target)
+        details = err.details() or ""
+        if "certificate_verify_failed" in details.lower():
+            why = "its certificate is not signed by a CA this client trusts (give --tls-ca)"
+        elif "hostname verification" in details.lower():
+            why = "its certificate does not name this address (give --tls-server-name NAME)"
+        elif "wrong_version_number" in details.lower() or "packet_length" in details.lower():
+            why = "it does not speak TLS (drop the TLS options, or enable TLS on it)"
+        else:
+            why = details.splitlines()[0][-200:]
+        return TlsError(f"coordinator {self.target}: TLS handshake failed: {why}")

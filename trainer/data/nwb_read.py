@@ -1,0 +1,170 @@
+"""Read what `from-nwb` needs from an NWB file into numpy (pynwb, imported lazily).
+
+The NWB file is opened once, the units' spike times, the requested columns
+of the units and trials tables and one behaviour TimeSeries are copied into
+an `NwbRecording`, and the file is closed; everything after that (binning,
+splits, checks) is numpy on the recording, in trainer/data/nwb_import.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autolfads.errors import DataError
+
+
+@dataclass(frozen=True)
+class NwbRecording:
+    """The parts of an NWB file a conversion uses (times in seconds)."""
+
+    source: str
+    identifier: str
+    spike_times: list[np.ndarray]  # one sorted array per row of the units table
+    unit_columns: dict[str, np.ndarray]  # requested units columns, one entry per unit
+    trial_columns: dict[str, np.ndarray]  # start_time, stop_time + requested trial columns
+    trial_colnames: tuple[str, ...]  # every column of the trials table (for messages)
+    unit_colnames: tuple[str, ...]
+    recording_end: float  # end of the last observation interval (else last trial stop)
+    behavior: tuple[np.ndarray, np.ndarray] | None = None  # (timestamps (s,), values (s, d))
+    behavior_name: str = ""
+
+    @property
+    def n_units(self) -> int:
+        return len(self.spike_times)
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.trial_columns["start_time"].shape[0])
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """Strings read back as bytes or str, as one str array."""
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def _column(table, name: str) -> np.ndarray:
+    data = np.asarray(table[name].data[:])
+    return _as_text(data) if data.dtype.kind in "OSU" else data
+
+
+def _spike_times(units) -> list[np.ndarray]:
+    """Each unit's spike times, sorted, read in two array reads (not one per unit)."""
+    index = units["spike_times"]  # a VectorIndex: cumulative end of each unit's slice
+    ends = np.asarray(index.data[:], dtype=np.int64)
+    flat = np.asarray(index.target.data[:], dtype=np.float64)
+    begins = np.concatenate([[0], ends[:-1]])
+    return [np.sort(flat[b:e]) for b, e in zip(begins, ends, strict=True)]
+
+
+def _recording_end(units, trial_stop: np.ndarray, spikes: list[np.ndarray]) -> float:
+    if "obs_intervals" in units.colnames:
+        index = units["obs_intervals"]
+        flat = np.asarray(index.target.data[:], dtype=np.float64)
+        if flat.size:
+            return float(flat.reshape(-1, 2)[:, 1].max())
+    last_spike = max((float(s[-1]) for s in spikes if s.size), default=-np.inf)
+    return float(max(np.max(trial_stop), last_spike))
+
+
+def _behavior(nwbfile, path: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A TimeSeries named `module/series` (or `module/interface/series`)."""
+    from pynwb import TimeSeries
+
+    parts = path.strip("/").split("/")
+    if len(parts) not in (2, 3):
+        raise DataError(f"--behavior {path!r}: expected MODULE/SERIES, e.g. behavior/hand_vel")
+    modules = nwbfile.processing
+    if parts[0] not in modules:
+        raise DataError(
+            f"{source}: --behavior {path!r}: no processing module {parts[0]!r} "
+            f"(modules: {sorted(modules) or 'none'})"
+        )
+    module = modules[parts[0]]
+    if parts[1] not in module.data_interfaces:
+        raise DataError(
+            f"{source}: --behavior {path!r}: module {parts[0]!r} has no {parts[1]!r} "
+            f"(it has {sorted(module.data_interfaces) or 'nothing'})"
+        )
+    obj = module[parts[1]]
+    if len(parts) == 3:
+        series = getattr(obj, "time_series", {})
+        if parts[2] not in series:
+            raise DataError(f"{source}: --behavior {path!r}: {parts[1]!r} has no {parts[2]!r}")
+        obj = series[parts[2]]
+    if not isinstance(obj, TimeSeries):
+        raise DataError(
+            f"{source}: --behavior {path!r} is a {type(obj).__name__}, not a TimeSeries"
+        )
+    values = np.asarray(obj.data[:], dtype=np.float64) * float(obj.conversion or 1.0)
+    values = values.reshape(values.shape[0], -1)
+    if obj.timestamps is not None:
+        times = np.asarray(obj.timestamps[:], dtype=np.float64)
+    else:
+        times = float(obj.starting_time or 0.0) + np.arange(values.shape[0]) / float(obj.rate)
+    if times.size < 1 or np.any(np.diff(times) <= 0):
+        raise DataError(f"{source}: --behavior {path!r}: timestamps must be strictly increasing")
+    return times, values
+
+
+def read_nwb(
+    path: str | Path,
+    unit_columns: Sequence[str] = (),
+    trial_columns: Sequence[str] = (),
+    behavior: str | None = None,
+) -> NwbRecording:
+    """Read an NWB file; raise DataError (one line) for a file that cannot serve."""
+    from pynwb import NWBHDF5IO
+
+    source = str(path)
+    if not Path(path).is_file():
+        raise DataError(f"{source}: file not found")
+    io = None
+    try:
+        io = NWBHDF5IO(source, "r")
+        nwbfile = io.read()
+    except Exception as err:  # h5py and hdmf raise many types for foreign files
+        if io is not None:
+            io.close()
+        raise DataError(
+            f"{source}: not an NWB file, or unreadable by pynwb ({type(err).__name__})"
+        ) from None
+    with io:
+        units, trials = nwbfile.units, nwbfile.trials
+        if units is None or len(units) == 0 or "spike_times" not in units.colnames:
+            raise DataError(
+                f"{source}: no units table with spike_times; from-nwb bins sorted units"
+            )
+        if trials is None or len(trials) == 0:
+            raise DataError(
+                f"{source}: no trials table; from-nwb cuts the recording into its trials"
+            )
+        missing_units = [c for c in unit_columns if c not in units.colnames]
+        if missing_units:
+            raise DataError(
+                f"{source}: units table has no column {missing_units[0]!r} "
+                f"(columns: {', '.join(units.colnames)})"
+            )
+        missing_trials = [c for c in trial_columns if c not in trials.colnames]
+        if missing_trials:
+            raise DataError(
+                f"{source}: trials table has no column {missing_trials[0]!r} "
+                f"(columns: {', '.join(trials.colnames)})"
+            )
+        spikes = _spike_times(units)
+        tcols = {c: _column(trials, c) for c in ("start_time", "stop_time", *trial_columns)}
+        return NwbRecording(
+            source=source,
+            identifier=str(nwbfile.identifier),
+            spike_times=spikes,
+            unit_columns={c: _column(units, c) for c in unit_columns},
+            trial_columns=tcols,
+            trial_colnames=tuple(trials.colnames),
+            unit_colnames=tuple(units.colnames),
+            recording_end=_recording_end(units, tcols["stop_time"], spikes),
+            behavior=None if behavior is None else _behavior(nwbfile, behavior, source),
+            behavior_name=behavior or "",
+        )
