@@ -50,7 +50,7 @@ def decoder_loop_reference(
     w_gen_zr, w_gen_n = w_gen_hh_t[:, : 2 * gen_dim], w_gen_hh_t[:, 2 * gen_dim :]
     co_dim = 0 if con is None else con.w_gen_co_t.shape[0]
     factor, gen_h = factor0, gen_h0
-    con_h = None if con is None else con.con_h0
+    con_h = gen_h0.new_zeros(batch, 0) if con is None else con.con_h0
     outs: list[list[torch.Tensor]] = [[] for _ in range(6)]
     for t in range(seq_len):
         x_gen = torch.cat([gen_x_zr[t], gen_x_n[t]], dim=1)  # (B, 3G)
@@ -64,8 +64,7 @@ def decoder_loop_reference(
         )
         dropped = gen_h if gen_drop is None else gen_h * gen_drop[t]
         factor = dropped @ w_fac_t
-        con_out = gen_h0.new_zeros(batch, 0) if con_h is None else con_h
-        for out, value in zip(outs, (gen_h, factor, con_out, mean, std, co), strict=True):
+        for out, value in zip(outs, (gen_h, factor, con_h, mean, std, co), strict=True):
             out.append(value)
     return tuple(torch.stack(o) for o in outs)
 
