@@ -12,6 +12,10 @@ Every section has defaults (the AutoLFADS / lfads-torch values from
 shared/reference/lfads-and-pbt.md), unknown keys are errors, and every error
 names the field, the bad value and what is allowed. This module imports no
 torch, so the coordinator can parse configs in its small image.
+
+Why one module of ~470 lines: the schema, its bounds and the parser that turns
+pydantic's errors into one line are read together when a field is added;
+split, each half would need the other open.
 """
 
 from __future__ import annotations

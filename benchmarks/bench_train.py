@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from autolfads.config import parse_config
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.model.augment import coordinated_dropout
 from autolfads.trainer.model.objective import lfads_loss
 from autolfads.trainer.model.session import TrainingSession

@@ -63,7 +63,7 @@ def write_tiny_config(root: Path, run: str, **pbt: object) -> Path:
     overrides the search settings (population, mode, ...)."""
     import yaml
 
-    from autolfads.trainer.data.dataset import write_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
     from autolfads.trainer.data.synth import make_chaotic_rnn
 
     data = make_chaotic_rnn(

@@ -31,7 +31,7 @@ RUN = "e2e-run"
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autolfads.trainer.data.dataset import write_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
     from autolfads.trainer.data.synth import make_chaotic_rnn
 
     path = tmp_path_factory.mktemp("data") / "tiny.h5"

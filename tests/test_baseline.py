@@ -17,7 +17,8 @@ import torch
 from scipy.stats import poisson
 from sklearn.linear_model import PoissonRegressor
 
-from autolfads.trainer.data.dataset import LfadsData, write_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_chaotic_rnn
 from autolfads.trainer.evaluation.baseline import (
     SD_CANDIDATES_BINS,

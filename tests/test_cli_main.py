@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autolfads.cli import build_parser
-from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_synthetic
 
 COMMANDS = ("run", "train", "data", "status", "report", "finalize", "stage",

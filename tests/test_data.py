@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 
 from autolfads.errors import DataError
-from autolfads.trainer.data.dataset import (
-    LfadsData,
-    Split,
-    dataset_sha256,
-    load_lfads_h5,
-    validate_data,
-    write_lfads_h5,
-)
+from autolfads.trainer.data.dataset import LfadsData, Split, validate_data
+from autolfads.trainer.data.lfads_h5 import dataset_sha256, load_lfads_h5, write_lfads_h5
 
 N_TRAIN, N_VALID, T_OBS, T_FP, D_IN, D_OUT = 12, 4, 10, 3, 5, 2
 

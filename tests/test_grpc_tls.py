@@ -30,7 +30,7 @@ from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
 from autolfads.storage import LocalStore
-from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_chaotic_rnn
 
 TOKENS = TokenSet.generate()

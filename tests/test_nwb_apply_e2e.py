@@ -19,7 +19,7 @@ import pytest
 
 from autolfads.cli import main
 from autolfads.storage import open_store
-from autolfads.trainer.data.dataset import load_lfads_h5
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 
 pytest.importorskip("pynwb")
 pytest.importorskip("torch")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from autolfads.cli import main
-from autolfads.trainer.data.dataset import load_lfads_h5
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 
 pytest.importorskip("pynwb")
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from autolfads.cli import main
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 
 pytest.importorskip("pynwb")
 

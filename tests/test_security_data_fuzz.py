@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from autolfads.cli import main
 from autolfads.errors import DataError
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5, write_lfads_h5
 from autolfads.trainer.data.synth import make_synthetic
 
 FUZZ = settings(

@@ -11,7 +11,8 @@ from threadpoolctl import threadpool_limits
 
 from autolfads.cli import main
 from autolfads.errors import DataError
-from autolfads.trainer.data.dataset import load_lfads_h5, validate_data
+from autolfads.trainer.data.dataset import validate_data
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.data.synth import make_chaotic_rnn, make_lorenz, make_synthetic
 from autolfads.trainer.evaluation.metrics import evaluate
 from autolfads.trainer.evaluation.smoothing import smooth_spikes, smoothing_baseline

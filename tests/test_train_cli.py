@@ -12,7 +12,7 @@ import yaml
 from autolfads.cli import main
 from autolfads.cli.train_cmd import load_run_data
 from autolfads.config import load_config
-from autolfads.trainer.data.dataset import write_lfads_h5
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_chaotic_rnn
 from autolfads.trainer.model.session import TrainingSession
 

@@ -2,7 +2,7 @@
 
 Layers (a layer imports only those listed before it):
 
-    data/        the HDF5 layout (`LfadsData`), a config's data file,
+    data/        `LfadsData` and its HDF5 files, a config's data file,
                  synthetic data, NWB in and out (numpy, h5py; no torch)
     model/       LFADS itself (`lfads`, the blocks in `modules/`), its
                  objective, augmentations, batches on the device, and one

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data.dataset import load_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import load_lfads_h5
     from autolfads.trainer.evaluation.baseline import REFERENCE_METRICS, reference_scores
 
     data = load_lfads_h5(args.data)

@@ -141,7 +141,7 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data.dataset import dataset_sha256, write_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import dataset_sha256, write_lfads_h5
     from autolfads.trainer.data.synth import make_synthetic
 
     if args.out.exists() and not args.force:
@@ -158,7 +158,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data.dataset import dataset_sha256, load_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import dataset_sha256, load_lfads_h5
 
     data = load_lfads_h5(args.path, heldout_dim=args.heldout_dim, fp_seq_len=args.fp_seq_len)
     print(f"{args.path}: OK (sha256 {dataset_sha256(args.path)})")
@@ -218,7 +218,7 @@ def _extras(data: LfadsData) -> list[str]:
 
 
 def _import_options(args: argparse.Namespace):
-    from autolfads.trainer.data.dataset import load_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import load_lfads_h5
     from autolfads.trainer.data.nwb_import import NwbImportOptions, units_like
 
     given = {
@@ -262,7 +262,7 @@ def _import_options(args: argparse.Namespace):
 
 
 def run_from_nwb(args: argparse.Namespace) -> int:
-    from autolfads.trainer.data.dataset import dataset_sha256, write_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import dataset_sha256, write_lfads_h5
     from autolfads.trainer.data.nwb_import import nwb_to_lfads
 
     if args.out.exists() and not args.force:

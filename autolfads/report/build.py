@@ -165,6 +165,13 @@ def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[st
     )
     files = {name: data for name, data in pngs.values()}
     files["index.html"] = page.encode("utf-8")
+    return _write_report(store, layout, files, out_dir)
+
+
+def _write_report(
+    store: Store, layout: RunLayout, files: dict[str, bytes], out_dir: Path | None
+) -> dict[str, str]:
+    """Each file to `<run>/best/report/` (and atomically into `out_dir`)."""
     keys = {}
     for name, data in files.items():
         kind = "text/html" if name.endswith(".html") else "image/png"

@@ -38,7 +38,7 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
     upload_data(store, layout, path)
     if not store.exists(layout.baseline()):
         # Once per run, before the config that marks the run as staged.
-        from autolfads.trainer.data.dataset import load_lfads_h5
+        from autolfads.trainer.data.lfads_h5 import load_lfads_h5
         from autolfads.trainer.evaluation.baseline import reference_scores
 
         store.put_json(layout.baseline(), reference_scores(load_lfads_h5(path)))

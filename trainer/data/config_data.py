@@ -6,7 +6,8 @@ from pathlib import Path
 
 from autolfads.config import RunConfig
 from autolfads.errors import ConfigError, DataError
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5, write_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5, write_lfads_h5
 from autolfads.trainer.data.synth import make_synthetic
 
 

@@ -31,7 +31,8 @@ import h5py
 import numpy as np
 
 from autolfads.errors import DataError
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 
 # lfads_output dataset -> (TimeSeries name, unit, description)
 SERIES = {

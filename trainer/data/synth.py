@@ -125,6 +125,18 @@ def _check_sizes(
         )
 
 
+def _rnn_states(
+    x0: np.ndarray, weights: np.ndarray, n_steps: int, alpha: float, gain: float
+) -> np.ndarray:
+    """Euler-integrate the rate network for every trial at once: (trials, steps, neurons)."""
+    states = np.empty((x0.shape[0], n_steps, x0.shape[1]))
+    x = x0
+    for t in range(n_steps):
+        states[:, t] = x
+        x = (1.0 - alpha) * x + alpha * gain * np.tanh(x) @ weights.T
+    return states
+
+
 def make_chaotic_rnn(
     seed: int = 0,
     n_conditions: int = 400,
@@ -171,11 +183,7 @@ def make_chaotic_rnn(
     # Simulate lag + observed + forward bins; the trial window starts after the
     # behaviour lag so that behaviour at bin t can depend on the state at t - lag.
     n_steps = behavior_lag_bins + n_bins + n_fp_bins
-    alpha = dt / tau
-    states = np.empty((cond_ids.size, n_steps, n_neurons))
-    for t in range(n_steps):
-        states[:, t] = x
-        x = (1.0 - alpha) * x + alpha * gain * np.tanh(x) @ weights.T
+    states = _rnn_states(x, weights, n_steps, dt / tau, gain)
     activity = np.tanh(states)  # (trials, steps, neurons)
     window = activity[:, behavior_lag_bins:]
     lo, hi = window.min(axis=1, keepdims=True), window.max(axis=1, keepdims=True)
@@ -214,6 +222,21 @@ def _lorenz_states(
         )
         z = z + dt * dz
     return out
+
+
+def _lorenz_log_rates(
+    window: np.ndarray, rng: np.random.Generator, n_neurons: int, min_hz: float, max_hz: float
+) -> np.ndarray:
+    """Log-rates in Hz, (trials, bins, neurons), from the standardised state
+    (trials, bins, 3): each neuron reads a random direction of the state; its
+    span (in log Hz) is drawn between 1/3 and all of log(max/min), then placed
+    at a random offset within [log min, log max]."""
+    proj = window @ rng.standard_normal((3, n_neurons))  # (trials, bins, neurons)
+    lo, hi = proj.min(axis=(0, 1)), proj.max(axis=(0, 1))
+    full_span = np.log(max_hz / min_hz)
+    span = full_span * rng.uniform(1.0 / 3.0, 1.0, n_neurons)
+    offset = np.log(min_hz) + (full_span - span) * rng.uniform(0.0, 1.0, n_neurons)
+    return offset + span * (proj - lo) / np.maximum(hi - lo, 1e-12)
 
 
 def make_lorenz(
@@ -266,16 +289,9 @@ def make_lorenz(
     z = z[:, ::steps_per_bin]  # state at the start of each bin: (trials, bins, 3)
     z = (z - z.mean(axis=(0, 1))) / z.std(axis=(0, 1))
 
-    # Log-rates: each neuron reads a random direction of the state; its span
-    # (in log Hz) is drawn between 1/3 and all of log(max/min), then placed
-    # at a random offset within [log min, log max].
-    window = z[:, behavior_lag_bins:]
-    proj = window @ net_rng.standard_normal((3, n_neurons))  # (trials, bins, neurons)
-    lo, hi = proj.min(axis=(0, 1)), proj.max(axis=(0, 1))
-    full_span = np.log(max_rate_hz / min_rate_hz)
-    span = full_span * net_rng.uniform(1.0 / 3.0, 1.0, n_neurons)
-    offset = np.log(min_rate_hz) + (full_span - span) * net_rng.uniform(0.0, 1.0, n_neurons)
-    log_hz = offset + span * (proj - lo) / np.maximum(hi - lo, 1e-12)
+    log_hz = _lorenz_log_rates(
+        z[:, behavior_lag_bins:], net_rng, n_neurons, min_rate_hz, max_rate_hz
+    )
     rates = np.exp(log_hz) * (bin_ms / 1000.0)
     spikes = spike_rng.poisson(rates)
     behavior = _behavior(

@@ -25,7 +25,8 @@ from autolfads.config import RunConfig, load_config
 from autolfads.coordinator.search.staging import read_run_config
 from autolfads.errors import DataError
 from autolfads.storage import ObjectNotFound, Store, open_store
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.evaluation.finalize import sample_checkpoint
 from autolfads.trainer.evaluation.metrics import evaluate
 from autolfads.trainer.evaluation.posterior import write_lfads_output

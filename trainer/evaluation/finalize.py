@@ -23,7 +23,8 @@ from autolfads.config import RunConfig
 from autolfads.coordinator.search.staging import load_run
 from autolfads.errors import AutolfadsError
 from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
-from autolfads.trainer.data.dataset import LfadsData, load_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.evaluation.baseline import place
 from autolfads.trainer.evaluation.metrics import evaluate
 from autolfads.trainer.evaluation.posterior import posterior_sample, write_lfads_output

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from autolfads.errors import ConfigError
-from autolfads.trainer.data.dataset import LfadsData, write_lfads_h5
+from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.model.batches import SplitTensors
 from autolfads.trainer.model.lfads import LfadsModel, LfadsOutput
 

@@ -80,6 +80,10 @@ def run_decoder_loop(
 
 
 class DecoderRecurrence(torch.autograd.Function):
+    # forward is one long loop on purpose: every bin reads and writes the same
+    # preallocated buffers, and splitting it into helpers would either pass a
+    # dozen buffers per call or allocate per bin. The plain statement of the
+    # same equations is `reference.decoder_loop_reference`.
     @staticmethod
     def forward(  # noqa: PLR0913 (autograd passes operands positionally)
         ctx,
