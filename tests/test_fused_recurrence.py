@@ -15,7 +15,11 @@ import torch
 
 from autolfads.config import ModelConfig
 from autolfads.trainer.model.lfads import DataDims, LfadsModel
-from autolfads.trainer.model.modules.decoder_loop import ControllerOperands, run_decoder_loop
+from autolfads.trainer.model.modules.decoder_loop import (
+    ControllerOperands,
+    GeneratorOperands,
+    run_decoder_loop,
+)
 from autolfads.trainer.model.modules.gru import StreamRecurrence
 from autolfads.trainer.model.modules.reference import (
     decoder_loop_reference,
@@ -81,7 +85,7 @@ def _run(grads: list, consts: dict, clip: float = 1.2) -> tuple[torch.Tensor, ..
     con = None
     if len(grads) > 6:
         con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    return run_decoder_loop(*grads[:6], clip, consts["gen_drop"], con)
+    return run_decoder_loop(GeneratorOperands(*grads[:6], clip, consts["gen_drop"]), con)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,8 @@ def _reference(grads: list, consts: dict, clip: float = 1.2) -> list[torch.Tenso
     con = None
     if len(grads) > 6:
         con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    return list(decoder_loop_reference(*grads[:6], clip, consts["gen_drop"], con))
+    gen = GeneratorOperands(*grads[:6], clip, consts["gen_drop"])
+    return list(decoder_loop_reference(gen, con))
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,9 @@ def _check_split(source: str, name: str, split: Split, data: LfadsData) -> None:
         check_rank(source, key, split.recon_data, 3)
         _check_counts(source, key, split.recon_data)
         if split.recon_data.shape != recon_shape:
-            raise data_error(source, key, f"shape {split.recon_data.shape} does not match {recon_shape}")
+            raise data_error(
+                source, key, f"shape {split.recon_data.shape} does not match {recon_shape}"
+            )
         observed = split.recon_data[:, : data.encod_seq_len, : data.encod_data_dim]
         if not np.array_equal(observed, split.encod_data):
             raise data_error(
@@ -191,7 +193,9 @@ def _check_optional(
         _check_finite(source, key, split.behavior, allow_nan=True)
         want = (n, data.encod_seq_len)
         if split.behavior.shape[:2] != want:
-            raise data_error(source, key, f"shape {split.behavior.shape} needs (trials, bins) {want}")
+            raise data_error(
+                source, key, f"shape {split.behavior.shape} needs (trials, bins) {want}"
+            )
         if split.behavior.shape[2] != data.behavior_dim:
             raise data_error(
                 source, key, f"{split.behavior.shape[2]} columns, train has {data.behavior_dim}"
@@ -216,7 +220,9 @@ def _check_psth(source: str, data: LfadsData) -> None:
             source, "psth", f"{psth.shape[1]} bins; expected {data.encod_seq_len} (observed)"
         )
     if psth.shape[2] != data.recon_data_dim:
-        raise data_error(source, "psth", f"{psth.shape[2]} channels; expected {data.recon_data_dim}")
+        raise data_error(
+            source, "psth", f"{psth.shape[2]} channels; expected {data.recon_data_dim}"
+        )
     for name, split in data.splits().items():
         if split.cond_idx is not None and split.cond_idx.max() >= psth.shape[0]:
             raise data_error(

@@ -293,7 +293,9 @@ def _check_requested(data: LfadsData, heldout_dim: int | None, fp_seq_len: int |
         ("fp_seq_len", fp_seq_len, data.fp_seq_len),
     ):
         if want is not None and want != have:
-            raise data_error(data.source, arg, f"requested {want} but the file's shapes give {have}")
+            raise data_error(
+                data.source, arg, f"requested {want} but the file's shapes give {have}"
+            )
 
 
 # --------------------------------------------------------------------------- writing

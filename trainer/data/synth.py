@@ -188,19 +188,13 @@ def make_chaotic_rnn(
     window = activity[:, behavior_lag_bins:]
     lo, hi = window.min(axis=1, keepdims=True), window.max(axis=1, keepdims=True)
     rates = (window - lo) / np.maximum(hi - lo, 1e-12) * (max_rate_hz * dt)
+    latent = activity[:, : behavior_lag_bins + n_bins]
+    behavior = _behavior(net_rng, latent, behavior_lag_bins, behavior_noise_std)
+    is_valid = np.tile(is_valid_rep, n_conditions)
+    source = f"<chaotic-rnn seed={seed}>"
     spikes = spike_rng.poisson(rates)
-    behavior = _behavior(
-        net_rng, activity[:, : behavior_lag_bins + n_bins], behavior_lag_bins, behavior_noise_std
-    )
     return _assemble(
-        rates,
-        spikes,
-        behavior,
-        cond_ids,
-        np.tile(is_valid_rep, n_conditions),
-        n_neurons - n_heldout,
-        n_bins,
-        f"<chaotic-rnn seed={seed}>",
+        rates, spikes, behavior, cond_ids, is_valid, n_neurons - n_heldout, n_bins, source
     )
 
 
@@ -293,16 +287,16 @@ def make_lorenz(
         z[:, behavior_lag_bins:], net_rng, n_neurons, min_rate_hz, max_rate_hz
     )
     rates = np.exp(log_hz) * (bin_ms / 1000.0)
+    latent = z[:, : behavior_lag_bins + n_bins]
+    behavior = _behavior(net_rng, latent, behavior_lag_bins, behavior_noise_std)
+    is_valid = np.tile(is_valid_rep, n_conditions)
     spikes = spike_rng.poisson(rates)
-    behavior = _behavior(
-        net_rng, z[:, : behavior_lag_bins + n_bins], behavior_lag_bins, behavior_noise_std
-    )
     return _assemble(
         rates,
         spikes,
         behavior,
         cond_ids,
-        np.tile(is_valid_rep, n_conditions),
+        is_valid,
         n_neurons - n_heldout,
         n_bins,
         f"<lorenz seed={seed}>",

@@ -13,6 +13,7 @@ import io
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from autolfads.trainer.model.device import (
     restore_global_rng,
 )
 from autolfads.trainer.model.lfads import DataDims, LfadsModel
-from autolfads.trainer.model.objective import LossWeights, lfads_loss, ramp
+from autolfads.trainer.model.objective import LossTerms, LossWeights, lfads_loss, ramp
 
 CHECKPOINT_FORMAT = "autolfads-lfads-session"
 CHECKPOINT_VERSION = 1
@@ -53,6 +54,16 @@ def validate_hparams(hparams: Mapping[str, float]) -> dict[str, float]:
         if problem:
             raise ConfigError(problem)
     return {name: float(value) for name, value in hparams.items()}
+
+
+@dataclass(frozen=True)
+class BatchLoss:
+    """What one batch leaves: the loss terms and what the metrics need."""
+
+    terms: LossTerms
+    logrates: torch.Tensor  # (B, recon_seq_len, recon_data_dim)
+    recon: torch.Tensor  # the batch's targets, same shape
+    stirling: torch.Tensor | None  # the Stirling term of the Poisson NLL per entry
 
 
 class TrainingSession:
@@ -237,7 +248,7 @@ class TrainingSession:
             self._smth[key] = SMOOTHING_PREV * prev + (1.0 - SMOOTHING_PREV) * current
 
     def _run_training(self, weights: LossWeights) -> dict[str, float]:
-        train_cfg, split, dims = self.cfg.training, self._train, self.dims
+        train_cfg, split = self.cfg.training, self._train
         self.model.train()
         perm = torch.randperm(
             split.n_trials, generator=self.generator, device=self.generator.device
@@ -246,30 +257,7 @@ class TrainingSession:
         # Trial-weighted sums stay on the device (float64): no host sync per step.
         sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
         for idx in perm.split(train_cfg.batch_size):
-            encod, recon, ext, sv = split.batch(idx)
-            assert recon is not None, "training splits carry their targets"
-            if sv is not None:
-                encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
-            encod, grad_mask = coordinated_dropout(
-                encod,
-                self._hparams["cd_rate"],
-                train_cfg.cd_pass_rate,
-                dims.recon_seq_len,
-                dims.recon_data_dim,
-                self.generator,
-            )
-            out = self.model(encod, ext, self._hparams["dropout_rate"], True, self.generator)
-            terms = lfads_loss(
-                self.model,
-                out,
-                recon,
-                weights,
-                self.generator,
-                grad_mask,
-                sv,
-                train_cfg.sv_rate,
-                split.stirling(idx),
-            )
+            terms = self._batch_loss(split, idx, weights, training=True).terms
             self.optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             torch.nn.utils.clip_grad_norm_(self._params, train_cfg.max_grad_norm)
@@ -278,6 +266,44 @@ class TrainingSession:
             sums.add_(step.detach().double(), alpha=len(idx))
         return dict(zip(names, (sums / split.n_trials).tolist(), strict=True))
 
+    def _batch_loss(
+        self, split: SplitTensors, idx: torch.Tensor, weights: LossWeights, training: bool
+    ) -> BatchLoss:
+        """One batch through the model and the loss. Training adds coordinated
+        dropout and the model's dropout; both passes use the same generator
+        in the same order (sample-validation input, dropout masks, posterior
+        noise), so a replayed epoch draws the same numbers."""
+        train_cfg, dims = self.cfg.training, self.dims
+        encod, recon, ext, sv = split.batch(idx)
+        assert recon is not None, "training and validation splits carry their targets"
+        if sv is not None:
+            encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
+        grad_mask, dropout_rate = None, 0.0
+        if training:
+            encod, grad_mask = coordinated_dropout(
+                encod,
+                cd_rate=self._hparams["cd_rate"],
+                cd_pass_rate=train_cfg.cd_pass_rate,
+                recon_seq_len=dims.recon_seq_len,
+                recon_data_dim=dims.recon_data_dim,
+                generator=self.generator,
+            )
+            dropout_rate = self._hparams["dropout_rate"]
+        out = self.model(encod, ext, dropout_rate, True, self.generator)
+        stirling = split.stirling(idx)
+        terms = lfads_loss(
+            self.model,
+            out,
+            recon,
+            weights,
+            self.generator,
+            grad_mask=grad_mask,
+            sv_mask=sv,
+            sv_rate=train_cfg.sv_rate,
+            recon_stirling=stirling,
+        )
+        return BatchLoss(terms, out.logrates, recon, stirling)
+
     def _run_validation(self, weights: LossWeights) -> dict[str, float]:
         train_cfg, split, dims = self.cfg.training, self._valid, self.dims
         self.model.eval()
@@ -285,29 +311,13 @@ class TrainingSession:
         nll_sums: dict[str, float] = {}
         with torch.inference_mode():
             for idx in torch.arange(split.n_trials, device=self.device).split(train_cfg.batch_size):
-                encod, recon, ext, sv = split.batch(idx)
-                assert recon is not None, "validation splits carry their targets"
-                if sv is not None:
-                    encod = sample_validation_input(encod, sv, train_cfg.sv_rate)
-                out = self.model(encod, ext, 0.0, True, self.generator)
-                stirling = split.stirling(idx)
-                terms = lfads_loss(
-                    self.model,
-                    out,
-                    recon,
-                    weights,
-                    self.generator,
-                    None,
-                    sv,
-                    train_cfg.sv_rate,
-                    stirling,
-                )
-                n = len(idx)
+                batch = self._batch_loss(split, idx, weights, training=False)
+                terms, n = batch.terms, len(idx)
                 sums["valid_loss"] += terms.total.item() * n
                 sums["valid_recon"] += terms.recon.item() * n
                 if terms.recon_sv is not None:
                     sums["valid_recon_sv"] += terms.recon_sv.item() * n
-                bps_terms = bits_per_spike_terms(out.logrates, recon, dims, stirling)
+                bps_terms = bits_per_spike_terms(batch.logrates, batch.recon, dims, batch.stirling)
                 for key, value in bps_terms.items():
                     nll_sums[key] = nll_sums.get(key, 0.0) + value
         stats = {k: v / split.n_trials for k, v in sums.items()}

@@ -22,7 +22,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autolfads.trainer.model.modules.decoder_loop import ControllerOperands, run_decoder_loop
+from autolfads.trainer.model.modules.decoder_loop import (
+    ControllerOperands,
+    GeneratorOperands,
+    run_decoder_loop,
+)
 from autolfads.trainer.model.modules.dropout import apply_dropout, dropout_scale_mask
 from autolfads.trainer.model.modules.gru import ClippedGRUCell
 from autolfads.trainer.model.modules.recons import FanInLinear, KernelNormalizedLinear
@@ -92,17 +96,17 @@ class LfadsDecoder(nn.Module):
         con = self._controller_operands(
             ci, batch, seq_len, dropout_rate, sample_posteriors, generator
         )
-        gen_states, factors, con_states, co_means, co_stds, co = run_decoder_loop(
-            factor0,
-            gen_init,
-            gen_x_zr,
-            gen_x_n,
-            self.gen_cell.weight_hh.t(),
-            w_fac_t,
-            self.gen_cell.clip_value,
-            gen_drop,
-            con,
+        gen = GeneratorOperands(
+            factor0=factor0,
+            gen_h0=gen_init,
+            gen_x_zr=gen_x_zr,
+            gen_x_n=gen_x_n,
+            w_gen_hh_t=self.gen_cell.weight_hh.t(),
+            w_fac_t=w_fac_t,
+            clip=self.gen_cell.clip_value,
+            gen_drop=gen_drop,
         )
+        gen_states, factors, con_states, co_means, co_stds, co = run_decoder_loop(gen, con)
         gen_inputs = co.transpose(0, 1)  # (B, T, co_dim)
         if ext_input is not None and self.ext_input_dim > 0:
             gen_inputs = torch.cat([gen_inputs, ext_input], dim=2)

@@ -27,6 +27,30 @@ from autolfads.trainer.model.modules.gru_tape import GruTape, sum_outer
 
 
 @dataclass
+class GeneratorOperands:
+    """The generator's part of the loop (tensors carry grads)."""
+
+    factor0: torch.Tensor  # (B, F) factors of gen_h0, the controller's first input
+    gen_h0: torch.Tensor  # (B, G)
+    gen_x_zr: torch.Tensor  # (T, B, 2G) input projection without co, z and r gates
+    gen_x_n: torch.Tensor  # (T, B, G) candidate gate
+    w_gen_hh_t: torch.Tensor  # (G, 3G)
+    w_fac_t: torch.Tensor  # (G, F) normalised factor readout, transposed
+    clip: float
+    gen_drop: torch.Tensor | None  # (T, B, G) dropout multipliers, no grad
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.factor0,
+            self.gen_h0,
+            self.gen_x_zr,
+            self.gen_x_n,
+            self.w_gen_hh_t,
+            self.w_fac_t,
+        )
+
+
+@dataclass
 class ControllerOperands:
     """What the controller adds to the generator loop (tensors carry grads)."""
 
@@ -59,24 +83,15 @@ N_CON_TENSORS = 8
 
 
 def run_decoder_loop(
-    factor0: torch.Tensor,
-    gen_h0: torch.Tensor,
-    gen_x_zr: torch.Tensor,
-    gen_x_n: torch.Tensor,
-    w_gen_hh_t: torch.Tensor,
-    w_fac_t: torch.Tensor,
-    gen_clip: float,
-    gen_drop: torch.Tensor | None,
-    con: ControllerOperands | None,
+    gen: GeneratorOperands, con: ControllerOperands | None
 ) -> tuple[torch.Tensor, ...]:
     """Returns time-major (gen_states, factors, con_states, co_means, co_stds, co);
-    the last four are (T, B, 0) without a controller. gen_x_zr (T, B, 2G) and
-    gen_x_n (T, B, G) are the generator's input projections without co (the
-    external inputs', or just the bias)."""
+    the last four are (T, B, 0) without a controller."""
     con_tensors = (None,) * N_CON_TENSORS if con is None else con.tensors()
     con_consts = (None, None, None) if con is None else (con.clip, con.fac_drop, con.eps)
-    gen_tensors = (factor0, gen_h0, gen_x_zr, gen_x_n, w_gen_hh_t, w_fac_t)
-    return DecoderRecurrence.apply(*gen_tensors, *con_tensors, gen_clip, gen_drop, *con_consts)
+    return DecoderRecurrence.apply(
+        *gen.tensors(), *con_tensors, gen.clip, gen.gen_drop, *con_consts
+    )
 
 
 class DecoderRecurrence(torch.autograd.Function):

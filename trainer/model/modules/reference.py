@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from autolfads.trainer.model.modules.decoder_loop import ControllerOperands
+from autolfads.trainer.model.modules.decoder_loop import ControllerOperands, GeneratorOperands
 from autolfads.trainer.model.modules.gru import gru_step
 
 
@@ -32,38 +32,30 @@ def stream_recurrence_reference(
 
 
 def decoder_loop_reference(
-    factor0: torch.Tensor,
-    gen_h0: torch.Tensor,
-    gen_x_zr: torch.Tensor,
-    gen_x_n: torch.Tensor,
-    w_gen_hh_t: torch.Tensor,
-    w_fac_t: torch.Tensor,
-    gen_clip: float,
-    gen_drop: torch.Tensor | None,
-    con: ControllerOperands | None,
+    gen: GeneratorOperands, con: ControllerOperands | None
 ) -> tuple[torch.Tensor, ...]:
     """`run_decoder_loop` stepped plainly (same operands, same outputs):
     time-major (gen_states, factors, con_states, co_means, co_stds, co), the
     last four (T, B, 0) without a controller. The equations per bin t are in
     decoder_loop.py's docstring; this is them, line by line."""
-    seq_len, batch, gen_dim = gen_x_zr.shape[0], gen_h0.shape[0], gen_h0.shape[1]
-    w_gen_zr, w_gen_n = w_gen_hh_t[:, : 2 * gen_dim], w_gen_hh_t[:, 2 * gen_dim :]
+    seq_len, batch, gen_dim = gen.gen_x_zr.shape[0], gen.gen_h0.shape[0], gen.gen_h0.shape[1]
+    w_gen_zr, w_gen_n = gen.w_gen_hh_t[:, : 2 * gen_dim], gen.w_gen_hh_t[:, 2 * gen_dim :]
     co_dim = 0 if con is None else con.w_gen_co_t.shape[0]
-    factor, gen_h = factor0, gen_h0
-    con_h = gen_h0.new_zeros(batch, 0) if con is None else con.con_h0
+    factor, gen_h = gen.factor0, gen.gen_h0
+    con_h = gen.gen_h0.new_zeros(batch, 0) if con is None else con.con_h0
     outs: list[list[torch.Tensor]] = [[] for _ in range(6)]
     for t in range(seq_len):
-        x_gen = torch.cat([gen_x_zr[t], gen_x_n[t]], dim=1)  # (B, 3G)
+        x_gen = torch.cat([gen.gen_x_zr[t], gen.gen_x_n[t]], dim=1)  # (B, 3G)
         if con is not None:
             con_h, mean, std, co = _controller_step(con, t, factor, con_h)
             x_gen = x_gen + co @ con.w_gen_co_t
         else:
-            mean = std = co = gen_h0.new_zeros(batch, co_dim)
+            mean = std = co = gen.gen_h0.new_zeros(batch, co_dim)
         gen_h = gru_step(
-            x_gen[:, : 2 * gen_dim], x_gen[:, 2 * gen_dim :], gen_h, w_gen_zr, w_gen_n, gen_clip
+            x_gen[:, : 2 * gen_dim], x_gen[:, 2 * gen_dim :], gen_h, w_gen_zr, w_gen_n, gen.clip
         )
-        dropped = gen_h if gen_drop is None else gen_h * gen_drop[t]
-        factor = dropped @ w_fac_t
+        dropped = gen_h if gen.gen_drop is None else gen_h * gen.gen_drop[t]
+        factor = dropped @ gen.w_fac_t
         for out, value in zip(outs, (gen_h, factor, con_h, mean, std, co), strict=True):
             out.append(value)
     return tuple(torch.stack(o) for o in outs)
