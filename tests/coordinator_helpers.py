@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from autolfads.config import RunConfig, parse_config
 from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.storage import ChecksumMismatch, Store
 
 
@@ -34,6 +36,20 @@ def tiny_config(**pbt: object) -> RunConfig:
             "training": {"l2_increase_epochs": 1, "kl_increase_epochs": 1},
             "pbt": settings,
         }
+    )
+
+
+# A data file the coordinator only names (these tests never train on it).
+FAKE_DATA_SHA256 = "ab" * 32
+FAKE_DATA_KEY = f"search/data/{FAKE_DATA_SHA256}.h5"
+
+
+def open_tiny_search(
+    store: Store, cfg: RunConfig | None = None, **kwargs: Any
+) -> CoordinatorService:
+    """A new search of `tiny_config()` (or `cfg`) over the fake data file."""
+    return CoordinatorService.open_search(
+        cfg or tiny_config(), store, FAKE_DATA_KEY, FAKE_DATA_SHA256, **kwargs
     )
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_helpers import tiny_config
+from coordinator_helpers import open_tiny_search
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.cli import main
 from autolfads.coordinator.search.errors import PermissionDenied, Unauthenticated, UnknownLease
-from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.security.exposure import (
     ClientSecurity,
     ServerSecurity,
@@ -43,9 +42,7 @@ BOGUS = "not-a-real-token-but-long-enough"
 
 @pytest.fixture
 def service(local_store):
-    return CoordinatorService.open_search(
-        tiny_config(), local_store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
-    )
+    return open_tiny_search(local_store)
 
 
 @pytest.fixture

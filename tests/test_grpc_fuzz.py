@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,9 +84,7 @@ def arena(tmp_path_factory):
     store = LocalStore(tmp_path_factory.mktemp("fuzz") / "store")
     cfg = tiny_config(population=8, max_generations=50, stop_patience_generations=50)
     clock = ManualClock()
-    service = CoordinatorService.open_search(
-        cfg, store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32, clock=clock
-    )
+    service = open_tiny_search(store, cfg, clock=clock)
     server, port = create_server(
         "127.0.0.1:0", service, max_workers=4, security=ServerSecurity(tokens=TOKENS)
     )

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search
 
 from autolfads.config import parse_config
 from autolfads.coordinator.search.errors import InvalidRequest, Overloaded
@@ -31,11 +31,10 @@ from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import RunLayout
 
 TOKENS = TokenSet.generate()
-DATA = ("search/data/" + "ab" * 32 + ".h5", "ab" * 32)
 
 
 def open_service(store, **kwargs) -> CoordinatorService:
-    return CoordinatorService.open_search(tiny_config(), store, *DATA, **kwargs)
+    return open_tiny_search(store, **kwargs)
 
 
 @pytest.fixture

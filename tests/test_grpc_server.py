@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, tiny_config
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -31,9 +31,7 @@ from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
 @pytest.fixture
 def service(local_store):
-    return CoordinatorService.open_search(
-        tiny_config(), local_store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
-    )
+    return open_tiny_search(local_store)
 
 
 @pytest.fixture

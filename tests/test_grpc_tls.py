@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, tiny_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from autolfads.coordinator.search.errors import CoordinatorError, CoordinatorUnavailable, TlsError
-from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import stage_run
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.tls import ClientTls, ServerTls
@@ -100,9 +99,7 @@ def pki():
 
 @pytest.fixture
 def service(local_store):
-    return CoordinatorService.open_search(
-        tiny_config(), local_store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
-    )
+    return open_tiny_search(local_store)
 
 
 def serve_tls(service, cert_key, client_ca: bytes | None = None):
