@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from coordinator_helpers import open_tiny_search
 from run_helpers import RUN, Workspace, autolfads, make_workspace, run_args
 
+from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.storage import LocalStore, RetryPolicy, Store, open_store
 
 # Short budget so failure tests finish quickly; still a real backoff loop.
@@ -136,6 +138,12 @@ def make_s3_store(s3_server: S3TestServer, s3_bucket: str) -> Callable[..., Stor
 @pytest.fixture
 def local_store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def service(local_store: LocalStore) -> CoordinatorService:
+    """A new tiny search in a local store (modules may define their own)."""
+    return open_tiny_search(local_store)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_helpers import open_tiny_search
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.cli import main
@@ -38,11 +37,6 @@ from autolfads.storage import RunLayout
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = TokenSet.generate()
 BOGUS = "not-a-real-token-but-long-enough"
-
-
-@pytest.fixture
-def service(local_store):
-    return open_tiny_search(local_store)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search, tiny_config
+from coordinator_helpers import fake_train, tiny_config
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -27,11 +27,6 @@ from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import SERVICE_NAME, create_server, graceful_stop
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-
-
-@pytest.fixture
-def service(local_store):
-    return open_tiny_search(local_store)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search, tiny_config
+from coordinator_helpers import fake_train, tiny_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,11 +95,6 @@ def pki():
         "client": ca.issue("trainer-0"),
         "stranger": other.issue("trainer-x"),
     }
-
-
-@pytest.fixture
-def service(local_store):
-    return open_tiny_search(local_store)
 
 
 def serve_tls(service, cert_key, client_ca: bytes | None = None):
