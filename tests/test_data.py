@@ -33,7 +33,7 @@ def arrays(seed: int = 0) -> dict[str, np.ndarray]:
         out[f"{name}_cond_idx"] = np.arange(n) % 3
         out[f"{name}_ext_input"] = rng.standard_normal((n, T_OBS + T_FP, 1))
     out["test_encod_data"] = rng.poisson(1.0, (3, T_OBS, D_IN)).astype(np.float64)
-    out["conversion_factor"] = np.float64(2.5)
+    out["conversion_factor"] = np.array(2.5)  # a scalar dataset
     out["psth"] = rng.gamma(2.0, 0.3, (3, T_OBS, D_IN + D_OUT))
     return out
 

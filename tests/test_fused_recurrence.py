@@ -78,10 +78,13 @@ def _decoder_operands(with_con: bool, dropout: bool, sample: bool) -> tuple[list
 
 
 def _run(grads: list, consts: dict, clip: float = 1.2) -> tuple[torch.Tensor, ...]:
+    # The arguments as one tuple: mypy cannot count f(*grads, clip, ...).
     con = None
     if len(grads) > 6:
-        con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    return run_decoder_loop(*grads[:6], clip, consts["gen_drop"], con)
+        con_args = (*grads[6:], clip, consts["fac_drop"], consts["eps"])
+        con = ControllerOperands(*con_args)
+    loop_args = (*grads[:6], clip, consts["gen_drop"], con)
+    return run_decoder_loop(*loop_args)
 
 
 @pytest.mark.parametrize(
@@ -101,8 +104,10 @@ def test_decoder_recurrence_gradients_match_finite_differences(with_con, dropout
 def _reference(grads: list, consts: dict, clip: float = 1.2) -> list[torch.Tensor]:
     con = None
     if len(grads) > 6:
-        con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    return list(decoder_loop_reference(*grads[:6], clip, consts["gen_drop"], con))
+        con_args = (*grads[6:], clip, consts["fac_drop"], consts["eps"])
+        con = ControllerOperands(*con_args)
+    loop_args = (*grads[:6], clip, consts["gen_drop"], con)
+    return list(decoder_loop_reference(*loop_args))
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from autolfads.storage import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = TokenSet.generate()
+assert TOKENS.worker is not None  # generate() makes a token for every role
 BOGUS = "not-a-real-token-but-long-enough"
 
 

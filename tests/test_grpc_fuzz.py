@@ -31,6 +31,7 @@ from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore, RunLayout
 
 TOKENS = TokenSet.generate()
+assert TOKENS.worker is not None  # generate() makes a token for every role
 WORKER = bearer_metadata(TOKENS.worker)
 FUZZ = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

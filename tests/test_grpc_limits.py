@@ -166,6 +166,7 @@ def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> 
     """Bogus calls as fast as possible: no token, a wrong token, garbage bytes,
     malformed requests with a valid token. Every call gets a status code."""
     bogus = (("authorization", "Bearer " + "f" * 43),)
+    assert TOKENS.worker is not None  # generate() makes a token for every role
     worker = bearer_metadata(TOKENS.worker)
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CoordinatorStub(channel)

@@ -197,7 +197,7 @@ def tiny_data(with_extras: bool = True) -> LfadsData:
     def split(n: int, start: int) -> Split:
         truth = rng.gamma(3.0, 0.2, (n, 12, 7)).astype(np.float32)
         recon = rng.poisson(truth).astype(np.float32)
-        extras = {}
+        extras: dict[str, np.ndarray] = {}
         if with_extras:
             extras = {
                 "truth": truth,
