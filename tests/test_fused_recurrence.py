@@ -124,7 +124,9 @@ def test_decoder_loop_values_and_gradients_equal_the_plain_per_bin_loop(with_con
     weights = [torch.randn_like(o) for o in naive]
 
     def weighted(outs: list[torch.Tensor]) -> torch.Tensor:
-        return sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
+        return sum(
+            ((o * w).sum() for o, w in zip(outs, weights, strict=True)), torch.zeros((), dtype=D64)
+        )
 
     fused_grads = torch.autograd.grad(weighted(list(fused)), grads, materialize_grads=True)
     naive_grads = torch.autograd.grad(weighted(naive), grads, materialize_grads=True)

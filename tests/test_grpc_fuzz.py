@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from autolfads.config import TUNABLE_HPARAMS
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import StaleLease
+from autolfads.coordinator.search.messages import SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.state import SearchState
 from autolfads.coordinator.security.auth import bearer_metadata
@@ -165,7 +166,7 @@ def protocol_allows(before: SearchState, request: pb.ReportResultRequest) -> boo
 # ---------------------------------------------------------------- properties
 
 
-def _one_field_off(report, field_name: str, data) -> object:
+def _one_field_off(report: SegmentReport, field_name: str, data) -> SegmentReport:
     """`report` with exactly one field made wrong (each must be refused)."""
     if field_name == "hparams":
         name = data.draw(st.sampled_from(sorted(report.hparams)))

@@ -142,7 +142,9 @@ def test_katib_search_equals_the_coordinator_run(tmp_path, store, cfg, served):
     assert set(first.assignments) == set(cfg.pbt.search_space)
 
 
-def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(tmp_path, store, cfg, served):
+def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(
+    tmp_path, store, cfg, served, monkeypatch
+):
     katib = katib_for(served, cfg, fake_trials(store))
     katib.validate()
     plain_request = katib.request
@@ -157,7 +159,7 @@ def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(tmp_path, s
         finally:
             katib.trials = list({t.name: t for t in katib.trials}.values())
 
-    katib.request = messy
+    monkeypatch.setattr(katib, "request", messy)
     rounds = 0
     while katib.step():
         rounds += 1
