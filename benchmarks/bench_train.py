@@ -81,7 +81,7 @@ def _load_data(sizes: dict) -> LfadsData:
         path = Path(tmp) / "bench.h5"
         code = (
             "import sys; from autolfads.trainer.data.synth import make_chaotic_rnn; "
-            "from autolfads.trainer.data.dataset import write_lfads_h5; "
+            "from autolfads.trainer.data.lfads_h5 import write_lfads_h5; "
             f"write_lfads_h5(make_chaotic_rnn(seed=0, **{sizes!r}), sys.argv[1])"
         )
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
