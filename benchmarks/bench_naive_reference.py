@@ -51,8 +51,10 @@ class NaiveClippedGRUCell(nn.GRUCell):
             self.bias_ih[2 * hidden_size :] = 0.0
         self.bias_hh.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.hidden_size
+        if h is None:  # nn.GRUCell's contract: no state means zeros
+            h = x.new_zeros(x.shape[0], hidden)
         x_z, x_r, x_n = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=1)
         w_zr, w_n = self.weight_hh.split([2 * hidden, hidden])
         b_zr, b_n = self.bias_hh.split([2 * hidden, hidden])

@@ -28,8 +28,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autolfads.storage import Store, open_store
+
+if TYPE_CHECKING:  # moto is a dev-only dependency, imported when the benchmark needs it
+    from moto.server import ThreadedMotoServer
 
 MiB = 1024 * 1024
 
@@ -106,7 +110,7 @@ def bench_store(name: str, store: Store, blob: bytes, data_file: Path, repeats: 
     return rows
 
 
-def start_moto() -> tuple[object, str]:
+def start_moto() -> tuple[ThreadedMotoServer, str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -34,7 +35,14 @@ from autolfads.trainer.model.augment import coordinated_dropout
 from autolfads.trainer.model.objective import lfads_loss
 from autolfads.trainer.model.session import TrainingSession
 
-SIZES = {
+
+class BenchSize(TypedDict):
+    data: dict[str, int]  # make_synthetic's sizes
+    model: dict[str, int]  # LFADS dimensions
+    batch_size: int
+
+
+SIZES: dict[str, BenchSize] = {
     "stated": {
         "data": dict(
             n_conditions=160, n_replications=10, n_neurons=50, n_heldout=12, n_bins=100, n_fp_bins=0
@@ -73,7 +81,7 @@ def _load_data(sizes: dict) -> LfadsData:
         path = Path(tmp) / "bench.h5"
         code = (
             "import sys; from autolfads.trainer.data.synth import make_chaotic_rnn; "
-            "from autolfads.trainer.data.dataset import write_lfads_h5; "
+            "from autolfads.trainer.data.lfads_h5 import write_lfads_h5; "
             f"write_lfads_h5(make_chaotic_rnn(seed=0, **{sizes!r}), sys.argv[1])"
         )
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
@@ -88,6 +96,7 @@ def _step_times(session: TrainingSession, n_steps: int) -> tuple[list[float], li
     split = session._train  # benchmark-only peek at the in-memory split
     idx = torch.arange(cfg.batch_size, device=session.device)
     encod, recon, ext, _ = split.batch(idx)
+    assert recon is not None  # the training split always has counts
     dims = model.dims
     weights = session.loss_weights(session.epoch)
     hp = session.hparams

@@ -36,6 +36,9 @@ def run(kind: str, seed: int, small: bool, sd_values: list[float]) -> Iterator[s
     start = time.perf_counter()
     data = make_synthetic(kind, seed=seed, **(SMALL_SIZES[kind] if small else {}))
     made = time.perf_counter() - start
+    # Synthetic data always carries its true rates and the valid split's counts.
+    assert data.train.truth is not None and data.valid.truth is not None
+    assert data.valid.recon_data is not None
     truth = {"train_output_params": data.train.truth, "valid_output_params": data.valid.truth}
     yield (
         f"<!-- {kind}: {data.train.n_trials} train / {data.valid.n_trials} valid trials, "

@@ -351,14 +351,15 @@ class LocalWorkflowRun:
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
         argv = [*container.get("command", []), *container.get("args", [])]
         argv = [self._route(a, labels, ports) for a in argv]
-        record = PodRecord(task, item, attempt, argv, log=root / "log.txt")
+        log_path = root / "log.txt"
+        record = PodRecord(task, item, attempt, argv, log=log_path)
         self.result.pods.append(record)
         self._load_inputs(tmpl, root)
         env = self._env(container, root)
         local = [_mount(a, root) for a in argv]
         if local and local[0] == "autolfads":
             local = [sys.executable, "-m", "autolfads", *local[1:]]
-        with self.slots, open(record.log, "wb") as log:
+        with self.slots, open(log_path, "wb") as log:
             if self.stopping.is_set():
                 return False
             proc = subprocess.Popen(local, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -76,6 +76,7 @@ def fake_train(
         # Lower lr_init and a "lucky" checkpoint hash give a lower NLL.
         metric = 1.0 + blob[0] / 2550.0 + grant.hparams["lr_init"]
     info = store.put_bytes(grant.checkpoint_key, blob)
+    assert info.sha256 is not None  # a store always hashes what it writes
     return SegmentReport(
         lease_id=grant.lease_id,
         worker_id=worker_id,

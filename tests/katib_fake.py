@@ -33,7 +33,7 @@ class FakeTrial:
     name: str
     assignments: dict[str, str]
     labels: dict[str, str]
-    condition: int = Condition.CREATED
+    condition: Condition = Condition.CREATED
     metrics: dict[str, str] = field(default_factory=dict)
 
     def to_proto(self) -> api.Trial:

@@ -61,6 +61,7 @@ def heldout_predictions(data: LfadsData, sd: float) -> dict[str, np.ndarray]:
         s: np.log(smooth(getattr(data, s).encod_data, sd) + 1e-4).reshape(-1, d_in)
         for s in ("train", "valid")
     }
+    assert data.train.recon_data is not None
     targets = data.train.recon_data[:, :t_obs, d_in:].reshape(-1, data.heldout_dim)
     preds = {s: np.empty((len(f), data.heldout_dim)) for s, f in features.items()}
     for ch in range(data.heldout_dim):
@@ -89,7 +90,7 @@ def test_floor_is_the_smoothing_baseline_at_the_width_best_on_train(data, scores
     floor = scores["floor"]
     by_sd = {sd: heldout_predictions(data, sd) for sd in SD_CANDIDATES_BINS}
     train_score = {sd: cobps(p["train"], heldout_spikes(data, "train")) for sd, p in by_sd.items()}
-    assert floor["sd_bins"] == max(train_score, key=train_score.get)
+    assert floor["sd_bins"] == max(train_score, key=train_score.__getitem__)
     expected = cobps(by_sd[floor["sd_bins"]]["valid"], heldout_spikes(data, "valid"))
     assert floor["co_bps"] == pytest.approx(expected, abs=2e-3)
 

@@ -88,6 +88,7 @@ def test_search_runs_all_generations_and_logs_consistent_lineage(local_store):
             assert decision["checkpoint"] == older.checkpoint
             assert decision["new_hparams"] == newer.hparams
     best = state.best
+    assert best is not None
     assert state.lineage(best.member, best.generation)[-1].generation == 0
     history = local_store.get_bytes(LAYOUT.history(best.member)).decode().splitlines()
     assert [json.loads(line)["generation"] for line in history] == [0, 1, 2]
@@ -192,7 +193,7 @@ def test_corrupt_checkpoint_falls_back_and_is_recorded(local_store):
     assert event["checkpoint"] == target.start.key
     assert event["fell_back_to"] == target.fallbacks[0].key
     entry = service.snapshot().entry(target.member, target.generation)
-    assert entry.start_checkpoint == target.fallbacks[0].key
+    assert entry is not None and entry.start_checkpoint == target.fallbacks[0].key
 
 
 def test_cancel_stops_leases_and_workers(local_store):

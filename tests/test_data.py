@@ -33,7 +33,7 @@ def arrays(seed: int = 0) -> dict[str, np.ndarray]:
         out[f"{name}_cond_idx"] = np.arange(n) % 3
         out[f"{name}_ext_input"] = rng.standard_normal((n, T_OBS + T_FP, 1))
     out["test_encod_data"] = rng.poisson(1.0, (3, T_OBS, D_IN)).astype(np.float64)
-    out["conversion_factor"] = np.float64(2.5)
+    out["conversion_factor"] = np.array(2.5)  # a scalar dataset
     out["psth"] = rng.gamma(2.0, 0.3, (3, T_OBS, D_IN + D_OUT))
     return out
 
@@ -57,6 +57,7 @@ def test_lfads_torch_layout_loads_as_float32_with_truth_in_counts_per_bin():
     assert data.test is not None and data.test.recon_data is None
     for split in data.splits().values():
         assert split.encod_data.dtype == np.float32
+    assert data.valid.truth is not None
     np.testing.assert_allclose(data.valid.truth, contents["valid_truth"] / 2.5, rtol=1e-6)
     np.testing.assert_array_equal(data.train.cond_idx, np.arange(N_TRAIN) % 3)
     assert data.attrs["psth"].shape == (3, T_OBS, D_IN + D_OUT)
@@ -224,7 +225,8 @@ def test_bad_files_raise_one_line_naming_the_key(edit, message):
 def test_nan_behavior_rows_are_allowed():
     contents = arrays()
     contents["train_behavior"][0, :3] = np.nan  # NLB pads missing behaviour with NaN
-    assert np.isnan(load_lfads_h5(h5_bytes(contents)).train.behavior).any()
+    behavior = load_lfads_h5(h5_bytes(contents)).train.behavior
+    assert behavior is not None and np.isnan(behavior).any()
 
 
 def test_not_hdf5_and_missing_files_name_the_path(tmp_path):
@@ -252,6 +254,7 @@ def test_gigantic_declared_dataset_is_refused_before_reading(tmp_path):
 
 def test_writing_invalid_data_leaves_no_file(tmp_path):
     good = load_lfads_h5(h5_bytes(arrays()))
+    assert good.train.recon_data is not None
     bad_recon = good.train.recon_data.copy()
     bad_recon[0, 0, -1] = -3.0
     bad = LfadsData(Split(good.train.encod_data, bad_recon), good.valid, source="memory")

@@ -351,7 +351,9 @@ def test_dockerfile_builds_three_nonroot_images_running_autolfads() -> None:
         assert "USER 10001:10001" in body, name
     assert "torch" not in "\n".join(stages["coordinator"]).replace("find_spec('torch') is None", "")
     text = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text).group(1)
+    arg = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
+    assert arg is not None, "no ARG PYTHON_IMAGE"
+    base = arg.group(1)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), "base image must be pinned"
     assert re.search(r"ARG TORCH_VERSION=\d+\.\d+\.\d+", text), "torch must be pinned"
     assert ":latest" not in text

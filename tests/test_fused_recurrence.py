@@ -82,10 +82,13 @@ def _decoder_operands(with_con: bool, dropout: bool, sample: bool) -> tuple[list
 
 
 def _run(grads: list, consts: dict, clip: float = 1.2) -> tuple[torch.Tensor, ...]:
+    # The arguments as one tuple: mypy cannot count f(*grads, clip, ...).
     con = None
     if len(grads) > 6:
-        con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    return run_decoder_loop(GeneratorOperands(*grads[:6], clip, consts["gen_drop"]), con)
+        con_args = (*grads[6:], clip, consts["fac_drop"], consts["eps"])
+        con = ControllerOperands(*con_args)
+    gen_args = (*grads[:6], clip, consts["gen_drop"])
+    return run_decoder_loop(GeneratorOperands(*gen_args), con)
 
 
 @pytest.mark.parametrize(
@@ -105,9 +108,10 @@ def test_decoder_recurrence_gradients_match_finite_differences(with_con, dropout
 def _reference(grads: list, consts: dict, clip: float = 1.2) -> list[torch.Tensor]:
     con = None
     if len(grads) > 6:
-        con = ControllerOperands(*grads[6:], clip, consts["fac_drop"], consts["eps"])
-    gen = GeneratorOperands(*grads[:6], clip, consts["gen_drop"])
-    return list(decoder_loop_reference(gen, con))
+        con_args = (*grads[6:], clip, consts["fac_drop"], consts["eps"])
+        con = ControllerOperands(*con_args)
+    gen_args = (*grads[:6], clip, consts["gen_drop"])
+    return list(decoder_loop_reference(GeneratorOperands(*gen_args), con))
 
 
 @pytest.mark.parametrize(
@@ -124,7 +128,9 @@ def test_decoder_loop_values_and_gradients_equal_the_plain_per_bin_loop(with_con
     weights = [torch.randn_like(o) for o in naive]
 
     def weighted(outs: list[torch.Tensor]) -> torch.Tensor:
-        return sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
+        return sum(
+            ((o * w).sum() for o, w in zip(outs, weights, strict=True)), torch.zeros((), dtype=D64)
+        )
 
     fused_grads = torch.autograd.grad(weighted(list(fused)), grads, materialize_grads=True)
     naive_grads = torch.autograd.grad(weighted(naive), grads, materialize_grads=True)

@@ -36,6 +36,7 @@ from autolfads.storage import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = TokenSet.generate()
+assert TOKENS.worker is not None  # generate() makes a token for every role
 BOGUS = "not-a-real-token-but-long-enough"
 
 
@@ -164,6 +165,7 @@ def test_health_stays_open_without_a_token(served):
 
 def test_tokens_load_from_files_before_the_environment(tmp_path):
     path = tmp_path / "worker.token"
+    assert TOKENS.worker is not None  # generate() makes a token for every role
     path.write_text(TOKENS.worker + "\n")
     env = {ENV_VARS["worker"]: "ignored-because-a-file-is-given", ENV_VARS["observer"]: "o" * 20}
     tokens = TokenSet.load({"worker": path}, env)
@@ -190,7 +192,13 @@ def test_bad_tokens_are_one_line_config_errors(tmp_path, files, env, message):
 
 
 def test_clients_send_the_least_powerful_token_that_suffices():
-    env = {ENV_VARS[role]: TOKENS.token(role) for role in ("observer", "worker", "operator")}
+    assert TOKENS.observer is not None and TOKENS.worker is not None
+    assert TOKENS.operator is not None  # generate() makes a token for every role
+    env = {
+        ENV_VARS["observer"]: TOKENS.observer,
+        ENV_VARS["worker"]: TOKENS.worker,
+        ENV_VARS["operator"]: TOKENS.operator,
+    }
     assert resolve_client_token("read", None, env) == TOKENS.observer
     assert resolve_client_token("work", None, env) == TOKENS.worker
     assert resolve_client_token("operate", None, env) == TOKENS.operator
@@ -256,6 +264,8 @@ def test_coordinator_cli_refuses_an_open_address_before_touching_storage(tmp_pat
 def test_local_run_hands_workers_their_token_only_through_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_VARS["operator"], "someone-elses-operator-token")
     tokens = TokenSet.generate()
+    assert tokens.observer is not None and tokens.worker is not None
+    assert tokens.operator is not None  # generate() makes a token for every role
     opts = LaunchOptions(storage_url="./runs", workers=1, threads_per_worker=1)
     argv = _worker_command(opts, 5555, "demo")(0)
     assert all(t not in " ".join(argv) for t in (tokens.worker, tokens.operator))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from autolfads.config import TUNABLE_HPARAMS
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import StaleLease
+from autolfads.coordinator.search.messages import SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.state import SearchState
 from autolfads.coordinator.security.auth import bearer_metadata
@@ -31,6 +32,7 @@ from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore, RunLayout
 
 TOKENS = TokenSet.generate()
+assert TOKENS.worker is not None  # generate() makes a token for every role
 WORKER = bearer_metadata(TOKENS.worker)
 FUZZ = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -162,7 +164,7 @@ def protocol_allows(before: SearchState, request: pb.ReportResultRequest) -> boo
 # ---------------------------------------------------------------- properties
 
 
-def _one_field_off(report, field_name: str, data) -> object:
+def _one_field_off(report: SegmentReport, field_name: str, data) -> SegmentReport:
     """`report` with exactly one field made wrong (each must be refused)."""
     if field_name == "hparams":
         name = data.draw(st.sampled_from(sorted(report.hparams)))

@@ -74,6 +74,7 @@ def test_oversized_requests_are_refused_and_change_nothing(served, local_store):
     )
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
+        assert TOKENS.worker is not None  # generate() makes a token for every role
         with pytest.raises(grpc.RpcError) as err:
             stub.ReportResult(request, timeout=10, metadata=bearer_metadata(TOKENS.worker))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -117,7 +118,8 @@ def test_non_finite_metrics_are_stored_as_diverged(served, local_store):
             assert client.report(fake_train(local_store, grant, "w0", metric=metric)).accepted
     state = SearchState.from_json(persisted(local_store))
     for grant in grants:
-        assert math.isnan(state.segments[grant.member].result.metric)
+        result = state.segments[grant.member].result
+        assert result is not None and math.isnan(result.metric)
 
 
 def test_population_is_capped_by_the_config():
@@ -165,6 +167,7 @@ def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> 
     """Bogus calls as fast as possible: no token, a wrong token, garbage bytes,
     malformed requests with a valid token. Every call gets a status code."""
     bogus = (("authorization", "Bearer " + "f" * 43),)
+    assert TOKENS.worker is not None  # generate() makes a token for every role
     worker = bearer_metadata(TOKENS.worker)
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
@@ -189,7 +192,8 @@ def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> 
 
 def test_a_flood_of_bogus_calls_does_not_starve_a_real_worker(served, local_store):
     service, target, metrics = served
-    stop, codes = threading.Event(), []
+    stop = threading.Event()
+    codes: list[grpc.StatusCode] = []
     flooders = [threading.Thread(target=_flood, args=(target, stop, codes)) for _ in range(6)]
     for thread in flooders:
         thread.start()

@@ -21,6 +21,7 @@ from autolfads.coordinator.search.errors import (
     StaleLease,
     UnknownLease,
 )
+from autolfads.coordinator.search.messages import StatusView
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.wire.client import CoordinatorClient
@@ -124,7 +125,7 @@ def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
 
 def test_watch_streams_every_change_until_the_end(served, service, local_store):
     target, _, _, _ = served
-    seen = []
+    seen: list[StatusView] = []
     with CoordinatorClient(target, timeout_s=5) as client:
         watcher = threading.Thread(target=lambda: seen.extend(client.watch(timeout_s=30)))
         watcher.start()

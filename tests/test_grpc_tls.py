@@ -262,7 +262,9 @@ def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki):
     cert, key = pki["server"]
     folder = write_dir(tmp_path / "tls", {"tls.crt": cert, "tls.key": key})
     for role in ("worker", "observer"):
-        (tmp_path / f"{role}.token").write_text(TOKENS.token(role) + "\n")
+        token = TOKENS.token(role)
+        assert token is not None  # generate() makes a token for every role
+        (tmp_path / f"{role}.token").write_text(token + "\n")
     port_file = tmp_path / "port"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOLFADS_")}
     proc = subprocess.Popen(
@@ -272,6 +274,7 @@ def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki):
          "--observer-token-file", str(tmp_path / "observer.token")],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert proc.stderr is not None
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():

@@ -54,6 +54,7 @@ def stub(bindir: Path, name: str, body: str) -> None:
 
 def run(script: Path, bindir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": str(bindir), "HOME": str(bindir.parent), "LANG": "C.UTF-8"}
+    assert BASH is not None  # the module is skipped without bash
     return subprocess.run(
         [BASH, str(script), *args], env=env, capture_output=True, text=True, timeout=60
     )

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Collection
 
 import grpc
 import pytest
 from coordinator_helpers import fake_train, tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
+from katib_fake import Condition, FakeKatib, FakeTrial, TrialRunner, experiment_proto
 
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.katib import records
@@ -47,7 +48,6 @@ def cfg(store):
 class Served:
     def __init__(self, store) -> None:
         self.store = store
-        self.server = None
         self.start()
 
     def start(self) -> None:
@@ -67,7 +67,7 @@ def served(store):
     s.server.stop(None).wait()
 
 
-def fake_trials(store, fail: set[str] = frozenset()) -> callable:
+def fake_trials(store, fail: Collection[str] = frozenset()) -> TrialRunner:
     """Runs trials in-process like `trainer --katib-trial` would."""
 
     def run(trials: list[FakeTrial]) -> None:
@@ -142,7 +142,9 @@ def test_katib_search_equals_the_coordinator_run(tmp_path, store, cfg, served):
     assert set(first.assignments) == set(cfg.pbt.search_space)
 
 
-def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(tmp_path, store, cfg, served):
+def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(
+    tmp_path, store, cfg, served, monkeypatch
+):
     katib = katib_for(served, cfg, fake_trials(store))
     katib.validate()
     plain_request = katib.request
@@ -157,7 +159,7 @@ def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(tmp_path, s
         finally:
             katib.trials = list({t.name: t for t in katib.trials}.values())
 
-    katib.request = messy
+    monkeypatch.setattr(katib, "request", messy)
     rounds = 0
     while katib.step():
         rounds += 1

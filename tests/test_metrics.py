@@ -197,7 +197,7 @@ def tiny_data(with_extras: bool = True) -> LfadsData:
     def split(n: int, start: int) -> Split:
         truth = rng.gamma(3.0, 0.2, (n, 12, 7)).astype(np.float32)
         recon = rng.poisson(truth).astype(np.float32)
-        extras = {}
+        extras: dict[str, np.ndarray] = {}
         if with_extras:
             extras = {
                 "truth": truth,
@@ -211,6 +211,8 @@ def tiny_data(with_extras: bool = True) -> LfadsData:
 
 def test_evaluate_reports_every_metric_the_data_supports():
     data = tiny_data()
+    assert data.train.truth is not None and data.valid.truth is not None
+    assert data.valid.recon_data is not None
     output = {"train_output_params": data.train.truth, "valid_output_params": data.valid.truth}
     scores = evaluate(data, output)
     assert set(scores) == {"bps", "co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2"}
@@ -225,6 +227,7 @@ def test_evaluate_reports_every_metric_the_data_supports():
 
 def test_evaluate_rejects_missing_or_misshapen_outputs():
     data = tiny_data()
+    assert data.train.truth is not None and data.valid.truth is not None
     with pytest.raises(DataError, match="no valid_output_params"):
         evaluate(data, {"train_output_params": data.train.truth})
     with pytest.raises(DataError, match="no train_output_params"):

@@ -119,6 +119,7 @@ def test_controller_inputs_are_lagged_and_zero_in_forward_bins():
     dims = DataDims(3, 3, 6, 8)
     model = _model(dims, ci_lag=2)
     data = torch.rand(2, 6, 3)
+    assert model.encoder.ci_enc is not None
     fwd, bwd, _ = model.encoder.ci_enc(data)
     ci = model.encoder._lag_and_pad(fwd, bwd, 8)
     h = model.encoder.ci_enc_dim
@@ -156,6 +157,7 @@ def test_gradients_reach_every_trainable_parameter():
     out = model(torch.rand(3, 6, 4), torch.rand(3, 8, 1), 0.2, True, torch.Generator())
     loss = out.logrates.exp().sum() + model.ic_prior.kl(out.ic_mean, out.ic_std).sum()
     eps = torch.randn_like(out.co_means)
+    assert model.co_prior is not None
     loss = loss + model.co_prior.kl(out.co_means, out.co_stds, eps).sum()
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]

@@ -65,7 +65,7 @@ def test_mc_maze_preset_matches_independent_binning(maze, tmp_path, capsys) -> N
     assert data.attrs["nwb_unit_index"].tolist() == heldin + heldout
     for name, split in data.splits().items():
         rows = np.flatnonzero(truth.split == SPLIT_OF[name])
-        assert split.trial_idx.tolist() == rows.tolist()
+        assert split.trial_idx is not None and split.trial_idx.tolist() == rows.tolist()
         starts = truth.move_onset[rows] - 0.250
         np.testing.assert_allclose(data.attrs[f"nwb_{name}_start"], starts)
         want = histogram_counts(truth, rows, starts, 45, 0.020, heldin + heldout)
@@ -95,7 +95,9 @@ def test_behaviour_is_lagged_and_averaged_within_bins(maze, tmp_path) -> None:
     unlagged = tmp_path / "unlagged.h5"
     flags = ("--preset", "mc_maze", "--bin-ms", "20", "--behavior-lag-ms", "0")
     assert convert(nwb, unlagged, *flags)[0] == 0
-    assert not np.allclose(load_lfads_h5(unlagged).train.behavior, data.train.behavior)
+    unlagged_behavior, behavior = load_lfads_h5(unlagged).train.behavior, data.train.behavior
+    assert unlagged_behavior is not None and behavior is not None
+    assert not np.allclose(unlagged_behavior, behavior)
 
 
 def test_conditions_and_psth(maze, tmp_path) -> None:
@@ -111,11 +113,15 @@ def test_conditions_and_psth(maze, tmp_path) -> None:
     psth = data.attrs["psth"]
     assert psth.shape == (len(combos), 35, data.recon_data_dim)
     labelled = [data.train, data.valid]
+    assert data.test is not None
     for split in [*labelled, data.test]:
+        assert split.trial_idx is not None and split.cond_idx is not None
         for row, cond in zip(split.trial_idx, split.cond_idx, strict=True):
             assert combos[cond] == (truth.trial_type[row], truth.trial_version[row])
     # Unsmoothed psth = per-condition mean of the observed counts over train + valid.
-    counts = np.concatenate([s.recon_data[:, :35] for s in labelled])
+    train_recon, valid_recon = data.train.recon_data, data.valid.recon_data
+    assert train_recon is not None and valid_recon is not None
+    counts = np.concatenate([train_recon[:, :35], valid_recon[:, :35]])
     ids = np.concatenate([s.cond_idx for s in labelled])
     for cond in range(len(combos)):
         np.testing.assert_allclose(psth[cond], counts[ids == cond].mean(axis=0), rtol=1e-5)
@@ -150,6 +156,7 @@ def test_random_heldout_and_fraction_split_are_seeded(maze, tmp_path) -> None:
         u for u in range(len(truth.spike_times)) if u != DEAD_UNIT
     ]
     np.testing.assert_array_equal(da.valid.recon_data, db.valid.recon_data)
+    assert da.valid.trial_idx is not None and dc.valid.trial_idx is not None
     assert da.valid.trial_idx.tolist() != dc.valid.trial_idx.tolist()
 
 

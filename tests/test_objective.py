@@ -120,6 +120,7 @@ def test_coordinated_dropout_gradient_flows_only_through_dropped_elements():
     gen = torch.Generator().manual_seed(3)
     data = torch.poisson(torch.full((4, 6, 5), 2.0)) + 1.0  # no zeros: 0 means dropped
     masked, grad_mask = coordinated_dropout(data, 0.4, 0.0, 8, 7, gen)
+    assert grad_mask is not None
     dropped = masked == 0
     kept = ~dropped
     assert 0.25 < dropped.float().mean().item() < 0.55
@@ -133,6 +134,7 @@ def test_coordinated_dropout_gradient_flows_only_through_dropped_elements():
     plain, _ = reconstruction(logrates, recon)
     assert loss.item() == pytest.approx(plain.item())  # same value, masked gradient
     loss.backward()
+    assert logrates.grad is not None
     nonzero = logrates.grad != 0
     observed = nonzero[:, :6, :5]
     # d nll / d lograte = exp(0) - count: nonzero wherever the count is not 1.
@@ -145,12 +147,13 @@ def test_coordinated_dropout_gradient_flows_only_through_dropped_elements():
 def test_cd_pass_rate_lets_some_kept_elements_through_and_zero_rate_disables():
     data = torch.ones(50, 10, 10)
     _, mask = coordinated_dropout(data, 0.3, 0.5, 10, 10, torch.Generator().manual_seed(0))
+    assert mask is not None
     assert 0.6 < mask.mean().item() < 0.7  # 0.3 + 0.7 * 0.5
     same, none = coordinated_dropout(data, 0.0, 0.5, 10, 10, torch.Generator())
     assert same is data and none is None
     loss = torch.arange(4.0, requires_grad=True)
     apply_grad_mask(loss, torch.tensor([1.0, 0.0, 1.0, 0.0])).sum().backward()
-    assert loss.grad.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert loss.grad is not None and loss.grad.tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
 def test_sample_validation_mask_is_fixed_and_splits_the_loss():

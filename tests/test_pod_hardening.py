@@ -108,7 +108,7 @@ def pods_of(doc: dict[str, Any], where: str) -> Iterator[PodUnderTest]:
 
 
 def deploy_pods() -> list[PodUnderTest]:
-    found = []
+    found: list[PodUnderTest] = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
         for doc in load_documents(path):
             found.extend(pods_of(doc, str(path.relative_to(ROOT))))

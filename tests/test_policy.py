@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from autolfads.coordinator.search.policy import (
 )
 
 SPACE = default_search_space()
+Exploit = Literal["binary_tournament", "truncation"]  # PbtConfig.exploit
 NAN = float("nan")
 
 
@@ -324,7 +326,7 @@ def test_stopping_uses_configured_patience_and_threshold() -> None:
 
 
 @pytest.mark.parametrize("exploit", ["binary_tournament", "truncation"])
-def test_plan_generation_copies_checkpoint_and_explored_hparams(exploit: str) -> None:
+def test_plan_generation_copies_checkpoint_and_explored_hparams(exploit: Exploit) -> None:
     pbt = PbtConfig(exploit=exploit)
     scores = [score(f"m{i:03d}", float(i), lr=1e-4 * (i + 1)) for i in range(20)]
     plan = plan_generation(scores, pbt, generation_rng(0, 3))
@@ -455,7 +457,7 @@ metrics_st = st.lists(
     data=st.data(),
 )
 def test_plan_does_not_depend_on_result_order(
-    metrics: list[float], exploit: str, resample: float, seed: int, data: st.DataObject
+    metrics: list[float], exploit: Exploit, resample: float, seed: int, data: st.DataObject
 ) -> None:
     pbt = PbtConfig(exploit=exploit, resample_probability=resample, seed=seed % 1000)
     scores = [score(f"m{i:03d}", m, lr=1e-4 * (i + 1)) for i, m in enumerate(metrics)]

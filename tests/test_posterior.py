@@ -127,6 +127,7 @@ def test_h5_written_to_path_file_object_and_bytes(tmp_path, data_with_test):
     path = tmp_path / "lfads_output_x.h5"
     assert write_lfads_output(out, path) is None
     blob = write_lfads_output(out)
+    assert blob is not None
     handle = io.BytesIO()
     write_lfads_output(out, handle)
     for source in (path, io.BytesIO(blob), io.BytesIO(handle.getvalue())):
@@ -146,8 +147,10 @@ def test_h5_with_data_also_holds_the_inputs(tmp_path, data_with_test):
     out = posterior_sample(_session(data_with_test), data_with_test, num_samples=2)
     path = tmp_path / "lfads_output_x.h5"
     write_lfads_output(out, path, data=data_with_test)
+    blob = write_lfads_output(out, data=data_with_test)
+    assert blob is not None
     with (
-        h5py.File(io.BytesIO(write_lfads_output(out, data=data_with_test)), "r") as mem,
+        h5py.File(io.BytesIO(blob), "r") as mem,
         h5py.File(path, "r") as f,
     ):
         for h5 in (mem, f):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 
-from autolfads.coordinator.search.messages import BestView, MemberView, StatusView
+from autolfads.coordinator.search.messages import BestView, MemberPhase, MemberView, StatusView
 from autolfads.progress_display import ProgressPrinter, snapshot
 
 
-def _status(generation: int, phases: list[str], best_history: tuple[float, ...]) -> StatusView:
+def _status(
+    generation: int, phases: list[MemberPhase], best_history: tuple[float, ...]
+) -> StatusView:
     members = tuple(
         MemberView(f"m{i:03d}", generation, {}, 0.5, f"m{i:03d}", p, "", "", (), 0)
         for i, p in enumerate(phases)

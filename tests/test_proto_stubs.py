@@ -28,6 +28,12 @@ def test_committed_stubs_are_fresh(tmp_path):
         assert fresh == committed, f"{path} is stale: run python scripts/gen_protos.py"
 
 
+def _group(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found is not None, f"{pattern} not found"
+    return found.group(1)
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("."))
 
@@ -42,13 +48,13 @@ def test_runtime_pins_are_not_older_than_the_generator():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
     pb2 = (REPO / "proto" / STUB_DIR / "coordinator_pb2.py").read_text()
-    gencode_protobuf = _version(re.search(r"Protobuf Python Version: ([0-9.]+)", pb2).group(1))
+    gencode_protobuf = _version(_group(r"Protobuf Python Version: ([0-9.]+)", pb2))
     grpc_py = (REPO / "proto" / STUB_DIR / "coordinator_pb2_grpc.py").read_text()
-    gencode_grpc = _version(re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_py).group(1))
+    gencode_grpc = _version(_group(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_py))
     assert _lower_bound(deps["protobuf"]) >= gencode_protobuf
     for name in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
         assert _lower_bound(deps[name]) >= gencode_grpc, name
     generator = (REPO / "scripts/gen_protos.py").read_text()
-    pinned = re.search(r'GRPC_TOOLS_VERSION = "([0-9.]+)"', generator).group(1)
+    pinned = _group(r'GRPC_TOOLS_VERSION = "([0-9.]+)"', generator)
     assert _version(pinned) == gencode_grpc
     assert f"grpcio-tools=={pinned}" in project["optional-dependencies"]["dev"]

@@ -341,7 +341,7 @@ def test_legacy_layout_with_hostile_held_out_sizes(tmp_path: Path, value: object
 
 # ---- the CLI: one line, and no run -----------------------------------------------
 
-CLI_FILES: dict[str, Callable[[Path], None]] = {
+CLI_FILES: dict[str, Callable[[Path], object]] = {
     "truncated": lambda p: p.write_bytes(GOOD[: len(GOOD) // 2]),
     "random bytes": lambda p: p.write_bytes(os.urandom(4096)),
     "nan counts": lambda p: shutil.copy(mutated_file(p.parent, nan_values, "train_encod_data"), p),

@@ -140,6 +140,7 @@ def test_smoothed_validation_nll_and_ramps(tiny_data):
 def test_heldout_nll_is_the_mean_over_heldout_neurons_in_observed_bins(tiny_data):
     dims = DataDims.from_data(tiny_data)
     split = SplitTensors.build(tiny_data.valid, torch.device("cpu"))
+    assert split.recon is not None
     logrates = torch.randn(split.recon.shape, generator=torch.Generator().manual_seed(0)) - 2.0
     sums = bits_per_spike_terms(logrates, split.recon, dims, split.recon_stirling)
     # lfads-torch's loss: torch's full Poisson NLL (Stirling term for counts > 1).

@@ -188,6 +188,7 @@ def test_watch_streams_changes_until_the_search_ends(search: Search, source: str
     target = search.address if source == "coordinator" else str(search.run_dir)
     extra = ["--interval", "0.1"] if source == "storage" else []
     proc = start_watch(target, *extra)
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         docs = [json.loads(proc.stdout.readline())]  # the watch is live now
         assert docs[0]["state"] == "running" and docs[0]["generation"] == 0

@@ -65,6 +65,7 @@ def crash_during_put(root: Path, key: str, size: int, point: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert child.stdout is not None and child.stderr is not None
     try:
         line = child.stdout.readline()
         assert line.strip() == "READY", child.stderr.read()

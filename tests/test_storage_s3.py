@@ -136,7 +136,7 @@ def test_connection_dropped_mid_multipart_upload_is_retried(proxy, s3_server, s3
     store = proxied_store(proxy, s3_server, s3_bucket, SHORT_RETRY)
     start = proxy.count()
     # Drop the first part upload (PUT ...?partNumber=...) of the multipart put.
-    dropped = []
+    dropped: list[str] = []
 
     def rule(n: int, method: str, path: str) -> str | None:
         if method == "PUT" and "partNumber=" in path and not dropped:
@@ -156,7 +156,7 @@ def test_truncated_download_is_retried(proxy, s3_server, s3_bucket, tmp_path) ->
     store = proxied_store(proxy, s3_server, s3_bucket, SHORT_RETRY)
     data = os.urandom(3 * MiB)
     store.put_bytes("run/data/d.h5", data)
-    cut = []
+    cut: list[int] = []
 
     def rule(n: int, method: str, path: str) -> str | None:
         if method == "GET" and "d.h5" in path and len(cut) < 2:
@@ -412,6 +412,7 @@ def test_data_cache_downloads_once_across_processes(s3_store_url, tmp_path) -> N
         for _ in range(3)
     ]
     for child in children:
+        assert child.stdout is not None
         assert child.stdout.readline().strip() == "READY"
     gate.touch()
     results = [child.communicate(timeout=60) for child in children]

@@ -42,6 +42,7 @@ def test_same_seed_same_data_other_seed_other_data(rnn):
     other = make_chaotic_rnn(seed=4, **SMALL_RNN)
     for field in ("recon_data", "truth", "behavior"):
         np.testing.assert_array_equal(getattr(rnn.train, field), getattr(again.train, field))
+    assert other.train.truth is not None
     assert not np.array_equal(rnn.train.truth, other.train.truth)
 
 

@@ -122,6 +122,7 @@ class Search:
         assert sorted(state.history) == ["m000", "m001", "m002", "m003"]
         assert all([h.generation for h in hs] == [0, 1, 2] for hs in state.history.values())
         decisions = [(d["ranking"], d["copies"], d["best_metric"]) for d in logs]
+        assert state.best is not None
         return (state.best.member, state.best.metric, decisions), state
 
 
