@@ -38,6 +38,8 @@ from autolfads.coordinator.staging import stage_run
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore
+from autolfads.trainer.data import write_lfads_h5
+from autolfads.trainer.synth import make_synthetic
 
 RUN = "bench"
 FAKE_SHA = "ab" * 32
@@ -82,7 +84,9 @@ def bench_config(population: int, generations: int) -> RunConfig:
 def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
-    data.write_bytes(os.urandom(1024))  # never opened by the coordinator
+    # A tiny real data file: staging computes the run's baseline scores from it.
+    tiny = make_synthetic("lorenz", seed=0, n_conditions=4, n_trials_per_condition=5)
+    write_lfads_h5(tiny, data)
     stage_run(store, cfg, data)
     port_file = root / "port"
     cmd = [
@@ -203,8 +207,16 @@ def summarise(rec: Recorder, elapsed: float) -> dict[str, dict[str, float]]:
 
 
 def state_size(root: Path) -> int:
-    path = root / "store" / RUN / "coordinator" / "state.json"
-    return path.stat().st_size if path.exists() else 0
+    """Bytes of what a reader must load to rebuild the state (the whole
+    coordinator/ folder: state.json, or the snapshot and journal)."""
+    folder = root / "store" / RUN / "coordinator"
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -225,7 +237,9 @@ def main() -> None:
         root = Path(tmp)
         proc, port = start_coordinator(root, cfg, root / "coordinator.log")
         try:
+            cpu_start = cpu_seconds(proc.pid)
             rec, elapsed, marks = asyncio.run(drive(port, args))
+            cpu_s = cpu_seconds(proc.pid) - cpu_start
             size = state_size(root)
         finally:
             proc.terminate()
@@ -234,12 +248,19 @@ def main() -> None:
     result = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average": os.getloadavg(),
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
-        "state_json_bytes": size,
+        "state_bytes": size,
+        "server_cpu_s": round(cpu_s, 2),
+        # All of the server's CPU (gRPC, interceptors, logic, state writes)
+        # divided by the RPCs it answered while the load ran.
+        "server_cpu_ms_per_rpc": round(
+            1e3 * cpu_s / max(1, sum(map(len, rec.latency.values()))), 3
+        ),
         "replies": dict(rec.replies),
         "errors": dict(rec.errors),
         "rpc": summarise(rec, elapsed),

@@ -4,14 +4,15 @@ Transport-free: the gRPC servicer converts protobuf to the domain messages in
 `messages` and calls these methods; tests may call them directly. All state is
 one `SearchState` guarded by one lock; every change that matters runs inside
 `_transaction`, which stages it for the group commit (`commit`): the caller
-leaves the lock and is answered only once a write of
-`<run>/coordinator/state.json` covers its change. Concurrent changes share
-one write; a failed write or change rolls memory back to what storage holds,
-so no caller is ever told of a change that is not persisted.
+leaves the lock and is answered only once a journal entry covering its
+change is written (`journal`, under `<run>/coordinator/`). Concurrent changes
+share one write; a failed write or change rolls memory back to what storage
+holds, so no caller is ever told of a change that is not persisted.
 
 Scale (thousands of workers): WAIT replies and the expiry check use the
 indexes in `dispatch` instead of scanning the population; the state stays
-bounded (`SearchState.prune`) and re-encodes only changed records.
+bounded (`SearchState.prune`), and a write carries only the records that
+changed (closed generations are archived once, `journal`).
 
 Determinism (sync mode): decisions depend only on the config, the seed and
 the reported results: never on arrival order, worker count or lease ids.
@@ -39,6 +40,7 @@ from autolfads.coordinator.errors import (
     StaleLease,
     UnknownLease,
 )
+from autolfads.coordinator.journal import DEFAULT_SNAPSHOT_EVERY, JournalWriter
 from autolfads.coordinator.messages import (
     HeartbeatReply,
     ReportAck,
@@ -47,6 +49,7 @@ from autolfads.coordinator.messages import (
     WorkReply,
 )
 from autolfads.coordinator.progress import Progress
+from autolfads.coordinator.recovery import Recovered, load_state
 from autolfads.coordinator.reports import check_report, loaded_start
 from autolfads.coordinator.state import (
     HistoryEntry,
@@ -60,7 +63,6 @@ from autolfads.coordinator.state import (
 from autolfads.coordinator.validation import check_lease_id, check_report_shape, check_worker_id
 from autolfads.coordinator.views import grant_view, status_view
 from autolfads.storage.base import Store
-from autolfads.storage.errors import ObjectNotFound
 from autolfads.storage.keys import RunLayout
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ MAX_TRACKED_WORKERS = 4096
 ENDED_LEASES_PER_MEMBER = 2
 ENDED_LEASE_SLACK = 256
 MAX_EVENTS = 500
+# A closed generation's history is archived this many generations after
+# retention's window (keep_generations), when its checkpoints are settled.
+ARCHIVE_SLACK = 2
 
 
 class CoordinatorService:
@@ -92,7 +97,8 @@ class CoordinatorService:
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_leases_per_request: int = DEFAULT_MAX_LEASES,
         retry_after_s: float = 1.0,
-        persisted: bytes | None = None,
+        recovered: Recovered | None = None,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
         if lease_timeout_s <= 0 or not math.isfinite(lease_timeout_s):
             raise InvalidRequest(f"lease timeout {lease_timeout_s} s must be a positive number")
@@ -108,9 +114,14 @@ class CoordinatorService:
         self._changed = threading.Condition(self._lock)
         self._draining = False
         self._dispatch = Dispatch(retry_after_s)
-        # `persisted`: the bytes `state` was read from (None for a new search).
+        # `recovered`: what `state` was read from (None for a new search).
+        writer = JournalWriter(
+            self.layout,
+            archive_lag=cfg.pbt.keep_generations + ARCHIVE_SLACK,
+            snapshot_every=snapshot_every,
+        )
         self._commit = GroupCommit(
-            store, self.layout.state(), self._lock, self._encode, self._restore, persisted
+            store, writer, self._lock, lambda: self._state, self._restore, recovered
         )
         self._progress = Progress(cfg, self._commit.outbox, self.layout)
         self._pruned_generation = -1
@@ -128,11 +139,8 @@ class CoordinatorService:
     ) -> CoordinatorService:
         """Resume the run's persisted state if there is one, else start a search."""
         layout = RunLayout(cfg.name)
-        try:
-            raw = store.get_bytes(layout.state())
-        except ObjectNotFound:
-            raw = None
-        if raw is None:
+        recovered = load_state(store, cfg.name)
+        if recovered is None:
             state = SearchState(
                 run=cfg.name,
                 mode=cfg.pbt.mode,
@@ -146,7 +154,7 @@ class CoordinatorService:
                 service._event("search_started", population=cfg.pbt.population)
             service._flush()
             return service
-        service = cls(cfg, store, SearchState.from_json(raw), persisted=raw, **kwargs)
+        service = cls(cfg, store, recovered.state, recovered=recovered, **kwargs)
         service._resume()
         service._flush()
         return service
@@ -437,13 +445,10 @@ class CoordinatorService:
             ticket = self._commit.latest
         self._commit.wait(ticket)
 
-    def _encode(self) -> bytes:
-        return self._state.to_json().encode()
-
-    def _restore(self, data: bytes) -> None:
+    def _restore(self, state: SearchState) -> None:
         """Replace the in-memory state by a written one (rollback, lock held)."""
         revision = self._state.revision
-        self._state = SearchState.from_json(data)
+        self._state = state
         # Watchers wait for revisions to grow: never hand them an older number.
         self._state.revision = max(revision, self._state.revision)
         self._dispatch.reset()

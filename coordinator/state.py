@@ -251,13 +251,28 @@ class SearchState:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SearchState:
+        """Decode `to_json`'s text (format 1: also the whole-file state.json
+        of runs written before the journal)."""
         try:
-            doc = _decode_floats(json.loads(text))
+            doc = json.loads(text)
             if doc.pop("format", None) != STATE_FORMAT:
                 raise ValueError(f"unsupported state format (expected {STATE_FORMAT})")
-            return _state_from_dict(doc)
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, TypeError, AttributeError) as err:
             raise CoordinatorError(f"coordinator state is unreadable: {err}") from None
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SearchState:
+        """The state from parsed JSON (every field, records as plain dicts)."""
+        try:
+            return _state_from_dict(_decode_floats(doc))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CoordinatorError(f"coordinator state is unreadable: {err!r}") from None
+
+
+def encode_value(value: Any) -> str:
+    """Compact JSON of a plain value, non-finite floats included (as records are)."""
+    return _dumps(value)
 
 
 def _dumps(value: Any) -> str:
