@@ -21,6 +21,7 @@ from autolfads.cli import main
 from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.errors import PermissionDenied, Unauthenticated, UnknownLease
 from autolfads.coordinator.interceptors import RpcMetrics
+from autolfads.coordinator.recovery import read_state
 from autolfads.coordinator.security import (
     ClientSecurity,
     ServerSecurity,
@@ -34,7 +35,6 @@ from autolfads.errors import ConfigError
 from autolfads.launcher import LaunchOptions, _worker_command, worker_env, write_secret
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-from autolfads.storage import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = TokenSet.generate()
@@ -65,7 +65,7 @@ def client(target: str, token: str | None) -> CoordinatorClient:
 
 
 def persisted(store) -> bytes:
-    return store.get_bytes(RunLayout("search").state())
+    return read_state(store, "search").to_json().encode()
 
 
 CALLS = {

@@ -21,6 +21,7 @@ from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.clock import ManualClock
 from autolfads.coordinator.convert import report_to_proto
 from autolfads.coordinator.errors import StaleLease
+from autolfads.coordinator.recovery import read_state
 from autolfads.coordinator.security import ClientSecurity, ServerSecurity
 from autolfads.coordinator.server import create_server
 from autolfads.coordinator.service import CoordinatorService
@@ -65,9 +66,7 @@ class Arena:
     reports: list = field(default_factory=list)  # genuine, unsent or sent reports
 
     def persisted(self) -> bytes:
-        raw = self.store.get_bytes(RunLayout("search").state())
-        SearchState.from_json(raw)  # loadable after every case
-        return raw
+        return read_state(self.store, "search").to_json().encode()  # loadable every time
 
     def call(self, method: str, request: bytes, metadata=WORKER) -> grpc.StatusCode:
         raw = self.channel.unary_unary(PATHS[method])

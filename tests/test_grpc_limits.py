@@ -19,6 +19,7 @@ from autolfads.coordinator.client import CoordinatorClient
 from autolfads.coordinator.errors import InvalidRequest, Overloaded
 from autolfads.coordinator.interceptors import RpcMetrics
 from autolfads.coordinator.limits import MAX_REQUEST_BYTES
+from autolfads.coordinator.recovery import read_state
 from autolfads.coordinator.security import ClientSecurity, ServerSecurity
 from autolfads.coordinator.server import create_server
 from autolfads.coordinator.service import MAX_TRACKED_WORKERS, CoordinatorService
@@ -28,7 +29,6 @@ from autolfads.coordinator.validation import MAX_EPOCH_METRICS
 from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-from autolfads.storage import RunLayout
 
 TOKENS = TokenSet.generate()
 DATA = ("search/data/" + "ab" * 32 + ".h5", "ab" * 32)
@@ -60,9 +60,7 @@ def worker_client(target: str) -> CoordinatorClient:
 
 
 def persisted(store) -> bytes:
-    raw = store.get_bytes(RunLayout("search").state())
-    SearchState.from_json(raw)  # always loadable
-    return raw
+    return read_state(store, "search").to_json().encode()  # always loadable
 
 
 def test_oversized_requests_are_refused_and_change_nothing(served, local_store):

@@ -23,6 +23,7 @@ from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
 from run_helpers import write_tiny_config
 
 from autolfads.config import load_config
+from autolfads.coordinator.recovery import read_state
 from autolfads.katib.experiment import searched_parameters
 from autolfads.storage import RunLayout, open_store
 
@@ -58,7 +59,7 @@ def cli(*args: str, log: Path | None = None) -> subprocess.Popen:
 
 def best_of(url: str) -> tuple:
     store = open_store(url, create_bucket=False)
-    state = json.loads(store.get_bytes(RunLayout(RUN).state()))
+    state = json.loads(read_state(store, RUN).to_json())
     assert state["status"] == "finished", state["message"]
     best = state["best"]
     return best["member"], best["generation"], best["metric"]

@@ -41,13 +41,12 @@ from autolfads.coordinator.errors import (
     UnknownLease,
 )
 from autolfads.coordinator.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
+from autolfads.coordinator.recovery import read_state
 from autolfads.errors import AutolfadsError
 from autolfads.storage import (
     ChecksumMismatch,
     DataCache,
     ObjectNotFound,
-    RunLayout,
-    StorageError,
     Store,
 )
 from autolfads.trainer.data import LfadsData, load_lfads_h5
@@ -346,12 +345,13 @@ def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> b
 
 
 def search_ended(store: Store, run: str) -> bool:
-    """True if `<run>/coordinator/state.json` records a finished, cancelled or failed search."""
+    """True if the run's stored coordinator state records a finished,
+    cancelled or failed search (unreadable or absent: False, keep waiting)."""
     try:
-        doc = json.loads(store.get_bytes(RunLayout(run).state()))
-    except (StorageError, ValueError):
+        state = read_state(store, run, history=False)
+    except AutolfadsError:
         return False
-    return isinstance(doc, dict) and doc.get("status") in ("finished", "cancelled", "failed")
+    return state is not None and state.terminal
 
 
 def default_threads() -> int:
