@@ -99,6 +99,7 @@ class CoordinatorService:
         retry_after_s: float = 1.0,
         recovered: Recovered | None = None,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        archive_lag: int | None = None,
     ) -> None:
         if lease_timeout_s <= 0 or not math.isfinite(lease_timeout_s):
             raise InvalidRequest(f"lease timeout {lease_timeout_s} s must be a positive number")
@@ -117,7 +118,7 @@ class CoordinatorService:
         # `recovered`: what `state` was read from (None for a new search).
         writer = JournalWriter(
             self.layout,
-            archive_lag=cfg.pbt.keep_generations + ARCHIVE_SLACK,
+            archive_lag=archive_lag or cfg.pbt.keep_generations + ARCHIVE_SLACK,
             snapshot_every=snapshot_every,
         )
         self._commit = GroupCommit(
