@@ -81,7 +81,9 @@ def bench_config(population: int, generations: int) -> RunConfig:
     )
 
 
-def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subprocess.Popen, int]:
+def start_coordinator(
+    root: Path, cfg: RunConfig, log_path: Path, pythonpath: str | None = None
+) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
     # A tiny real data file: staging computes the run's baseline scores from it.
@@ -94,7 +96,12 @@ def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subpr
         "--storage", str(root / "store"), "--run", RUN,
         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--lease-timeout", "600",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+    # `pythonpath`: run another version of the coordinator (e.g. an export of
+    # an older commit laid out as the `autolfads` package) against this load.
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), cwd=root, env=env
+    )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -230,12 +237,13 @@ def main() -> None:
     p.add_argument("--rpc-timeout", type=float, default=60.0)
     p.add_argument("--time-limit", type=float, default=300.0, help="stop the load after this")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--pythonpath", help="PYTHONPATH of the coordinator process (another version)")
     args = p.parse_args()
 
     cfg = bench_config(args.population, args.generations)
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
-        proc, port = start_coordinator(root, cfg, root / "coordinator.log")
+        proc, port = start_coordinator(root, cfg, root / "coordinator.log", args.pythonpath)
         try:
             cpu_start = cpu_seconds(proc.pid)
             rec, elapsed, marks = asyncio.run(drive(port, args))
@@ -249,6 +257,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": os.getloadavg(),
+        "coordinator": args.pythonpath or "this checkout",
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
@@ -66,6 +66,7 @@ class Image:
     """
 
     seq: int = 0
+    generation: int = -1  # the state's generation then (-1: next diff scans all)
     fields: str = "{}"
     records: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: {k: {} for k in RECORD_KINDS}
@@ -168,7 +169,7 @@ class JournalWriter:
         self.archive_lag = archive_lag
         self.snapshot_every = snapshot_every
 
-    def take(self, state: SearchState, base: Image, deleted: Iterable[str]) -> Batch:
+    def take(self, state: SearchState, base: Image, deleted: Collection[str]) -> Batch:
         """The entry that brings storage from `base` to `state`. `deleted`:
         checkpoint keys retention marked deleted in this batch."""
         through = max(base.archived_through, state.generation - 1 - self.archive_lag)
@@ -177,13 +178,19 @@ class JournalWriter:
         archive, docs = self._archive(state, base, through)
         late = {k for k in deleted if self._generation_of(k) <= through}
         seq = base.seq + 1
-        parts: list[str] = [f'"seq":{seq}', f'"fields":{_fields(state)}']
+        fields = _fields(state)
+        parts: list[str] = [f'"seq":{seq}', f'"fields":{fields}']
         records = {k: dict(base.records[k]) for k in RECORD_KINDS}
         for kind in RECORD_KINDS:
             put, drop = _diff(getattr(state, kind), records[kind])
             parts.append(f'"put_{kind}":{_join(put.items())}')
             parts.append(f'"drop_{kind}":{json.dumps(drop)}')
-        history, changed = _diff_history(state, base.history, through)
+        # Older entries change only when a generation closes (decisions) or
+        # retention deletes checkpoints; otherwise only the newest can.
+        full = state.generation != base.generation or bool(deleted) or base.seq == 0
+        history, changed = _diff_history(
+            state, base.history, through, full, through > base.archived_through
+        )
         parts.append(f'"put_history":{_join_history(changed)}')
         keep, added = _event_delta(base.event_refs, state.events)
         new_texts = tuple(encode_value(e) for e in added)
@@ -192,7 +199,8 @@ class JournalWriter:
         parts.append(f'"archived_through":{through},"late_deleted":{json.dumps(sorted(late))}')
         image = Image(
             seq=seq,
-            fields=_fields(state),
+            generation=state.generation,
+            fields=fields,
             records=records,
             history=history,
             event_refs=tuple(state.events),
@@ -254,8 +262,6 @@ def _fields(state: SearchState) -> str:
 
 
 def _plain(value: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
@@ -277,33 +283,40 @@ def _diff(live: Mapping[str, Any], written: dict[str, str]) -> tuple[dict[str, s
 
 
 def _diff_history(
-    state: SearchState, written: Mapping[str, Mapping[int, str]], through: int
+    state: SearchState,
+    written: Mapping[str, Mapping[int, str]],
+    through: int,
+    full: bool,
+    archiving: bool,
 ) -> tuple[dict[str, Mapping[int, str]], dict[str, dict[int, str]]]:
     """The open history (generations > `through`) and what changed in it.
 
     Entries are appended in generation order, so each member's list is read
-    from the end and only as far as the open generations; a member with no
-    change keeps its written dict (no copy)."""
+    from the end and only as far as the open generations; unless `full`, it
+    stops at the first unchanged entry (older ones cannot have changed). A
+    member with no change keeps its written dict (no copy)."""
     history: dict[str, Mapping[int, str]] = {}
     changed: dict[str, dict[int, str]] = {}
     for member, entries in state.history.items():
         old = written.get(member, {})
-        count = 0
         diff: dict[int, str] = {}
         for entry in reversed(entries):
             if entry.generation <= through:
                 break
-            count += 1
             text = entry.encoded()
             if old.get(entry.generation) is not text:
                 diff[entry.generation] = text
+            elif not full:
+                break
         if diff:
             changed[member] = diff
-        if not diff and len(old) == count:
-            if count:
-                history[member] = old
-        elif count:
-            history[member] = {**{g: t for g, t in old.items() if g > through}, **diff}
+        if diff or archiving:
+            merged = {g: t for g, t in old.items() if g > through}
+            merged.update(diff)
+            if merged:
+                history[member] = merged
+        elif old:
+            history[member] = old
     return history, changed
 
 
