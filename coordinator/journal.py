@@ -388,8 +388,8 @@ class Doc:
         for g in sorted(archive):
             for member, entry in archive[g].items():
                 history.setdefault(member, []).append(entry)
-        for member, entries in self.history.items():
-            history.setdefault(member, []).extend(entries[g] for g in sorted(entries))
+        for member, open_entries in self.history.items():
+            history.setdefault(member, []).extend(open_entries[g] for g in sorted(open_entries))
         doc = {
             **self.fields,
             **self.records,
@@ -398,8 +398,8 @@ class Doc:
         }
         state = SearchState.from_doc(doc)
         if self.late_deleted:
-            for entries in state.history.values():
-                for entry in entries:
+            for recovered in state.history.values():
+                for entry in recovered:
                     if (
                         entry.generation <= self.archived_through
                         and entry.checkpoint in self.late_deleted

@@ -264,7 +264,7 @@ class CoordinatorService:
             allowed = min(max_leases, self.max_leases_per_request - held)
         if allowed < 1:
             return self._wait_reply(worker_id)
-        queued = self._dispatch.queued(state)[:allowed]
+        queued = self._dispatch.queued(state, allowed)
         with self._transaction(reindex=False):
             leases = [self._grant(seg, worker_id) for seg in queued]
             state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
@@ -292,7 +292,7 @@ class CoordinatorService:
             state = self._state
             previous = state.requests.get(worker_id)
             replay = previous is not None and previous.request_id == request_id
-            queued = 0 if self._draining else len(self._dispatch.queued(state))
+            queued = 0 if self._draining else self._dispatch.queued_count(state)
             if not state.terminal and not replay and queued < count:
                 return None
             reply = self._request_work(worker_id, count, request_id)
