@@ -5,8 +5,12 @@ storage in a temp dir, a large population, 1-epoch segments) on loopback, and
 drives it with thousands of simulated workers (asyncio tasks on grpc.aio
 channels) that run the real protocol: RequestWork -> Heartbeat xH ->
 ReportResult with a fake metric, no training. Records throughput and p50/p99
-latency per RPC, the time each generation took, and where the coordinator
-spends its time.
+latency per RPC, the time each generation took, the coordinator process's
+CPU time per answered RPC (all of it: gRPC, interceptors, logic, state
+writes), and the bytes of its persisted state. `--pythonpath DIR` runs
+another version of the coordinator (an export of an older commit laid out
+as the `autolfads` package) against the same load, for interleaved
+before/after runs.
 
     python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
 
