@@ -5,8 +5,12 @@ storage in a temp dir, a large population, 1-epoch segments) on loopback, and
 drives it with thousands of simulated workers (asyncio tasks on grpc.aio
 channels) that run the real protocol: RequestWork -> Heartbeat xH ->
 ReportResult with a fake metric, no training. Records throughput and p50/p99
-latency per RPC, the time each generation took, and where the coordinator
-spends its time.
+latency per RPC, the time each generation took, the coordinator process's
+CPU time per answered RPC (all of it: gRPC, interceptors, logic, state
+writes), and the bytes of its persisted state. `--pythonpath DIR` runs
+another version of the coordinator (an export of an older commit laid out
+as the `autolfads` package) against the same load, for interleaved
+before/after runs.
 
     python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
 
@@ -38,6 +42,8 @@ from autolfads.coordinator.search.staging import stage_run
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.storage import LocalStore
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
+from autolfads.trainer.data.synth import make_synthetic
 
 RUN = "bench"
 FAKE_SHA = "ab" * 32
@@ -79,10 +85,14 @@ def bench_config(population: int, generations: int) -> RunConfig:
     )
 
 
-def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subprocess.Popen, int]:
+def start_coordinator(
+    root: Path, cfg: RunConfig, log_path: Path, pythonpath: str | None = None
+) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
-    data.write_bytes(os.urandom(1024))  # never opened by the coordinator
+    # A tiny real data file: staging computes the run's baseline scores from it.
+    tiny = make_synthetic("lorenz", seed=0, n_conditions=4, n_trials_per_condition=5)
+    write_lfads_h5(tiny, data)
     stage_run(store, cfg, data)
     port_file = root / "port"
     cmd = [
@@ -90,7 +100,12 @@ def start_coordinator(root: Path, cfg: RunConfig, log_path: Path) -> tuple[subpr
         "--storage", str(root / "store"), "--run", RUN,
         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--lease-timeout", "600",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+    # `pythonpath`: run another version of the coordinator (e.g. an export of
+    # an older commit laid out as the `autolfads` package) against this load.
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), cwd=root, env=env
+    )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -203,8 +218,16 @@ def summarise(rec: Recorder, elapsed: float) -> dict[str, dict[str, float]]:
 
 
 def state_size(root: Path) -> int:
-    path = root / "store" / RUN / "coordinator" / "state.json"
-    return path.stat().st_size if path.exists() else 0
+    """Bytes of what a reader must load to rebuild the state (the whole
+    coordinator/ folder: state.json, or the snapshot and journal)."""
+    folder = root / "store" / RUN / "coordinator"
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -218,14 +241,17 @@ def main() -> None:
     p.add_argument("--rpc-timeout", type=float, default=60.0)
     p.add_argument("--time-limit", type=float, default=300.0, help="stop the load after this")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--pythonpath", help="PYTHONPATH of the coordinator process (another version)")
     args = p.parse_args()
 
     cfg = bench_config(args.population, args.generations)
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
-        proc, port = start_coordinator(root, cfg, root / "coordinator.log")
+        proc, port = start_coordinator(root, cfg, root / "coordinator.log", args.pythonpath)
         try:
+            cpu_start = cpu_seconds(proc.pid)
             rec, elapsed, marks = asyncio.run(drive(port, args))
+            cpu_s = cpu_seconds(proc.pid) - cpu_start
             size = state_size(root)
         finally:
             proc.terminate()
@@ -234,12 +260,20 @@ def main() -> None:
     result = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average": os.getloadavg(),
+        "coordinator": args.pythonpath or "this checkout",
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
-        "state_json_bytes": size,
+        "state_bytes": size,
+        "server_cpu_s": round(cpu_s, 2),
+        # All of the server's CPU (gRPC, interceptors, logic, state writes)
+        # divided by the RPCs it answered while the load ran.
+        "server_cpu_ms_per_rpc": round(
+            1e3 * cpu_s / max(1, sum(map(len, rec.latency.values()))), 3
+        ),
         "replies": dict(rec.replies),
         "errors": dict(rec.errors),
         "rpc": summarise(rec, elapsed),

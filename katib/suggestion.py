@@ -1,9 +1,9 @@
 """Katib's suggestion protocol on top of the PBT coordinator service.
 
 One `CoordinatorService` per run holds the population; it is rebuilt from
-`<run>/coordinator/state.json` whenever this process starts, so a restarted
-suggestion pod carries on. Each Katib trial is one lease (one training
-segment of one member). A GetSuggestions call:
+the run's stored state (`coordinator.recovery`) whenever this process
+starts, so a restarted suggestion pod carries on. Each Katib trial is one
+lease (one training segment of one member). A GetSuggestions call:
 
 1. checks the Experiment against the run's config and every trial name
    (nothing changes if one is unknown);

@@ -15,7 +15,6 @@ the trial FAILED; the service counts a failed segment); 143 SIGTERM.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -28,9 +27,11 @@ from autolfads.coordinator.search.messages import (
     SegmentReport,
     WorkReply,
 )
+from autolfads.coordinator.search.recovery import read_state
+from autolfads.errors import AutolfadsError
 from autolfads.katib import records
 from autolfads.katib.names import TrialName, parse_trial_name
-from autolfads.storage import ObjectNotFound, RunLayout, Store
+from autolfads.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,7 @@ def run_trial(
 def _best_metric(store: Store, run: str) -> float:
     """The search's best metric (what an end trial shows Katib)."""
     try:
-        state = json.loads(store.get_bytes(RunLayout(run).state()))
-    except (ObjectNotFound, ValueError):
+        state = read_state(store, run, history=False)
+    except AutolfadsError:
         return math.nan
-    best = state.get("best") if isinstance(state, dict) else None
-    metric = best.get("metric") if isinstance(best, dict) else None
-    return float(metric) if isinstance(metric, int | float) else math.nan
+    return state.best.metric if state is not None and state.best is not None else math.nan

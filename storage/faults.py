@@ -9,6 +9,8 @@ fails, or is slow, and how often.
     store.inject("put", r"/coordinator/state\\.json$", fail="disk full")  # next write fails
     store.inject("put", r"state\\.json$", delay_s=0.02, times=None)       # every write is slow
     store.count("put", r"state\\.json$")                                  # writes so far
+    store.inject("change", r"/coordinator/", fail="crash", after=5, times=None)
+                                        # a "crash": every put or delete from the 6th on fails
 """
 
 from __future__ import annotations
@@ -67,14 +69,16 @@ class WrapperStore(Store):
 
 
 # The operations a fault can target; "put" covers put_bytes/put_file/put_json,
-# "get" covers get_bytes/get_file/get_json.
-OPERATIONS = ("put", "get", "stat", "list", "delete")
+# "get" covers get_bytes/get_file/get_json; "change" covers put and delete.
+OPERATIONS = ("put", "get", "stat", "list", "delete", "change")
+_CHANGES = ("put", "delete")
 
 
 @dataclass
 class Fault:
     """One injected fault: `op` on keys matching `pattern` fails with
-    `error_type(fail)` and/or sleeps `delay_s` first, `times` times (None: always)."""
+    `error_type(fail)` and/or sleeps `delay_s` first, `times` times (None:
+    always), once `after` matching calls have gone through untouched."""
 
     op: str
     pattern: re.Pattern[str]
@@ -82,10 +86,17 @@ class Fault:
     error_type: type[StorageError]
     delay_s: float
     times: int | None
+    after: int = 0
     hits: int = 0
+    passed: int = 0
 
     def applies(self, op: str, key: str) -> bool:
-        if op != self.op or not self.pattern.search(key):
+        """Whether this call is hit (counts the call; lock held)."""
+        same = op == self.op or (self.op == "change" and op in _CHANGES)
+        if not same or not self.pattern.search(key):
+            return False
+        if self.passed < self.after:
+            self.passed += 1
             return False
         return self.times is None or self.hits < self.times
 
@@ -108,13 +119,17 @@ class FaultyStore(WrapperStore):
         error_type: type[StorageError] = StorageError,
         delay_s: float = 0.0,
         times: int | None = 1,
+        after: int = 0,
     ) -> Fault:
-        """Add a fault; `pattern` is a regular expression searched in the key."""
+        """Add a fault; `pattern` is a regular expression searched in the key;
+        the first `after` matching calls go through."""
         if op not in OPERATIONS:
             raise ValueError(f"op {op!r} must be one of {OPERATIONS}")
         if fail is None and delay_s <= 0:
             raise ValueError("a fault needs fail=... or delay_s > 0")
-        fault = Fault(op, re.compile(pattern), fail, error_type, delay_s, times)
+        if after < 0:
+            raise ValueError(f"after {after} must be >= 0")
+        fault = Fault(op, re.compile(pattern), fail, error_type, delay_s, times, after)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -126,8 +141,9 @@ class FaultyStore(WrapperStore):
     def count(self, op: str, pattern: str = "") -> int:
         """How many `op` calls on keys matching `pattern` reached this store."""
         compiled = re.compile(pattern)
+        ops = _CHANGES if op == "change" else (op,)
         with self._lock:
-            return sum(1 for o, key in self._calls if o == op and compiled.search(key))
+            return sum(1 for o, key in self._calls if o in ops and compiled.search(key))
 
     def _enter(self, op: str, key: str) -> None:
         with self._lock:

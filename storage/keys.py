@@ -10,7 +10,10 @@ docs/storage.md) is the same in a MinIO bucket and in a local directory:
     <run>/members/<member>/gen-0007/checkpoint.pt   (+ metrics.json)
     <run>/members/<member>/history.jsonl
     <run>/generations/gen-0007.json
-    <run>/coordinator/state.json
+    <run>/coordinator/journal/000000000042.json     one per state write (changes)
+    <run>/coordinator/snapshot/000000000040.json    the live state every N writes
+    <run>/coordinator/archive/gen-0003.json         closed generations, written once
+    <run>/coordinator/state.json                    (runs before the journal; migrated)
     <run>/best/...                                   (checkpoint, output, report)
 """
 
@@ -34,6 +37,14 @@ _GEN_DIR = re.compile(r"^gen-(\d{4,})$")
 # S3 limits keys to 1024 bytes; keep room for a store prefix.
 MAX_KEY_LEN = 900
 GENERATION_WIDTH = 4
+SEQUENCE_WIDTH = 12
+_SEQUENCE = re.compile(rf"^(\d{{{SEQUENCE_WIDTH}}})\.json$")
+
+
+def _sequence(seq: int) -> str:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 10**SEQUENCE_WIDTH:
+        raise InvalidKey(f"invalid journal sequence number {_show(seq)}")
+    return f"{seq:0{SEQUENCE_WIDTH}d}"
 
 
 def _show(value: object) -> str:
@@ -191,7 +202,40 @@ class RunLayout:
         return f"{self.generations_prefix()}{generation_dir(generation)}.json"
 
     def state(self) -> str:
-        return f"{self.run}/coordinator/state.json"
+        """The whole-state file of runs written before the journal (read once,
+        migrated, then deleted); `coordinator.recovery.load_state` reads either."""
+        return f"{self.coordinator_prefix()}state.json"
+
+    def coordinator_prefix(self) -> str:
+        return f"{self.run}/coordinator/"
+
+    def journal_prefix(self) -> str:
+        return f"{self.coordinator_prefix()}journal/"
+
+    def journal_entry(self, seq: int) -> str:
+        """One group commit's changes; `seq` counts from 1, without gaps."""
+        return f"{self.journal_prefix()}{_sequence(seq)}.json"
+
+    def snapshot_prefix(self) -> str:
+        return f"{self.coordinator_prefix()}snapshot/"
+
+    def snapshot(self, seq: int) -> str:
+        """The live state including journal entries up to `seq`."""
+        return f"{self.snapshot_prefix()}{_sequence(seq)}.json"
+
+    def archive_prefix(self) -> str:
+        return f"{self.coordinator_prefix()}archive/"
+
+    def archive(self, generation: int) -> str:
+        """History entries of a closed generation (written once)."""
+        return f"{self.archive_prefix()}{generation_dir(generation)}.json"
+
+    @staticmethod
+    def parse_sequence_key(prefix: str, key: str) -> int | None:
+        """'<prefix>000000000042.json' -> 42; None for any other name."""
+        name = key[len(prefix) :] if key.startswith(prefix) else ""
+        match = _SEQUENCE.fullmatch(name)
+        return int(match.group(1)) if match else None
 
     def best_prefix(self) -> str:
         return f"{self.run}/best/"

@@ -16,7 +16,9 @@ from typing import Any
 
 from autolfads.config import RunConfig, parse_config
 from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.state import SearchState
 from autolfads.storage import ChecksumMismatch, Store
 
 
@@ -51,6 +53,14 @@ def open_tiny_search(
     return CoordinatorService.open_search(
         cfg or tiny_config(), store, FAKE_DATA_KEY, FAKE_DATA_SHA256, **kwargs
     )
+
+
+def saved_state(store: Store, run: str, history: bool = True) -> SearchState:
+    """The run's state as a restarted coordinator would rebuild it; the test
+    knows it was written."""
+    state = read_state(store, run, history=history)
+    assert state is not None, f"{run}: no coordinator state in {store.url}"
+    return state
 
 
 def _load(store: Store, point: CheckpointPoint) -> bytes:

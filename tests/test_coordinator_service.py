@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, saved_state, tiny_config
 
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import (
@@ -205,7 +205,7 @@ def test_cancel_stops_leases_and_workers(local_store):
     assert service.request_work("w1", 1).action == "done"
     with pytest.raises(SearchFinished):
         service.report(fake_train(local_store, grant, "w0"))
-    stored = SearchState.from_json(local_store.get_bytes(LAYOUT.state()))
+    stored = saved_state(local_store, "search")
     assert stored.status == "cancelled" and stored.message == "operator said so"
 
 
@@ -253,7 +253,8 @@ def test_plateau_stops_before_max_generations(local_store):
 # ------------------------------------------------------------------ capacity
 
 
-STATE_KEY = f"^{re.escape(LAYOUT.state())}$"
+# Every state write is one journal entry.
+STATE_KEY = f"^{re.escape(LAYOUT.journal_prefix())}"
 
 
 def slow_state_store(root) -> FaultyStore:
@@ -265,7 +266,7 @@ def slow_state_store(root) -> FaultyStore:
 
 
 def persisted(store) -> SearchState:
-    return SearchState.from_json(store.get_bytes(LAYOUT.state()))
+    return saved_state(store, "search")
 
 
 def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp_path):
@@ -306,12 +307,12 @@ def test_failed_state_write_rolls_back_and_the_retry_counts_once(tmp_path):
     service = open_service(store)
     grant = service.request_work("w0", 1).grants[0]
     report = fake_train(store, grant, "w0")
-    before = store.get_bytes(LAYOUT.state())
+    before = persisted(store).to_json()
     store.inject("put", STATE_KEY, fail="disk full")
     with pytest.raises(StorageError, match="not saved"):
         service.report(report)
     # Memory agrees with storage: the report never happened.
-    assert store.get_bytes(LAYOUT.state()) == before
+    assert persisted(store).to_json() == before
     assert service.snapshot().leases[grant.lease_id].status == "active"
     assert service.snapshot().history == {}
     ack = service.report(report)

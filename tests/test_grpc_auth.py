@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coordinator_helpers import saved_state
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.cli import main
@@ -32,7 +33,6 @@ from autolfads.errors import ConfigError
 from autolfads.launcher import LaunchOptions, _worker_command, worker_env, write_secret
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-from autolfads.storage import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = TokenSet.generate()
@@ -57,7 +57,7 @@ def client(target: str, token: str | None) -> CoordinatorClient:
 
 
 def persisted(store) -> bytes:
-    return store.get_bytes(RunLayout("search").state())
+    return saved_state(store, "search").to_json().encode()
 
 
 CALLS = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,9 +67,7 @@ class Arena:
     reports: list = field(default_factory=list)  # genuine, unsent or sent reports
 
     def persisted(self) -> bytes:
-        raw = self.store.get_bytes(RunLayout("search").state())
-        SearchState.from_json(raw)  # loadable after every case
-        return raw
+        return saved_state(self.store, "search").to_json().encode()  # loadable every time
 
     def call(self, method: str, request: bytes, metadata=WORKER) -> grpc.StatusCode:
         raw = self.channel.unary_unary(PATHS[method])

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search
+from coordinator_helpers import fake_train, open_tiny_search, saved_state
 
 from autolfads.config import parse_config
 from autolfads.coordinator.search.errors import InvalidRequest, Overloaded
@@ -28,7 +28,6 @@ from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-from autolfads.storage import RunLayout
 
 TOKENS = TokenSet.generate()
 
@@ -59,9 +58,7 @@ def worker_client(target: str) -> CoordinatorClient:
 
 
 def persisted(store) -> bytes:
-    raw = store.get_bytes(RunLayout("search").state())
-    SearchState.from_json(raw)  # always loadable
-    return raw
+    return saved_state(store, "search").to_json().encode()  # always loadable
 
 
 def test_oversized_requests_are_refused_and_change_nothing(served, local_store):

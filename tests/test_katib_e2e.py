@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from coordinator_helpers import saved_state
 from katib_fake import Condition, FakeKatib, FakeTrial, experiment_proto
 from run_helpers import write_tiny_config
 
@@ -58,7 +59,7 @@ def cli(*args: str, log: Path | None = None) -> subprocess.Popen:
 
 def best_of(url: str) -> tuple:
     store = open_store(url, create_bucket=False)
-    state = json.loads(store.get_bytes(RunLayout(RUN).state()))
+    state = json.loads(saved_state(store, RUN).to_json())
     assert state["status"] == "finished", state["message"]
     best = state["best"]
     return best["member"], best["generation"], best["metric"]

@@ -11,10 +11,11 @@ from collections.abc import Collection
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, saved_state, tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from katib_fake import Condition, FakeKatib, FakeTrial, TrialRunner, experiment_proto
 
+from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.katib import records
 from autolfads.katib.experiment import searched_parameters
@@ -116,7 +117,7 @@ def reference_best(tmp_path, cfg) -> tuple:
 
 
 def best_of(store, cfg) -> tuple:
-    state = json.loads(store.get_bytes(RunLayout(cfg.name).state()))
+    state = json.loads(saved_state(store, cfg.name).to_json())
     best = state["best"]
     return state["status"], best["member"], best["generation"], best["metric"]
 
@@ -172,7 +173,7 @@ def test_restarts_duplicates_and_shuffled_trial_lists_change_nothing(
 def test_a_failed_trial_counts_as_a_failed_segment_and_the_search_goes_on(store, cfg, served):
     katib = katib_for(served, cfg, fake_trials(store, fail={"search-m001-g1"}))
     katib.run()
-    state = json.loads(store.get_bytes(RunLayout(cfg.name).state()))
+    state = json.loads(saved_state(store, cfg.name).to_json())
     assert state["status"] == "finished"
     failed = [e for e in state["events"] if e["kind"] == "segment_failed"]
     assert [(e["member"], e["generation"]) for e in failed] == [("m001", 1)]
@@ -229,7 +230,7 @@ def test_validate_names_the_bad_setting(store, cfg, served, change, needle):
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.details() and "\n" not in err.details()
-    assert not store.exists(RunLayout(cfg.name).state()) or needle == "no config.yaml"
+    assert read_state(store, cfg.name) is None or needle == "no config.yaml"
 
 
 def test_bad_requests_leave_the_state_untouched(store, cfg, served):
@@ -237,7 +238,7 @@ def test_bad_requests_leave_the_state_untouched(store, cfg, served):
     katib.validate()
     katib.step()
     layout = RunLayout(cfg.name)
-    before = store.get_bytes(layout.state())
+    before = saved_state(store, layout.run).to_json()
     trials = [t.to_proto() for t in katib.trials]
     bad = [
         (0, 3, trials, "current_request_number 0"),
@@ -277,7 +278,7 @@ def test_bad_requests_leave_the_state_untouched(store, cfg, served):
                 raw(b"\xff\x00garbage" * 10, timeout=10)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a valid api.v1.beta1." in info.value.details()
-    assert store.get_bytes(layout.state()) == before
+    assert saved_state(store, layout.run).to_json() == before
 
 
 def test_sync_mode_answers_unavailable_until_the_generation_closes(tmp_path, store, served):
@@ -348,7 +349,7 @@ def test_a_retried_request_gets_the_same_trials_back(store, cfg, served):
     with grpc.insecure_channel(served.target) as channel:
         stub = api_grpc.SuggestionStub(channel)
         first = stub.GetSuggestions(request, timeout=30)
-        state = store.get_bytes(RunLayout(cfg.name).state())
+        state = saved_state(store, cfg.name)
         served.restart()
     with grpc.insecure_channel(served.target) as channel:
         again = api_grpc.SuggestionStub(channel).GetSuggestions(request, timeout=30)
@@ -356,5 +357,5 @@ def test_a_retried_request_gets_the_same_trials_back(store, cfg, served):
         a.trial_name for a in first.parameter_assignments
     ]
     assert again == first
-    leases = json.loads(store.get_bytes(RunLayout(cfg.name).state()))["leases"]
-    assert len(leases) == len(json.loads(state)["leases"]) == 3
+    leases = saved_state(store, cfg.name).leases
+    assert len(leases) == len(state.leases) == 3

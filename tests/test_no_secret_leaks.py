@@ -263,7 +263,7 @@ def test_the_search_produced_what_we_search(search: Search) -> None:
     labels = set(search.artifacts)
     assert any(label.endswith(f"{RUN}/best/checkpoint.pt") for label in labels)
     assert any(label.endswith("report/index.html") for label in labels)
-    assert any(label.endswith("coordinator/state.json") for label in labels)
+    assert any("/coordinator/journal/" in label for label in labels)
     assert any(label.startswith("logs/worker-") for label in labels)
     assert b"DEBUG" in search.artifacts["run stderr"]
     assert b"DEBUG" in search.artifacts["logs/worker-0.log"]

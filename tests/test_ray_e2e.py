@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from coordinator_helpers import saved_state
 from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
 
@@ -198,8 +199,7 @@ def test_trainer_killed_node_lost_and_driver_lost_mid_segment_same_best(
 def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket, monkeypatch
 ) -> None:
-    from autolfads.coordinator.search.state import SearchState
-    from autolfads.storage import RunLayout, open_store
+    from autolfads.storage import open_store
 
     ws = make_workspace(tmp_path)
     logs = tmp_path / "logs"
@@ -215,7 +215,7 @@ def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     err = search.interrupt()
     assert "--resume" in err and "--ray" in err
     store = open_store(search.direct_url, env=s3_server.env)
-    saved = SearchState.from_json(store.get_bytes(RunLayout(RUN).state()))
+    saved = saved_state(store, RUN)
     assert saved.status == "running" and saved.generation == 0
     # The trainers were ended and their leases handed back; the actors are gone.
     assert not [x for x in saved.leases.values() if x.status == "active"]

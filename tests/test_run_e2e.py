@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from coordinator_helpers import saved_state
 from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
 
-from autolfads.coordinator.search.state import SearchState
-from autolfads.storage import RunLayout, open_store
+from autolfads.storage import LocalStore, open_store
 
 METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
@@ -43,8 +43,8 @@ def test_run_layout_best_metrics_and_report(finished: tuple[Workspace, dict]) ->
         "gen-0001.json",
         "gen-0002.json",
     ]
-    state = json.loads((run / "coordinator" / "state.json").read_text())
-    assert state["status"] == "finished"
+    state = saved_state(LocalStore(run.parent), run.name)
+    assert state is not None and state.status == "finished"
     members = sorted(p.name for p in (run / "members").iterdir())
     assert members == ["m000", "m001", "m002", "m003"]
     for member in members:
@@ -127,13 +127,13 @@ def test_members_are_ranked_by_the_heldout_nll_they_ended_with(
 
 def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]) -> None:
     ws, _ = finished
-    state = ws.runs / RUN / "coordinator" / "state.json"
-    before = state.read_bytes()
+    folder = ws.runs / RUN / "coordinator"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     proc = autolfads(ws, *run_args(ws))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "already exists" in lines[0] and "--resume" in lines[0]
-    assert state.read_bytes() == before
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_interrupt_then_resume_reaches_the_same_best(
@@ -180,7 +180,7 @@ def test_interrupt_then_resume_reaches_the_same_best(
         assert proc.returncode == 130, err[-2000:]
         assert "--resume" in err
         store = open_store(url)
-        saved = SearchState.from_json(store.get_bytes(RunLayout(RUN).state()))
+        saved = saved_state(store, RUN)
         assert saved.status == "running" and saved.generation == 1
         # `run` ended its own trainers, so it handed their leases back: the
         # resumed run need not wait for them to expire.
@@ -243,7 +243,7 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
 def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
+    from autolfads.trainer.data.dataset.lfads_h5 import write_lfads_h5
     from autolfads.trainer.data.synth import make_chaotic_rnn
 
     ws = make_workspace(tmp_path)

@@ -234,15 +234,21 @@ def test_missing_and_corrupt_runs_are_clear_errors(search: Search, tmp_path: Pat
     assert main(["status", str(tmp_path / "missing-dir" / RUN)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "missing-dir").exists(), "status must not create folders"
-    state_file = search.run_dir / "coordinator" / "state.json"
-    state_file.write_text("{not json")  # behind the store's back: checksum is stale
+    # An acknowledged journal entry (not the last, after the snapshot)
+    # changed behind the store's back.
+    finish_generation(search.client, {m: 1.0 for m in ("m000", "m001", "m002", "m003")})
+    entries = sorted((search.run_dir / "coordinator" / "journal").glob("[0-9]*.json"))
+    assert len(entries) >= 3
+    middle = entries[1]
+    middle.write_bytes(middle.read_bytes()[:-10])
     assert main(["status", str(search.run_dir)]) == 2
     err = capsys.readouterr().err
-    assert "state.json" in err and "SHA-256" in err and err.count("\n") == 1
-    search.store.put_bytes(f"{RUN}/coordinator/state.json", b"{not json")
+    assert "corrupt" in err and "SHA-256" in err and err.count("\n") == 1
+    key = f"{RUN}/coordinator/journal/{middle.name}"
+    search.store.put_bytes(key, b"{not json")  # checksum recorded, content torn
     assert main(["status", str(search.run_dir)]) == 2
     err = capsys.readouterr().err
-    assert "state is unreadable" in err and err.count("\n") == 1
+    assert "later entries follow it" in err and err.count("\n") == 1
     assert main(["status", "s3://bucket"]) == 2
     assert "names no run" in capsys.readouterr().err
     assert main(["status", str(search.run_dir), "--top", "-1"]) == 2

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from coordinator_helpers import saved_state
 from run_helpers import write_tiny_config
 from s3_proxy import Hold, ScriptedS3Proxy
 
-from autolfads.coordinator.search.state import SearchState
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.storage import RunLayout, open_store
 
@@ -117,7 +117,7 @@ class Search:
     def result(self) -> tuple:
         store = open_store(self.storage, create_bucket=False, env={**os.environ, **self.env})
         logs = [store.get_json(LAYOUT.generation(g)) for g in range(3)]
-        state = SearchState.from_json(store.get_bytes(LAYOUT.state()))
+        state = saved_state(store, RUN)
         assert state.status == "finished"
         assert sorted(state.history) == ["m000", "m001", "m002", "m003"]
         assert all([h.generation for h in hs] == [0, 1, 2] for hs in state.history.values())
@@ -245,7 +245,7 @@ def test_sigterm_hands_leases_back_and_exit_codes(
         assert client.cancel("test over") == "cancelled"
     assert coordinator.wait(30) == 0
     store = open_store(search.storage, create_bucket=False, env={**os.environ, **search.env})
-    state = SearchState.from_json(store.get_bytes(LAYOUT.state()))
+    state = saved_state(store, RUN)
     abandoned = [e for e in state.events if e["kind"] == "lease_abandoned"]
     assert len(abandoned) == 4 and state.status == "cancelled"
     assert {e["worker_id"] for e in abandoned} == {"evicted"}

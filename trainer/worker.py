@@ -40,18 +40,17 @@ from autolfads.coordinator.search.errors import (
     UnknownLease,
 )
 from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
+from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.errors import AutolfadsError
 from autolfads.storage import (
     ChecksumMismatch,
     DataCache,
     ObjectNotFound,
-    RunLayout,
-    StorageError,
     Store,
 )
 from autolfads.trainer.data.dataset import LfadsData
-from autolfads.trainer.data.lfads_h5 import load_lfads_h5
+from autolfads.trainer.data.dataset.lfads_h5 import load_lfads_h5
 from autolfads.trainer.model.session import CheckpointError, TrainingSession
 
 log = logging.getLogger(__name__)
@@ -347,12 +346,13 @@ def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> b
 
 
 def search_ended(store: Store, run: str) -> bool:
-    """True if `<run>/coordinator/state.json` records a finished, cancelled or failed search."""
+    """True if the run's stored coordinator state records a finished,
+    cancelled or failed search (unreadable or absent: False, keep waiting)."""
     try:
-        doc = json.loads(store.get_bytes(RunLayout(run).state()))
-    except (StorageError, ValueError):
+        state = read_state(store, run, history=False)
+    except AutolfadsError:
         return False
-    return isinstance(doc, dict) and doc.get("status") in ("finished", "cancelled", "failed")
+    return state is not None and state.terminal
 
 
 def default_threads() -> int:

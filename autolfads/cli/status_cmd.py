@@ -8,8 +8,9 @@
 A HOST:PORT argument (or a `dns:`/`ipv4:`/`ipv6:` gRPC target) is a
 coordinator, read with the client library. Anything else is a run in
 storage: the store URL of its parent plus the run name as the last path
-component; the command reads `<run>/coordinator/state.json` (the
-coordinator's persisted state, so it works after the coordinator is gone)
+component; the command reads the coordinator's persisted state under
+`<run>/coordinator/` (`coordinator.recovery.load_state`, so it works after
+the coordinator is gone)
 and the newest `<run>/generations/gen-NNNN.json` records. To read a local
 folder whose name looks like HOST:PORT, prefix it with `./`.
 
@@ -178,18 +179,15 @@ def _from_storage(
 
 
 def _read_state(store: Any, layout: Any, source: str) -> Any:
-    from autolfads.coordinator.search.state import SearchState
+    from autolfads.coordinator.search.recovery import read_state
     from autolfads.coordinator.search.views import status_view
-    from autolfads.storage import ObjectNotFound
 
-    try:
-        raw = store.get_bytes(layout.state())
-    except ObjectNotFound:
+    state = read_state(store, layout.run)
+    if state is None:
         raise StatusError(
-            f"no coordinator state at {source}/coordinator/state.json: is {source} a run "
+            f"no coordinator state at {source}/coordinator/: is {source} a run "
             "folder (e.g. ./runs/NAME) whose coordinator has started?"
-        ) from None
-    state = SearchState.from_json(raw)
+        )
     cfg = _read_config(store, layout)
     if cfg is not None:
         return status_view(state, cfg)

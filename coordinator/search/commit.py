@@ -3,20 +3,27 @@ caller answered before a write that covers its change.
 
 A change is applied in memory under the service lock and staged with a
 `Ticket` (its state revision). The caller then leaves the lock and calls
-`wait(ticket)`: if no write is in flight it becomes the *leader*: it encodes
-the state as it is now (covering its own change and every change staged
-since the last write), releases the lock, writes the documents the changes
-asked for (`Outbox`: generation records, member histories; before the state,
-since they are pure functions of it and a resumed coordinator does not
-rewrite them), then `state.json`, then deletes retired checkpoints (after the
-state that stops naming them, so a crash leaves an extra object, never a
-missing one). Callers arriving meanwhile wait for that write and the next
-leader takes everything they staged. Under load one write covers many
-changes; with one caller it is a plain synchronous write.
+`wait(ticket)`: if no write is in flight it becomes the *leader*: it takes
+the journal entry of the state as it is now (covering its own change and
+every change staged since the last write: only the records that changed,
+`journal.JournalWriter`), releases the lock, writes the documents the changes
+asked for (`Outbox`: generation records, member histories, archived
+generations; before the entry, since they are pure functions of the state
+and a resumed coordinator does not rewrite them), then the journal entry,
+then deletes retired checkpoints (after the entry that stops naming them, so
+a crash leaves an extra object, never a missing one). Callers arriving
+meanwhile wait for that write and the next leader takes everything they
+staged. Under load one write covers many changes; with one caller it is a
+plain synchronous write.
 
-If a write fails, the state is rebuilt from the last written bytes and every
-change not covered by a finished write is lost: its caller gets an error and
-retries, so memory and storage never disagree about what was acknowledged.
+Every `snapshot_every` entries the leader, once its callers are answered,
+writes a snapshot and then deletes the journal entries and snapshots the
+snapshot before it covered (keeping one older snapshot to fall back on).
+
+If a write fails, the state is rebuilt from the image of the last finished
+write and every change not covered by it is lost: its caller gets an error
+and retries, so memory and storage never disagree about what was
+acknowledged.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from autolfads.coordinator.search.journal import Batch, Image, JournalWriter, image_state, prime
+from autolfads.coordinator.search.recovery import Recovered
+from autolfads.coordinator.search.state import SearchState
 from autolfads.storage.base import Store
 from autolfads.storage.errors import StorageError
 
@@ -77,48 +87,63 @@ class Outbox:
 @dataclass
 class _Batch:
     revision: int
-    state: bytes
+    journal: Batch
     docs: list[tuple[str, bytes]]
     deletes: list[str]
 
 
 class GroupCommit:
-    """Persists `encode()` to `key` in group commits (see the module doc).
+    """Persists the state returned by `current()` in group commits (see the
+    module doc).
 
-    `lock` is the service lock (an RLock) guarding the state; `encode`
-    returns the current state's JSON bytes; `restore(data)` rebuilds the
-    in-memory state from bytes written earlier. `persisted` is what the key
-    holds now (None for a new search).
+    `lock` is the service lock (an RLock) guarding the state; `restore(state)`
+    replaces the in-memory state by one rebuilt from what storage holds.
+    `recovered`: what `recovery.load_state` read (None for a new search).
     """
 
     def __init__(
         self,
         store: Store,
-        key: str,
+        writer: JournalWriter,
         lock: threading.RLock,
-        encode: Callable[[], bytes],
-        restore: Callable[[bytes], None],
-        persisted: bytes | None = None,
+        current: Callable[[], SearchState],
+        restore: Callable[[SearchState], None],
+        recovered: Recovered | None = None,
     ) -> None:
         self.store = store
-        self.key = key
+        self.writer = writer
         self.outbox = Outbox()
         self._cond = threading.Condition(lock)
-        self._encode = encode
+        self._current = current
         self._restore = restore
         self._pending: list[Ticket] = []
         self._writing = False
-        self._persisted = persisted  # bytes of the last finished write
-        self._encoded = persisted  # bytes of the last batch taken (maybe in flight)
+        # The image of the last finished write (None: nothing to roll back to),
+        # and of the last batch taken (maybe in flight): the next diff's base.
+        legacy = recovered is not None and recovered.legacy
+        self._persisted = None if recovered is None or legacy else recovered.image
+        self._encoded = recovered.image if recovered is not None else Image()
+        self._snapshots = list(recovered.snapshots) if recovered else []
+        self._oldest_entry = recovered.oldest_entry if recovered else 1
+        self._junk = list(recovered.junk) if recovered else []
+        if legacy:
+            self._junk.append(writer.layout.state())  # once a snapshot holds it
+        self._snapshotting = False
         self._latest = Ticket(-1, done=True)
         self._batch_revision = -1  # revision of the batch being written
         self.writes = 0  # state writes so far
         self.changes = 0  # changes staged so far (changes / writes = batching)
+        self.snapshots_written = 0
 
     @property
     def latest(self) -> Ticket:
         """The newest staged change's ticket (settled if nothing is pending)."""
         return self._latest
+
+    @property
+    def image(self) -> Image:
+        """What storage holds (or will, once the write in flight ends)."""
+        return self._encoded
 
     def stage(self, revision: int) -> Ticket:
         """Record a change applied in memory (lock held)."""
@@ -130,10 +155,10 @@ class GroupCommit:
 
     def abort(self, error: BaseException) -> None:
         """A change failed half-way (lock held): rebuild the state from the
-        last encoded batch and lose every change staged after it."""
+        last batch taken and lose every change staged after it."""
         self.outbox.clear()
-        if self._encoded is not None:
-            self._restore(self._encoded)
+        if self._encoded.seq > 0:
+            self._encoded = self._rebuild(self._encoded)
         self._fail(lambda t: not self._writing or t.revision > self._batch_revision, error)
 
     def wait(self, ticket: Ticket) -> None:
@@ -150,6 +175,9 @@ class GroupCommit:
             error = self._write(batch)
             with self._cond:
                 self._finish(batch, error)
+                snapshot = self._snapshot_job() if error is None else None
+            if snapshot is not None:
+                self._write_snapshot(snapshot)
         if ticket.error is not None:
             raise ticket.error
 
@@ -158,31 +186,31 @@ class GroupCommit:
     def _take(self) -> _Batch:
         """Lock held: everything staged so far becomes the next write."""
         docs = [(key, render()) for key, render in self.outbox.puts.items()]
-        batch = _Batch(self._pending[-1].revision, self._encode(), docs, list(self.outbox.deletes))
+        deletes = list(self.outbox.deletes)
+        journal = self.writer.take(self._current(), self._encoded, deletes)
+        batch = _Batch(self._pending[-1].revision, journal, docs + journal.docs, deletes)
         self.outbox.clear()
         self._writing = True
         self._batch_revision = batch.revision
-        self._encoded = batch.state
+        self._encoded = journal.image
         return batch
 
     def _write(self, batch: _Batch) -> BaseException | None:
         try:
             _put_all(self.store, batch.docs)
-            self.store.put_bytes(self.key, batch.state, content_type="application/json")
+            self.store.put_bytes(
+                batch.journal.entry_key, batch.journal.entry, content_type="application/json"
+            )
         except BaseException as err:  # handed to every caller of the batch
             return err
-        for key in batch.deletes:
-            try:
-                self.store.delete(key)
-            except StorageError as err:
-                log.warning("checkpoint GC: %s", err)
+        _delete_all(self.store, batch.deletes, "checkpoint GC")
         return None
 
     def _finish(self, batch: _Batch, error: BaseException | None) -> None:
         self._writing = False
         if error is None:
             self.writes += 1
-            self._persisted = batch.state
+            self._persisted = batch.journal.image
             for t in self._pending:
                 if t.revision <= batch.revision:
                     t.done = True
@@ -190,11 +218,59 @@ class GroupCommit:
         else:
             log.error("coordinator state not saved, changes rolled back: %s", error)
             self.outbox.clear()
-            self._encoded = self._persisted
             if self._persisted is not None:
-                self._restore(self._persisted)
+                self._persisted = self._rebuild(self._persisted)
+                self._encoded = self._persisted
+            else:  # nothing written yet: the next write is the first again
+                self._encoded = Image()
             self._fail(lambda t: True, error)
         self._cond.notify_all()
+
+    def _rebuild(self, image: Image) -> Image:
+        """Lock held: replace the state by `image`'s; returns the image primed
+        with the new state's records (so later diffs stay by identity)."""
+        state = image_state(image)
+        self._restore(state)
+        return prime(state, image)
+
+    def _snapshot_job(self) -> Image | None:
+        """Lock held, after a write: the image to snapshot, if one is due and
+        no other leader is writing one."""
+        image = self._persisted
+        last = self._snapshots[-1] if self._snapshots else -1
+        if self._snapshotting or image is None or not self.writer.snapshot_due(image, last):
+            return None
+        self._snapshotting = True
+        return image
+
+    def _write_snapshot(self, image: Image) -> None:
+        """Write the snapshot, then delete what the previous snapshot made
+        redundant (entries up to it, snapshots before it): a crash in between
+        leaves extra objects, which recovery ignores."""
+        key, data = self.writer.snapshot(image)
+        try:
+            self.store.put_bytes(key, data, content_type="application/json")
+        except StorageError as err:
+            log.warning(
+                "coordinator snapshot not written (the journal still holds it all): %s", err
+            )
+            with self._cond:
+                self._snapshotting = False
+            return
+        layout = self.writer.layout
+        with self._cond:
+            self.snapshots_written += 1
+            self._snapshots.append(image.seq)
+            keep_from = self._snapshots[-2] if len(self._snapshots) > 1 else 0
+            doomed = [layout.journal_entry(s) for s in range(self._oldest_entry, keep_from + 1)]
+            doomed += [layout.snapshot(s) for s in self._snapshots[:-2]]
+            doomed += self._junk
+            self._oldest_entry = max(self._oldest_entry, keep_from + 1)
+            self._snapshots = self._snapshots[-2:]
+            self._junk = []
+        _delete_all(self.store, doomed, "journal compaction")
+        with self._cond:
+            self._snapshotting = False
 
     def _fail(self, lost: Callable[[Ticket], bool], error: BaseException) -> None:
         for t in self._pending:
@@ -207,6 +283,15 @@ class GroupCommit:
 def _lost(error: BaseException) -> BaseException:
     """What a caller whose change was rolled back gets: transient, retry."""
     return StorageError(f"the coordinator state was not saved ({error}); retry the request")
+
+
+def _delete_all(store: Store, keys: list[str], what: str) -> None:
+    """Best effort: a key left behind is an extra object, never a missing one."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except StorageError as err:
+            log.warning("%s: %s", what, err)
 
 
 def _put_all(store: Store, docs: list[tuple[str, bytes]]) -> None:

@@ -50,12 +50,21 @@ class Dispatch:
         self.invalidate()
         self._next_expiry = -math.inf
 
-    def queued(self, state: SearchState) -> list[Segment]:
-        """Queued segments, oldest generation first, then by member."""
+    def queued(self, state: SearchState, limit: int | None = None) -> list[Segment]:
+        """The first `limit` (default all) queued segments, oldest generation
+        first, then by member. (A grant asks for a few of up to a whole
+        population: slice before looking them up.)"""
         if self._queue is None:
             self._rebuild(state)
         assert self._queue is not None
-        return [state.segments[m] for m in self._queue]
+        members = self._queue if limit is None else self._queue[:limit]
+        return [state.segments[m] for m in members]
+
+    def queued_count(self, state: SearchState) -> int:
+        if self._queue is None:
+            self._rebuild(state)
+        assert self._queue is not None
+        return len(self._queue)
 
     def has_queued(self, state: SearchState) -> bool:
         if self._queue is None:

@@ -4,14 +4,15 @@ Transport-free: the gRPC servicer converts protobuf to the domain messages in
 `messages` and calls these methods; tests may call them directly. All state is
 one `SearchState` guarded by one lock; every change that matters runs inside
 `_transaction`, which stages it for the group commit (`commit`): the caller
-leaves the lock and is answered only once a write of
-`<run>/coordinator/state.json` covers its change. Concurrent changes share
-one write; a failed write or change rolls memory back to what storage holds,
-so no caller is ever told of a change that is not persisted.
+leaves the lock and is answered only once a journal entry covering its
+change is written (`journal`, under `<run>/coordinator/`). Concurrent changes
+share one write; a failed write or change rolls memory back to what storage
+holds, so no caller is ever told of a change that is not persisted.
 
 Scale (thousands of workers): WAIT replies and the expiry check use the
 indexes in `dispatch` instead of scanning the population; the state stays
-bounded (`SearchState.prune`) and re-encodes only changed records.
+bounded (`SearchState.prune`), and a write carries only the records that
+changed (closed generations are archived once, `journal`).
 
 Determinism (sync mode): decisions depend only on the config, the seed and
 the reported results: never on arrival order, worker count or lease ids.
@@ -40,6 +41,7 @@ from autolfads.coordinator.search.errors import (
     UnknownLease,
 )
 from autolfads.coordinator.search.generations import Progress
+from autolfads.coordinator.search.journal import DEFAULT_SNAPSHOT_EVERY, JournalWriter
 from autolfads.coordinator.search.messages import (
     HeartbeatReply,
     ReportAck,
@@ -47,6 +49,7 @@ from autolfads.coordinator.search.messages import (
     StatusView,
     WorkReply,
 )
+from autolfads.coordinator.search.recovery import Recovered, load_state
 from autolfads.coordinator.search.report_checks import check_report, loaded_start
 from autolfads.coordinator.search.state import (
     HistoryEntry,
@@ -64,7 +67,6 @@ from autolfads.coordinator.search.validation import (
 )
 from autolfads.coordinator.search.views import grant_view, status_view
 from autolfads.storage.base import Store
-from autolfads.storage.errors import ObjectNotFound
 from autolfads.storage.keys import RunLayout
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ MAX_TRACKED_WORKERS = 4096
 ENDED_LEASES_PER_MEMBER = 2
 ENDED_LEASE_SLACK = 256
 MAX_EVENTS = 500
+# A closed generation's history is archived this many generations after
+# retention's window (keep_generations), when its checkpoints are settled.
+ARCHIVE_SLACK = 2
 
 
 class CoordinatorService:
@@ -96,7 +101,9 @@ class CoordinatorService:
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_leases_per_request: int = DEFAULT_MAX_LEASES,
         retry_after_s: float = 1.0,
-        persisted: bytes | None = None,
+        recovered: Recovered | None = None,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        archive_lag: int | None = None,
     ) -> None:
         if lease_timeout_s <= 0 or not math.isfinite(lease_timeout_s):
             raise InvalidRequest(f"lease timeout {lease_timeout_s} s must be a positive number")
@@ -112,9 +119,14 @@ class CoordinatorService:
         self._changed = threading.Condition(self._lock)
         self._draining = False
         self._dispatch = Dispatch(retry_after_s)
-        # `persisted`: the bytes `state` was read from (None for a new search).
+        # `recovered`: what `state` was read from (None for a new search).
+        writer = JournalWriter(
+            self.layout,
+            archive_lag=archive_lag or cfg.pbt.keep_generations + ARCHIVE_SLACK,
+            snapshot_every=snapshot_every,
+        )
         self._commit = GroupCommit(
-            store, self.layout.state(), self._lock, self._encode, self._restore, persisted
+            store, writer, self._lock, lambda: self._state, self._restore, recovered
         )
         self._progress = Progress(cfg, self._commit.outbox, self.layout)
         self._pruned_generation = -1
@@ -132,11 +144,8 @@ class CoordinatorService:
     ) -> CoordinatorService:
         """Resume the run's persisted state if there is one, else start a search."""
         layout = RunLayout(cfg.name)
-        try:
-            raw = store.get_bytes(layout.state())
-        except ObjectNotFound:
-            raw = None
-        if raw is None:
+        recovered = load_state(store, cfg.name)
+        if recovered is None:
             state = SearchState(
                 run=cfg.name,
                 mode=cfg.pbt.mode,
@@ -150,7 +159,7 @@ class CoordinatorService:
                 service._event("search_started", population=cfg.pbt.population)
             service._flush()
             return service
-        service = cls(cfg, store, SearchState.from_json(raw), persisted=raw, **kwargs)
+        service = cls(cfg, store, recovered.state, recovered=recovered, **kwargs)
         service._resume()
         service._flush()
         return service
@@ -259,7 +268,7 @@ class CoordinatorService:
             allowed = min(max_leases, self.max_leases_per_request - held)
         if allowed < 1:
             return self._wait_reply(worker_id)
-        queued = self._dispatch.queued(state)[:allowed]
+        queued = self._dispatch.queued(state, allowed)
         with self._transaction(reindex=False):
             leases = [self._grant(seg, worker_id) for seg in queued]
             state.requests[worker_id] = WorkerRequest(request_id, [x.lease_id for x in leases])
@@ -287,7 +296,7 @@ class CoordinatorService:
             state = self._state
             previous = state.requests.get(worker_id)
             replay = previous is not None and previous.request_id == request_id
-            queued = 0 if self._draining else len(self._dispatch.queued(state))
+            queued = 0 if self._draining else self._dispatch.queued_count(state)
             if not state.terminal and not replay and queued < count:
                 return None
             reply = self._request_work(worker_id, count, request_id)
@@ -441,13 +450,10 @@ class CoordinatorService:
             ticket = self._commit.latest
         self._commit.wait(ticket)
 
-    def _encode(self) -> bytes:
-        return self._state.to_json().encode()
-
-    def _restore(self, data: bytes) -> None:
+    def _restore(self, state: SearchState) -> None:
         """Replace the in-memory state by a written one (rollback, lock held)."""
         revision = self._state.revision
-        self._state = SearchState.from_json(data)
+        self._state = state
         # Watchers wait for revisions to grow: never hand them an older number.
         self._state.revision = max(revision, self._state.revision)
         self._dispatch.reset()

@@ -2,13 +2,15 @@
 
 There is exactly one copy of the population state (Katib's in-memory PBT
 state, lost on every restart, is the failure mode this avoids). The service
-mutates a `SearchState` under its lock and persists it atomically to
-`<run>/coordinator/state.json` (group commits, before any caller is answered);
-`from_json` rebuilds it, so a restarted coordinator resumes where it stopped.
+mutates a `SearchState` under its lock and persists what changed (group
+commits, before any caller is answered; `journal`); `recovery.load_state`
+rebuilds it, so a restarted coordinator resumes where it stopped.
 
-Size: history grows with population x generations (the lineage needs it);
-leases, request records and events are pruned (`prune`), so they stay
-proportional to the population. Encoding reuses each unchanged record's JSON.
+Size: history grows with population x generations in memory (the lineage
+needs it); on storage closed generations are archived once. Leases, request
+records and events are pruned (`prune`), so they stay proportional to the
+population. Each record caches its JSON, so a write finds the changed ones
+by identity and re-encodes only those.
 
 Vocabulary: a *segment* is one member training for one generation (the unit
 of work); a *lease* grants a segment to a worker until a deadline.
@@ -251,13 +253,28 @@ class SearchState:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SearchState:
+        """Decode `to_json`'s text (format 1: also the whole-file state.json
+        of runs written before the journal)."""
         try:
-            doc = _decode_floats(json.loads(text))
+            doc = json.loads(text)
             if doc.pop("format", None) != STATE_FORMAT:
                 raise ValueError(f"unsupported state format (expected {STATE_FORMAT})")
-            return _state_from_dict(doc)
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, TypeError, AttributeError) as err:
             raise CoordinatorError(f"coordinator state is unreadable: {err}") from None
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SearchState:
+        """The state from parsed JSON (every field, records as plain dicts)."""
+        try:
+            return _state_from_dict(_decode_floats(doc))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CoordinatorError(f"coordinator state is unreadable: {err!r}") from None
+
+
+def encode_value(value: Any) -> str:
+    """Compact JSON of a plain value, non-finite floats included (as records are)."""
+    return _dumps(value)
 
 
 def _dumps(value: Any) -> str:

@@ -64,6 +64,26 @@ def rewrap(
     return handler
 
 
+class WrapCache:
+    """The wrapped handler of each method, made once: an interceptor sees the
+    same inner handler object for a method on every call, so re-wrapping it
+    (new closures and handler tuples, thousands of times a second under
+    load) is work thrown away. A different inner handler (e.g. a refusal
+    made per call) is wrapped afresh and replaces the entry."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, method: str, handler: Any, wrap: Callable[[], Any]) -> Any:
+        entry = self._entries.get(method)
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        wrapped = wrap()
+        if len(self._entries) < 1024:  # method paths are few; never grow unbounded
+            self._entries[method] = (handler, wrapped)
+        return wrapped
+
+
 def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
@@ -73,6 +93,7 @@ class LoggingInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: RpcMetrics | None = None) -> None:
         self.metrics = metrics or RpcMetrics()
+        self._cache = WrapCache()
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
@@ -80,7 +101,10 @@ class LoggingInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = _short(handler_call_details.method)
+        path = handler_call_details.method
+        return self._cache.get(path, handler, lambda: self._wrap(_short(path), handler))
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return rewrap(
             handler,
             unary=lambda behaviour: self._wrap_unary(method, behaviour),

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from autolfads.coordinator.security.interceptors import rewrap
+from autolfads.coordinator.security.interceptors import WrapCache, rewrap
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Beyond this many calls in flight (running or queued for a thread) grpc
@@ -79,6 +79,7 @@ class RequestGuard(grpc.ServerInterceptor):
             raise ValueError(f"max_streams {max_streams} must be >= 1")
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._cache = WrapCache()
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
@@ -86,7 +87,10 @@ class RequestGuard(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        method = _method(handler_call_details.method)
+        path = handler_call_details.method
+        return self._cache.get(path, handler, lambda: self._wrap(_method(path), handler))
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return rewrap(
             handler,
             unary=lambda behaviour: self._unary(method, behaviour),

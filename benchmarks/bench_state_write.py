@@ -1,0 +1,172 @@
+"""Coordinator state writes: does their cost grow with finished generations?
+
+Drives a real `CoordinatorService` in-process (no gRPC, no training: reports
+carry a fake metric and checkpoint checksum) through many generations of a
+large population on an in-memory store. At chosen generations, half-way
+through, it points the service's store at a real local directory (ext4,
+every write fsynced) for a number of single reports and times, interleaved:
+
+- **journal** (this version): one report's journal entry, as the service
+  writes it (put time and bytes, from a timing wrapper around the store);
+- **state.json** (the previous version): encoding the whole state with
+  `SearchState.to_json` (record texts cached, as before) and writing it;
+- **snapshot**: rendering and writing one snapshot of the live state (every
+  64 entries, off the callers' path).
+
+    python benchmarks/bench_state_write.py --population 1024 --generations 40 --at 1 40
+
+Results go in benchmarks/README.md, section "Coordinator capacity".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.messages import SegmentReport
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.storage import LocalStore, MemoryStore, Store, WrapperStore
+from autolfads.storage.base import ObjectInfo
+
+RUN = "bench"
+FAKE_SHA = "ab" * 32
+
+
+class TimedStore(WrapperStore):
+    """Forwards to a store that can be swapped, timing every put."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.puts: list[tuple[str, float, int]] = []  # key, seconds, bytes
+
+    def _put_bytes(
+        self, key: str, data: bytes, sha256: str, content_type: str, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        start = time.perf_counter()
+        info = self.inner._put_bytes(key, data, sha256, content_type, metadata)
+        self.puts.append((key, time.perf_counter() - start, len(data)))
+        return info
+
+
+def config(population: int, generations: int) -> RunConfig:
+    return RunConfig(
+        name=RUN,
+        data=DataConfig(path="bench.h5"),
+        training=TrainingConfig(l2_increase_epochs=0, kl_increase_epochs=0),
+        pbt=PbtConfig(
+            population=population,
+            burn_in_epochs=1,
+            generation_epochs=1,
+            max_generations=generations,
+            stop_patience_generations=generations + 1,
+        ),
+    )
+
+
+def report(service: CoordinatorService, grant, worker: str) -> None:
+    rank = int(grant.member[1:])
+    metric = 1.0 / (1 + grant.generation) + rank * 1e-4
+    service.report(
+        SegmentReport(
+            lease_id=grant.lease_id, worker_id=worker, member=grant.member,
+            generation=grant.generation, outcome="succeeded", hparams=dict(grant.hparams),
+            epochs=((0, {"valid_recon_smth": metric}),), fitness=metric,
+            checkpoint_key=grant.checkpoint_key, checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
+        )
+    )  # fmt: skip
+
+
+def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples: int) -> dict:
+    """`samples` single reports on the local disk, each followed by the
+    previous version's whole-state write of the same state (interleaved)."""
+    memory = store.inner
+    local = LocalStore(disk)
+    store.inner = local
+    before_s, before_bytes = [], 0
+    grants = service.request_work("probe", samples).grants
+    store.puts.clear()
+    for grant in grants:
+        report(service, grant, "probe")
+        start = time.perf_counter()
+        text = service._state.to_json().encode()  # what the previous commit encoded
+        local.put_bytes(f"{RUN}/coordinator/state.json", text, content_type="application/json")
+        before_s.append(time.perf_counter() - start)
+        before_bytes = len(text)
+    entries = [(s, n) for k, s, n in store.puts if "/coordinator/journal/" in k]
+    image = service._commit.image
+    snap_start = time.perf_counter()
+    key, data = service._commit.writer.snapshot(image)
+    local.put_bytes(key, data, content_type="application/json")
+    snapshot_s = time.perf_counter() - snap_start
+    store.inner = memory
+    return {
+        "journal_entry_ms": ms(s for s, _ in entries),
+        "journal_entry_bytes": int(np.median([n for _, n in entries])),
+        "state_json_ms": ms(before_s),
+        "state_json_bytes": before_bytes,
+        "snapshot_ms": round(snapshot_s * 1e3, 1),
+        "snapshot_bytes": len(data),
+        "archived_through": image.archived_through,
+    }
+
+
+def ms(seconds) -> dict:
+    values = np.asarray(list(seconds)) * 1e3
+    return {"p50": round(float(np.median(values)), 2), "max": round(float(values.max()), 2)}
+
+
+def run(args: argparse.Namespace, root: Path) -> dict:
+    store = TimedStore(MemoryStore())
+    cfg = config(args.population, args.generations)
+    service = CoordinatorService.open_search(
+        cfg, store, f"{RUN}/data/{FAKE_SHA}.h5", FAKE_SHA, clock=ManualClock()
+    )
+    results: dict = {}
+    wall: dict[int, float] = defaultdict(float)
+    while not service.terminal:
+        generation = service._state.generation
+        start = time.perf_counter()
+        reply = service.request_work("w0", 16)
+        if reply.action != "train":
+            break
+        for grant in reply.grants:
+            report(service, grant, "w0")
+        wall[generation] += time.perf_counter() - start
+        half = sum(1 for s in service._state.segments.values() if s.phase == "reported")
+        if generation in args.at and generation not in results and half >= args.population // 2:
+            results[generation] = measure(service, store, root / f"g{generation}", args.samples)
+            print(generation, json.dumps(results[generation]), flush=True)
+    per_generation = {g: round(s, 2) for g, s in wall.items()}
+    return {"generations": results, "in_memory_s_per_generation": per_generation}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--population", type=int, default=1024)
+    p.add_argument("--generations", type=int, default=41)
+    p.add_argument("--at", type=int, nargs="+", default=[1, 40], help="generations to time")
+    p.add_argument("--samples", type=int, default=16, help="reports timed per generation")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-state-") as tmp:
+        result = {
+            "load_average": os.getloadavg(),
+            "population": args.population,
+            **run(args, Path(tmp)),
+        }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Persisting the coordinator state at a cost proportional to what changed.
+
+Object stores cannot append, so the state lives in numbered objects under
+`<run>/coordinator/` (layout in `storage.keys`):
+
+    journal/000000000042.json   one per group commit: the records that batch
+                                changed or dropped, the scalar fields, new events
+    snapshot/000000000040.json  the whole live state as of journal entry 40
+    archive/gen-0003.json       generation 3's history entries, written once
+
+A write is one journal entry (plus, once per generation, the archive of a
+generation closed `archive_lag` generations ago). Every `snapshot_every`
+entries the leader also writes a snapshot and deletes what the snapshot
+before it made redundant, so the journal stays short. Closed generations'
+history leaves the live state once archived: neither entries nor snapshots
+grow with the number of finished generations.
+
+The one part of an archived entry that may still change is
+`checkpoint_deleted` (retention can delete a pinned checkpoint later); such
+keys are kept in `late_deleted` (few: the lag outlasts retention's window).
+
+Every object is framed: a JSON header line (`format`, `kind`, `seq`, `size`,
+`sha256` of the body) and the body, so a torn or corrupt object is detected
+whatever the backend. `recovery.load_state` rebuilds the state from them.
+
+`Image` is what storage holds after the last write, as record texts, kept in
+memory so a write is a diff (record texts are cached by the records, so an
+unchanged record is recognised by identity) and a failed write can be rolled
+back without reading storage. Images are never mutated: each batch makes a
+new one (shallow copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from json.encoder import encode_basestring_ascii as quote
+from typing import Any
+
+from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.state import SearchState, encode_value
+from autolfads.storage.keys import RunLayout
+
+JOURNAL_FORMAT = 2
+RECORD_KINDS = ("segments", "leases", "requests")
+# The state's scalar fields, written whole in every entry (a few hundred bytes).
+SCALAR_FIELDS = (
+    "run", "mode", "data_key", "data_sha256", "config_key", "status", "message",
+    "generation", "revision", "best", "best_history",
+)  # fmt: skip
+DEFAULT_SNAPSHOT_EVERY = 64
+
+
+class CorruptObject(CoordinatorError):
+    """A journal, snapshot or archive object that fails its frame check."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """What storage holds after journal entry `seq` (record texts, no objects).
+
+    `history` holds the open generations (> `archived_through`) as
+    member -> generation -> text; `archive` the archived ones as written.
+    """
+
+    seq: int = 0
+    generation: int = -1  # the state's generation then (-1: next diff scans all)
+    fields: str = "{}"
+    records: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {k: {} for k in RECORD_KINDS}
+    )
+    history: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    event_refs: tuple[Any, ...] = ()  # the state's event dicts, by identity
+    event_texts: tuple[str, ...] = ()
+    archived_through: int = -1
+    archive: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    late_deleted: frozenset[str] = frozenset()
+
+
+def prime(state: SearchState, base: Image) -> Image:
+    """The image of `state`, which storage holds as `base` (after recovery or
+    a rollback): same content, but texts shared with the state's records so
+    the next diff recognises unchanged records by identity."""
+    records = {k: {key: r.encoded() for key, r in getattr(state, k).items()} for k in RECORD_KINDS}
+    history = {
+        member: {e.generation: e.encoded() for e in entries if e.generation > base.archived_through}
+        for member, entries in state.history.items()
+    }
+    return replace(
+        base,
+        fields=_fields(state),
+        records=records,
+        history={m: h for m, h in history.items() if h},
+        event_refs=tuple(state.events),
+        event_texts=tuple(encode_value(e) for e in state.events),
+    )
+
+
+# ------------------------------------------------------------------ framing
+
+
+def frame(kind: str, seq: int, body: bytes) -> bytes:
+    header = {
+        "format": JOURNAL_FORMAT,
+        "kind": kind,
+        "seq": seq,
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + body
+
+
+def unframe(data: bytes, kind: str, seq: int) -> dict[str, Any]:
+    """The body of a framed object, parsed; CorruptObject if anything is off."""
+    head, sep, body = data.partition(b"\n")
+    try:
+        header = json.loads(head)
+        ok = (
+            sep
+            and header.get("format") == JOURNAL_FORMAT
+            and header.get("kind") == kind
+            and header.get("seq") == seq
+            and header.get("size") == len(body)
+            and header.get("sha256") == hashlib.sha256(body).hexdigest()
+        )
+        if not ok:
+            raise ValueError("header does not match the body (torn or overwritten)")
+        doc = json.loads(body)
+        if not isinstance(doc, dict):
+            raise ValueError("body is not a JSON object")
+        return doc
+    except (ValueError, AttributeError) as err:
+        raise CorruptObject(f"{kind} {seq}: {err}") from None
+
+
+# ------------------------------------------------------------------ writing
+
+
+@dataclass
+class Batch:
+    """One journal write: archive objects first, then the entry."""
+
+    image: Image  # what storage holds once this batch is written
+    docs: list[tuple[str, bytes]]
+    entry_key: str
+    entry: bytes
+
+
+class JournalWriter:
+    """Turns the live state into journal entries, archives and snapshots.
+
+    Called under the service lock (`take`); what it returns is written
+    outside it. `archive_lag`: a generation is archived once the search is
+    this many generations past it (after retention has had its say).
+    """
+
+    def __init__(
+        self,
+        layout: RunLayout,
+        *,
+        archive_lag: int,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    ) -> None:
+        if archive_lag < 1 or snapshot_every < 1:
+            raise ValueError("archive_lag and snapshot_every must be >= 1")
+        self.layout = layout
+        self.archive_lag = archive_lag
+        self.snapshot_every = snapshot_every
+
+    def take(self, state: SearchState, base: Image, deleted: Collection[str]) -> Batch:
+        """The entry that brings storage from `base` to `state`. `deleted`:
+        checkpoint keys retention marked deleted in this batch."""
+        through = max(base.archived_through, state.generation - 1 - self.archive_lag)
+        if state.terminal:
+            through = base.archived_through  # nothing more to gain
+        archive, docs = self._archive(state, base, through)
+        late = {k for k in deleted if self._generation_of(k) <= through}
+        seq = base.seq + 1
+        fields = _fields(state)
+        parts: list[str] = [f'"seq":{seq}', f'"fields":{fields}']
+        records = {k: dict(base.records[k]) for k in RECORD_KINDS}
+        for kind in RECORD_KINDS:
+            put, drop = _diff(getattr(state, kind), records[kind])
+            parts.append(f'"put_{kind}":{_join(put.items())}')
+            parts.append(f'"drop_{kind}":{json.dumps(drop)}')
+        # Older entries change only when a generation closes (decisions) or
+        # retention deletes checkpoints; otherwise only the newest can.
+        full = state.generation != base.generation or bool(deleted) or base.seq == 0
+        history, changed = _diff_history(
+            state, base.history, through, full, through > base.archived_through
+        )
+        parts.append(f'"put_history":{_join_history(changed)}')
+        keep, added = _event_delta(base.event_refs, state.events)
+        new_texts = tuple(encode_value(e) for e in added)
+        texts = (base.event_texts[len(base.event_texts) - keep :] if keep else ()) + new_texts
+        parts.append(f'"events_keep":{keep},"events_add":[{",".join(new_texts)}]')
+        parts.append(f'"archived_through":{through},"late_deleted":{json.dumps(sorted(late))}')
+        image = Image(
+            seq=seq,
+            generation=state.generation,
+            fields=fields,
+            records=records,
+            history=history,
+            event_refs=tuple(state.events),
+            event_texts=texts,
+            archived_through=through,
+            archive=archive,
+            late_deleted=base.late_deleted | late,
+        )
+        body = ("{" + ",".join(parts) + "}").encode()
+        return Batch(image, docs, self.layout.journal_entry(seq), frame("journal", seq, body))
+
+    def snapshot_due(self, image: Image, last_snapshot: int) -> bool:
+        return last_snapshot < 0 or image.seq - last_snapshot >= self.snapshot_every
+
+    def snapshot(self, image: Image) -> tuple[str, bytes]:
+        """The whole live state as of `image.seq`, as one framed object."""
+        return self.layout.snapshot(image.seq), frame("snapshot", image.seq, snapshot_body(image))
+
+    def _archive(
+        self, state: SearchState, base: Image, through: int
+    ) -> tuple[Mapping[int, Mapping[str, str]], list[tuple[str, bytes]]]:
+        if through <= base.archived_through:
+            return base.archive, []
+        archive = dict(base.archive)
+        docs = []
+        for g in range(base.archived_through + 1, through + 1):
+            entries = {
+                m: e.encoded() for m, hs in state.history.items() for e in hs if e.generation == g
+            }
+            archive[g] = entries
+            body = (
+                '{"generation":' + str(g) + ',"entries":' + _join(entries.items()) + "}"
+            ).encode()
+            docs.append((self.layout.archive(g), frame("archive", g, body)))
+        return archive, docs
+
+    def _generation_of(self, checkpoint: str) -> int:
+        parsed = self.layout.try_parse_checkpoint_key(checkpoint)
+        return parsed[1] if parsed else -1
+
+
+def snapshot_body(image: Image) -> bytes:
+    """An entry that, applied to nothing, gives `image` (a snapshot's body)."""
+    parts = [f'"seq":{image.seq}', f'"fields":{image.fields}']
+    for kind in RECORD_KINDS:
+        parts.append(f'"put_{kind}":{_join(image.records[kind].items())}')
+        parts.append(f'"drop_{kind}":[]')
+    parts.append(f'"put_history":{_join_history(image.history)}')
+    parts.append(f'"events_keep":0,"events_add":[{",".join(image.event_texts)}]')
+    parts.append(
+        f'"archived_through":{image.archived_through},'
+        f'"late_deleted":{json.dumps(sorted(image.late_deleted))}'
+    )
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+def _fields(state: SearchState) -> str:
+    return encode_value({name: _plain(getattr(state, name)) for name in SCALAR_FIELDS})
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _diff(live: Mapping[str, Any], written: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Records whose text differs from `written` (updated in place), and the
+    keys `live` no longer has (removed from `written`)."""
+    put: dict[str, str] = {}
+    for key, record in live.items():
+        text = record.encoded()
+        if written.get(key) is not text:
+            put[key] = text
+    written.update(put)
+    drop: list[str] = []
+    if len(written) != len(live):  # only then can a key have gone
+        drop = [key for key in written if key not in live]
+        for key in drop:
+            del written[key]
+    return put, drop
+
+
+def _diff_history(
+    state: SearchState,
+    written: Mapping[str, Mapping[int, str]],
+    through: int,
+    full: bool,
+    archiving: bool,
+) -> tuple[dict[str, Mapping[int, str]], dict[str, dict[int, str]]]:
+    """The open history (generations > `through`) and what changed in it.
+
+    Entries are appended in generation order, so each member's list is read
+    from the end and only as far as the open generations; unless `full`, it
+    stops at the first unchanged entry (older ones cannot have changed). A
+    member with no change keeps its written dict (no copy)."""
+    history: dict[str, Mapping[int, str]] = {}
+    changed: dict[str, dict[int, str]] = {}
+    for member, entries in state.history.items():
+        old = written.get(member, {})
+        diff: dict[int, str] = {}
+        for entry in reversed(entries):
+            if entry.generation <= through:
+                break
+            text = entry.encoded()
+            if old.get(entry.generation) is not text:
+                diff[entry.generation] = text
+            elif not full:
+                break
+        if diff:
+            changed[member] = diff
+        if diff or archiving:
+            merged = {g: t for g, t in old.items() if g > through}
+            merged.update(diff)
+            if merged:
+                history[member] = merged
+        elif old:
+            history[member] = old
+    return history, changed
+
+
+def _event_delta(written: tuple[Any, ...], live: list[Any]) -> tuple[int, list[Any]]:
+    """(how many of the written events are still the oldest live ones, the
+    events appended since). Events are only appended and trimmed from the
+    front, so the last written event's position tells both."""
+    if written:
+        last = written[-1]
+        for i in range(len(live) - 1, -1, -1):
+            if live[i] is last:
+                return i + 1, live[i + 1 :]
+    return 0, list(live)
+
+
+def _join(items: Iterable[tuple[str, str]]) -> str:
+    return "{" + ",".join([f"{quote(key)}:{text}" for key, text in items]) + "}"
+
+
+def _join_history(history: Mapping[str, Mapping[int, str]]) -> str:
+    return _join((m, _join((str(g), t) for g, t in h.items())) for m, h in history.items())
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass
+class Doc:
+    """The state as recovery assembles it: parsed records, applied in order."""
+
+    seq: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: {} for k in RECORD_KINDS}
+    )
+    history: dict[str, dict[int, Any]] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+    archived_through: int = -1
+    late_deleted: set[str] = field(default_factory=set)
+
+    def apply(self, body: dict[str, Any]) -> None:
+        """Apply one journal entry (or a snapshot to an empty Doc)."""
+        try:
+            self.seq = int(body["seq"])
+            self.fields = dict(body["fields"])
+            for kind in RECORD_KINDS:
+                self.records[kind].update(body[f"put_{kind}"])
+                for key in body[f"drop_{kind}"]:
+                    self.records[kind].pop(key, None)
+            through = int(body["archived_through"])
+            for member, entries in body["put_history"].items():
+                self.history.setdefault(member, {}).update({int(g): e for g, e in entries.items()})
+            if through > self.archived_through:
+                for member in list(self.history):
+                    kept = {g: e for g, e in self.history[member].items() if g > through}
+                    self.history[member] = kept
+            self.archived_through = through
+            keep = int(body["events_keep"])
+            self.events = self.events[len(self.events) - keep :] if keep else []
+            self.events.extend(body["events_add"])
+            self.late_deleted.update(body["late_deleted"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CorruptObject(f"seq {body.get('seq')}: malformed ({err!r})") from None
+
+    def state(self, archive: Mapping[int, Mapping[str, Any]]) -> SearchState:
+        """The SearchState these records describe, with `archive` (generation ->
+        member -> entry) as the closed generations' history."""
+        history: dict[str, list[Any]] = {}
+        for g in sorted(archive):
+            for member, entry in archive[g].items():
+                history.setdefault(member, []).append(entry)
+        for member, open_entries in self.history.items():
+            history.setdefault(member, []).extend(open_entries[g] for g in sorted(open_entries))
+        doc = {
+            **self.fields,
+            **self.records,
+            "history": {m: hs for m, hs in history.items() if hs},
+            "events": self.events,
+        }
+        state = SearchState.from_doc(doc)
+        if self.late_deleted:
+            for recovered in state.history.values():
+                for entry in recovered:
+                    if (
+                        entry.generation <= self.archived_through
+                        and entry.checkpoint in self.late_deleted
+                    ):
+                        entry.checkpoint_deleted = True
+        return state
+
+
+def archive_texts(archive: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, str]]:
+    """Parsed archive entries back to record texts (for an Image)."""
+    return {g: {m: encode_value(e) for m, e in entries.items()} for g, entries in archive.items()}
+
+
+def parse_archive(body: dict[str, Any], generation: int) -> dict[str, Any]:
+    entries = body.get("entries")
+    if body.get("generation") != generation or not isinstance(entries, dict):
+        raise CorruptObject(f"archive {generation}: malformed")
+    return entries
+
+
+def image_state(image: Image) -> SearchState:
+    """Decode an image (a rollback) the way recovery decodes storage."""
+    doc = Doc()
+    doc.apply(json.loads(snapshot_body(image)))
+    archive = {g: {m: json.loads(t) for m, t in e.items()} for g, e in image.archive.items()}
+    return doc.state(archive)

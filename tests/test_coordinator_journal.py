@@ -1,0 +1,244 @@
+"""The coordinator state's journal, snapshots and archives: a crash at any
+point of the write sequence recovers exactly the acknowledged state, torn
+tails are discarded, corruption in the middle is an error, compaction keeps
+storage short, and old state.json runs still resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+from coordinator_helpers import fake_train, saved_state, tiny_config
+from test_coordinator_service import DATA_KEY, LAYOUT, outcome, run_search
+
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.recovery import load_state, read_state
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.storage import FaultyStore, LocalStore
+from autolfads.storage.errors import StorageError
+
+COORDINATOR = r"/coordinator/"
+# Six generations; generation g is archived once the search is at g + 2, and
+# retention (newest checkpoint kept) deletes some after that: late deletions.
+CFG = tiny_config(max_generations=6, stop_patience_generations=10, keep_generations=1)
+
+
+def open_service(store, cfg=CFG, **kw) -> CoordinatorService:
+    kw = {"snapshot_every": 3, "archive_lag": 1, **kw}
+    return CoordinatorService.open_search(
+        cfg, store, DATA_KEY, "ab" * 32, clock=ManualClock(), **kw
+    )
+
+
+def canon(state) -> dict:
+    """The state's content, independent of dict insertion order."""
+    return json.loads(state.to_json())
+
+
+# The crash test's search: small, so that every one of its writes can be a crash point.
+SMALL = tiny_config(
+    population=2, max_generations=5, stop_patience_generations=10, keep_generations=1
+)
+
+
+def drive_until_crash(store, cfg=SMALL) -> tuple[CoordinatorService | None, dict | None]:
+    """Run the search; return the service and the last state a caller was
+    told about (every answered call's change is persisted) when storage
+    "crashed" (a write failed) or the search ended. (None, None): the
+    search never started."""
+    try:
+        service = open_service(store, cfg)
+    except StorageError:
+        return None, None
+    acked = canon(service.snapshot())
+    try:
+        while (reply := service.request_work("w0", 2)).action != "done":
+            acked = canon(service.snapshot())
+            for grant in reply.grants:
+                service.report(fake_train(store, grant, "w0"))
+                acked = canon(service.snapshot())
+    except StorageError:
+        pass
+    return service, acked
+
+
+def coordinator_changes(tmp_path) -> int:
+    store = FaultyStore(LocalStore(tmp_path / "count"))
+    service, _ = drive_until_crash(store)
+    assert service is not None and service.terminal
+    # The sequence has it all: snapshots, compactions, archives, late deletions.
+    assert service._commit.snapshots_written >= 3
+    image = service._commit.image
+    assert image.archived_through >= 1 and image.late_deleted
+    return store.count("change", COORDINATOR)
+
+
+def test_a_crash_at_every_write_recovers_the_acknowledged_state(tmp_path):
+    reference = LocalStore(tmp_path / "ref")
+    run_search(open_service(reference, SMALL), reference)
+    expected = outcome(reference, generations=5)
+    total = coordinator_changes(tmp_path)
+    assert total > 20
+    for k in range(total):
+        inner = LocalStore(tmp_path / f"crash-{k}")
+        store = FaultyStore(inner)
+        # From the k-th put or delete of the coordinator's own objects on,
+        # nothing reaches storage: what a kill -9 at that point leaves.
+        store.inject("change", COORDINATOR, fail="crash", after=k, times=None)
+        _, acked = drive_until_crash(store)
+        recovered = read_state(inner, "search")
+        if acked is None:
+            assert recovered is None
+        else:
+            assert canon(recovered) == acked, f"crash before change {k}"
+        resumed = open_service(inner, SMALL)
+        resumed.release_leases("the worker died with the coordinator")
+        run_search(resumed, inner)
+        assert outcome(inner, generations=5) == expected, f"crash before change {k}"
+        assert canon(read_state(inner, "search")) == canon(resumed.snapshot())
+
+
+def test_archives_and_late_deletions_round_trip(tmp_path):
+    store = LocalStore(tmp_path)
+    service = open_service(store)
+    run_search(service, store)
+    state = service.snapshot()
+    recovered = load_state(store, "search")
+    assert recovered is not None
+    assert canon(recovered.state) == canon(state)
+    # Generations 0-3 left the live state; retention deleted some of their
+    # checkpoints after they were archived.
+    assert recovered.image.archived_through == 3
+    assert recovered.image.late_deleted
+    archived = [k for k in store_keys(store) if "/coordinator/archive/" in k]
+    assert len(archived) == 4
+    # Without history (a status check) the archived generations are not read.
+    light = saved_state(store, "search", history=False)
+    assert light.status == "finished" and light.best == state.best
+    assert {h.generation for hs in light.history.values() for h in hs} == {4, 5}
+
+
+def store_keys(store) -> list[str]:
+    return [info.key for info in store.list("search/")]
+
+
+def journal_keys(store) -> list[str]:
+    return [k for k in store_keys(store) if "/coordinator/journal/" in k]
+
+
+def test_compaction_keeps_two_snapshots_and_the_entries_after_the_older(tmp_path):
+    store = LocalStore(tmp_path)
+    service = open_service(store)
+    run_search(service, store)
+    snapshots = [k for k in store_keys(store) if "/coordinator/snapshot/" in k]
+    assert len(snapshots) == 2
+    older = LAYOUT.parse_sequence_key(LAYOUT.snapshot_prefix(), snapshots[0])
+    assert older is not None
+    seqs = [LAYOUT.parse_sequence_key(LAYOUT.journal_prefix(), k) for k in journal_keys(store)]
+    assert seqs == list(range(older + 1, service._commit.image.seq + 1))
+
+
+def test_a_torn_last_entry_is_discarded_and_overwritten(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    service = open_service(store)
+    run_search(service, store, stop_after=5)
+    acked = canon(service.snapshot())
+    last = journal_keys(store)[-1]
+    # One more write, torn half-way (the process died while writing it).
+    grant = service.request_work("w0", 1).grants[0]
+    torn = store.get_bytes(journal_keys(store)[-1])
+    assert journal_keys(store)[-1] != last
+    store.put_bytes(journal_keys(store)[-1], torn[: len(torn) // 2])
+    with caplog.at_level(logging.WARNING):
+        assert canon(read_state(store, "search")) == acked
+    assert "torn last journal entry" in caplog.text
+    resumed = open_service(store)
+    assert grant.lease_id not in resumed.snapshot().leases
+    run_search(resumed, store)
+    assert canon(read_state(store, "search")) == canon(resumed.snapshot())
+    assert resumed.snapshot().status == "finished"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_damage_followed_by_entries_is_an_error_not_skipped(tmp_path, damage):
+    store = LocalStore(tmp_path)
+    service = open_service(store, snapshot_every=1000)  # one snapshot, every entry kept
+    run_search(service, store, stop_after=6)
+    key = journal_keys(store)[3]
+    if damage == "truncate":
+        store.put_bytes(key, store.get_bytes(key)[:-1])
+    elif damage == "garbage":
+        store.put_bytes(key, b"\x00" * 100)
+    else:
+        store.delete(key)
+    with pytest.raises(CoordinatorError) as err:
+        read_state(store, "search")
+    message = str(err.value)
+    assert "\n" not in message
+    assert ("later entries follow it" if damage != "delete" else "missing entry 4") in message
+
+
+def test_a_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    service = open_service(store)
+    run_search(service, store, stop_after=14)
+    snapshots = [k for k in store_keys(store) if "/coordinator/snapshot/" in k]
+    assert len(snapshots) == 2
+    store.put_bytes(snapshots[-1], b"{}")
+    with caplog.at_level(logging.WARNING):
+        assert canon(read_state(store, "search")) == canon(service.snapshot())
+    assert "using an older one" in caplog.text
+    resumed = open_service(store)
+    run_search(resumed, store)
+    assert snapshots[-1] not in store_keys(store)  # deleted by the next compaction
+
+
+def test_entries_and_snapshots_a_compaction_left_behind_are_ignored(tmp_path):
+    store = FaultyStore(LocalStore(tmp_path))
+    store.inject("delete", COORDINATOR, fail="crash during compaction", times=None)
+    service = open_service(store)
+    run_search(service, store)
+    assert len([k for k in store_keys(store) if "/coordinator/snapshot/" in k]) > 2
+    assert LAYOUT.journal_entry(1) in store_keys(store)
+    assert canon(read_state(store, "search")) == canon(service.snapshot())
+
+
+def test_a_run_written_before_the_journal_resumes_and_moves_to_it(tmp_path):
+    reference = LocalStore(tmp_path / "ref")
+    run_search(open_service(reference), reference)
+    store = LocalStore(tmp_path / "old")
+    first = open_service(store)
+    run_search(first, store, stop_after=9)
+    # What the previous version left: the whole state in state.json only.
+    old = first.snapshot()
+    for key in [k for k in store_keys(store) if "/coordinator/" in k]:
+        store.delete(key)
+    store.put_bytes(LAYOUT.state(), old.to_json().encode())
+    assert canon(read_state(store, "search")) == canon(old)
+    resumed = open_service(store)
+    assert LAYOUT.state() not in store_keys(store)  # migrated, then removed
+    run_search(resumed, store)
+    assert outcome(store, generations=6) == outcome(reference, generations=6)
+
+
+def test_write_size_does_not_grow_with_finished_generations(tmp_path):
+    store = FaultyStore(LocalStore(tmp_path))
+    cfg = tiny_config(population=8, max_generations=12, stop_patience_generations=20)
+    service = open_service(store, cfg, snapshot_every=10_000, archive_lag=None)
+    sizes: dict[int, list[int]] = {}
+    while (reply := service.request_work("w0", 1)).action != "done":
+        for grant in reply.grants:
+            service.report(fake_train(store, grant, "w0"))
+            entry = journal_keys(store)[-1]
+            sizes.setdefault(grant.generation, []).append(len(store.get_bytes(entry)))
+    # A plain report (not the one closing its generation) writes as much at
+    # generation 11 as at generation 6, but for one more float per
+    # generation in best_history (~20 bytes); the state.json of before grew
+    # by a history entry per member per generation (~8 x 400 bytes).
+    early, late = sorted(sizes[6])[:4], sorted(sizes[11])[:4]
+    assert max(late) <= max(early) + 25 * (11 - 6), (early, late)
+    best = service.snapshot().best
+    assert best is not None and not math.isnan(best.metric)
