@@ -189,13 +189,8 @@ def _read_state(store: Any, layout: Any, source: str) -> Any:
             "folder (e.g. ./runs/NAME) whose coordinator has started?"
         )
     cfg = _read_config(store, layout)
-    if cfg is not None:
-        return status_view(state, cfg)
-    # Without the config only max_generations is unknown (shown as '?').
-    from autolfads.config import DataConfig, RunConfig
-
-    view = status_view(state, RunConfig(name=state.run, data=DataConfig(path="-")))
-    return dataclasses.replace(view, max_generations=0)
+    # Without the config only max_generations is unknown (0, shown as '?').
+    return status_view(state, cfg.pbt.max_generations if cfg is not None else 0)
 
 
 def _read_evaluation(store: Any, layout: Any) -> dict[str, Any] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from autolfads.config import RunConfig
 from autolfads.coordinator.search.messages import (
     BestView,
     CheckpointPoint,
@@ -19,7 +18,9 @@ from autolfads.storage.keys import RunLayout
 _PHASES = {"queued": "queued", "leased": "training", "reported": "reported", "finished": "finished"}
 
 
-def status_view(state: SearchState, cfg: RunConfig) -> StatusView:
+def status_view(state: SearchState, max_generations: int) -> StatusView:
+    """The search at a glance; `max_generations` is the config's (0 when the
+    config is unknown, shown as '?')."""
     members = tuple(_member_view(state, seg) for _, seg in sorted(state.segments.items()))
     best = state.best
     return StatusView(
@@ -36,7 +37,7 @@ def status_view(state: SearchState, cfg: RunConfig) -> StatusView:
         ),
         best_history=tuple(state.best_history),
         revision=state.revision,
-        max_generations=cfg.pbt.max_generations,
+        max_generations=max_generations,
         message=state.message,
     )
 
