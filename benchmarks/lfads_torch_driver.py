@@ -12,7 +12,8 @@ controller sends, and its `BasicDataModule` on the controller's HDF5 file.
              can interleave these timings with autolfads' in the same run:
              {"cmd": "steps", "n": N}        -> {"wall": [...], "cpu": [...]} (s)
              {"cmd": "epochs_begin", "n": N} -> then N x {"cmd": "epoch"}, each
-                                                answered {"seconds": s}
+                                                answered {"seconds": s}; then
+                                                {"done": true} when the fit ends
     quality: train for E epochs with a Lightning Trainer, then write the
              posterior-mean rates of train and valid (K samples) to an .npz.
 
