@@ -390,7 +390,10 @@ class CoordinatorService:
             # cheap: build it once per revision.
             revision = self._state.revision
             if self._status_cache is None or self._status_cache[0] != revision:
-                self._status_cache = (revision, status_view(self._state, self.cfg.pbt.max_generations))
+                self._status_cache = (
+                    revision,
+                    status_view(self._state, self.cfg.pbt.max_generations),
+                )
             return self._status_cache[1]
 
     def wait_for_change(self, revision: int, timeout_s: float) -> int:
