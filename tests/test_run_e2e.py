@@ -243,7 +243,7 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
 def test_heldout_fitness_on_data_without_heldout_parts_is_one_line(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from autolfads.trainer.data.dataset.lfads_h5 import write_lfads_h5
+    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
     from autolfads.trainer.data.synth import make_chaotic_rnn
 
     ws = make_workspace(tmp_path)

@@ -50,7 +50,7 @@ from autolfads.storage import (
     Store,
 )
 from autolfads.trainer.data.dataset import LfadsData
-from autolfads.trainer.data.dataset.lfads_h5 import load_lfads_h5
+from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.model.session import CheckpointError, TrainingSession
 
 log = logging.getLogger(__name__)
