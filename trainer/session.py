@@ -125,7 +125,18 @@ class TrainingSession:
         device: str = "cpu",
     ) -> TrainingSession:
         """Restore a session; `hparams` None keeps the checkpoint's values."""
-        state = _load_checkpoint_state(checkpoint)
+        return cls.from_state(cfg, data, read_checkpoint(checkpoint), hparams, device)
+
+    @classmethod
+    def from_state(
+        cls,
+        cfg: RunConfig,
+        data: LfadsData,
+        state: Mapping[str, Any],
+        hparams: Mapping[str, float] | None = None,
+        device: str = "cpu",
+    ) -> TrainingSession:
+        """`from_checkpoint` for a checkpoint already parsed by `read_checkpoint`."""
         dims = DataDims.from_data(data)
         _check_compatible(state, cfg, dims)
         merged = dict(state["hparams"])
@@ -343,10 +354,11 @@ class TrainingSession:
 
 def checkpoint_data_dims(checkpoint: bytes) -> DataDims:
     """The data sizes a checkpoint's model was built for."""
-    return DataDims.from_dict(_load_checkpoint_state(checkpoint)["data_dims"])
+    return DataDims.from_dict(read_checkpoint(checkpoint)["data_dims"])
 
 
-def _load_checkpoint_state(checkpoint: bytes) -> dict[str, Any]:
+def read_checkpoint(checkpoint: bytes) -> dict[str, Any]:
+    """The state inside checkpoint bytes (CPU tensors); raises CheckpointError."""
     if not isinstance(checkpoint, (bytes, bytearray, memoryview)):
         raise CheckpointError(f"checkpoint must be bytes, got {type(checkpoint).__name__}")
     try:

@@ -51,7 +51,8 @@ from autolfads.storage import (
     Store,
 )
 from autolfads.trainer.data import LfadsData, load_lfads_h5
-from autolfads.trainer.session import CheckpointError, TrainingSession
+from autolfads.trainer.session import CheckpointError, TrainingSession, read_checkpoint
+from autolfads.trainer.timing import WorkerClock
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,23 @@ class Worker:
         # Caches, not state: configs by key, datasets by content hash.
         self._configs: dict[str, RunConfig] = {}
         self._datasets: dict[str, LfadsData] = {}
+        # Seconds per phase of this loop, logged for benchmarks/worker_breakdown.py.
+        self.clock = WorkerClock(worker_id)
 
     def run(self) -> int:
         """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
+        self.clock.started()
+        try:
+            return self._loop()
+        finally:
+            self.clock.emit("exit")
+
+    def _loop(self) -> int:
         while not self.stop.is_set():
+            asked = time.perf_counter()
             reply = self._request_work()
+            # A request that got work is a lease round trip; a WAIT is waiting.
+            self.clock.add("rpc" if reply and reply.action == "train" else "wait", asked)
             if reply is None:
                 log.info("the stored state of run %s says the search has ended", self.run_name)
                 return EXIT_DONE
@@ -118,9 +131,11 @@ class Worker:
                 log.info("search %s: nothing left to do", reply.search_state)
                 return EXIT_DONE
             if reply.action == "wait":
-                self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
+                with self.clock.phase("wait"):
+                    self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
                 continue
             self.train(list(reply.grants))
+            self.clock.emit("segment")
         return EXIT_TERMINATED
 
     def _request_work(self) -> WorkReply | None:
@@ -151,7 +166,8 @@ class Worker:
         while any(job.training for job in jobs):
             for job in jobs:
                 if job.training:
-                    self._train_epoch(job)
+                    with self.clock.phase("train"):
+                        self._train_epoch(job)
             if self.stop.is_set():
                 self._abandon(jobs)
                 return
@@ -180,6 +196,10 @@ class Worker:
         )
 
     def _heartbeat(self, jobs: list[Job]) -> None:
+        with self.clock.phase("rpc"):
+            self._heartbeat_each(jobs)
+
+    def _heartbeat_each(self, jobs: list[Job]) -> None:
         for job in jobs:
             if job.stopped:
                 continue
@@ -200,8 +220,9 @@ class Worker:
     def _load(self, grant: Grant) -> Job:
         job = Job(grant)
         try:
-            cfg = self._config(grant.config_key)
-            data = self._data(grant.data_key, grant.data_sha256)
+            with self.clock.phase("data"):
+                cfg = self._config(grant.config_key)
+                data = self._data(grant.data_key, grant.data_sha256)
         except AutolfadsError as err:
             job.failure = f"cannot load the run's config or data: {err}"
             return job
@@ -224,9 +245,14 @@ class Worker:
         self, cfg: RunConfig, data: LfadsData, grant: Grant, point: CheckpointPoint
     ) -> TrainingSession:
         if point.fresh:
-            return TrainingSession.fresh(cfg, data, grant.hparams, point.seed, self.device)
-        blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
-        return TrainingSession.from_checkpoint(cfg, data, blob, grant.hparams, self.device)
+            with self.clock.phase("build"):
+                return TrainingSession.fresh(cfg, data, grant.hparams, point.seed, self.device)
+        with self.clock.phase("ckpt_load"):
+            state = read_checkpoint(
+                self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
+            )
+        with self.clock.phase("build"):
+            return TrainingSession.from_state(cfg, data, state, grant.hparams, self.device)
 
     def _config(self, key: str) -> RunConfig:
         if key not in self._configs:
@@ -261,16 +287,17 @@ class Worker:
             )
             return
         assert job.session is not None
-        blob = job.session.checkpoint()
-        info = self.store.put_bytes(grant.checkpoint_key, blob)
-        assert info.sha256 is not None, "a put always records the checksum"
-        fitness_metric = job.session.cfg.pbt.fitness
-        metric = float(job.session.smoothed(fitness_metric))
-        self.store.put_bytes(
-            grant.metrics_key,
-            _metrics_doc(job, fitness_metric, metric, info.sha256),
-            content_type="application/json",
-        )
+        with self.clock.phase("ckpt_save"):
+            blob = job.session.checkpoint()
+            info = self.store.put_bytes(grant.checkpoint_key, blob)
+            assert info.sha256 is not None, "a put always records the checksum"
+            fitness_metric = job.session.cfg.pbt.fitness
+            metric = float(job.session.smoothed(fitness_metric))
+            self.store.put_bytes(
+                grant.metrics_key,
+                _metrics_doc(job, fitness_metric, metric, info.sha256),
+                content_type="application/json",
+            )
         self._report(
             job,
             SegmentReport(
@@ -291,7 +318,8 @@ class Worker:
 
     def _report(self, job: Job, report: SegmentReport) -> None:
         try:
-            ack = self.client.report(report)
+            with self.clock.phase("rpc"):
+                ack = self.client.report(report)
         except (StaleLease, UnknownLease, SearchFinished) as err:
             # Someone else owns the unit now (or the search ended): drop it.
             log.warning("report of %s not counted: %s", job.grant.member, err)
