@@ -41,6 +41,11 @@ from autolfads.storage import RunLayout, Store
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS_PER_WORKER = 3
+# How soon a trainer told to WAIT asks again. In a synchronous search every
+# trainer but the last waits at each generation boundary; a 1 s hint costs
+# each of them ~0.5 s per generation. The coordinator stretches the hint when
+# many trainers wait (coordinator/dispatch.py), so a short base is safe.
+RUN_RETRY_AFTER_S = 0.1
 WORKER_EXIT_GRACE_S = 30.0
 
 
@@ -241,7 +246,12 @@ def resume_service(
     """The coordinator state of an already staged run (fresh or resumed)."""
     data_key, data_sha = _staged_data(store, layout)
     return CoordinatorService.open_search(
-        cfg, store, data_key, data_sha, lease_timeout_s=lease_timeout_s
+        cfg,
+        store,
+        data_key,
+        data_sha,
+        lease_timeout_s=lease_timeout_s,
+        retry_after_s=RUN_RETRY_AFTER_S,
     )
 
 

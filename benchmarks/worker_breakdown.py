@@ -23,6 +23,7 @@ is not counted at all).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -79,10 +80,23 @@ def epoch_seconds(store_url: str, run: str) -> tuple[float, int, int]:
     return total, epochs, segments
 
 
-def search_status(store_url: str, run: str) -> str:
+def search_outcome(store_url: str, run: str) -> str:
+    """Status, best member and a digest of every generation's decisions (the
+    ranking with its metrics, who copied whom, new hyperparameters): equal
+    digests mean the same search, bit for bit."""
     store = open_store(store_url, create_bucket=False)
-    state = store.get_json(RunLayout(run).state())
-    return f"{state['status']}, mode {state.get('mode', '?')}"
+    layout = RunLayout(run)
+    state = store.get_json(layout.state())
+    records = [store.get_json(x.key) for x in store.list(layout.generations_prefix())]
+    for record in records:
+        record.pop("events", None)  # times and worker names differ between runs
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    best = state.get("best") or {}
+    return (
+        f"{state['status']}, mode {state.get('mode', '?')}; best {best.get('member')} "
+        f"generation {best.get('generation')} metric {best.get('metric')!r}; "
+        f"decisions digest {digest}"
+    )
 
 
 def breakdown(store_url: str, run: str, log_dir: Path) -> str:
@@ -102,7 +116,7 @@ def breakdown(store_url: str, run: str, log_dir: Path) -> str:
     ended = sum(doc["event"] == "exit" for doc in procs.values())
     epochs_s, epochs, segments = epoch_seconds(store_url, run)
     lines = [
-        f"run {run} ({search_status(store_url, run)}): {segments} segments, {epochs} epochs; "
+        f"run {run} ({search_outcome(store_url, run)}): {segments} segments, {epochs} epochs; "
         f"{len(procs)} trainer processes ({ended} logged their exit)",
         f"worker-seconds {worker_s:.1f}; per-epoch seconds in metrics.json {epochs_s:.1f} "
         f"= {100 * epochs_s / worker_s:.1f} % of worker-seconds",
@@ -151,10 +165,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=["sync", "async"], help="override pbt.mode (--run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="with --run: keep the run and logs here")
     args = parser.parse_args()
     if args.run:
         with tempfile.TemporaryDirectory(prefix="worker-breakdown-") as tmp:
-            store, run, logs, wall = run_config(args, Path(tmp))
+            root = args.keep or Path(tmp)
+            root.mkdir(parents=True, exist_ok=True)
+            store, run, logs, wall = run_config(args, root)
             print(f"`autolfads run` took {wall:.1f} s wall")
             print(breakdown(store, run, logs))
         return

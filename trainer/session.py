@@ -9,6 +9,7 @@ restored from a checkpoint continues exactly like an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -56,25 +57,29 @@ def validate_hparams(hparams: Mapping[str, float]) -> dict[str, float]:
 
 
 class TrainingSession:
-    """Use `fresh` or `from_checkpoint`; the constructor is internal."""
+    """One member's model, optimizer and random state on one run's data.
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        data: LfadsData,
-        model: LfadsModel,
-        generator: torch.Generator,
-        hparams: Mapping[str, float],
-        device: torch.device,
-    ) -> None:
+    `fresh` and `from_checkpoint` build a session at a start point. A trainer
+    that trains many segments of the same run keeps one session and moves it
+    to each lease's start point with `start_fresh` / `start_from`: the data
+    tensors, the model and the optimizer are built once, and every start
+    resets everything a new process would initialise (weights, optimizer
+    moments and groups, random generators, hyperparameters, epoch and
+    smoothed metrics), so a reused session trains bit for bit like a new one.
+    """
+
+    def __init__(self, cfg: RunConfig, data: LfadsData, device: str = "cpu") -> None:
         # A trainer may get a run staged elsewhere: refuse before any epoch.
         check_data_fits_config(cfg, data)
         self.cfg = cfg
-        self.model = model
-        self.device = device
-        self.generator = generator
-        self.dims = model.dims
-        self._hparams = dict(hparams)
+        self.device = resolve_device(device)
+        self.dims = DataDims.from_data(data)
+        # The global RNGs as a new process has them when it builds a session
+        # (nothing here draws from them): where every fresh start puts them back.
+        self._global_rng_at_build = capture_global_rng()
+        self.model = _seeded_model(cfg, self.dims, 0, self.device)
+        self.generator = make_generator(self.device, 0)
+        self._hparams = cfg.initial_hparams()
         self._epoch = 0
         # name + "_smth" -> smoothed value (nan before the first epoch), for the
         # metrics this data has (no held-out one without held-out neurons).
@@ -84,9 +89,11 @@ class TrainingSession:
             if name != "valid_heldout_recon" or data.heldout_dim
         }
         train = cfg.training
-        self._train = SplitTensors.build(data.train, device, train.sv_rate, train.sv_seed)
-        self._valid = SplitTensors.build(data.valid, device, train.sv_rate, train.sv_seed + 1)
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        # The data as device tensors (with their Stirling terms and null-model
+        # NLLs): the costly part of a build, the same for every member.
+        self._train = SplitTensors.build(data.train, self.device, train.sv_rate, train.sv_seed)
+        self._valid = SplitTensors.build(data.valid, self.device, train.sv_rate, train.sv_seed + 1)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self._params,
             lr=self._hparams["lr_init"],
@@ -94,6 +101,8 @@ class TrainingSession:
             eps=train.adam_eps,
             weight_decay=0.0,  # set per epoch: l2_ramp * weight_decay
         )
+        # The optimizer as built (no moments, no step count): a fresh start's.
+        self._blank_optimizer = copy.deepcopy(self.optimizer.state_dict())
 
     # ------------------------------------------------------------ construction
 
@@ -107,13 +116,9 @@ class TrainingSession:
         device: str = "cpu",
     ) -> TrainingSession:
         """A new model with weights drawn from `seed` (global RNGs untouched)."""
-        merged = cfg.initial_hparams()
-        merged.update(validate_hparams(hparams))
-        dev = resolve_device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = LfadsModel(cfg.model, DataDims.from_data(data)).to(dev)
-        return cls(cfg, data, model, make_generator(dev, seed), merged, dev)
+        session = cls(cfg, data, device)
+        session.start_fresh(hparams, seed)
+        return session
 
     @classmethod
     def from_checkpoint(
@@ -125,41 +130,52 @@ class TrainingSession:
         device: str = "cpu",
     ) -> TrainingSession:
         """Restore a session; `hparams` None keeps the checkpoint's values."""
-        return cls.from_state(cfg, data, read_checkpoint(checkpoint), hparams, device)
+        state = read_checkpoint(checkpoint)
+        _check_compatible(state, cfg, DataDims.from_data(data))
+        session = cls(cfg, data, device)
+        session.start_from(state, hparams)
+        return session
 
-    @classmethod
-    def from_state(
-        cls,
-        cfg: RunConfig,
-        data: LfadsData,
-        state: Mapping[str, Any],
-        hparams: Mapping[str, float] | None = None,
-        device: str = "cpu",
-    ) -> TrainingSession:
-        """`from_checkpoint` for a checkpoint already parsed by `read_checkpoint`."""
-        dims = DataDims.from_data(data)
-        _check_compatible(state, cfg, dims)
+    def start_fresh(self, hparams: Mapping[str, float], seed: int) -> None:
+        """Start again from new weights drawn from `seed`, at the config's
+        hyperparameters updated by `hparams`: what `fresh` builds."""
+        merged = self.cfg.initial_hparams()
+        merged.update(validate_hparams(hparams))
+        restore_global_rng(self._global_rng_at_build)
+        seeded = _seeded_model(self.cfg, self.dims, seed, self.device)
+        self.model.load_state_dict(seeded.state_dict())
+        self.generator.manual_seed(int(seed))
+        self.optimizer.load_state_dict(self._blank_optimizer)
+        self._restart(merged, 0, {})
+
+    def start_from(self, state: Mapping[str, Any], hparams: Mapping[str, float] | None) -> None:
+        """Continue a checkpoint (`read_checkpoint`'s state), its hyperparameters
+        updated by `hparams`: what `from_checkpoint` builds. Raises
+        CheckpointError (nothing is usable then until the next start)."""
+        _check_compatible(state, self.cfg, self.dims)
         merged = dict(state["hparams"])
         if hparams is not None:
             merged.update(validate_hparams(hparams))
-        dev = resolve_device(device)
-        model = LfadsModel(cfg.model, dims).to(dev)
         try:
-            model.load_state_dict(state["model_state"])
+            self.model.load_state_dict(state["model_state"])
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
-        generator = torch.Generator(device=dev)
-        generator.set_state(state["generator_state"])
-        session = cls(cfg, data, model, generator, merged, dev)
-        session.optimizer.load_state_dict(state["optimizer_state"])
-        session._epoch = int(state["epoch"])
-        for key in session._smth:
-            # Checkpoints from before held-out smoothing carry only valid_recon_smth.
-            session._smth[key] = float(state.get(key, math.nan))
-        # The optimizer state carries the old lr; apply the (possibly new) one.
-        session._apply_lr()
+        self.generator.set_state(state["generator_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        # Checkpoints from before held-out smoothing carry only valid_recon_smth.
+        self._restart(merged, int(state["epoch"]), state)
         restore_global_rng(state["global_rng"])
-        return session
+
+    def _restart(self, hparams: dict[str, float], epoch: int, smoothed: Mapping[str, Any]) -> None:
+        self._hparams = hparams
+        self._epoch = epoch
+        for key in self._smth:
+            self._smth[key] = float(smoothed.get(key, math.nan))
+        # The optimizer state carries the old lr; apply the (possibly new) one.
+        self._apply_lr()
+        # As built: training mode, no gradients left from the previous segment.
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------ public state
 
@@ -350,6 +366,13 @@ class TrainingSession:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return buffer.getvalue()
+
+
+def _seeded_model(cfg: RunConfig, dims: DataDims, seed: int, device: torch.device) -> LfadsModel:
+    """The model's initial weights drawn from `seed`; the global CPU RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return LfadsModel(cfg.model, dims).to(device)
 
 
 def checkpoint_data_dims(checkpoint: bytes) -> DataDims:

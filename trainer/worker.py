@@ -5,16 +5,22 @@ The loop reads top to bottom:
     ask for up to N leases            (WAIT: sleep retry_after; DONE: exit 0)
     for each lease: fetch config + data (cached by content hash), load the
         start checkpoint (verified SHA-256; a corrupt one falls back to the
-        next start point and is reported), apply the lease's hyperparameters
+        next start point and is reported) into an idle training session of
+        this run (built once: model, optimizer, data tensors), apply the
+        lease's hyperparameters
     train every lease's `epochs` epochs, one epoch of each in turn,
         heartbeating between epochs (STOP drops that lease)
-    publish checkpoint, then metrics.json, then report; repeat
+    serialise the checkpoint; then, on the publisher thread while this one
+        asks for the next lease: store checkpoint, then metrics.json, then
+        report; repeat
 
-Nothing that matters survives a lease: a killed worker costs one lease
-timeout, after which the coordinator hands the unit to someone else.
-SIGTERM (pod eviction): the current leases are abandoned cleanly between
-epochs (reported as ABANDONED so they are re-queued at once) and the worker
-exits 143.
+Nothing that matters survives a lease: a reused session is reset to exactly
+what a new process would build at the lease's start point, and a killed
+worker costs one lease timeout, after which the coordinator hands the unit
+to someone else. SIGTERM (pod eviction): the current leases are abandoned
+cleanly between epochs (reported as ABANDONED so they are re-queued at once),
+finished segments are still published, and the worker exits 143.
+Every phase's seconds go to the log (`trainer/timing.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from autolfads.storage import (
     Store,
 )
 from autolfads.trainer.data import LfadsData, load_lfads_h5
+from autolfads.trainer.publisher import Publisher
 from autolfads.trainer.session import CheckpointError, TrainingSession, read_checkpoint
 from autolfads.trainer.timing import WorkerClock
 
@@ -76,6 +83,30 @@ class Job:
     @property
     def training(self) -> bool:
         return not self.stopped and not self.failure and len(self.epochs) < self.grant.epochs
+
+
+class SessionPool:
+    """Idle training sessions of the run this trainer works for.
+
+    Building a session (model, optimizer, the data as device tensors) costs
+    about as much as an epoch of a small model; a lease of the same run and
+    data takes an idle one instead. A lease of another run drops them all.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._key: tuple[str, str] | None = None
+        self._idle: list[TrainingSession] = []
+
+    def take(self, key: tuple[str, str], cfg: RunConfig, data: LfadsData) -> TrainingSession:
+        """An idle session for (config key, data SHA-256), or a new one."""
+        if key != self._key:
+            self._key, self._idle = key, []
+        return self._idle.pop() if self._idle else TrainingSession(cfg, data, self.device)
+
+    def put_back(self, key: tuple[str, str], session: TrainingSession) -> None:
+        if key == self._key:
+            self._idle.append(session)
 
 
 class Worker:
@@ -107,6 +138,8 @@ class Worker:
         # Caches, not state: configs by key, datasets by content hash.
         self._configs: dict[str, RunConfig] = {}
         self._datasets: dict[str, LfadsData] = {}
+        self._sessions = SessionPool(device)
+        self._publisher = Publisher()
         # Seconds per phase of this loop, logged for benchmarks/worker_breakdown.py.
         self.clock = WorkerClock(worker_id)
 
@@ -114,12 +147,18 @@ class Worker:
         """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
         self.clock.started()
         try:
-            return self._loop()
+            code = self._loop()
+            # Every finished segment is stored and reported before the worker ends.
+            with self.clock.phase("ckpt_save"):
+                self._publisher.wait()
+            return code
         finally:
+            self._publisher.close()
             self.clock.emit("exit")
 
     def _loop(self) -> int:
         while not self.stop.is_set():
+            self._publisher.check()  # a failed upload or report ends the worker
             asked = time.perf_counter()
             reply = self._request_work()
             # A request that got work is a lease round trip; a WAIT is waiting.
@@ -130,6 +169,12 @@ class Worker:
             if reply.action == "done":
                 log.info("search %s: nothing left to do", reply.search_state)
                 return EXIT_DONE
+            if reply.action == "wait" and self._publisher.busy:
+                # Our own report may be what the coordinator waits for (the
+                # generation's last): ask again as soon as it is in.
+                with self.clock.phase("ckpt_save"):
+                    self._publisher.wait()
+                continue
             if reply.action == "wait":
                 with self.clock.phase("wait"):
                     self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
@@ -178,6 +223,8 @@ class Worker:
         for job in jobs:
             if not job.stopped:
                 self._finish(job)
+            if job.session is not None:
+                self._sessions.put_back(session_key(job.grant), job.session)
 
     def _train_epoch(self, job: Job) -> None:
         assert job.session is not None
@@ -244,15 +291,24 @@ class Worker:
     def _open(
         self, cfg: RunConfig, data: LfadsData, grant: Grant, point: CheckpointPoint
     ) -> TrainingSession:
-        if point.fresh:
-            with self.clock.phase("build"):
-                return TrainingSession.fresh(cfg, data, grant.hparams, point.seed, self.device)
-        with self.clock.phase("ckpt_load"):
-            state = read_checkpoint(
-                self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
-            )
+        state = None
+        if not point.fresh:
+            with self.clock.phase("ckpt_load"):
+                blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
+                state = read_checkpoint(blob)
         with self.clock.phase("build"):
-            return TrainingSession.from_state(cfg, data, state, grant.hparams, self.device)
+            # Built once per run and process; each lease moves an idle session
+            # to its start point, exactly as a new one would be.
+            session = self._sessions.take(session_key(grant), cfg, data)
+            try:
+                if state is None:
+                    session.start_fresh(grant.hparams, point.seed)
+                else:
+                    session.start_from(state, grant.hparams)
+            except BaseException:
+                self._sessions.put_back(session_key(grant), session)
+                raise
+        return session
 
     def _config(self, key: str) -> RunConfig:
         if key not in self._configs:
@@ -271,33 +327,42 @@ class Worker:
         grant = job.grant
         if job.failure:
             log.error("%s generation %d failed: %s", grant.member, grant.generation, job.failure)
-            self._report(
-                job,
-                SegmentReport(
-                    grant.lease_id,
-                    self.worker_id,
-                    grant.member,
-                    grant.generation,
-                    "failed",
-                    hparams=grant.hparams,
-                    epochs=tuple(job.epochs),
-                    corrupt=tuple(job.corrupt),
-                    message=job.failure[:500],
-                ),
-            )
+            self._publisher.submit(lambda: self._report(job, self._failed_report(job)))
             return
         assert job.session is not None
+        # Serialised here, before the session moves on to the next lease; stored
+        # and reported on the publisher's thread while this one trains on.
         with self.clock.phase("ckpt_save"):
             blob = job.session.checkpoint()
-            info = self.store.put_bytes(grant.checkpoint_key, blob)
-            assert info.sha256 is not None, "a put always records the checksum"
             fitness_metric = job.session.cfg.pbt.fitness
             metric = float(job.session.smoothed(fitness_metric))
-            self.store.put_bytes(
-                grant.metrics_key,
-                _metrics_doc(job, fitness_metric, metric, info.sha256),
-                content_type="application/json",
-            )
+        self._publisher.submit(lambda: self._publish(job, blob, fitness_metric, metric))
+
+    def _failed_report(self, job: Job) -> SegmentReport:
+        grant = job.grant
+        return SegmentReport(
+            grant.lease_id,
+            self.worker_id,
+            grant.member,
+            grant.generation,
+            "failed",
+            hparams=grant.hparams,
+            epochs=tuple(job.epochs),
+            corrupt=tuple(job.corrupt),
+            message=job.failure[:500],
+        )
+
+    def _publish(self, job: Job, blob: bytes, fitness_metric: str, metric: float) -> None:
+        """Checkpoint, then metrics.json (the marker), then the report: in this
+        order, so the report never names a checkpoint not yet stored."""
+        grant = job.grant
+        info = self.store.put_bytes(grant.checkpoint_key, blob)
+        assert info.sha256 is not None, "a put always records the checksum"
+        self.store.put_bytes(
+            grant.metrics_key,
+            _metrics_doc(job, fitness_metric, metric, info.sha256),
+            content_type="application/json",
+        )
         self._report(
             job,
             SegmentReport(
@@ -318,8 +383,7 @@ class Worker:
 
     def _report(self, job: Job, report: SegmentReport) -> None:
         try:
-            with self.clock.phase("rpc"):
-                ack = self.client.report(report)
+            ack = self.client.report(report)
         except (StaleLease, UnknownLease, SearchFinished) as err:
             # Someone else owns the unit now (or the search ended): drop it.
             log.warning("report of %s not counted: %s", job.grant.member, err)
@@ -350,6 +414,11 @@ class Worker:
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
+
+
+def session_key(grant: Grant) -> tuple[str, str]:
+    """Leases with the same key can share a training session: same config and data."""
+    return grant.config_key, grant.data_sha256
 
 
 def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> bytes:
