@@ -81,21 +81,33 @@ def epoch_seconds(store_url: str, run: str) -> tuple[float, int, int]:
 
 
 def search_outcome(store_url: str, run: str) -> str:
-    """Status, best member and a digest of every generation's decisions (the
-    ranking with its metrics, who copied whom, new hyperparameters): equal
-    digests mean the same search, bit for bit."""
+    """Status, best member and a digest of the search's results: every
+    generation's decisions (ranking and metrics, who copied whom, new
+    hyperparameters) and every segment's per-epoch metrics. Equal digests
+    mean the same search, bit for bit. Left out: times, worker names, and
+    checkpoint checksums (a checkpoint also holds the process's global RNG
+    states, which every new process seeds from OS entropy)."""
     store = open_store(store_url, create_bucket=False)
     layout = RunLayout(run)
     state = store.get_json(layout.state())
-    records = [store.get_json(x.key) for x in store.list(layout.generations_prefix())]
-    for record in records:
-        record.pop("events", None)  # times and worker names differ between runs
-    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    results = []
+    for info in store.list(layout.prefix()):
+        if info.key.startswith(layout.generations_prefix()):
+            record = store.get_json(info.key)
+            record.pop("events", None)
+            for member in record.get("members", {}).values():
+                member.pop("sha256", None)
+            results.append(record)
+        elif info.key.endswith("/" + RunLayout.METRICS) and "/members/" in info.key:
+            doc = store.get_json(info.key)
+            epochs = [{k: v for k, v in e.items() if k != "seconds"} for e in doc["epochs"]]
+            results.append([info.key, doc["hparams"], doc["fitness"], epochs])
+    digest = hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()[:16]
     best = state.get("best") or {}
     return (
         f"{state['status']}, mode {state.get('mode', '?')}; best {best.get('member')} "
         f"generation {best.get('generation')} metric {best.get('metric')!r}; "
-        f"decisions digest {digest}"
+        f"results digest {digest}"
     )
 
 
