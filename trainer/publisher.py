@@ -33,7 +33,8 @@ class Publisher:
 
     def check(self) -> None:
         """Raise the error of a finished publish, if any (without waiting)."""
-        done, pending = [], []
+        done: list[Future[None]] = []
+        pending: list[Future[None]] = []
         for future in self._pending:
             (done if future.done() else pending).append(future)
         self._pending = pending
