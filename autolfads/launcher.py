@@ -37,6 +37,7 @@ from autolfads.coordinator.tokens import ENV_VARS, TokenSet
 from autolfads.errors import AutolfadsError
 from autolfads.progress import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
+from autolfads.trainer.timing import TIMING_ENV
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ def worker_env(tokens: TokenSet) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     assert tokens.worker is not None, "generated token sets have every role"
     env[ENV_VARS["worker"]] = tokens.worker
+    # Their logs are files: always with the timing lines (benchmarks/worker_breakdown.py).
+    env[TIMING_ENV] = "1"
     return env
 
 

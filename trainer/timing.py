@@ -13,9 +13,10 @@ logs. `start` is the time from the process's creation (the kernel's record,
 so the interpreter's start and the imports count) to the first lease request;
 `t - process_start` minus the phases is time no phase claimed.
 
-The lines go to the `autolfads.timing` logger at INFO, which is enabled even
-when the rest of the log is at WARNING: a finished run's logs must always
-carry them (a handful of lines per generation).
+The lines go to the `autolfads.timing` logger at INFO: shown with
+`--log-level INFO`, or at any log level when the environment sets
+AUTOLFADS_TIMING_LOG=1, as `autolfads run` does for its trainers (their
+output goes to log files; a trainer on a terminal keeps its one-line errors).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("autolfads.timing")
-log.setLevel(logging.INFO)
+TIMING_ENV = "AUTOLFADS_TIMING_LOG"
+if os.environ.get(TIMING_ENV) == "1":
+    log.setLevel(logging.INFO)
 
 # The phases of a trainer's main thread, in the order the breakdown prints them.
 PHASES = (
