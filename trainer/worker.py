@@ -9,7 +9,9 @@ The loop reads top to bottom:
         this run (built once: model, optimizer, data tensors), apply the
         lease's hyperparameters
     train every lease's `epochs` epochs, one epoch of each in turn,
-        heartbeating between epochs (STOP drops that lease)
+        heartbeating between epochs (STOP drops that lease); while the last
+        epoch runs, the next lease is asked for on a helper thread (only when
+        an epoch is short against the heartbeat interval)
     serialise the checkpoint; then, on the publisher thread while this one
         asks for the next lease: store checkpoint, then metrics.json, then
         report; repeat
@@ -32,6 +34,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +143,9 @@ class Worker:
         self._datasets: dict[str, LfadsData] = {}
         self._sessions = SessionPool(device)
         self._publisher = Publisher()
+        # The next lease request, made while a segment's last epoch runs.
+        self._asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autolfads-ask")
+        self._asking: Future[WorkReply | None] | None = None
         # Seconds per phase of this loop, logged for benchmarks/worker_breakdown.py.
         self.clock = WorkerClock(worker_id)
 
@@ -148,11 +154,13 @@ class Worker:
         self.clock.started()
         try:
             code = self._loop()
+            self._hand_back_asked()
             # Every finished segment is stored and reported before the worker ends.
             with self.clock.phase("ckpt_save"):
                 self._publisher.wait()
             return code
         finally:
+            self._asker.shutdown(wait=True)
             self._publisher.close()
             self.clock.emit("exit")
 
@@ -160,7 +168,7 @@ class Worker:
         while not self.stop.is_set():
             self._publisher.check()  # a failed upload or report ends the worker
             asked = time.perf_counter()
-            reply = self._request_work()
+            reply = self._next_reply()
             # A request that got work is a lease round trip; a WAIT is waiting.
             self.clock.add("rpc" if reply and reply.action == "train" else "wait", asked)
             if reply is None:
@@ -182,6 +190,24 @@ class Worker:
             self.train(list(reply.grants))
             self.clock.emit("segment")
         return EXIT_TERMINATED
+
+    def _next_reply(self) -> WorkReply | None:
+        """The answer asked for during the last epoch, else a new request."""
+        if self._asking is not None:
+            asking, self._asking = self._asking, None
+            reply = asking.result()
+            if reply is None or reply.action != "wait":
+                return reply
+            # A WAIT heard before this segment ended is stale: ask again.
+        return self._request_work()
+
+    def _hand_back_asked(self) -> None:
+        """Stopping: leases granted in advance go back at once (no timeout)."""
+        if self._asking is not None:
+            asking, self._asking = self._asking, None
+            reply = asking.result()
+            if reply is not None and reply.action == "train":
+                self._abandon([Job(grant) for grant in reply.grants])
 
     def _request_work(self) -> WorkReply | None:
         """The coordinator's answer, or None once storage says the search ended.
@@ -209,6 +235,10 @@ class Worker:
         self._heartbeat(jobs)
         last_beat = time.monotonic()
         while any(job.training for job in jobs):
+            if self._asking is None and not self.stop.is_set() and last_short_round(jobs):
+                # Ask for the next lease while the last epoch runs; the lease
+                # then waits about one epoch for its first heartbeat.
+                self._asking = self._asker.submit(self._request_work)
             for job in jobs:
                 if job.training:
                     with self.clock.phase("train"):
@@ -414,6 +444,18 @@ class Worker:
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
+
+
+def last_short_round(jobs: list[Job]) -> bool:
+    """Every job still training is on its last epoch, and its previous epoch
+    took under half a heartbeat interval: a lease granted now is heartbeated
+    well before it can expire."""
+    training = [job for job in jobs if job.training]
+    return bool(training) and all(
+        1 <= len(job.epochs) == job.grant.epochs - 1
+        and job.epochs[-1][1]["seconds"] < job.grant.heartbeat_interval_s / 2
+        for job in training
+    )
 
 
 def session_key(grant: Grant) -> tuple[str, str]:
