@@ -205,7 +205,11 @@ class Worker:
         """Stopping: leases granted in advance go back at once (no timeout)."""
         if self._asking is not None:
             asking, self._asking = self._asking, None
-            reply = asking.result()
+            try:
+                reply = asking.result()
+            except CoordinatorError as err:  # nothing granted that we know of
+                log.warning("lease request made in advance failed: %s", err)
+                return
             if reply is not None and reply.action == "train":
                 self._abandon([Job(grant) for grant in reply.grants])
 
