@@ -37,10 +37,16 @@ from autolfads.coordinator.wire.server import create_server, graceful_stop
 from autolfads.errors import AutolfadsError
 from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
+from autolfads.trainer.timing import TIMING_ENV
 
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS_PER_WORKER = 3
+# How soon a trainer told to WAIT asks again. In a synchronous search every
+# trainer but the last waits at each generation boundary; a 1 s hint costs
+# each of them ~0.5 s per generation. The coordinator stretches the hint when
+# many trainers wait (coordinator/search/dispatch.py), so a short base is safe.
+RUN_RETRY_AFTER_S = 0.1
 WORKER_EXIT_GRACE_S = 30.0
 
 
@@ -207,6 +213,8 @@ def worker_env(tokens: TokenSet) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     assert tokens.worker is not None, "generated token sets have every role"
     env[ENV_VARS["worker"]] = tokens.worker
+    # Their logs are files: always with the timing lines (benchmarks/worker_breakdown.py).
+    env[TIMING_ENV] = "1"
     return env
 
 
@@ -241,7 +249,12 @@ def resume_service(
     """The coordinator state of an already staged run (fresh or resumed)."""
     data_key, data_sha = _staged_data(store, layout)
     return CoordinatorService.open_search(
-        cfg, store, data_key, data_sha, lease_timeout_s=lease_timeout_s
+        cfg,
+        store,
+        data_key,
+        data_sha,
+        lease_timeout_s=lease_timeout_s,
+        retry_after_s=RUN_RETRY_AFTER_S,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ from autolfads.errors import ConfigError
 from autolfads.trainer.data.synth import make_chaotic_rnn
 from autolfads.trainer.model.batches import SplitTensors, bits_per_spike_terms
 from autolfads.trainer.model.lfads import DataDims
-from autolfads.trainer.model.session import CheckpointError, TrainingSession
+from autolfads.trainer.model.session import CheckpointError, TrainingSession, read_checkpoint
 
 torch.set_num_threads(1)
 
@@ -202,6 +203,50 @@ def test_restored_session_continues_exactly_like_an_uninterrupted_one(tiny_data)
     assert _params_equal(straight, restored)
     sa, sb = straight.optimizer.state_dict()["state"], restored.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+
+def _checkpoint_state(session: TrainingSession) -> dict:
+    state = torch.load(io.BytesIO(session.checkpoint()), weights_only=True)
+    del state["global_rng"]  # seeded from OS entropy in every process (see test_trainer_reuse)
+    return state
+
+
+def _assert_same_state(a: object, b: object) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            _assert_same_state(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)  # type: ignore[arg-type]
+        for x, y in zip(a, b, strict=True):  # type: ignore[call-overload]
+            _assert_same_state(x, y)
+    else:
+        assert a == b or (a != a and b != b), (a, b)  # nan == nan here
+
+
+def test_a_reused_session_trains_exactly_like_a_new_one(tiny_data):
+    """What a trainer does across leases: one session, moved to each start."""
+    cfg = _cfg(sv_rate=0.2)
+    donor = TrainingSession.fresh(cfg, tiny_data, {"dropout_rate": 0.1}, seed=5)
+    donor.train_epoch()
+    start = donor.checkpoint()
+    reused = TrainingSession.fresh(cfg, tiny_data, {"cd_rate": 0.3}, seed=6)
+    reused.train_epoch()
+    plans = [
+        (lambda s: s.start_from(read_checkpoint(start), {"lr_init": 3e-3}),
+         lambda: TrainingSession.from_checkpoint(cfg, tiny_data, start, {"lr_init": 3e-3})),
+        (lambda s: s.start_fresh({"kl_co_scale": 1e-5}, 7),
+         lambda: TrainingSession.fresh(cfg, tiny_data, {"kl_co_scale": 1e-5}, seed=7)),
+    ]  # fmt: skip
+    for move, build in plans:
+        move(reused)
+        new = build()
+        ours = [_strip_time(reused.train_epoch()) for _ in range(2)]
+        theirs = [_strip_time(new.train_epoch()) for _ in range(2)]
+        assert ours == theirs
+        _assert_same_state(_checkpoint_state(reused), _checkpoint_state(new))
 
 
 def test_new_lr_reaches_every_param_group_after_restore(tiny_data):

@@ -10,5 +10,8 @@ Layers (a layer imports only those listed before it):
     evaluation/  NLB metrics, the floor and ceiling (smoothing baseline),
                  posterior sampling, `finalize` of a search, `apply` to new
                  trials
-    worker       the lease -> load -> train -> save -> report loop
+    worker       the lease -> load -> train -> save -> report loop (one
+                 session per run, reused across leases)
+    publisher    stores a finished segment and reports it, off the training path
+    timing       seconds per phase of the worker loop, for the log
 """

@@ -5,16 +5,24 @@ The loop reads top to bottom:
     ask for up to N leases            (WAIT: sleep retry_after; DONE: exit 0)
     for each lease: fetch config + data (cached by content hash), load the
         start checkpoint (verified SHA-256; a corrupt one falls back to the
-        next start point and is reported), apply the lease's hyperparameters
+        next start point and is reported) into an idle training session of
+        this run (built once: model, optimizer, data tensors), apply the
+        lease's hyperparameters
     train every lease's `epochs` epochs, one epoch of each in turn,
-        heartbeating between epochs (STOP drops that lease)
-    publish checkpoint, then metrics.json, then report; repeat
+        heartbeating between epochs (STOP drops that lease); while the last
+        epoch runs, the next lease is asked for on a helper thread (only when
+        an epoch is short against the heartbeat interval)
+    serialise the checkpoint; then, on the publisher thread while this one
+        asks for the next lease: store checkpoint, then metrics.json, then
+        report; repeat
 
-Nothing that matters survives a lease: a killed worker costs one lease
-timeout, after which the coordinator hands the unit to someone else.
-SIGTERM (pod eviction): the current leases are abandoned cleanly between
-epochs (reported as ABANDONED so they are re-queued at once) and the worker
-exits 143.
+Nothing that matters survives a lease: a reused session is reset to exactly
+what a new process would build at the lease's start point, and a killed
+worker costs one lease timeout, after which the coordinator hands the unit
+to someone else. SIGTERM (pod eviction): the current leases are abandoned
+cleanly between epochs (reported as ABANDONED so they are re-queued at once),
+finished segments are still published, and the worker exits 143.
+Every phase's seconds go to the log (`trainer/timing.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +60,9 @@ from autolfads.storage import (
 )
 from autolfads.trainer.data.dataset import LfadsData
 from autolfads.trainer.data.lfads_h5 import load_lfads_h5
-from autolfads.trainer.model.session import CheckpointError, TrainingSession
+from autolfads.trainer.model.session import CheckpointError, TrainingSession, read_checkpoint
+from autolfads.trainer.publisher import Publisher
+from autolfads.trainer.timing import WorkerClock
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +86,30 @@ class Job:
     @property
     def training(self) -> bool:
         return not self.stopped and not self.failure and len(self.epochs) < self.grant.epochs
+
+
+class SessionPool:
+    """Idle training sessions of the run this trainer works for.
+
+    Building a session (model, optimizer, the data as device tensors) costs
+    about as much as an epoch of a small model; a lease of the same run and
+    data takes an idle one instead. A lease of another run drops them all.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._key: tuple[str, str] | None = None
+        self._idle: list[TrainingSession] = []
+
+    def take(self, key: tuple[str, str], cfg: RunConfig, data: LfadsData) -> TrainingSession:
+        """An idle session for (config key, data SHA-256), or a new one."""
+        if key != self._key:
+            self._key, self._idle = key, []
+        return self._idle.pop() if self._idle else TrainingSession(cfg, data, self.device)
+
+    def put_back(self, key: tuple[str, str], session: TrainingSession) -> None:
+        if key == self._key:
+            self._idle.append(session)
 
 
 class Worker:
@@ -106,22 +141,77 @@ class Worker:
         # Caches, not state: configs by key, datasets by content hash.
         self._configs: dict[str, RunConfig] = {}
         self._datasets: dict[str, LfadsData] = {}
+        self._sessions = SessionPool(device)
+        self._publisher = Publisher()
+        # The next lease request, made while a segment's last epoch runs.
+        self._asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autolfads-ask")
+        self._asking: Future[WorkReply | None] | None = None
+        # Seconds per phase of this loop, logged for benchmarks/worker_breakdown.py.
+        self.clock = WorkerClock(worker_id)
 
     def run(self) -> int:
         """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
+        self.clock.started()
+        try:
+            code = self._loop()
+            self._hand_back_asked()
+            # Every finished segment is stored and reported before the worker ends.
+            with self.clock.phase("ckpt_save"):
+                self._publisher.wait()
+            return code
+        finally:
+            self._asker.shutdown(wait=True)
+            self._publisher.close()
+            self.clock.emit("exit")
+
+    def _loop(self) -> int:
         while not self.stop.is_set():
-            reply = self._request_work()
+            self._publisher.check()  # a failed upload or report ends the worker
+            asked = time.perf_counter()
+            reply = self._next_reply()
+            # A request that got work is a lease round trip; a WAIT is waiting.
+            self.clock.add("rpc" if reply and reply.action == "train" else "wait", asked)
             if reply is None:
                 log.info("the stored state of run %s says the search has ended", self.run_name)
                 return EXIT_DONE
             if reply.action == "done":
                 log.info("search %s: nothing left to do", reply.search_state)
                 return EXIT_DONE
+            if reply.action == "wait" and self._publisher.busy:
+                # Our own report may be what the coordinator waits for (the
+                # generation's last): ask again as soon as it is in.
+                with self.clock.phase("ckpt_save"):
+                    self._publisher.wait()
+                continue
             if reply.action == "wait":
-                self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
+                with self.clock.phase("wait"):
+                    self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
                 continue
             self.train(list(reply.grants))
+            self.clock.emit("segment")
         return EXIT_TERMINATED
+
+    def _next_reply(self) -> WorkReply | None:
+        """The answer asked for during the last epoch, else a new request."""
+        if self._asking is not None:
+            asking, self._asking = self._asking, None
+            reply = asking.result()
+            if reply is None or reply.action != "wait":
+                return reply
+            # A WAIT heard before this segment ended is stale: ask again.
+        return self._request_work()
+
+    def _hand_back_asked(self) -> None:
+        """Stopping: leases granted in advance go back at once (no timeout)."""
+        if self._asking is not None:
+            asking, self._asking = self._asking, None
+            try:
+                reply = asking.result()
+            except CoordinatorError as err:  # nothing granted that we know of
+                log.warning("lease request made in advance failed: %s", err)
+                return
+            if reply is not None and reply.action == "train":
+                self._abandon([Job(grant) for grant in reply.grants])
 
     def _request_work(self) -> WorkReply | None:
         """The coordinator's answer, or None once storage says the search ended.
@@ -149,9 +239,14 @@ class Worker:
         self._heartbeat(jobs)
         last_beat = time.monotonic()
         while any(job.training for job in jobs):
+            if self._asking is None and not self.stop.is_set() and last_short_round(jobs):
+                # Ask for the next lease while the last epoch runs; the lease
+                # then waits about one epoch for its first heartbeat.
+                self._asking = self._asker.submit(self._request_work)
             for job in jobs:
                 if job.training:
-                    self._train_epoch(job)
+                    with self.clock.phase("train"):
+                        self._train_epoch(job)
             if self.stop.is_set():
                 self._abandon(jobs)
                 return
@@ -162,6 +257,8 @@ class Worker:
         for job in jobs:
             if not job.stopped:
                 self._finish(job)
+            if job.session is not None:
+                self._sessions.put_back(session_key(job.grant), job.session)
 
     def _train_epoch(self, job: Job) -> None:
         assert job.session is not None
@@ -180,6 +277,10 @@ class Worker:
         )
 
     def _heartbeat(self, jobs: list[Job]) -> None:
+        with self.clock.phase("rpc"):
+            self._heartbeat_each(jobs)
+
+    def _heartbeat_each(self, jobs: list[Job]) -> None:
         for job in jobs:
             if job.stopped:
                 continue
@@ -200,8 +301,9 @@ class Worker:
     def _load(self, grant: Grant) -> Job:
         job = Job(grant)
         try:
-            cfg = self._config(grant.config_key)
-            data = self._data(grant.data_key, grant.data_sha256)
+            with self.clock.phase("data"):
+                cfg = self._config(grant.config_key)
+                data = self._data(grant.data_key, grant.data_sha256)
         except AutolfadsError as err:
             job.failure = f"cannot load the run's config or data: {err}"
             return job
@@ -223,10 +325,24 @@ class Worker:
     def _open(
         self, cfg: RunConfig, data: LfadsData, grant: Grant, point: CheckpointPoint
     ) -> TrainingSession:
-        if point.fresh:
-            return TrainingSession.fresh(cfg, data, grant.hparams, point.seed, self.device)
-        blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
-        return TrainingSession.from_checkpoint(cfg, data, blob, grant.hparams, self.device)
+        state = None
+        if not point.fresh:
+            with self.clock.phase("ckpt_load"):
+                blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
+                state = read_checkpoint(blob)
+        with self.clock.phase("build"):
+            # Built once per run and process; each lease moves an idle session
+            # to its start point, exactly as a new one would be.
+            session = self._sessions.take(session_key(grant), cfg, data)
+            try:
+                if state is None:
+                    session.start_fresh(grant.hparams, point.seed)
+                else:
+                    session.start_from(state, grant.hparams)
+            except BaseException:
+                self._sessions.put_back(session_key(grant), session)
+                raise
+        return session
 
     def _config(self, key: str) -> RunConfig:
         if key not in self._configs:
@@ -245,27 +361,37 @@ class Worker:
         grant = job.grant
         if job.failure:
             log.error("%s generation %d failed: %s", grant.member, grant.generation, job.failure)
-            self._report(
-                job,
-                SegmentReport(
-                    grant.lease_id,
-                    self.worker_id,
-                    grant.member,
-                    grant.generation,
-                    "failed",
-                    hparams=grant.hparams,
-                    epochs=tuple(job.epochs),
-                    corrupt=tuple(job.corrupt),
-                    message=job.failure[:500],
-                ),
-            )
+            self._publisher.submit(lambda: self._report(job, self._failed_report(job)))
             return
         assert job.session is not None
-        blob = job.session.checkpoint()
+        # Serialised here, before the session moves on to the next lease; stored
+        # and reported on the publisher's thread while this one trains on.
+        with self.clock.phase("ckpt_save"):
+            blob = job.session.checkpoint()
+            fitness_metric = job.session.cfg.pbt.fitness
+            metric = float(job.session.smoothed(fitness_metric))
+        self._publisher.submit(lambda: self._publish(job, blob, fitness_metric, metric))
+
+    def _failed_report(self, job: Job) -> SegmentReport:
+        grant = job.grant
+        return SegmentReport(
+            grant.lease_id,
+            self.worker_id,
+            grant.member,
+            grant.generation,
+            "failed",
+            hparams=grant.hparams,
+            epochs=tuple(job.epochs),
+            corrupt=tuple(job.corrupt),
+            message=job.failure[:500],
+        )
+
+    def _publish(self, job: Job, blob: bytes, fitness_metric: str, metric: float) -> None:
+        """Checkpoint, then metrics.json (the marker), then the report: in this
+        order, so the report never names a checkpoint not yet stored."""
+        grant = job.grant
         info = self.store.put_bytes(grant.checkpoint_key, blob)
         assert info.sha256 is not None, "a put always records the checksum"
-        fitness_metric = job.session.cfg.pbt.fitness
-        metric = float(job.session.smoothed(fitness_metric))
         self.store.put_bytes(
             grant.metrics_key,
             _metrics_doc(job, fitness_metric, metric, info.sha256),
@@ -322,6 +448,23 @@ class Worker:
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
+
+
+def last_short_round(jobs: list[Job]) -> bool:
+    """Every job still training is on its last epoch, and its previous epoch
+    took under half a heartbeat interval: a lease granted now is heartbeated
+    well before it can expire."""
+    training = [job for job in jobs if job.training]
+    return bool(training) and all(
+        1 <= len(job.epochs) == job.grant.epochs - 1
+        and job.epochs[-1][1]["seconds"] < job.grant.heartbeat_interval_s / 2
+        for job in training
+    )
+
+
+def session_key(grant: Grant) -> tuple[str, str]:
+    """Leases with the same key can share a training session: same config and data."""
+    return grant.config_key, grant.data_sha256
 
 
 def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> bytes:

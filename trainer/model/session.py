@@ -9,6 +9,7 @@ restored from a checkpoint continues exactly like an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -67,25 +68,29 @@ class BatchLoss:
 
 
 class TrainingSession:
-    """Use `fresh` or `from_checkpoint`; the constructor is internal."""
+    """One member's model, optimizer and random state on one run's data.
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        data: LfadsData,
-        model: LfadsModel,
-        generator: torch.Generator,
-        hparams: Mapping[str, float],
-        device: torch.device,
-    ) -> None:
+    `fresh` and `from_checkpoint` build a session at a start point. A trainer
+    that trains many segments of the same run keeps one session and moves it
+    to each lease's start point with `start_fresh` / `start_from`: the data
+    tensors, the model and the optimizer are built once, and every start
+    resets everything a new process would initialise (weights, optimizer
+    moments and groups, random generators, hyperparameters, epoch and
+    smoothed metrics), so a reused session trains bit for bit like a new one.
+    """
+
+    def __init__(self, cfg: RunConfig, data: LfadsData, device: str = "cpu") -> None:
         # A trainer may get a run staged elsewhere: refuse before any epoch.
         check_data_fits_config(cfg, data)
         self.cfg = cfg
-        self.model = model
-        self.device = device
-        self.generator = generator
-        self.dims = model.dims
-        self._hparams = dict(hparams)
+        self.device = resolve_device(device)
+        self.dims = DataDims.from_data(data)
+        # The global RNGs as a new process has them when it builds a session
+        # (nothing here draws from them): where every fresh start puts them back.
+        self._global_rng_at_build = capture_global_rng()
+        self.model = _seeded_model(cfg, self.dims, 0, self.device)
+        self.generator = make_generator(self.device, 0)
+        self._hparams = cfg.initial_hparams()
         self._epoch = 0
         # name + "_smth" -> smoothed value (nan before the first epoch), for the
         # metrics this data has (no held-out one without held-out neurons).
@@ -95,9 +100,11 @@ class TrainingSession:
             if name != "valid_heldout_recon" or data.heldout_dim
         }
         train = cfg.training
-        self._train = SplitTensors.build(data.train, device, train.sv_rate, train.sv_seed)
-        self._valid = SplitTensors.build(data.valid, device, train.sv_rate, train.sv_seed + 1)
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        # The data as device tensors (with their Stirling terms and null-model
+        # NLLs): the costly part of a build, the same for every member.
+        self._train = SplitTensors.build(data.train, self.device, train.sv_rate, train.sv_seed)
+        self._valid = SplitTensors.build(data.valid, self.device, train.sv_rate, train.sv_seed + 1)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self._params,
             lr=self._hparams["lr_init"],
@@ -105,6 +112,8 @@ class TrainingSession:
             eps=train.adam_eps,
             weight_decay=0.0,  # set per epoch: l2_ramp * weight_decay
         )
+        # The optimizer as built (no moments, no step count): a fresh start's.
+        self._blank_optimizer = copy.deepcopy(self.optimizer.state_dict())
 
     # ------------------------------------------------------------ construction
 
@@ -118,13 +127,9 @@ class TrainingSession:
         device: str = "cpu",
     ) -> TrainingSession:
         """A new model with weights drawn from `seed` (global RNGs untouched)."""
-        merged = cfg.initial_hparams()
-        merged.update(validate_hparams(hparams))
-        dev = resolve_device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = LfadsModel(cfg.model, DataDims.from_data(data)).to(dev)
-        return cls(cfg, data, model, make_generator(dev, seed), merged, dev)
+        session = cls(cfg, data, device)
+        session.start_fresh(hparams, seed)
+        return session
 
     @classmethod
     def from_checkpoint(
@@ -136,30 +141,52 @@ class TrainingSession:
         device: str = "cpu",
     ) -> TrainingSession:
         """Restore a session; `hparams` None keeps the checkpoint's values."""
-        state = _load_checkpoint_state(checkpoint)
-        dims = DataDims.from_data(data)
-        _check_compatible(state, cfg, dims)
+        state = read_checkpoint(checkpoint)
+        _check_compatible(state, cfg, DataDims.from_data(data))
+        session = cls(cfg, data, device)
+        session.start_from(state, hparams)
+        return session
+
+    def start_fresh(self, hparams: Mapping[str, float], seed: int) -> None:
+        """Start again from new weights drawn from `seed`, at the config's
+        hyperparameters updated by `hparams`: what `fresh` builds."""
+        merged = self.cfg.initial_hparams()
+        merged.update(validate_hparams(hparams))
+        restore_global_rng(self._global_rng_at_build)
+        seeded = _seeded_model(self.cfg, self.dims, seed, self.device)
+        self.model.load_state_dict(seeded.state_dict())
+        self.generator.manual_seed(int(seed))
+        self.optimizer.load_state_dict(self._blank_optimizer)
+        self._restart(merged, 0, {})
+
+    def start_from(self, state: Mapping[str, Any], hparams: Mapping[str, float] | None) -> None:
+        """Continue a checkpoint (`read_checkpoint`'s state), its hyperparameters
+        updated by `hparams`: what `from_checkpoint` builds. Raises
+        CheckpointError (nothing is usable then until the next start)."""
+        _check_compatible(state, self.cfg, self.dims)
         merged = dict(state["hparams"])
         if hparams is not None:
             merged.update(validate_hparams(hparams))
-        dev = resolve_device(device)
-        model = LfadsModel(cfg.model, dims).to(dev)
         try:
-            model.load_state_dict(state["model_state"])
+            self.model.load_state_dict(state["model_state"])
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
-        generator = torch.Generator(device=dev)
-        generator.set_state(state["generator_state"])
-        session = cls(cfg, data, model, generator, merged, dev)
-        session.optimizer.load_state_dict(state["optimizer_state"])
-        session._epoch = int(state["epoch"])
-        for key in session._smth:
-            # Checkpoints from before held-out smoothing carry only valid_recon_smth.
-            session._smth[key] = float(state.get(key, math.nan))
-        # The optimizer state carries the old lr; apply the (possibly new) one.
-        session._apply_lr()
+        self.generator.set_state(state["generator_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        # Checkpoints from before held-out smoothing carry only valid_recon_smth.
+        self._restart(merged, int(state["epoch"]), state)
         restore_global_rng(state["global_rng"])
-        return session
+
+    def _restart(self, hparams: dict[str, float], epoch: int, smoothed: Mapping[str, Any]) -> None:
+        self._hparams = hparams
+        self._epoch = epoch
+        for key in self._smth:
+            self._smth[key] = float(smoothed.get(key, math.nan))
+        # The optimizer state carries the old lr; apply the (possibly new) one.
+        self._apply_lr()
+        # As built: training mode, no gradients left from the previous segment.
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------ public state
 
@@ -351,12 +378,20 @@ class TrainingSession:
         return buffer.getvalue()
 
 
+def _seeded_model(cfg: RunConfig, dims: DataDims, seed: int, device: torch.device) -> LfadsModel:
+    """The model's initial weights drawn from `seed`; the global CPU RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return LfadsModel(cfg.model, dims).to(device)
+
+
 def checkpoint_data_dims(checkpoint: bytes) -> DataDims:
     """The data sizes a checkpoint's model was built for."""
-    return DataDims.from_dict(_load_checkpoint_state(checkpoint)["data_dims"])
+    return DataDims.from_dict(read_checkpoint(checkpoint)["data_dims"])
 
 
-def _load_checkpoint_state(checkpoint: bytes) -> dict[str, Any]:
+def read_checkpoint(checkpoint: bytes) -> dict[str, Any]:
+    """The state inside checkpoint bytes (CPU tensors); raises CheckpointError."""
     if not isinstance(checkpoint, (bytes, bytearray, memoryview)):
         raise CheckpointError(f"checkpoint must be bytes, got {type(checkpoint).__name__}")
     try:
