@@ -92,7 +92,7 @@ def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples:
     local = LocalStore(disk)
     store.inner = local
     before_s, before_bytes = [], 0
-    grants = service.request_work("probe", samples).grants
+    grants = service.request_work("probe", samples).leases
     store.puts.clear()
     for grant in grants:
         report(service, grant, "probe")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         reply = service.request_work("w0", 16)
         if reply.action != "train":
             break
-        for grant in reply.grants:
+        for grant in reply.leases:
             report(service, grant, "w0")
         wall[generation] += time.perf_counter() - start
         half = sum(1 for s in service._state.segments.values() if s.phase == "reported")

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport
 from autolfads.errors import AutolfadsError
 from autolfads.katib.names import TrialName
 from autolfads.storage import ObjectNotFound, Store
@@ -49,17 +49,17 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def put_lease(store: Store, trial: TrialName, grant: Grant) -> None:
+def put_lease(store: Store, trial: TrialName, grant: Lease) -> None:
     """Idempotent: a retried GetSuggestions rewrites the same bytes."""
     store.put_bytes(lease_key(trial), _dumps(asdict(grant)), content_type="application/json")
 
 
-def get_lease(store: Store, trial: TrialName) -> Grant:
+def get_lease(store: Store, trial: TrialName) -> Lease:
     doc = _load(store, lease_key(trial), f"trial {trial} has no lease")
     try:
         doc["start"] = CheckpointPoint(**doc["start"])
         doc["fallbacks"] = tuple(CheckpointPoint(**p) for p in doc["fallbacks"])
-        return Grant(**doc)
+        return Lease(**doc)
     except (KeyError, TypeError) as err:
         raise TrialRecordError(f"lease of trial {trial} is malformed: {err}") from None
 

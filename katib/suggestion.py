@@ -34,7 +34,7 @@ from autolfads.coordinator.search.errors import (
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.search.messages import Grant, SegmentReport
+from autolfads.coordinator.search.messages import Lease, SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import load_run
 from autolfads.errors import ConfigError, DataError
@@ -109,7 +109,7 @@ class KatibSuggestion:
                 )
             if reply.action == "done":
                 return self._end_assignments(service, exp.name, count, total)
-            return [self._assign(service, grant) for grant in reply.grants]
+            return [self._assign(service, grant) for grant in reply.leases]
 
     # ------------------------------------------------------------ internals
 
@@ -192,7 +192,7 @@ class KatibSuggestion:
         except (StaleLease, UnknownLease, SearchFinished) as err:
             log.warning("%s generation %d not counted: %s", report.member, report.generation, err)
 
-    def _assign(self, service: CoordinatorService, grant: Grant) -> Assignment:
+    def _assign(self, service: CoordinatorService, grant: Lease) -> Assignment:
         trial = segment_trial(service.layout.run, grant.member, grant.generation)
         records.put_lease(self.store, trial, grant)
         names = searched_parameters(service.cfg)

@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 
 from autolfads.coordinator.search.messages import (
-    Grant,
     HeartbeatReply,
+    Lease,
     ReportAck,
     SegmentReport,
     WorkReply,
@@ -42,7 +42,7 @@ EXIT_FAILED = 1
 class TrialClient:
     """The coordinator as one Katib trial sees it: storage."""
 
-    def __init__(self, store: Store, trial: TrialName, grant: Grant) -> None:
+    def __init__(self, store: Store, trial: TrialName, grant: Lease) -> None:
         self.store = store
         self.trial = trial
         self.grant = grant

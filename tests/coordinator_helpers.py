@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from autolfads.config import RunConfig, parse_config
-from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport
+from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.state import SearchState
@@ -70,7 +70,7 @@ def _load(store: Store, point: CheckpointPoint) -> bytes:
 
 
 def fake_train(
-    store: Store, grant: Grant, worker_id: str, metric: float | None = None
+    store: Store, grant: Lease, worker_id: str, metric: float | None = None
 ) -> SegmentReport:
     corrupt: list[CheckpointPoint] = []
     start = b""

@@ -57,7 +57,7 @@ def drive_until_crash(store, cfg=SMALL) -> tuple[CoordinatorService | None, dict
     try:
         while (reply := service.request_work("w0", 2)).action != "done":
             acked = canon(service.snapshot())
-            for grant in reply.grants:
+            for grant in reply.leases:
                 service.report(fake_train(store, grant, "w0"))
                 acked = canon(service.snapshot())
     except StorageError:
@@ -148,7 +148,7 @@ def test_a_torn_last_entry_is_discarded_and_overwritten(tmp_path, caplog):
     acked = canon(service.snapshot())
     last = journal_keys(store)[-1]
     # One more write, torn half-way (the process died while writing it).
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     torn = store.get_bytes(journal_keys(store)[-1])
     assert journal_keys(store)[-1] != last
     store.put_bytes(journal_keys(store)[-1], torn[: len(torn) // 2])
@@ -230,7 +230,7 @@ def test_write_size_does_not_grow_with_finished_generations(tmp_path):
     service = open_service(store, cfg, snapshot_every=10_000, archive_lag=None)
     sizes: dict[int, list[int]] = {}
     while (reply := service.request_work("w0", 1)).action != "done":
-        for grant in reply.grants:
+        for grant in reply.leases:
             service.report(fake_train(store, grant, "w0"))
             entry = journal_keys(store)[-1]
             sizes.setdefault(grant.generation, []).append(len(store.get_bytes(entry)))

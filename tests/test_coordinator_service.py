@@ -47,7 +47,7 @@ def run_search(service, store, workers=1, max_leases=1, seed=0, stop_after=None)
             reply = service.request_work(f"w{w}", max_leases)
             if reply.action == "done":
                 return reports
-            grants += [(f"w{w}", g) for g in reply.grants]
+            grants += [(f"w{w}", g) for g in reply.leases]
         rng.shuffle(grants)
         for worker, grant in grants:
             service.report(fake_train(store, grant, worker))
@@ -109,7 +109,7 @@ def test_resume_after_crash_gives_the_undisturbed_result(tmp_path):
     store = LocalStore(tmp_path / "crash")
     first = open_service(store)
     run_search(first, store, workers=2, stop_after=6)  # mid generation 1
-    lease = first.request_work("w9", 1).grants[0]  # in flight during the "crash"
+    lease = first.request_work("w9", 1).leases[0]  # in flight during the "crash"
     del first
     clock = ManualClock()
     resumed = open_service(store, clock=clock, lease_timeout_s=10)
@@ -126,9 +126,9 @@ def test_resume_after_crash_gives_the_undisturbed_result(tmp_path):
 def test_expired_lease_is_requeued_and_its_late_report_rejected(local_store):
     clock = ManualClock()
     service = open_service(local_store, clock=clock, lease_timeout_s=30)
-    lost = service.request_work("w0", 1).grants[0]
+    lost = service.request_work("w0", 1).leases[0]
     clock.advance(31)
-    retry = service.request_work("w1", 4).grants
+    retry = service.request_work("w1", 4).leases
     assert lost.member in [g.member for g in retry]
     again = next(g for g in retry if g.member == lost.member)
     assert again.start == lost.start and again.hparams == lost.hparams
@@ -143,7 +143,7 @@ def test_expired_lease_is_requeued_and_its_late_report_rejected(local_store):
 
 def test_duplicate_report_is_acknowledged_once(local_store):
     service = open_service(local_store)
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     report = fake_train(local_store, grant, "w0")
     assert service.report(report).duplicate is False
     revision = service.snapshot().revision
@@ -155,7 +155,7 @@ def test_duplicate_report_is_acknowledged_once(local_store):
 
 def test_bad_requests_change_nothing(local_store):
     service = open_service(local_store)
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     good = fake_train(local_store, grant, "w0")
     before = service.snapshot().to_json()
     bad = [
@@ -183,7 +183,7 @@ def test_bad_requests_change_nothing(local_store):
 def test_corrupt_checkpoint_falls_back_and_is_recorded(local_store):
     service = open_service(local_store, tiny_config(population=2))
     run_search(service, local_store, stop_after=4)  # generations 0 and 1 done
-    grants = service.request_work("w0", 2).grants
+    grants = service.request_work("w0", 2).leases
     target = next(g for g in grants if g.fallbacks)
     local_store.put_bytes(target.start.key, b"bit rot")  # replaced behind our back
     report = fake_train(local_store, target, "w0")
@@ -198,7 +198,7 @@ def test_corrupt_checkpoint_falls_back_and_is_recorded(local_store):
 
 def test_cancel_stops_leases_and_workers(local_store):
     service = open_service(local_store)
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     assert service.cancel("operator said so") == "cancelled"
     assert service.cancel() == "cancelled"  # idempotent
     assert service.heartbeat(grant.lease_id, "w0").reason == "search_cancelled"
@@ -211,24 +211,24 @@ def test_cancel_stops_leases_and_workers(local_store):
 
 def test_abandoned_lease_is_requeued_at_once(local_store):
     service = open_service(local_store)
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     abandon = SegmentReport(grant.lease_id, "w0", grant.member, grant.generation, "abandoned")
     assert service.report(abandon).accepted
     assert service.report(abandon).duplicate
-    assert grant.member in [g.member for g in service.request_work("w1", 4).grants]
+    assert grant.member in [g.member for g in service.request_work("w1", 4).leases]
 
 
 def test_retried_request_gets_the_same_leases(local_store):
     service = open_service(local_store)
     first = service.request_work("w0", 2, request_id="r1")
     again = service.request_work("w0", 2, request_id="r1")
-    assert [g.lease_id for g in again.grants] == [g.lease_id for g in first.grants]
-    assert len(service.request_work("w0", 2, request_id="r2").grants) == 2
+    assert [g.lease_id for g in again.leases] == [g.lease_id for g in first.leases]
+    assert len(service.request_work("w0", 2, request_id="r2").leases) == 2
 
 
 def test_all_members_diverged_fails_the_search(local_store):
     service = open_service(local_store, tiny_config(population=2))
-    for grant in service.request_work("w0", 2).grants:
+    for grant in service.request_work("w0", 2).leases:
         service.report(fake_train(local_store, grant, "w0", metric=math.nan))
     state = service.snapshot()
     assert state.status == "failed" and "diverged" in state.message
@@ -277,7 +277,7 @@ def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp
     def worker(name: str) -> None:
         try:
             while (reply := service.request_work(name, 1)).action != "done":
-                for grant in reply.grants:
+                for grant in reply.leases:
                     # Answered, so already in storage (not just in memory).
                     assert persisted(store).leases[grant.lease_id].status == "active"
                     service.report(fake_train(store, grant, name))
@@ -305,7 +305,7 @@ def test_concurrent_changes_share_writes_and_are_persisted_before_the_answer(tmp
 def test_failed_state_write_rolls_back_and_the_retry_counts_once(tmp_path):
     store = FaultyStore(LocalStore(tmp_path))
     service = open_service(store)
-    grant = service.request_work("w0", 1).grants[0]
+    grant = service.request_work("w0", 1).leases[0]
     report = fake_train(store, grant, "w0")
     before = persisted(store).to_json()
     store.inject("put", STATE_KEY, fail="disk full")
@@ -328,7 +328,7 @@ def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
     store = LocalStore(tmp_path / "run")
     clock = ManualClock()
     first = open_service(store, cfg, clock=clock, lease_timeout_s=30)
-    old = first.request_work("w9", 1).grants[0]
+    old = first.request_work("w9", 1).leases[0]
     old_report = fake_train(store, old, "w9")
     first.report(old_report)
     run_search(first, store, workers=2, stop_after=4 * 3 - 1)  # generation 3 opens
@@ -349,7 +349,7 @@ def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
 def test_idle_workers_are_asked_to_wait_longer(local_store):
     clock = ManualClock()
     service = open_service(local_store, clock=clock, retry_after_s=1.0)
-    for grant in service.request_work("busy", 4).grants:
+    for grant in service.request_work("busy", 4).leases:
         assert grant.lease_id
     few = service.request_work("idle-0", 1)
     assert few.action == "wait" and few.retry_after_s == 1.0

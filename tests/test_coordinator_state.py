@@ -24,7 +24,7 @@ def _state_after_two_generations(store) -> SearchState:
         tiny_config(), store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32
     )
     for _ in range(2):
-        grants = service.request_work("w0", 4).grants
+        grants = service.request_work("w0", 4).leases
         for i, grant in enumerate(grants):
             metric = math.nan if i == 3 else None  # one diverged member
             service.report(fake_train(store, grant, "w0", metric=metric))
@@ -109,10 +109,10 @@ def test_cached_encoding_tracks_every_change(local_store):
         clock=clock,
         lease_timeout_s=10,
     )
-    lost = service.request_work("w-lost", 1).grants[0]
+    lost = service.request_work("w-lost", 1).leases[0]
     clock.advance(11)  # expires, so its segment and lease change in place
     while (reply := service.request_work("w0", 4)).action != "done":
-        for grant in reply.grants:
+        for grant in reply.leases:
             service.report(fake_train(local_store, grant, "w0"))
         state = service._state
         fresh = {"format": STATE_FORMAT, **asdict(state)}

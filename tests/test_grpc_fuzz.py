@@ -90,7 +90,7 @@ def arena(tmp_path_factory):
     )
     target = f"127.0.0.1:{port}"
     with CoordinatorClient(target, security=ClientSecurity(token=TOKENS.worker)) as client:
-        grants = client.request_work("w0", 8).grants
+        grants = client.request_work("w0", 8).leases
         reports = [fake_train(store, g, "w0") for g in grants]
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
@@ -279,7 +279,7 @@ def test_the_fuzzed_coordinator_still_finishes_generation_zero_once(arena):
         for _ in range(20):
             if client.status().generation >= 1:
                 break
-            for grant in client.request_work("real-worker", 8).grants:
+            for grant in client.request_work("real-worker", 8).leases:
                 assert client.report(fake_train(arena.store, grant, "real-worker")).accepted
         status = client.status()
     assert status.state == "running" and status.generation >= 1

@@ -64,7 +64,7 @@ def persisted(store) -> bytes:
 def test_oversized_requests_are_refused_and_change_nothing(served, local_store):
     service, target, _ = served
     with worker_client(target) as client:
-        grant = client.request_work("w0", 1).grants[0]
+        grant = client.request_work("w0", 1).leases[0]
     before = persisted(local_store)
     request = pb.ReportResultRequest(
         lease_id=grant.lease_id, worker_id="w0", message="x" * (MAX_REQUEST_BYTES + 1)
@@ -98,7 +98,7 @@ def test_oversized_requests_are_refused_and_change_nothing(served, local_store):
 def test_report_payload_limits(served, local_store, change, message):
     service, target, _ = served
     with worker_client(target) as client:
-        grant = client.request_work("w0", 1).grants[0]
+        grant = client.request_work("w0", 1).leases[0]
         good = fake_train(local_store, grant, "w0")
         before = persisted(local_store)
         with pytest.raises(InvalidRequest, match=message):
@@ -110,7 +110,7 @@ def test_report_payload_limits(served, local_store, change, message):
 def test_non_finite_metrics_are_stored_as_diverged(served, local_store):
     service, target, _ = served
     with worker_client(target) as client:
-        grants = client.request_work("w0", 2).grants
+        grants = client.request_work("w0", 2).leases
         for grant, metric in zip(grants, (-math.inf, math.inf), strict=True):
             assert client.report(fake_train(local_store, grant, "w0", metric=metric)).accepted
     state = SearchState.from_json(persisted(local_store))
@@ -126,10 +126,10 @@ def test_population_is_capped_by_the_config():
 
 def test_a_worker_never_holds_more_than_the_lease_cap(local_store):
     service = open_service(local_store, max_leases_per_request=2)
-    assert len(service.request_work("greedy", 2, "r1").grants) == 2
+    assert len(service.request_work("greedy", 2, "r1").leases) == 2
     # A fresh request id does not get around the cap while both are active.
     assert service.request_work("greedy", 2, "r2").action == "wait"
-    assert len(service.request_work("modest", 2, "r3").grants) == 2
+    assert len(service.request_work("modest", 2, "r3").leases) == 2
     with pytest.raises(InvalidRequest, match="between 1 and 2"):
         service.request_work("greedy", 3, "r4")
 
@@ -199,7 +199,7 @@ def test_a_flood_of_bogus_calls_does_not_starve_a_real_worker(served, local_stor
         with worker_client(target) as client:
             while not service.terminal:
                 assert time.monotonic() - start < 60, "the real worker was starved"
-                for grant in client.request_work("real-worker", 4).grants:
+                for grant in client.request_work("real-worker", 4).leases:
                     assert client.report(fake_train(local_store, grant, "real-worker")).accepted
             final = client.status()
     finally:

@@ -62,7 +62,7 @@ def test_health_and_reflection(served):
 def test_bad_requests_get_status_codes_and_change_nothing(served, service, local_store):
     target, metrics, _, _ = served
     with CoordinatorClient(target, timeout_s=5) as client:
-        grant = client.request_work("w0", 1).grants[0]
+        grant = client.request_work("w0", 1).leases[0]
         good = fake_train(local_store, grant, "w0")
         before = service.snapshot().to_json()
         with grpc.insecure_channel(target) as channel:
@@ -108,9 +108,9 @@ def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
     server, port = create_server("127.0.0.1:0", service)
     try:
         with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5) as client:
-            stale, live = client.request_work("w0", 2).grants
+            stale, live = client.request_work("w0", 2).leases
             clock.advance(6)
-            again = client.request_work("w1", 1).grants[0]
+            again = client.request_work("w1", 1).leases[0]
             with pytest.raises(StaleLease):
                 client.report(fake_train(local_store, stale, "w0"))
             assert client.cancel("test") == "cancelled"
@@ -131,7 +131,7 @@ def test_watch_streams_every_change_until_the_end(served, service, local_store):
         watcher.start()
         while not service.terminal:
             reply = client.request_work("w0", 4)
-            for grant in reply.grants:
+            for grant in reply.leases:
                 client.report(fake_train(local_store, grant, "w0"))
         watcher.join(timeout=10)
         final = client.status()

@@ -121,7 +121,7 @@ def test_tls_end_to_end_with_tokens(service, local_store, pki):
     server, port = serve_tls(service, pki["server"])
     try:
         with tls_client(port, ClientTls(ca=pki["ca"].pem)) as client:
-            grant = client.request_work("trainer-0", 1).grants[0]
+            grant = client.request_work("trainer-0", 1).leases[0]
             assert client.report(fake_train(local_store, grant, "trainer-0")).accepted
             member = next(m for m in client.status().members if m.member == grant.member)
             assert member.phase == "reported"

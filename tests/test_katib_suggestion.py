@@ -111,7 +111,7 @@ def reference_best(tmp_path, cfg) -> tuple:
     service = CoordinatorService.open_search(cfg, store, f"{cfg.name}/data/{DATA_SHA}.h5", DATA_SHA)
     while not service.terminal:
         reply = service.request_work("w", 1)
-        for grant in reply.grants:
+        for grant in reply.leases:
             service.report(fake_train(store, grant, "w"))
     return best_of(store, cfg)
 

@@ -62,8 +62,8 @@ def search(tmp_path: Path) -> Iterator[Search]:
 def finish_generation(client: CoordinatorClient, metrics: dict[str, float]) -> None:
     """Act as a worker: lease every member's segment and report a metric."""
     reply = client.request_work("w1", max_leases=len(metrics))
-    assert reply.action == "train" and len(reply.grants) == len(metrics)
-    for g in reply.grants:
+    assert reply.action == "train" and len(reply.leases) == len(metrics)
+    for g in reply.leases:
         client.report(
             SegmentReport(
                 lease_id=g.lease_id,

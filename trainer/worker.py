@@ -48,7 +48,7 @@ from autolfads.coordinator.search.errors import (
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.search.messages import CheckpointPoint, Grant, SegmentReport, WorkReply
+from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport, WorkReply
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.errors import AutolfadsError
@@ -73,10 +73,10 @@ MAX_WAIT_S = 10.0
 
 
 @dataclass
-class Job:
-    """One lease in progress inside this worker."""
+class LeasedSegment:
+    """A segment this worker holds a lease on, and its progress here."""
 
-    grant: Grant
+    lease: Lease
     session: TrainingSession | None = None
     corrupt: list[CheckpointPoint] = field(default_factory=list)
     epochs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
@@ -85,7 +85,7 @@ class Job:
 
     @property
     def training(self) -> bool:
-        return not self.stopped and not self.failure and len(self.epochs) < self.grant.epochs
+        return not self.stopped and not self.failure and len(self.epochs) < self.lease.epochs
 
 
 class SessionPool:
@@ -187,7 +187,7 @@ class Worker:
                 with self.clock.phase("wait"):
                     self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
                 continue
-            self.train(list(reply.grants))
+            self.train(list(reply.leases))
             self.clock.emit("segment")
         return EXIT_TERMINATED
 
@@ -211,7 +211,7 @@ class Worker:
                 log.warning("lease request made in advance failed: %s", err)
                 return
             if reply is not None and reply.action == "train":
-                self._abandon([Job(grant) for grant in reply.grants])
+                self._abandon([LeasedSegment(grant) for grant in reply.leases])
 
     def _request_work(self) -> WorkReply | None:
         """The coordinator's answer, or None once storage says the search ended.
@@ -232,98 +232,98 @@ class Worker:
 
     # ------------------------------------------------------------ one round
 
-    def train(self, grants: list[Grant]) -> None:
-        jobs = [self._load(grant) for grant in grants]
+    def train(self, grants: list[Lease]) -> None:
+        segs = [self._load(grant) for grant in grants]
         # Loading (data download, first checkpoint) can take a while: tell
         # the coordinator we are alive before the first epoch.
-        self._heartbeat(jobs)
+        self._heartbeat(segs)
         last_beat = time.monotonic()
-        while any(job.training for job in jobs):
-            if self._asking is None and not self.stop.is_set() and last_short_round(jobs):
+        while any(seg.training for seg in segs):
+            if self._asking is None and not self.stop.is_set() and last_short_round(segs):
                 # Ask for the next lease while the last epoch runs; the lease
                 # then waits about one epoch for its first heartbeat.
                 self._asking = self._asker.submit(self._request_work)
-            for job in jobs:
-                if job.training:
+            for seg in segs:
+                if seg.training:
                     with self.clock.phase("train"):
-                        self._train_epoch(job)
+                        self._train_epoch(seg)
             if self.stop.is_set():
-                self._abandon(jobs)
+                self._abandon(segs)
                 return
-            interval = min(job.grant.heartbeat_interval_s for job in jobs)
-            if time.monotonic() - last_beat >= interval or not any(j.training for j in jobs):
-                self._heartbeat(jobs)
+            interval = min(seg.lease.heartbeat_interval_s for seg in segs)
+            if time.monotonic() - last_beat >= interval or not any(j.training for j in segs):
+                self._heartbeat(segs)
                 last_beat = time.monotonic()
-        for job in jobs:
-            if not job.stopped:
-                self._finish(job)
-            if job.session is not None:
-                self._sessions.put_back(session_key(job.grant), job.session)
+        for seg in segs:
+            if not seg.stopped:
+                self._finish(seg)
+            if seg.session is not None:
+                self._sessions.put_back(session_key(seg.lease), seg.session)
 
-    def _train_epoch(self, job: Job) -> None:
-        assert job.session is not None
+    def _train_epoch(self, seg: LeasedSegment) -> None:
+        assert seg.session is not None
         try:
-            metrics = job.session.train_epoch()
+            metrics = seg.session.train_epoch()
         except AutolfadsError as err:
-            job.failure = f"training failed: {err}"
+            seg.failure = f"training failed: {err}"
             return
-        job.epochs.append((job.session.epoch, {k: float(v) for k, v in metrics.items()}))
+        seg.epochs.append((seg.session.epoch, {k: float(v) for k, v in metrics.items()}))
         log.debug(
             "%s gen %d epoch %d: %s",
-            job.grant.member,
-            job.grant.generation,
-            job.session.epoch,
+            seg.lease.member,
+            seg.lease.generation,
+            seg.session.epoch,
             metrics.get("valid_recon_smth"),
         )
 
-    def _heartbeat(self, jobs: list[Job]) -> None:
+    def _heartbeat(self, segs: list[LeasedSegment]) -> None:
         with self.clock.phase("rpc"):
-            self._heartbeat_each(jobs)
+            self._heartbeat_each(segs)
 
-    def _heartbeat_each(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            if job.stopped:
+    def _heartbeat_each(self, segs: list[LeasedSegment]) -> None:
+        for seg in segs:
+            if seg.stopped:
                 continue
             try:
-                reply = self.client.heartbeat(job.grant.lease_id, self.worker_id, len(job.epochs))
+                reply = self.client.heartbeat(seg.lease.lease_id, self.worker_id, len(seg.epochs))
             except UnknownLease as err:
                 log.warning("dropping lease: %s", err)
-                job.stopped = True
+                seg.stopped = True
                 continue
             if reply.action == "stop":
                 log.info(
-                    "lease %s of %s stopped: %s", job.grant.lease_id, job.grant.member, reply.reason
+                    "lease %s of %s stopped: %s", seg.lease.lease_id, seg.lease.member, reply.reason
                 )
-                job.stopped = True
+                seg.stopped = True
 
     # ------------------------------------------------------------ loading
 
-    def _load(self, grant: Grant) -> Job:
-        job = Job(grant)
+    def _load(self, grant: Lease) -> LeasedSegment:
+        seg = LeasedSegment(grant)
         try:
             with self.clock.phase("data"):
                 cfg = self._config(grant.config_key)
                 data = self._data(grant.data_key, grant.data_sha256)
         except AutolfadsError as err:
-            job.failure = f"cannot load the run's config or data: {err}"
-            return job
+            seg.failure = f"cannot load the run's config or data: {err}"
+            return seg
         for point in (grant.start, *grant.fallbacks):
             try:
-                job.session = self._open(cfg, data, grant, point)
-                return job
+                seg.session = self._open(cfg, data, grant, point)
+                return seg
             except (ChecksumMismatch, ObjectNotFound, CheckpointError) as err:
                 # Never loaded silently: the next start point is tried and
                 # the coordinator records the event from the report.
                 log.warning("start point %s unusable (%s); falling back", point.key, err)
-                job.corrupt.append(point)
+                seg.corrupt.append(point)
             except AutolfadsError as err:
-                job.failure = f"cannot start the segment: {err}"
-                return job
-        job.failure = "every start point failed its checksum or could not be read"
-        return job
+                seg.failure = f"cannot start the segment: {err}"
+                return seg
+        seg.failure = "every start point failed its checksum or could not be read"
+        return seg
 
     def _open(
-        self, cfg: RunConfig, data: LfadsData, grant: Grant, point: CheckpointPoint
+        self, cfg: RunConfig, data: LfadsData, grant: Lease, point: CheckpointPoint
     ) -> TrainingSession:
         state = None
         if not point.fresh:
@@ -357,23 +357,23 @@ class Worker:
 
     # ------------------------------------------------------------ publishing
 
-    def _finish(self, job: Job) -> None:
-        grant = job.grant
-        if job.failure:
-            log.error("%s generation %d failed: %s", grant.member, grant.generation, job.failure)
-            self._publisher.submit(lambda: self._report(job, self._failed_report(job)))
+    def _finish(self, seg: LeasedSegment) -> None:
+        grant = seg.lease
+        if seg.failure:
+            log.error("%s generation %d failed: %s", grant.member, grant.generation, seg.failure)
+            self._publisher.submit(lambda: self._report(seg, self._failed_report(seg)))
             return
-        assert job.session is not None
+        assert seg.session is not None
         # Serialised here, before the session moves on to the next lease; stored
         # and reported on the publisher's thread while this one trains on.
         with self.clock.phase("ckpt_save"):
-            blob = job.session.checkpoint()
-            fitness_metric = job.session.cfg.pbt.fitness
-            metric = float(job.session.smoothed(fitness_metric))
-        self._publisher.submit(lambda: self._publish(job, blob, fitness_metric, metric))
+            blob = seg.session.checkpoint()
+            fitness_metric = seg.session.cfg.pbt.fitness
+            metric = float(seg.session.smoothed(fitness_metric))
+        self._publisher.submit(lambda: self._publish(seg, blob, fitness_metric, metric))
 
-    def _failed_report(self, job: Job) -> SegmentReport:
-        grant = job.grant
+    def _failed_report(self, seg: LeasedSegment) -> SegmentReport:
+        grant = seg.lease
         return SegmentReport(
             grant.lease_id,
             self.worker_id,
@@ -381,24 +381,24 @@ class Worker:
             grant.generation,
             "failed",
             hparams=grant.hparams,
-            epochs=tuple(job.epochs),
-            corrupt=tuple(job.corrupt),
-            message=job.failure[:500],
+            epochs=tuple(seg.epochs),
+            corrupt=tuple(seg.corrupt),
+            message=seg.failure[:500],
         )
 
-    def _publish(self, job: Job, blob: bytes, fitness_metric: str, metric: float) -> None:
+    def _publish(self, seg: LeasedSegment, blob: bytes, fitness_metric: str, metric: float) -> None:
         """Checkpoint, then metrics.json (the marker), then the report: in this
         order, so the report never names a checkpoint not yet stored."""
-        grant = job.grant
+        grant = seg.lease
         info = self.store.put_bytes(grant.checkpoint_key, blob)
         assert info.sha256 is not None, "a put always records the checksum"
         self.store.put_bytes(
             grant.metrics_key,
-            _metrics_doc(job, fitness_metric, metric, info.sha256),
+            _metrics_doc(seg, fitness_metric, metric, info.sha256),
             content_type="application/json",
         )
         self._report(
-            job,
+            seg,
             SegmentReport(
                 grant.lease_id,
                 self.worker_id,
@@ -406,35 +406,35 @@ class Worker:
                 grant.generation,
                 "succeeded",
                 hparams=grant.hparams,
-                epochs=tuple(job.epochs),
+                epochs=tuple(seg.epochs),
                 fitness=metric,
                 checkpoint_key=grant.checkpoint_key,
                 checkpoint_sha256=info.sha256,
                 checkpoint_size=len(blob),
-                corrupt=tuple(job.corrupt),
+                corrupt=tuple(seg.corrupt),
             ),
         )
 
-    def _report(self, job: Job, report: SegmentReport) -> None:
+    def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
             ack = self.client.report(report)
         except (StaleLease, UnknownLease, SearchFinished) as err:
             # Someone else owns the unit now (or the search ended): drop it.
-            log.warning("report of %s not counted: %s", job.grant.member, err)
+            log.warning("report of %s not counted: %s", seg.lease.member, err)
             return
         log.info(
             "%s generation %d reported (metric %s%s)",
-            job.grant.member,
-            job.grant.generation,
+            seg.lease.member,
+            seg.lease.generation,
             report.fitness,
             ", duplicate" if ack.duplicate else "",
         )
 
-    def _abandon(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            if job.stopped:
+    def _abandon(self, segs: list[LeasedSegment]) -> None:
+        for seg in segs:
+            if seg.stopped:
                 continue
-            g = job.grant
+            g = seg.lease
             try:
                 self.client.report(
                     SegmentReport(
@@ -450,25 +450,25 @@ class Worker:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
 
 
-def last_short_round(jobs: list[Job]) -> bool:
-    """Every job still training is on its last epoch, and its previous epoch
+def last_short_round(segs: list[LeasedSegment]) -> bool:
+    """Every leased segment still training is on its last epoch, and its previous epoch
     took under half a heartbeat interval: a lease granted now is heartbeated
     well before it can expire."""
-    training = [job for job in jobs if job.training]
+    training = [seg for seg in segs if seg.training]
     return bool(training) and all(
-        1 <= len(job.epochs) == job.grant.epochs - 1
-        and job.epochs[-1][1]["seconds"] < job.grant.heartbeat_interval_s / 2
-        for job in training
+        1 <= len(seg.epochs) == seg.lease.epochs - 1
+        and seg.epochs[-1][1]["seconds"] < seg.lease.heartbeat_interval_s / 2
+        for seg in training
     )
 
 
-def session_key(grant: Grant) -> tuple[str, str]:
+def session_key(grant: Lease) -> tuple[str, str]:
     """Leases with the same key can share a training session: same config and data."""
     return grant.config_key, grant.data_sha256
 
 
-def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> bytes:
-    g = job.grant
+def _metrics_doc(seg: LeasedSegment, fitness_metric: str, metric: float, sha256: str) -> bytes:
+    g = seg.lease
 
     def clean(v: float) -> float | None:
         return v if math.isfinite(v) else None
@@ -481,9 +481,9 @@ def _metrics_doc(job: Job, fitness_metric: str, metric: float, sha256: str) -> b
         "fitness_metric": fitness_metric,
         "fitness": clean(metric),
         "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
-        "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in job.corrupt), ""),
-        "corrupt_start_points": [p.key for p in job.corrupt],
-        "epochs": [{k: clean(v) for k, v in values.items()} for _, values in job.epochs],
+        "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in seg.corrupt), ""),
+        "corrupt_start_points": [p.key for p in seg.corrupt],
+        "epochs": [{k: clean(v) for k, v in values.items()} for _, values in seg.epochs],
     }
     return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 

@@ -34,7 +34,7 @@ class CheckpointPoint:
 
 
 @dataclass(frozen=True)
-class Grant:
+class Lease:
     """A lease: train `member` for `epochs` epochs of `generation`."""
 
     lease_id: str
@@ -58,7 +58,7 @@ class Grant:
 @dataclass(frozen=True)
 class WorkReply:
     action: WorkAction
-    grants: tuple[Grant, ...] = ()
+    leases: tuple[Lease, ...] = ()
     retry_after_s: float = 0.0
     search_state: str = "running"
 

@@ -65,7 +65,7 @@ from autolfads.coordinator.search.validation import (
     check_report_shape,
     check_worker_id,
 )
-from autolfads.coordinator.search.views import grant_view, status_view
+from autolfads.coordinator.search.views import lease_view, status_view
 from autolfads.storage.base import Store
 from autolfads.storage.keys import RunLayout
 
@@ -275,7 +275,7 @@ class CoordinatorService:
         self._dispatch.granted(leases)
         return WorkReply(
             "train",
-            tuple(grant_view(self._state, x, self.layout, self.lease_timeout_s) for x in leases),
+            tuple(lease_view(self._state, x, self.layout, self.lease_timeout_s) for x in leases),
         )
 
     def request_exactly(self, worker_id: str, count: int, request_id: str) -> WorkReply | None:
@@ -538,7 +538,7 @@ class CoordinatorService:
     def _replay(self, worker_id: str, previous: WorkerRequest) -> WorkReply:
         leases = [self._state.leases[i] for i in previous.lease_ids if i in self._state.leases]
         live = tuple(
-            grant_view(self._state, x, self.layout, self.lease_timeout_s)
+            lease_view(self._state, x, self.layout, self.lease_timeout_s)
             for x in leases
             if x.status == "active"
         )

@@ -7,7 +7,7 @@ import math
 from autolfads.coordinator.search.messages import (
     BestView,
     CheckpointPoint,
-    Grant,
+    Lease,
     LineageStepView,
     MemberView,
     StatusView,
@@ -68,12 +68,12 @@ def _member_view(state: SearchState, seg: Segment) -> MemberView:
     )
 
 
-def grant_view(
+def lease_view(
     state: SearchState, lease: LeaseRecord, layout: RunLayout, lease_timeout_s: float
-) -> Grant:
+) -> Lease:
     """What a worker is told about an active lease: the whole work unit."""
     seg = state.segments[lease.member]
-    return Grant(
+    return Lease(
         lease_id=lease.lease_id,
         member=seg.member,
         generation=seg.generation,

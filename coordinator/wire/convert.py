@@ -13,8 +13,8 @@ from autolfads.coordinator.search.errors import InvalidRequest
 from autolfads.coordinator.search.messages import (
     BestView,
     CheckpointPoint,
-    Grant,
     HeartbeatReply,
+    Lease,
     LineageStepView,
     MemberView,
     ReportAck,
@@ -106,7 +106,7 @@ def ref_from_proto(ref: pb.CheckpointRef) -> CheckpointPoint:
 # ---------------------------------------------------------------- work
 
 
-def grant_to_proto(g: Grant) -> pb.Lease:
+def lease_to_proto(g: Lease) -> pb.Lease:
     return pb.Lease(
         lease_id=g.lease_id,
         member=g.member,
@@ -127,8 +127,8 @@ def grant_to_proto(g: Grant) -> pb.Lease:
     )
 
 
-def grant_from_proto(m: pb.Lease) -> Grant:
-    return Grant(
+def lease_from_proto(m: pb.Lease) -> Lease:
+    return Lease(
         lease_id=m.lease_id,
         member=m.member,
         generation=m.generation,
@@ -151,7 +151,7 @@ def grant_from_proto(m: pb.Lease) -> Grant:
 def work_to_proto(r: WorkReply) -> pb.RequestWorkResponse:
     return pb.RequestWorkResponse(
         action=_WORK_ACTIONS[r.action],
-        leases=[grant_to_proto(g) for g in r.grants],
+        leases=[lease_to_proto(g) for g in r.leases],
         retry_after_s=r.retry_after_s,
         search_state=_SEARCH_STATES[r.search_state],
     )
@@ -160,7 +160,7 @@ def work_to_proto(r: WorkReply) -> pb.RequestWorkResponse:
 def work_from_proto(m: pb.RequestWorkResponse) -> WorkReply:
     return WorkReply(
         action=_lookup(_invert(_WORK_ACTIONS), m.action, "work action"),  # type: ignore[arg-type]
-        grants=tuple(grant_from_proto(x) for x in m.leases),
+        leases=tuple(lease_from_proto(x) for x in m.leases),
         retry_after_s=m.retry_after_s,
         search_state=_lookup(_invert(_SEARCH_STATES), m.search_state, "search state"),
     )
