@@ -12,6 +12,7 @@ Layers (a layer imports only those listed before it):
                  trials
     worker       the lease -> load -> train -> save -> report loop (one
                  session per run, reused across leases)
+    leased       a leased segment, its progress, the session pool, metrics.json
     publisher    stores a finished segment and reports it, off the training path
     timing       seconds per phase of the worker loop, for the log
 """

@@ -27,15 +27,12 @@ Every phase's seconds go to the log (`trainer/timing.py`).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +57,13 @@ from autolfads.storage import (
 )
 from autolfads.trainer.data.dataset import LfadsData
 from autolfads.trainer.data.lfads_h5 import load_lfads_h5
+from autolfads.trainer.leased import (
+    LeasedSegment,
+    SessionPool,
+    last_short_round,
+    metrics_doc,
+    session_key,
+)
 from autolfads.trainer.model.session import CheckpointError, TrainingSession, read_checkpoint
 from autolfads.trainer.publisher import Publisher
 from autolfads.trainer.timing import WorkerClock
@@ -70,46 +74,6 @@ EXIT_DONE = 0
 EXIT_TERMINATED = 143
 # A WAIT's retry_after is capped so a worker notices new work promptly.
 MAX_WAIT_S = 10.0
-
-
-@dataclass
-class LeasedSegment:
-    """A segment this worker holds a lease on, and its progress here."""
-
-    lease: Lease
-    session: TrainingSession | None = None
-    corrupt: list[CheckpointPoint] = field(default_factory=list)
-    epochs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    failure: str = ""
-    stopped: bool = False  # the coordinator told us to drop it
-
-    @property
-    def training(self) -> bool:
-        return not self.stopped and not self.failure and len(self.epochs) < self.lease.epochs
-
-
-class SessionPool:
-    """Idle training sessions of the run this trainer works for.
-
-    Building a session (model, optimizer, the data as device tensors) costs
-    about as much as an epoch of a small model; a lease of the same run and
-    data takes an idle one instead. A lease of another run drops them all.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self._key: tuple[str, str] | None = None
-        self._idle: list[TrainingSession] = []
-
-    def take(self, key: tuple[str, str], cfg: RunConfig, data: LfadsData) -> TrainingSession:
-        """An idle session for (config key, data SHA-256), or a new one."""
-        if key != self._key:
-            self._key, self._idle = key, []
-        return self._idle.pop() if self._idle else TrainingSession(cfg, data, self.device)
-
-    def put_back(self, key: tuple[str, str], session: TrainingSession) -> None:
-        if key == self._key:
-            self._idle.append(session)
 
 
 class Worker:
@@ -394,7 +358,7 @@ class Worker:
         assert info.sha256 is not None, "a put always records the checksum"
         self.store.put_bytes(
             grant.metrics_key,
-            _metrics_doc(seg, fitness_metric, metric, info.sha256),
+            metrics_doc(seg, fitness_metric, metric, info.sha256),
             content_type="application/json",
         )
         self._report(
@@ -448,44 +412,6 @@ class Worker:
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
-
-
-def last_short_round(segs: list[LeasedSegment]) -> bool:
-    """Every leased segment still training is on its last epoch, and its previous epoch
-    took under half a heartbeat interval: a lease granted now is heartbeated
-    well before it can expire."""
-    training = [seg for seg in segs if seg.training]
-    return bool(training) and all(
-        1 <= len(seg.epochs) == seg.lease.epochs - 1
-        and seg.epochs[-1][1]["seconds"] < seg.lease.heartbeat_interval_s / 2
-        for seg in training
-    )
-
-
-def session_key(grant: Lease) -> tuple[str, str]:
-    """Leases with the same key can share a training session: same config and data."""
-    return grant.config_key, grant.data_sha256
-
-
-def _metrics_doc(seg: LeasedSegment, fitness_metric: str, metric: float, sha256: str) -> bytes:
-    g = seg.lease
-
-    def clean(v: float) -> float | None:
-        return v if math.isfinite(v) else None
-
-    doc = {
-        "member": g.member,
-        "generation": g.generation,
-        "lease_id": g.lease_id,
-        "hparams": g.hparams,
-        "fitness_metric": fitness_metric,
-        "fitness": clean(metric),
-        "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
-        "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in seg.corrupt), ""),
-        "corrupt_start_points": [p.key for p in seg.corrupt],
-        "epochs": [{k: clean(v) for k, v in values.items()} for _, values in seg.epochs],
-    }
-    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 def search_ended(store: Store, run: str) -> bool:
