@@ -157,9 +157,8 @@ def main() -> None:
         storage = out / f"runs-seed{seed}"
         seconds = float("nan") if args.evaluate_only else run_search(config, storage, args.workers)
         searches.append(search_result(config, storage, seconds))
-    singles = train_singles(
-        args, out / "config-seed0.yaml", max(s["best_epochs"] for s in searches)
-    )
+    epochs = max(s["best_epochs"] for s in searches)
+    singles = train_singles(args, out / "config-seed0.yaml", epochs) if args.baseline_seeds else {}
     result = summarise(args, searches, singles)
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "search_quality.png")
@@ -225,6 +224,7 @@ def summarise(args: argparse.Namespace, searches: list[dict], singles: dict) -> 
         name: {k: statistics.mean(r[k] for r in runs) for k in SHOWN}
         for name, runs in singles.items()
     }
+    config_single = single_means.get("config_hparams", {}).get("co_bps", float("nan"))
     span = ceiling.get("co_bps", float("nan")) - floor.get("co_bps", float("nan"))
     return {
         "config": str(args.config),
@@ -237,7 +237,7 @@ def summarise(args: argparse.Namespace, searches: list[dict], singles: dict) -> 
         "search_fraction_of_range_mean": (search_mean - floor.get("co_bps", 0.0)) / span,
         "singles": singles,
         "single_means": single_means,
-        "search_minus_config_single": search_mean - single_means["config_hparams"]["co_bps"],
+        "search_minus_config_single": search_mean - config_single,
     }
 
 
@@ -259,7 +259,7 @@ def plot(result: dict, path: Path) -> None:
             label=f"PBT search (pbt.seed {s['seed']})" if s["seed"] == 0 else None,
         )
         ax.plot([x[-1]], [s["best"]["co_bps"]], "*", color="C0", ms=11)
-    for run in result["singles"]["config_hparams"]:
+    for run in result["singles"].get("config_hparams", []):
         ax.plot(
             range(1, len(run["curve"]) + 1),
             run["curve"],
