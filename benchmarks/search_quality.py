@@ -128,8 +128,10 @@ def search_result(config: Path, storage: Path, seconds: float) -> dict:
     best = store.get_json(layout.best("metrics.json"))
     gen0 = []
     for p in range(cfg.pbt.population):
-        blob = store.get_bytes(layout.checkpoint(f"m{p:03d}", 0))
-        gen0.append(score(TrainingSession.from_checkpoint(cfg, data, blob), data)["co_bps"])
+        key = layout.checkpoint(f"m{p:03d}", 0)
+        if store.exists(key):  # a search run without this script may have pruned it
+            session = TrainingSession.from_checkpoint(cfg, data, store.get_bytes(key))
+            gen0.append(score(session, data)["co_bps"])
     state = store.get_json(layout.state())
     return {
         "seed": cfg.pbt.seed,
@@ -142,7 +144,7 @@ def search_result(config: Path, storage: Path, seconds: float) -> dict:
         "floor": best.get("floor", {}),
         "ceiling": best.get("ceiling") or {},
         "best_hparams": store.get_json(layout.best("search.json"))["best"]["hparams"],
-        "gen0_median_co_bps": statistics.median(gen0),
+        "gen0_median_co_bps": statistics.median(gen0) if gen0 else float("nan"),
         "curve": search_curve(store, layout, cfg, state["generation"] + 1),
     }
 
