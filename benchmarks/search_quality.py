@@ -115,7 +115,7 @@ def search_curve(store: Any, layout: Any, cfg: Any, generations: int) -> list[tu
     return points
 
 
-def search_result(config: Path, storage: Path, seconds: float) -> dict:
+def search_result(config: Path, storage: Path, seconds: float, gen0_scores: bool) -> dict:
     """Best model, generation-0 median and the curve of one finished search."""
     from autolfads.config import load_config
     from autolfads.storage import RunLayout, open_store
@@ -127,7 +127,7 @@ def search_result(config: Path, storage: Path, seconds: float) -> dict:
     store, layout = open_store(str(storage)), RunLayout(cfg.name)
     best = store.get_json(layout.best("metrics.json"))
     gen0 = []
-    for p in range(cfg.pbt.population):
+    for p in range(cfg.pbt.population if gen0_scores else 0):
         key = layout.checkpoint(f"m{p:03d}", 0)
         if store.exists(key):  # a search run without this script may have pruned it
             session = TrainingSession.from_checkpoint(cfg, data, store.get_bytes(key))
@@ -153,14 +153,22 @@ def main() -> None:
     args = parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="autolfads-quality-"))
     out.mkdir(parents=True, exist_ok=True)
-    searches = []
-    for seed in range(args.search_seeds):
-        config = write_config(args.config, out, seed, args.set)
-        storage = out / f"runs-seed{seed}"
-        seconds = float("nan") if args.evaluate_only else run_search(config, storage, args.workers)
-        searches.append(search_result(config, storage, seconds))
-    epochs = max(s["best_epochs"] for s in searches)
-    singles = train_singles(args, out / "config-seed0.yaml", epochs) if args.baseline_seeds else {}
+    configs = [write_config(args.config, out, seed, args.set) for seed in range(args.search_seeds)]
+    seconds = [
+        float("nan") if args.evaluate_only else run_search(c, out / f"runs-seed{i}", args.workers)
+        for i, c in enumerate(configs)
+    ]
+    # As many epochs as a lineage that ran every generation (the search's best
+    # is normally from its last one; each search's own count is in its row).
+    from autolfads.config import load_config
+
+    pbt = load_config(configs[0]).pbt
+    epochs = pbt.burn_in_epochs + (pbt.max_generations - 1) * pbt.generation_epochs
+    singles = train_singles(args, configs[0], epochs) if args.baseline_seeds else {}
+    searches = [
+        search_result(c, out / f"runs-seed{i}", seconds[i], args.gen0)
+        for i, c in enumerate(configs)
+    ]
     result = summarise(args, searches, singles)
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "search_quality.png")
@@ -185,6 +193,12 @@ def parse_args() -> argparse.Namespace:
         help="also train single models at autolfads' default hyperparameters",
     )
     ap.add_argument("--set", action="append", default=[], help="section.key=value override")
+    ap.add_argument(
+        "--no-gen0",
+        dest="gen0",
+        action="store_false",
+        help="skip scoring generation 0's members (population x posterior sampling)",
+    )
     ap.add_argument(
         "--evaluate-only", action="store_true", help="score the searches already in --out"
     )
