@@ -164,7 +164,14 @@ def main() -> None:
 
     pbt = load_config(configs[0]).pbt
     epochs = pbt.burn_in_epochs + (pbt.max_generations - 1) * pbt.generation_epochs
-    singles = train_singles(args, configs[0], epochs) if args.baseline_seeds else {}
+    # Saved at once and reused by --evaluate-only: a search still finalizing
+    # must not cost the single models' training.
+    cache = out / "singles.json"
+    if args.evaluate_only and cache.exists():
+        singles = json.loads(cache.read_text())
+    else:
+        singles = train_singles(args, configs[0], epochs) if args.baseline_seeds else {}
+        cache.write_text(json.dumps(singles))
     searches = [
         search_result(c, out / f"runs-seed{i}", seconds[i], args.gen0)
         for i, c in enumerate(configs)
