@@ -1,19 +1,25 @@
-"""Does the search pay off? PBT's best model vs. the baselines, on validation co-bps.
+"""Does the search pay off? PBT's best model vs. single models, on validation co-bps.
 
-    python benchmarks/search_quality.py [CONFIG] [--workers 2] [--out DIR]
+    python benchmarks/search_quality.py [CONFIG] [--workers 2] [--search-seeds 3]
+        [--baseline-seeds 3] [--defaults-baseline] [--set pbt.key=value] [--out DIR]
 
-Runs `autolfads run CONFIG` (default: examples/chaotic_rnn_search.yaml, all
+Runs `autolfads run CONFIG` once per search seed (`pbt.seed` 0, 1, ...; all
 checkpoints kept), then scores on the validation split:
 
-- the search's best model (from best/metrics.json);
+- each search's best model (best/metrics.json: co-bps and its place between
+  the data's smoothing floor and true-rate ceiling);
 - the median member of generation 0 (each member's burn-in checkpoint);
-- single models without search, trained for as many epochs as the best
-  member was, with `--baseline-seeds` seeds each: the config's hand-set
-  `training:` values, and autolfads' defaults (the lfads-torch values) for the
-  searched hyperparameters;
-- the ground-truth rates (the ceiling).
+- single models without search, trained for as many epochs as a lineage of
+  the search (its burn-in plus every later generation), with
+  `--baseline-seeds` seeds: the config's `training:` values, and with
+  `--defaults-baseline` also autolfads' defaults (the lfads-torch values) for
+  the searched hyperparameters;
+- the floor and the ceiling.
 
-Prints a markdown table and writes quality.json into the output folder.
+Writes quality.json and search_quality.png (best validation co-bps against
+member-epochs spent, for each search and each single model, floor and ceiling
+as lines) into the output folder, and prints a markdown table.
+`--set pbt.search_space.kl_ic_scale.clamp=false` etc. override config fields.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,25 +41,38 @@ REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
 
-def run_search(config: Path, out: Path, workers: int) -> tuple[Path, float]:
+def write_config(config: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+    """The config with `pbt.seed`, --set overrides and every checkpoint kept."""
     raw = yaml.safe_load(config.read_text())
     raw["data"]["path"] = str((config.parent / raw["data"]["path"]).resolve())
-    # Keep every checkpoint so generation 0 can be scored afterwards.
-    raw.setdefault("pbt", {})["keep_generations"] = 1000
-    patched = out / "config.yaml"
-    patched.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for item in overrides:
+        key, _, text = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    pbt = raw.setdefault("pbt", {})
+    pbt["seed"] = seed
+    pbt["keep_generations"] = 1000  # generation 0 is scored afterwards
+    path = out / f"config-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_search(config: Path, storage: Path, workers: int) -> float:
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "autolfads", "run", str(patched), "--storage", str(out / "runs")]
+    cmd = [sys.executable, "-m", "autolfads", "run", str(config), "--storage", str(storage)]
     cmd += ["--workers", str(workers), "--threads", "1", "--progress", "plain", "--force"]
+    cmd += ["--no-report"]
     subprocess.run(cmd, check=True)
-    return patched, time.monotonic() - start
+    return time.monotonic() - start
 
 
-def train_baseline(
-    config: Path, hparams: dict[str, float], seed: int, epochs: int
-) -> dict[str, float]:
+def train_single(config: Path, hparams: dict[str, float], seed: int, epochs: int) -> dict:
     """One model without search (runs in a worker process): validation metrics
-    after `epochs` epochs, plus the training seconds."""
+    after `epochs` epochs, the one-pass validation co-bps of every epoch, and
+    the training seconds."""
     import torch
 
     from autolfads.config import load_config
@@ -64,13 +84,12 @@ def train_baseline(
     _, data = load_config_data(cfg)
     start = time.monotonic()
     session = TrainingSession.fresh(cfg, data, hparams, seed=seed)
-    for _ in range(epochs):
-        session.train_epoch()
+    curve = [session.train_epoch()["valid_co_bps"] for _ in range(epochs)]
     seconds = time.monotonic() - start
-    return {**score(session, data), "seconds": round(seconds, 1)}
+    return {**score(session, data), "curve": curve, "seconds": round(seconds, 1)}
 
 
-def score(session, data) -> dict[str, float]:
+def score(session: Any, data: Any) -> dict[str, float]:
     """NLB metrics on the validation split from the config's posterior samples."""
     from autolfads.trainer.evaluation.metrics import evaluate
     from autolfads.trainer.evaluation.posterior import posterior_sample
@@ -82,138 +101,235 @@ def score(session, data) -> dict[str, float]:
     return evaluate(data, outputs)
 
 
-def finalize(config: Path, out: Path) -> None:
-    """Finalize a search that ran to its end but was not finalized."""
-    from autolfads.config import load_config
+def search_curve(store: Any, layout: Any, cfg: Any, generations: int) -> list[tuple[int, float]]:
+    """(member-epochs spent, one-pass validation co-bps of the member the
+    fitness ranks first) at the end of every generation."""
+    points = []
+    for g in range(generations):
+        docs = [
+            store.get_json(layout.member_metrics(f"m{p:03d}", g)) for p in range(cfg.pbt.population)
+        ]
+        best = min(docs, key=lambda d: d["fitness"] if d["fitness"] is not None else float("inf"))
+        lineage_epochs = cfg.pbt.burn_in_epochs + g * cfg.pbt.generation_epochs
+        points.append((cfg.pbt.population * lineage_epochs, best["epochs"][-1]["valid_co_bps"]))
+    return points
 
-    name = load_config(config).name
-    cmd = [sys.executable, "-m", "autolfads", "finalize", "--storage", str(out / "runs")]
-    subprocess.run([*cmd, "--run", name], check=True)
+
+def search_result(config: Path, storage: Path, seconds: float, gen0_scores: bool) -> dict:
+    """Best model, generation-0 median and the curve of one finished search."""
+    from autolfads.config import load_config
+    from autolfads.storage import RunLayout, open_store
+    from autolfads.trainer.data.config_data import load_config_data
+    from autolfads.trainer.model.session import TrainingSession
+
+    cfg = load_config(config)
+    _, data = load_config_data(cfg)
+    store, layout = open_store(str(storage)), RunLayout(cfg.name)
+    best = store.get_json(layout.best("metrics.json"))
+    gen0 = []
+    for p in range(cfg.pbt.population if gen0_scores else 0):
+        key = layout.checkpoint(f"m{p:03d}", 0)
+        if store.exists(key):  # a search run without this script may have pruned it
+            session = TrainingSession.from_checkpoint(cfg, data, store.get_bytes(key))
+            gen0.append(score(session, data)["co_bps"])
+    state = store.get_json(layout.state())
+    return {
+        "seed": cfg.pbt.seed,
+        "search_seconds": round(seconds, 1),
+        "generations": state["generation"],
+        "best_member": best["member"],
+        "best_epochs": cfg.pbt.burn_in_epochs + best["generation"] * cfg.pbt.generation_epochs,
+        "best": {k: best.get(k) for k in SHOWN},
+        "best_fraction_of_range": best.get("fraction_of_range", {}).get("co_bps"),
+        "floor": best.get("floor", {}),
+        "ceiling": best.get("ceiling") or {},
+        "best_hparams": store.get_json(layout.best("search.json"))["best"]["hparams"],
+        "gen0_median_co_bps": statistics.median(gen0) if gen0 else float("nan"),
+        "curve": search_curve(store, layout, cfg, state["generation"] + 1),
+    }
 
 
 def main() -> None:
+    args = parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="autolfads-quality-"))
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [write_config(args.config, out, seed, args.set) for seed in range(args.search_seeds)]
+    seconds = [
+        float("nan") if args.evaluate_only else run_search(c, out / f"runs-seed{i}", args.workers)
+        for i, c in enumerate(configs)
+    ]
+    # As many epochs as a lineage that ran every generation (the search's best
+    # is normally from its last one; each search's own count is in its row).
+    from autolfads.config import load_config
+
+    pbt = load_config(configs[0]).pbt
+    epochs = pbt.burn_in_epochs + (pbt.max_generations - 1) * pbt.generation_epochs
+    # Saved at once and reused by --evaluate-only: a search still finalizing
+    # must not cost the single models' training.
+    cache = out / "singles.json"
+    if args.evaluate_only and cache.exists():
+        singles = json.loads(cache.read_text())
+    else:
+        singles = train_singles(args, configs[0], epochs) if args.baseline_seeds else {}
+        cache.write_text(json.dumps(singles))
+    searches = [
+        search_result(c, out / f"runs-seed{i}", seconds[i], args.gen0)
+        for i, c in enumerate(configs)
+    ]
+    result = summarise(args, searches, singles)
+    (out / "quality.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "search_quality.png")
+    print_table(result)
+    print(f"details: {out / 'quality.json'}; figure: {out / 'search_quality.png'}")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "config", nargs="?", type=Path, default=REPO / "examples/chaotic_rnn_search.yaml"
     )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument("--search-seeds", type=int, default=1, help="searches with pbt.seed 0, 1, ...")
     ap.add_argument(
-        "--baseline-seeds",
-        type=int,
-        default=3,
-        help="train each no-search baseline with this many seeds (training.seed + 0, 1, ...)",
+        "--baseline-seeds", type=int, default=3, help="single models per baseline (seed 0, 1, ...)"
     )
     ap.add_argument(
-        "--evaluate-only",
+        "--defaults-baseline",
         action="store_true",
-        help="score the search already in --out (finalizing it if needed) instead of running one",
+        help="also train single models at autolfads' default hyperparameters",
     )
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="autolfads-quality-"))
-    out.mkdir(parents=True, exist_ok=True)
+    ap.add_argument("--set", action="append", default=[], help="section.key=value override")
+    ap.add_argument(
+        "--no-gen0",
+        dest="gen0",
+        action="store_false",
+        help="skip scoring generation 0's members (population x posterior sampling)",
+    )
+    ap.add_argument(
+        "--evaluate-only", action="store_true", help="score the searches already in --out"
+    )
+    return ap.parse_args()
 
-    import torch
 
+def train_singles(args: argparse.Namespace, config: Path, epochs: int) -> dict[str, list[dict]]:
+    """Each baseline's single models, trained in parallel processes."""
     from autolfads.config import TrainingConfig, load_config
-    from autolfads.storage import RunLayout, open_store
-    from autolfads.trainer.data.config_data import load_config_data
-    from autolfads.trainer.evaluation.metrics import evaluate
-    from autolfads.trainer.model.session import TrainingSession
 
-    torch.set_num_threads(1)
-    if args.evaluate_only:
-        config_path, search_s = out / "config.yaml", float("nan")
-        if not (out / "runs" / load_config(config_path).name / "best" / "metrics.json").exists():
-            finalize(config_path, out)
-    else:
-        config_path, search_s = run_search(args.config, out, args.workers)
-    cfg = load_config(config_path)
-    _, data = load_config_data(cfg)
-    store = open_store(str(out / "runs"))
-    layout = RunLayout(cfg.name)
-    best = json.loads(store.get_bytes(layout.best("metrics.json")))
-
-    gen0 = []
-    for p in range(cfg.pbt.population):
-        blob = store.get_bytes(layout.checkpoint(f"m{p:03d}", 0))
-        gen0.append(score(TrainingSession.from_checkpoint(cfg, data, blob), data)["co_bps"])
-
-    best_epochs = cfg.pbt.burn_in_epochs + best["generation"] * cfg.pbt.generation_epochs
-    # Two single models, no search, as many epochs as the best member had: the
-    # config's hand-set `training:` values, and autolfads' own defaults (the
-    # lfads-torch values) for the hyperparameters the search tunes.
-    baselines = {
-        "config_hparams": cfg.training.hparams(),
-        "autolfads_default_hparams": {**cfg.training.hparams(), **TrainingConfig().hparams()},
-    }
+    cfg = load_config(config)
+    baselines = {"config_hparams": cfg.training.hparams()}
+    if args.defaults_baseline:
+        baselines["autolfads_default_hparams"] = {
+            **cfg.training.hparams(),
+            **TrainingConfig().hparams(),
+        }
     seeds = [cfg.training.seed + i for i in range(args.baseline_seeds)]
-    jobs = [(name, seed) for name in baselines for seed in seeds]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {
-            job: pool.submit(train_baseline, config_path, baselines[job[0]], job[1], best_epochs)
-            for job in jobs
+            (name, s): pool.submit(train_single, config, hparams, s, epochs)
+            for name, hparams in baselines.items()
+            for s in seeds
         }
         runs = {job: future.result() for job, future in futures.items()}
-    # Per baseline: every metric averaged over the seeds, plus each seed's co-bps.
-    baseline_metrics = {
-        name: {k: statistics.mean(runs[name, s][k] for s in seeds) for k in SHOWN}
+    return {
+        name: [
+            {"seed": s, "epochs": epochs, "hparams": baselines[name], **runs[name, s]}
+            for s in seeds
+        ]
         for name in baselines
     }
 
-    truth = {f"{s}_output_params": getattr(data, s).truth for s in ("train", "valid")}
-    ceiling = evaluate(data, truth)["co_bps"]
 
-    result = {
+def summarise(args: argparse.Namespace, searches: list[dict], singles: dict) -> dict:
+    floor, ceiling = searches[0]["floor"], searches[0]["ceiling"]
+    search_mean = statistics.mean(s["best"]["co_bps"] for s in searches)
+    single_means = {
+        name: {k: statistics.mean(r[k] for r in runs) for k in SHOWN}
+        for name, runs in singles.items()
+    }
+    config_single = single_means.get("config_hparams", {}).get("co_bps", float("nan"))
+    span = ceiling.get("co_bps", float("nan")) - floor.get("co_bps", float("nan"))
+    return {
         "config": str(args.config),
+        "overrides": args.set,
         "workers": args.workers,
-        "fitness": cfg.pbt.fitness,
-        "first_member": cfg.pbt.first_member,
-        "search_seconds": round(search_s, 1),
-        "best_member": best["member"],
-        "best_epochs": best_epochs,
-        "search_best_co_bps": best["co_bps"],
-        "search_best_metrics": {k: best.get(k) for k in SHOWN},
-        "search_best_hparams": store.get_json(layout.best("search.json"))["best"]["hparams"],
-        "gen0_median_co_bps": statistics.median(gen0),
-        "gen0_co_bps": gen0,
-        "baselines": {
-            name: {
-                "hparams": baselines[name],
-                "seeds": seeds,
-                "mean": baseline_metrics[name],
-                "co_bps_per_seed": [runs[name, s]["co_bps"] for s in seeds],
-                "seconds_per_seed": [runs[name, s]["seconds"] for s in seeds],
-            }
-            for name in baselines
-        },
-        "true_rates_co_bps": ceiling,
-        "fraction_of_ceiling": best["co_bps"] / ceiling,
+        "floor": floor,
+        "ceiling": ceiling,
+        "searches": searches,
+        "search_best_co_bps_mean": search_mean,
+        "search_fraction_of_range_mean": (search_mean - floor.get("co_bps", 0.0)) / span,
+        "singles": singles,
+        "single_means": single_means,
+        "search_minus_config_single": search_mean - config_single,
     }
-    (out / "quality.json").write_text(json.dumps(result, indent=1))
-    print(f"fitness: {cfg.pbt.fitness}, first member: {cfg.pbt.first_member}\n")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    for s in result["searches"]:
+        x, y = zip(*s["curve"], strict=True)
+        ax.plot(
+            x,
+            y,
+            "o-",
+            color="C0",
+            ms=3,
+            label=f"PBT search (pbt.seed {s['seed']})" if s["seed"] == 0 else None,
+        )
+        ax.plot([x[-1]], [s["best"]["co_bps"]], "*", color="C0", ms=11)
+    for run in result["singles"].get("config_hparams", []):
+        ax.plot(
+            range(1, len(run["curve"]) + 1),
+            run["curve"],
+            color="C1",
+            lw=1,
+            label="single model, config values" if run["seed"] == 0 else None,
+        )
+        ax.plot([len(run["curve"])], [run["co_bps"]], "*", color="C1", ms=11)
+    ax.axhline(result["floor"]["co_bps"], color="0.4", ls="--", label="smoothing (floor)")
+    ax.axhline(result["ceiling"]["co_bps"], color="k", ls=":", label="true rates (ceiling)")
+    ax.set_xscale("log")
+    ax.set_ylim(result["floor"]["co_bps"] - 0.05, result["ceiling"]["co_bps"] + 0.01)
+    ax.set_xlabel("member-epochs spent (a single model: its epochs)")
+    ax.set_ylabel("validation co-bps")
+    ax.set_title("lines: one-pass validation co-bps; stars: the final posterior-averaged score")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(result: dict) -> None:
     print("| model | " + " | ".join(SHOWN) + " |\n|---|" + "---|" * len(SHOWN))
-    rows = {
-        f"PBT search, best member ({best['member']}, {best_epochs} epochs)": best,
-        **{
-            f"{name.replace('_', ' ')}, {best_epochs} epochs, mean of seeds {seeds}": metrics
-            for name, metrics in baseline_metrics.items()
-        },
-    }
-    for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in SHOWN) + " |")
+    for s in result["searches"]:
+        name = (
+            f"PBT search pbt.seed {s['seed']}, best ({s['best_member']}, {s['best_epochs']} epochs)"
+        )
+        print(f"| {name} | " + " | ".join(f"{s['best'][k]:.4f}" for k in SHOWN) + " |")
+    for name, means in result["single_means"].items():
+        runs = result["singles"][name]
+        label = f"{name.replace('_', ' ')}, {runs[0]['epochs']} epochs, mean of {len(runs)} seeds"
+        print(f"| {label} | " + " | ".join(f"{means[k]:.4f}" for k in SHOWN) + " |")
+    for ref in ("floor", "ceiling"):
+        values = result[ref]
+        print(
+            f"| {ref} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in SHOWN) + " |"
+        )
+    for name, runs in result["singles"].items():
+        print(f"{name} co-bps per seed: " + ", ".join(f"{r['co_bps']:.4f}" for r in runs))
+    gen0 = ", ".join(f"{s['gen0_median_co_bps']:.4f}" for s in result["searches"])
+    print(f"generation 0 median co-bps per search: {gen0}")
     print(
-        f"| generation 0, median member ({cfg.pbt.burn_in_epochs} epochs) "
-        f"| {statistics.median(gen0):.4f} |" + " |" * (len(SHOWN) - 1)
+        f"search best, mean over searches: {result['search_best_co_bps_mean']:.4f} "
+        f"({result['search_fraction_of_range_mean']:.1%} of floor-to-ceiling); "
+        f"minus the config's single models: {result['search_minus_config_single']:+.4f}"
     )
-    print(f"| true rates (ceiling) | {ceiling:.4f} |" + " |" * (len(SHOWN) - 1))
-    for name in baselines:
-        per_seed = ", ".join(f"{runs[name, s]['co_bps']:.4f}" for s in seeds)
-        print(f"\n{name} co_bps per seed: {per_seed}")
-    print(
-        f"\nbest reaches {result['fraction_of_ceiling']:.1%} of the ceiling; search took {search_s:.0f} s"
-    )
-    print(f"details: {out / 'quality.json'}")
+    times = ", ".join(f"{s['search_seconds']:.0f}" for s in result["searches"])
+    print(f"search seconds: {times}")
 
 
 if __name__ == "__main__":
