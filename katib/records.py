@@ -19,7 +19,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport
+from autolfads.coordinator.search.messages import Lease, SegmentReport
+from autolfads.coordinator.search.state import StartPoint
 from autolfads.errors import AutolfadsError
 from autolfads.katib.names import TrialName
 from autolfads.storage import ObjectNotFound, Store
@@ -57,8 +58,8 @@ def put_lease(store: Store, trial: TrialName, grant: Lease) -> None:
 def get_lease(store: Store, trial: TrialName) -> Lease:
     doc = _load(store, lease_key(trial), f"trial {trial} has no lease")
     try:
-        doc["start"] = CheckpointPoint(**doc["start"])
-        doc["fallbacks"] = tuple(CheckpointPoint(**p) for p in doc["fallbacks"])
+        doc["start"] = StartPoint(**doc["start"])
+        doc["fallbacks"] = tuple(StartPoint(**p) for p in doc["fallbacks"])
         return Lease(**doc)
     except (KeyError, TypeError) as err:
         raise TrialRecordError(f"lease of trial {trial} is malformed: {err}") from None
@@ -87,7 +88,7 @@ def get_report(store: Store, trial: TrialName) -> SegmentReport | None:
             (int(e), {k: nan if v is None else float(v) for k, v in values.items()})
             for e, values in doc["epochs"]
         )
-        doc["corrupt"] = tuple(CheckpointPoint(**p) for p in doc["corrupt"])
+        doc["corrupt"] = tuple(StartPoint(**p) for p in doc["corrupt"])
         return SegmentReport(**doc)
     except (KeyError, TypeError, ValueError) as err:
         raise TrialRecordError(f"report of trial {trial} is malformed: {err}") from None

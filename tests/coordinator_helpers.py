@@ -15,10 +15,10 @@ import json
 from typing import Any
 
 from autolfads.config import RunConfig, parse_config
-from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport
+from autolfads.coordinator.search.messages import Lease, SegmentReport
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
-from autolfads.coordinator.search.state import SearchState
+from autolfads.coordinator.search.state import SearchState, StartPoint
 from autolfads.storage import ChecksumMismatch, Store
 
 
@@ -63,16 +63,16 @@ def saved_state(store: Store, run: str, history: bool = True) -> SearchState:
     return state
 
 
-def _load(store: Store, point: CheckpointPoint) -> bytes:
+def _load(store: Store, point: StartPoint) -> bytes:
     if point.fresh:
         return f"fresh-{point.seed}".encode()
-    return store.get_bytes(point.key, expected_sha256=point.sha256)
+    return store.get_bytes(point.checkpoint, expected_sha256=point.sha256)
 
 
 def fake_train(
     store: Store, grant: Lease, worker_id: str, metric: float | None = None
 ) -> SegmentReport:
-    corrupt: list[CheckpointPoint] = []
+    corrupt: list[StartPoint] = []
     start = b""
     for point in (grant.start, *grant.fallbacks):
         try:

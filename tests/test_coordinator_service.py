@@ -185,15 +185,15 @@ def test_corrupt_checkpoint_falls_back_and_is_recorded(local_store):
     run_search(service, local_store, stop_after=4)  # generations 0 and 1 done
     grants = service.request_work("w0", 2).leases
     target = next(g for g in grants if g.fallbacks)
-    local_store.put_bytes(target.start.key, b"bit rot")  # replaced behind our back
+    local_store.put_bytes(target.start.checkpoint, b"bit rot")  # replaced behind our back
     report = fake_train(local_store, target, "w0")
-    assert [p.key for p in report.corrupt] == [target.start.key]
+    assert [p.checkpoint for p in report.corrupt] == [target.start.checkpoint]
     service.report(report)
     event = next(e for e in service.snapshot().events if e["kind"] == "checkpoint_checksum_failed")
-    assert event["checkpoint"] == target.start.key
-    assert event["fell_back_to"] == target.fallbacks[0].key
+    assert event["checkpoint"] == target.start.checkpoint
+    assert event["fell_back_to"] == target.fallbacks[0].checkpoint
     entry = service.snapshot().entry(target.member, target.generation)
-    assert entry is not None and entry.start_checkpoint == target.fallbacks[0].key
+    assert entry is not None and entry.start_checkpoint == target.fallbacks[0].checkpoint
 
 
 def test_cancel_stops_leases_and_workers(local_store):

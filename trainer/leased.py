@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 from autolfads.config import RunConfig
-from autolfads.coordinator.search.messages import CheckpointPoint, Lease
+from autolfads.coordinator.search.messages import Lease
+from autolfads.coordinator.search.state import StartPoint
 from autolfads.trainer.data.dataset import LfadsData
 from autolfads.trainer.model.session import TrainingSession
 
@@ -24,7 +25,7 @@ class LeasedSegment:
 
     lease: Lease
     session: TrainingSession | None = None
-    corrupt: list[CheckpointPoint] = field(default_factory=list)
+    corrupt: list[StartPoint] = field(default_factory=list)
     epochs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     failure: str = ""
     stopped: bool = False  # the coordinator told us to drop it
@@ -89,8 +90,10 @@ def metrics_doc(seg: LeasedSegment, fitness_metric: str, metric: float, sha256: 
         "fitness_metric": fitness_metric,
         "fitness": clean(metric),
         "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
-        "started_from": next((p.key for p in (g.start, *g.fallbacks) if p not in seg.corrupt), ""),
-        "corrupt_start_points": [p.key for p in seg.corrupt],
+        "started_from": next(
+            (p.checkpoint for p in (g.start, *g.fallbacks) if p not in seg.corrupt), ""
+        ),
+        "corrupt_start_points": [p.checkpoint for p in seg.corrupt],
         "epochs": [{k: clean(v) for k, v in values.items()} for _, values in seg.epochs],
     }
     return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()

@@ -45,8 +45,9 @@ from autolfads.coordinator.search.errors import (
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.search.messages import CheckpointPoint, Lease, SegmentReport, WorkReply
+from autolfads.coordinator.search.messages import Lease, SegmentReport, WorkReply
 from autolfads.coordinator.search.recovery import read_state
+from autolfads.coordinator.search.state import StartPoint
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.errors import AutolfadsError
 from autolfads.storage import (
@@ -278,7 +279,7 @@ class Worker:
             except (ChecksumMismatch, ObjectNotFound, CheckpointError) as err:
                 # Never loaded silently: the next start point is tried and
                 # the coordinator records the event from the report.
-                log.warning("start point %s unusable (%s); falling back", point.key, err)
+                log.warning("start point %s unusable (%s); falling back", point.checkpoint, err)
                 seg.corrupt.append(point)
             except AutolfadsError as err:
                 seg.failure = f"cannot start the segment: {err}"
@@ -287,12 +288,12 @@ class Worker:
         return seg
 
     def _open(
-        self, cfg: RunConfig, data: LfadsData, grant: Lease, point: CheckpointPoint
+        self, cfg: RunConfig, data: LfadsData, grant: Lease, point: StartPoint
     ) -> TrainingSession:
         state = None
         if not point.fresh:
             with self.clock.phase("ckpt_load"):
-                blob = self.store.get_bytes(point.key, expected_sha256=point.sha256 or None)
+                blob = self.store.get_bytes(point.checkpoint, expected_sha256=point.sha256 or None)
                 state = read_checkpoint(blob)
         with self.clock.phase("build"):
             # Built once per run and process; each lease moves an idle session

@@ -11,26 +11,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autolfads.coordinator.search.state import StartPoint
+
 WorkAction = Literal["train", "wait", "done"]
 HeartbeatAction = Literal["continue", "stop"]
 StopReason = Literal["", "lease_expired", "lease_revoked", "search_cancelled", "search_finished"]
 Outcome = Literal["succeeded", "failed", "abandoned"]
 MemberPhase = Literal["queued", "training", "reported", "finished"]
-
-
-@dataclass(frozen=True)
-class CheckpointPoint:
-    """A start point: a checkpoint (key + sha256) or, if `key` is "", fresh init."""
-
-    key: str = ""
-    sha256: str = ""
-    member: str = ""
-    generation: int = 0
-    seed: int = 0
-
-    @property
-    def fresh(self) -> bool:
-        return not self.key
 
 
 @dataclass(frozen=True)
@@ -42,8 +29,8 @@ class Lease:
     generation: int
     hparams: dict[str, float]
     epochs: int
-    start: CheckpointPoint
-    fallbacks: tuple[CheckpointPoint, ...]
+    start: StartPoint
+    fallbacks: tuple[StartPoint, ...]
     checkpoint_key: str
     metrics_key: str
     data_key: str
@@ -85,7 +72,7 @@ class SegmentReport:
     checkpoint_key: str = ""
     checkpoint_sha256: str = ""
     checkpoint_size: int = 0
-    corrupt: tuple[CheckpointPoint, ...] = ()
+    corrupt: tuple[StartPoint, ...] = ()
     message: str = ""
 
 

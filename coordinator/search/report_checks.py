@@ -31,9 +31,9 @@ def check_report(report: SegmentReport, segment: Segment, layout: RunLayout) -> 
     starts = [segment.start, *segment.fallbacks]
     known = {s.checkpoint for s in starts if s.checkpoint}
     for point in report.corrupt:
-        if point.key not in known:
+        if point.checkpoint not in known:
             raise InvalidRequest(
-                f"corrupt checkpoint {point.key!r} is not a start point of the lease"
+                f"corrupt checkpoint {point.checkpoint!r} is not a start point of the lease"
             )
     if report.outcome == "succeeded" and not loaded_start(segment, report):
         raise InvalidRequest("every start point is reported corrupt, yet the outcome is SUCCEEDED")
@@ -41,7 +41,7 @@ def check_report(report: SegmentReport, segment: Segment, layout: RunLayout) -> 
 
 def loaded_start(segment: Segment, report: SegmentReport) -> StartPoint | None:
     """The first start point not reported corrupt: the one the worker loaded."""
-    corrupt = {p.key for p in report.corrupt}
+    corrupt = {p.checkpoint for p in report.corrupt}
     for point in [segment.start, *segment.fallbacks]:
         if point.fresh or point.checkpoint not in corrupt:
             return point

@@ -576,7 +576,7 @@ class CoordinatorService:
                 "checkpoint_checksum_failed",
                 member=segment.member,
                 generation=segment.generation,
-                checkpoint=point.key,
+                checkpoint=point.checkpoint,
                 fell_back_to=started.checkpoint if started else None,
             )
         segment.phase = "reported"

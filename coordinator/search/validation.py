@@ -66,7 +66,7 @@ def _check_sizes(report: SegmentReport) -> None:
         )
     if len(report.corrupt) > MAX_CORRUPT_POINTS:
         raise InvalidRequest(f"more than {MAX_CORRUPT_POINTS} corrupt checkpoints reported")
-    if any(len(p.key) > MAX_KEY_CHARS for p in report.corrupt):
+    if any(len(p.checkpoint) > MAX_KEY_CHARS for p in report.corrupt):
         raise InvalidRequest(f"a corrupt checkpoint key is longer than {MAX_KEY_CHARS} characters")
     if len(report.epochs) > MAX_REPORT_EPOCHS:
         raise InvalidRequest(f"{len(report.epochs)} epochs reported; at most {MAX_REPORT_EPOCHS}")

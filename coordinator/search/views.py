@@ -6,13 +6,12 @@ import math
 
 from autolfads.coordinator.search.messages import (
     BestView,
-    CheckpointPoint,
     Lease,
     LineageStepView,
     MemberView,
     StatusView,
 )
-from autolfads.coordinator.search.state import LeaseRecord, SearchState, Segment, StartPoint
+from autolfads.coordinator.search.state import LeaseRecord, SearchState, Segment
 from autolfads.storage.keys import RunLayout
 
 _PHASES = {"queued": "queued", "leased": "training", "reported": "reported", "finished": "finished"}
@@ -79,8 +78,8 @@ def lease_view(
         generation=seg.generation,
         hparams=dict(seg.hparams),
         epochs=seg.epochs,
-        start=_point(seg.start),
-        fallbacks=tuple(_point(f) for f in seg.fallbacks),
+        start=seg.start,
+        fallbacks=tuple(seg.fallbacks),
         checkpoint_key=layout.checkpoint(seg.member, seg.generation),
         metrics_key=layout.member_metrics(seg.member, seg.generation),
         data_key=state.data_key,
@@ -91,7 +90,3 @@ def lease_view(
         parent=seg.parent,
         run=state.run,
     )
-
-
-def _point(p: StartPoint) -> CheckpointPoint:
-    return CheckpointPoint(p.checkpoint, p.sha256, p.member, max(p.generation, 0), p.seed)

@@ -12,7 +12,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from autolfads.coordinator.search.errors import InvalidRequest
 from autolfads.coordinator.search.messages import (
     BestView,
-    CheckpointPoint,
     HeartbeatReply,
     Lease,
     LineageStepView,
@@ -22,6 +21,7 @@ from autolfads.coordinator.search.messages import (
     StatusView,
     WorkReply,
 )
+from autolfads.coordinator.search.state import StartPoint
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 
 _WORK_ACTIONS = {
@@ -80,27 +80,29 @@ def _seconds(ts: Timestamp) -> float:
 # ---------------------------------------------------------------- start points
 
 
-def point_to_proto(p: CheckpointPoint) -> pb.StartPoint:
+def point_to_proto(p: StartPoint) -> pb.StartPoint:
     if p.fresh:
         return pb.StartPoint(fresh=pb.FreshInit(seed=p.seed))
     return pb.StartPoint(checkpoint=checkpoint_ref(p))
 
 
-def checkpoint_ref(p: CheckpointPoint) -> pb.CheckpointRef:
-    return pb.CheckpointRef(key=p.key, sha256=p.sha256, member=p.member, generation=p.generation)
+def checkpoint_ref(p: StartPoint) -> pb.CheckpointRef:
+    return pb.CheckpointRef(
+        key=p.checkpoint, sha256=p.sha256, member=p.member, generation=p.generation
+    )
 
 
-def point_from_proto(msg: pb.StartPoint) -> CheckpointPoint:
+def point_from_proto(msg: pb.StartPoint) -> StartPoint:
     which = msg.WhichOneof("source")
     if which == "fresh":
-        return CheckpointPoint(seed=msg.fresh.seed)
+        return StartPoint(seed=msg.fresh.seed)
     if which == "checkpoint":
         return ref_from_proto(msg.checkpoint)
     raise InvalidRequest("start point has neither a checkpoint nor a fresh init")
 
 
-def ref_from_proto(ref: pb.CheckpointRef) -> CheckpointPoint:
-    return CheckpointPoint(ref.key, ref.sha256, ref.member, ref.generation)
+def ref_from_proto(ref: pb.CheckpointRef) -> StartPoint:
+    return StartPoint(ref.key, ref.sha256, ref.member, ref.generation)
 
 
 # ---------------------------------------------------------------- work
