@@ -16,6 +16,14 @@ changed (closed generations are archived once, `journal`).
 
 Determinism (sync mode): decisions depend only on the config, the seed and
 the reported results: never on arrival order, worker count or lease ids.
+
+Why one class of ~600 lines: every method here changes the one population
+state under the one lock, inside a `_transaction` that the group commit
+persists before anyone is answered; split across modules, the invariants of
+that lock would be too. Everything that can live outside it does: the pure
+policy (`policy`), closing generations (`generations`), the lease indexes
+(`dispatch`), report checks (`report_checks`), persistence (`commit`,
+`journal`, `recovery`) and the views.
 """
 
 from __future__ import annotations
