@@ -29,8 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from bench_coordinator import bench_config
 
-from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
+from autolfads.config import RunConfig
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.messages import SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
@@ -58,18 +59,7 @@ class TimedStore(WrapperStore):
 
 
 def config(population: int, generations: int) -> RunConfig:
-    return RunConfig(
-        name=RUN,
-        data=DataConfig(path="bench.h5"),
-        training=TrainingConfig(l2_increase_epochs=0, kl_increase_epochs=0),
-        pbt=PbtConfig(
-            population=population,
-            burn_in_epochs=1,
-            generation_epochs=1,
-            max_generations=generations,
-            stop_patience_generations=generations + 1,
-        ),
-    )
+    return bench_config(population, generations)
 
 
 def report(service: CoordinatorService, grant, worker: str) -> None:

@@ -7,6 +7,14 @@
 
 See docs/storage.md for the run layout and how to point at a MinIO server.
 This package imports no torch.
+
+    base       the interface (`Store`, `StoreCapabilities`), atomic and verified
+    local, s3  the two backends; memory an in-process one; url picks one
+    faults     `WrapperStore` / `FaultyStore`: a public seam for faults
+    testing    `StoreContract`, the suite every backend passes
+    keys       validated keys and the run layout (`RunLayout`)
+    cache      content-addressed data files; retention old checkpoints
+    retry, errors, locks   backoff, one-line errors, file locks
 """
 
 from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities

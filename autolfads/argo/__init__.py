@@ -1,1 +1,8 @@
-"""Argo Workflows deployment: render, validate, submit and run locally."""
+"""Argo Workflows deployment: render, validate and submit the workflow.
+
+manifests  the manifests as data (shipped from deploy/argo as `deploy`)
+render     the Workflow of one run config (`argo render`)
+validate   strict offline validation (Argo and core Kubernetes schemas)
+semantics  checks no schema expresses; `depends` the DAG expressions
+submit     stage the run, create the Workflow, follow it (`argo submit`)
+"""
