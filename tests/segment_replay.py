@@ -34,8 +34,8 @@ def replay(store_url: str, run: str, member: str, generation: int, out: Path) ->
     with tempfile.TemporaryDirectory() as cache:
         data = load_lfads_h5(DataCache(store, Path(cache)).fetch(data_key, data_sha))
     doc = store.get_json(RunLayout(run).member_metrics(member, generation))
-    if doc["started_from"]:
-        start = store.get_bytes(doc["started_from"])
+    if doc["start_checkpoint"]:
+        start = store.get_bytes(doc["start_checkpoint"])
         session = TrainingSession.from_checkpoint(cfg, data, start, doc["hparams"], "cpu")
     else:
         seed = member_seed(cfg.pbt.seed, member_index(member))

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict
 
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, tiny_config
 
 from autolfads.config import parse_config
 from autolfads.coordinator.search.clock import ManualClock
@@ -38,6 +38,22 @@ def test_round_trip_is_lossless_including_nan(local_store):
     again = SearchState.from_json(text)
     assert again.to_json() == text
     assert any(math.isnan(h.metric) for hs in again.history.values() for h in hs)
+
+
+def test_a_state_written_with_the_old_result_field_name_still_loads(local_store):
+    """Segment results once named the loaded checkpoint `started_from`."""
+    service = open_tiny_search(local_store)
+    leases = service.request_work("w0", 4).leases
+    for lease in leases[:2]:  # two reported, two still training
+        service.report(fake_train(local_store, lease, "w0"))
+    state = service.snapshot()
+    doc = json.loads(state.to_json())
+    results = [s["result"] for s in doc["segments"].values() if s["result"]]
+    assert results, "the fixture must leave reported segments"
+    for result in results:
+        result["started_from"] = result.pop("start_checkpoint")
+    again = SearchState.from_json(json.dumps(doc))
+    assert again.to_json() == state.to_json()
 
 
 def test_lineage_follows_copies_back_to_fresh_init(local_store):

@@ -101,14 +101,14 @@ def test_segments_trained_after_others_equal_new_processes(search: Path, tmp_pat
         (m, g)
         for g in (1, 2)
         for m in ("m000", "m001", "m002")
-        if not metrics(search, m, g)["started_from"].startswith(LAYOUT.member_dir(m))
+        if not metrics(search, m, g)["start_checkpoint"].startswith(LAYOUT.member_dir(m))
     ]
     segments = [("m003", 0), ("m003", 2), *exploits[:1]]
     for (member, generation), replay in zip(
         segments, replays(search, segments, tmp_path), strict=True
     ):
         stored = metrics(search, member, generation)
-        assert stored["started_from"] == "" or generation > 0
+        assert stored["start_checkpoint"] == "" or generation > 0
         replayed = json.loads((replay / "epochs.json").read_text())
         assert len(replayed) == len(stored["epochs"]) > 0
         for ours, theirs in zip(stored["epochs"], replayed, strict=True):

@@ -90,7 +90,7 @@ def metrics_doc(seg: LeasedSegment, fitness_metric: str, metric: float, sha256: 
         "fitness_metric": fitness_metric,
         "fitness": clean(metric),
         "checkpoint": {"key": g.checkpoint_key, "sha256": sha256},
-        "started_from": next(
+        "start_checkpoint": next(
             (p.checkpoint for p in (g.start, *g.fallbacks) if p not in seg.corrupt), ""
         ),
         "corrupt_start_points": [p.checkpoint for p in seg.corrupt],

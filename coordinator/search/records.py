@@ -51,7 +51,7 @@ def sync_generation_doc(state: SearchState, plan: GenerationPlan, stop_reason: s
             "metric": json_metric(entry.metric),
             "checkpoint": entry.checkpoint,
             "sha256": entry.sha256,
-            "started_from": {"member": entry.parent, "generation": entry.start_generation},
+            "start": {"member": entry.parent, "generation": entry.start_generation},
             "hparams": entry.hparams,
             "next": {
                 "parent": step.parent,

@@ -599,7 +599,7 @@ class CoordinatorService:
             lease_id=lease.lease_id,
             worker_id=lease.worker_id,
             outcome="succeeded" if succeeded else "failed",
-            started_from=started.checkpoint if started else "",
+            start_checkpoint=started.checkpoint if started else "",
         )
         if not succeeded:
             self._event(

@@ -85,7 +85,7 @@ class SegmentResult:
     lease_id: str
     worker_id: str
     outcome: Literal["succeeded", "failed"]
-    started_from: str = ""  # checkpoint key actually loaded ("" = fresh init)
+    start_checkpoint: str = ""  # checkpoint key actually loaded ("" = fresh init)
 
 
 @dataclass
@@ -315,7 +315,7 @@ def _segment_from_dict(d: dict[str, Any]) -> Segment:
     d = dict(d)
     d["start"] = StartPoint(**d["start"])
     d["fallbacks"] = [StartPoint(**f) for f in d["fallbacks"]]
-    d["result"] = SegmentResult(**d["result"]) if d["result"] else None
+    d["result"] = SegmentResult(**_renamed(d["result"])) if d["result"] else None
     return Segment(**d)
 
 
@@ -327,3 +327,12 @@ def _state_from_dict(d: dict[str, Any]) -> SearchState:
     d["requests"] = {k: WorkerRequest(**v) for k, v in d["requests"].items()}
     d["best"] = BestRecord(**d["best"]) if d["best"] else None
     return SearchState(**d)
+
+
+def _renamed(result: dict[str, Any]) -> dict[str, Any]:
+    """A segment result as written before `started_from` was renamed
+    `start_checkpoint` (one name per concept) still loads."""
+    if "started_from" in result:
+        result = dict(result)
+        result["start_checkpoint"] = result.pop("started_from")
+    return result
