@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +39,11 @@ class FakeKube:
 
     def posts(self) -> list[dict[str, Any]]:
         return [body for method, _, body, _ in self.requests if method == "POST" and body]
+
+
+def status_reply(code: int, reason: str, message: str, **details: str) -> tuple[int, dict]:
+    """What the API server answers with a `Status` body: (HTTP code, body)."""
+    return code, status_body(code, reason, message, **details)
 
 
 def status_body(code: int, reason: str, message: str, **details: str) -> dict[str, Any]:
@@ -169,6 +174,12 @@ def stored_keys(s3_server, bucket: str) -> list[str]:
     return sorted(o.object_name for o in client.list_objects(bucket, recursive=True))
 
 
+@pytest.fixture
+def uploaded(s3_server, s3_bucket: str) -> Callable[[], list[str]]:
+    """Lists the keys `submit` has stored in the test bucket so far."""
+    return lambda: stored_keys(s3_server, s3_bucket)
+
+
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -180,12 +191,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_submit_uploads_the_run_and_creates_the_exact_workflow(
-    fake_kube: FakeKube,
-    storage: str,
-    config_path: Path,
-    s3_server,
-    s3_bucket: str,
-    capsys: pytest.CaptureFixture[str],
+    fake_kube: FakeKube, storage: str, config_path: Path, uploaded, capsys
 ) -> None:
     code = main(["argo", "submit", str(config_path), "--storage", storage, "--n-trainers", "3"])
     assert code == 0
@@ -203,7 +209,7 @@ def test_submit_uploads_the_run_and_creates_the_exact_workflow(
         ("POST", f"{BASE}/autolfads/workflows?fieldValidation=Strict"),
     ]
     assert all(auth == f"Bearer {TOKEN}" for *_, auth in fake_kube.requests)
-    keys = stored_keys(s3_server, s3_bucket)
+    keys = uploaded()
     assert "runs/submit-test/config.yaml" in keys
     assert any(k.startswith("runs/submit-test/data/") for k in keys)
 
@@ -245,12 +251,7 @@ def test_submit_wait_fails_when_the_workflow_fails(
 
 
 def test_forbidden_is_one_line_and_uploads_nothing(
-    fake_kube: FakeKube,
-    storage: str,
-    config_path: Path,
-    s3_server,
-    s3_bucket: str,
-    capsys: pytest.CaptureFixture[str],
+    fake_kube: FakeKube, storage: str, config_path: Path, uploaded, capsys
 ) -> None:
     message = (
         'workflowtemplates.argoproj.io "autolfads-pbt" is forbidden: User "alice" cannot get '
@@ -260,7 +261,7 @@ def test_forbidden_is_one_line_and_uploads_nothing(
     assert main(["argo", "submit", str(config_path), "--storage", storage]) == 2
     err = one_error_line(capsys)
     assert f"forbidden: {message}" in err and "autolfads-submitter" in err
-    assert stored_keys(s3_server, s3_bucket) == []
+    assert uploaded() == []
     assert fake_kube.posts() == []
 
 
@@ -276,16 +277,13 @@ def test_missing_argo_crd_is_one_line(
 def test_missing_workflow_template_is_one_line(
     fake_kube: FakeKube, storage: str, config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_kube.template_reply = (
+    fake_kube.template_reply = status_reply(
         404,
-        status_body(
-            404,
-            "NotFound",
-            'workflowtemplates.argoproj.io "autolfads-pbt" not found',
-            name="autolfads-pbt",
-            group="argoproj.io",
-            kind="workflowtemplates",
-        ),
+        "NotFound",
+        'workflowtemplates.argoproj.io "autolfads-pbt" not found',
+        name="autolfads-pbt",
+        group="argoproj.io",
+        kind="workflowtemplates",
     )
     assert main(["argo", "submit", str(config_path), "--storage", storage]) == 2
     err = one_error_line(capsys)
@@ -295,16 +293,13 @@ def test_missing_workflow_template_is_one_line(
 def test_name_conflict_is_one_line(
     fake_kube: FakeKube, storage: str, config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_kube.create_reply = (
+    fake_kube.create_reply = status_reply(
         409,
-        status_body(
-            409,
-            "AlreadyExists",
-            'workflows.argoproj.io "nightly" already exists',
-            name="nightly",
-            group="argoproj.io",
-            kind="workflows",
-        ),
+        "AlreadyExists",
+        'workflows.argoproj.io "nightly" already exists',
+        name="nightly",
+        group="argoproj.io",
+        kind="workflows",
     )
     argv = ["argo", "submit", str(config_path), "--storage", storage, "--name", "nightly"]
     assert main(argv) == 2
