@@ -41,10 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
 
-def write_config(config: Path, out: Path, seed: int, overrides: list[str]) -> Path:
-    """The config with `pbt.seed`, --set overrides and every checkpoint kept."""
-    raw = yaml.safe_load(config.read_text())
-    raw["data"]["path"] = str((config.parent / raw["data"]["path"]).resolve())
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """`--set section.key=value` items into a config's YAML document (values as YAML)."""
     for item in overrides:
         key, _, text = item.partition("=")
         *parents, leaf = key.split(".")
@@ -52,6 +50,13 @@ def write_config(config: Path, out: Path, seed: int, overrides: list[str]) -> Pa
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(text)
+
+
+def write_config(config: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+    """The config with `pbt.seed`, --set overrides and every checkpoint kept."""
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["path"] = str((config.parent / raw["data"]["path"]).resolve())
+    apply_overrides(raw, overrides)
     pbt = raw.setdefault("pbt", {})
     pbt["seed"] = seed
     pbt["keep_generations"] = 1000  # generation 0 is scored afterwards

@@ -26,26 +26,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
-
-
-def _value(text: str) -> Any:
-    return yaml.safe_load(text)
+from search_quality import apply_overrides, score
 
 
 def patched_config(args: argparse.Namespace, tmp: Path) -> Path:
     """The config with --set overrides and a regenerated data path if asked."""
     raw = yaml.safe_load(args.config.read_text())
     raw["data"]["path"] = str((args.config.parent / raw["data"]["path"]).resolve())
-    for item in args.set:
-        key, _, text = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _value(text)
+    apply_overrides(raw, args.set)
     synth = raw["data"].get("synth") or {}
     if args.synth_seed is not None or args.synth_kind or args.sizes:
         synth = dict(synth)
@@ -61,23 +51,6 @@ def patched_config(args: argparse.Namespace, tmp: Path) -> Path:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def posterior_co_bps(session: Any, data: Any) -> float:
-    from autolfads.trainer.evaluation.metrics import co_bps
-    from autolfads.trainer.evaluation.posterior import posterior_sample
-
-    cfg = session.cfg
-    outputs = posterior_sample(
-        session, data, num_samples=cfg.training.posterior_samples, seed=cfg.training.seed
-    )
-    recon = data.valid.recon_data
-    return co_bps(
-        outputs["valid_output_params"],
-        recon,
-        data.valid.encod_data.shape[-1],
-        session.dims.encod_seq_len,
-    )
 
 
 def main() -> None:
@@ -135,7 +108,7 @@ def main() -> None:
             "valid_co_bps_1pass": round(stats["valid_co_bps"], 4),
         }
         if epoch % args.eval_every == 0 or epoch == args.epochs:
-            co = posterior_co_bps(session, data)
+            co = score(session, data)["co_bps"]
             line["co_bps"] = round(co, 4)
             line["fraction"] = round(fraction_of_range(co, floor, ceiling) or float("nan"), 3)
         elif epoch % args.log_every:

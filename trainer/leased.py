@@ -71,9 +71,9 @@ def last_short_round(segs: list[LeasedSegment]) -> bool:
     )
 
 
-def session_key(grant: Lease) -> tuple[str, str]:
+def session_key(lease: Lease) -> tuple[str, str]:
     """Leases with the same key can share a training session: same config and data."""
-    return grant.config_key, grant.data_sha256
+    return lease.config_key, lease.data_sha256
 
 
 def metrics_doc(seg: LeasedSegment, fitness_metric: str, metric: float, sha256: str) -> bytes:

@@ -176,7 +176,7 @@ class Worker:
                 log.warning("lease request made in advance failed: %s", err)
                 return
             if reply is not None and reply.action == "train":
-                self._abandon([LeasedSegment(grant) for grant in reply.leases])
+                self._abandon([LeasedSegment(lease) for lease in reply.leases])
 
     def _request_work(self) -> WorkReply | None:
         """The coordinator's answer, or None once storage says the search ended.
@@ -197,8 +197,8 @@ class Worker:
 
     # ------------------------------------------------------------ one round
 
-    def train(self, grants: list[Lease]) -> None:
-        segs = [self._load(grant) for grant in grants]
+    def train(self, leases: list[Lease]) -> None:
+        segs = [self._load(lease) for lease in leases]
         # Loading (data download, first checkpoint) can take a while: tell
         # the coordinator we are alive before the first epoch.
         self._heartbeat(segs)
@@ -216,7 +216,7 @@ class Worker:
                 self._abandon(segs)
                 return
             interval = min(seg.lease.heartbeat_interval_s for seg in segs)
-            if time.monotonic() - last_beat >= interval or not any(j.training for j in segs):
+            if time.monotonic() - last_beat >= interval or not any(seg.training for seg in segs):
                 self._heartbeat(segs)
                 last_beat = time.monotonic()
         for seg in segs:
@@ -263,18 +263,18 @@ class Worker:
 
     # ------------------------------------------------------------ loading
 
-    def _load(self, grant: Lease) -> LeasedSegment:
-        seg = LeasedSegment(grant)
+    def _load(self, lease: Lease) -> LeasedSegment:
+        seg = LeasedSegment(lease)
         try:
             with self.clock.phase("data"):
-                cfg = self._config(grant.config_key)
-                data = self._data(grant.data_key, grant.data_sha256)
+                cfg = self._config(lease.config_key)
+                data = self._data(lease.data_key, lease.data_sha256)
         except AutolfadsError as err:
             seg.failure = f"cannot load the run's config or data: {err}"
             return seg
-        for point in (grant.start, *grant.fallbacks):
+        for point in (lease.start, *lease.fallbacks):
             try:
-                seg.session = self._open(cfg, data, grant, point)
+                seg.session = self._open(cfg, data, lease, point)
                 return seg
             except (ChecksumMismatch, ObjectNotFound, CheckpointError) as err:
                 # Never loaded silently: the next start point is tried and
@@ -288,7 +288,7 @@ class Worker:
         return seg
 
     def _open(
-        self, cfg: RunConfig, data: LfadsData, grant: Lease, point: StartPoint
+        self, cfg: RunConfig, data: LfadsData, lease: Lease, point: StartPoint
     ) -> TrainingSession:
         state = None
         if not point.fresh:
@@ -298,14 +298,14 @@ class Worker:
         with self.clock.phase("build"):
             # Built once per run and process; each lease moves an idle session
             # to its start point, exactly as a new one would be.
-            session = self._sessions.take(session_key(grant), cfg, data)
+            session = self._sessions.take(session_key(lease), cfg, data)
             try:
                 if state is None:
-                    session.start_fresh(grant.hparams, point.seed)
+                    session.start_fresh(lease.hparams, point.seed)
                 else:
-                    session.start_from(state, grant.hparams)
+                    session.start_from(state, lease.hparams)
             except BaseException:
-                self._sessions.put_back(session_key(grant), session)
+                self._sessions.put_back(session_key(lease), session)
                 raise
         return session
 
@@ -323,9 +323,9 @@ class Worker:
     # ------------------------------------------------------------ publishing
 
     def _finish(self, seg: LeasedSegment) -> None:
-        grant = seg.lease
+        lease = seg.lease
         if seg.failure:
-            log.error("%s generation %d failed: %s", grant.member, grant.generation, seg.failure)
+            log.error("%s generation %d failed: %s", lease.member, lease.generation, seg.failure)
             self._publisher.submit(lambda: self._report(seg, self._failed_report(seg)))
             return
         assert seg.session is not None
@@ -338,14 +338,14 @@ class Worker:
         self._publisher.submit(lambda: self._publish(seg, blob, fitness_metric, metric))
 
     def _failed_report(self, seg: LeasedSegment) -> SegmentReport:
-        grant = seg.lease
+        lease = seg.lease
         return SegmentReport(
-            grant.lease_id,
+            lease.lease_id,
             self.worker_id,
-            grant.member,
-            grant.generation,
+            lease.member,
+            lease.generation,
             "failed",
-            hparams=grant.hparams,
+            hparams=lease.hparams,
             epochs=tuple(seg.epochs),
             corrupt=tuple(seg.corrupt),
             message=seg.failure[:500],
@@ -354,26 +354,26 @@ class Worker:
     def _publish(self, seg: LeasedSegment, blob: bytes, fitness_metric: str, metric: float) -> None:
         """Checkpoint, then metrics.json (the marker), then the report: in this
         order, so the report never names a checkpoint not yet stored."""
-        grant = seg.lease
-        info = self.store.put_bytes(grant.checkpoint_key, blob)
+        lease = seg.lease
+        info = self.store.put_bytes(lease.checkpoint_key, blob)
         assert info.sha256 is not None, "a put always records the checksum"
         self.store.put_bytes(
-            grant.metrics_key,
+            lease.metrics_key,
             metrics_doc(seg, fitness_metric, metric, info.sha256),
             content_type="application/json",
         )
         self._report(
             seg,
             SegmentReport(
-                grant.lease_id,
+                lease.lease_id,
                 self.worker_id,
-                grant.member,
-                grant.generation,
+                lease.member,
+                lease.generation,
                 "succeeded",
-                hparams=grant.hparams,
+                hparams=lease.hparams,
                 epochs=tuple(seg.epochs),
                 fitness=metric,
-                checkpoint_key=grant.checkpoint_key,
+                checkpoint_key=lease.checkpoint_key,
                 checkpoint_sha256=info.sha256,
                 checkpoint_size=len(blob),
                 corrupt=tuple(seg.corrupt),
