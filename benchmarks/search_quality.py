@@ -123,6 +123,7 @@ def search_curve(store: Any, layout: Any, cfg: Any, generations: int) -> list[tu
 def search_result(config: Path, storage: Path, seconds: float, gen0_scores: bool) -> dict:
     """Best model, generation-0 median and the curve of one finished search."""
     from autolfads.config import load_config
+    from autolfads.coordinator.search.recovery import read_state
     from autolfads.storage import RunLayout, open_store
     from autolfads.trainer.data.config_data import load_config_data
     from autolfads.trainer.model.session import TrainingSession
@@ -137,11 +138,12 @@ def search_result(config: Path, storage: Path, seconds: float, gen0_scores: bool
         if store.exists(key):  # a search run without this script may have pruned it
             session = TrainingSession.from_checkpoint(cfg, data, store.get_bytes(key))
             gen0.append(score(session, data)["co_bps"])
-    state = store.get_json(layout.state())
+    state = read_state(store, cfg.name, history=False)
+    assert state is not None, f"{cfg.name}: no coordinator state in {storage}"
     return {
         "seed": cfg.pbt.seed,
         "search_seconds": round(seconds, 1),
-        "generations": state["generation"],
+        "generations": state.generation,
         "best_member": best["member"],
         "best_epochs": cfg.pbt.burn_in_epochs + best["generation"] * cfg.pbt.generation_epochs,
         "best": {k: best.get(k) for k in SHOWN},
@@ -150,7 +152,7 @@ def search_result(config: Path, storage: Path, seconds: float, gen0_scores: bool
         "ceiling": best.get("ceiling") or {},
         "best_hparams": store.get_json(layout.best("search.json"))["best"]["hparams"],
         "gen0_median_co_bps": statistics.median(gen0) if gen0 else float("nan"),
-        "curve": search_curve(store, layout, cfg, state["generation"] + 1),
+        "curve": search_curve(store, layout, cfg, state.generation + 1),
     }
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from autolfads.config import load_config
+from autolfads.coordinator.search.recovery import read_state
 from autolfads.storage import RunLayout, open_store
 from autolfads.trainer.data.config_data import ensure_data_file
 from autolfads.trainer.timing import PHASES, TIMING_PREFIX
@@ -89,7 +90,9 @@ def search_outcome(store_url: str, run: str) -> str:
     states, which every new process seeds from OS entropy)."""
     store = open_store(store_url, create_bucket=False)
     layout = RunLayout(run)
-    state = store.get_json(layout.state())
+    state = read_state(store, run, history=False)
+    if state is None:
+        raise SystemExit(f"worker_breakdown: no coordinator state for run {run} in {store_url}")
     results = []
     for info in store.list(layout.prefix()):
         if info.key.startswith(layout.generations_prefix()):
@@ -103,10 +106,11 @@ def search_outcome(store_url: str, run: str) -> str:
             epochs = [{k: v for k, v in e.items() if k != "seconds"} for e in doc["epochs"]]
             results.append([info.key, doc["hparams"], doc["fitness"], epochs])
     digest = hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()[:16]
-    best = state.get("best") or {}
+    best = state.best
+    where = "none" if best is None else f"{best.member} generation {best.generation}"
+    metric = None if best is None else best.metric
     return (
-        f"{state['status']}, mode {state.get('mode', '?')}; best {best.get('member')} "
-        f"generation {best.get('generation')} metric {best.get('metric')!r}; "
+        f"{state.status}, mode {state.mode}; best {where} metric {metric!r}; "
         f"results digest {digest}"
     )
 
