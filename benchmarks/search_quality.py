@@ -278,17 +278,14 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
-    for s in result["searches"]:
+    # One colour per search seed (blues), so each line's legend entry is its own.
+    blues = plt.get_cmap("Blues")
+    count = len(result["searches"])
+    for i, s in enumerate(result["searches"]):
+        color = blues(0.9 - 0.45 * i / max(1, count - 1))
         x, y = zip(*s["curve"], strict=True)
-        ax.plot(
-            x,
-            y,
-            "o-",
-            color="C0",
-            ms=3,
-            label=f"PBT search (pbt.seed {s['seed']})" if s["seed"] == 0 else None,
-        )
-        ax.plot([x[-1]], [s["best"]["co_bps"]], "*", color="C0", ms=11)
+        ax.plot(x, y, "o-", color=color, ms=3, label=f"PBT search, pbt.seed {s['seed']}")
+        ax.plot([x[-1]], [s["best"]["co_bps"]], "*", color=color, ms=11)
     for run in result["singles"].get("config_hparams", []):
         ax.plot(
             range(1, len(run["curve"]) + 1),

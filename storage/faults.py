@@ -140,10 +140,14 @@ class FaultyStore(WrapperStore):
 
     def count(self, op: str, pattern: str = "") -> int:
         """How many `op` calls on keys matching `pattern` reached this store."""
+        return len(self.calls(op, pattern))
+
+    def calls(self, op: str, pattern: str = "") -> list[str]:
+        """The keys of the `op` calls on keys matching `pattern`, in order."""
         compiled = re.compile(pattern)
         ops = _CHANGES if op == "change" else (op,)
         with self._lock:
-            return sum(1 for o, key in self._calls if o in ops and compiled.search(key))
+            return [key for o, key in self._calls if o in ops and compiled.search(key)]
 
     def _enter(self, op: str, key: str) -> None:
         with self._lock:

@@ -20,6 +20,17 @@ Every `snapshot_every` entries the leader, once its callers are answered,
 writes a snapshot and then deletes the journal entries and snapshots the
 snapshot before it covered (keeping one older snapshot to fall back on).
 
+*Views* (`Outbox.view`: each member's history.jsonl) are documents for
+people and the report, rendered from the state like the others but written
+after the entry and after the batch's callers are answered: a sync
+generation's close rewrites one per member, and writing 1024 of them before
+answering made every trainer of the next generation wait. One leader at a
+time writes them (the others hand theirs over), newest render per key, so a
+document never goes back to an older version. A batch that ends the search
+writes every pending view before its entry (readers of a finished run find
+them complete), and a resumed search rewrites all of them (a crash may have
+lost some).
+
 If a write fails, the state is rebuilt from the image of the last finished
 write and every change not covered by it is lost: its caller gets an error
 and retries, so memory and storage never disagree about what was
@@ -71,16 +82,22 @@ class Outbox:
     """
 
     puts: dict[str, Callable[[], bytes]] = field(default_factory=dict)
+    views: dict[str, Callable[[], bytes]] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
 
     def put(self, key: str, render: Callable[[], bytes]) -> None:
         self.puts[key] = render
+
+    def view(self, key: str, render: Callable[[], bytes]) -> None:
+        """Like `put`, but written after the callers are answered (module doc)."""
+        self.views[key] = render
 
     def delete(self, key: str) -> None:
         self.deletes.append(key)
 
     def clear(self) -> None:
         self.puts.clear()
+        self.views.clear()
         self.deletes.clear()
 
 
@@ -90,6 +107,9 @@ class _Batch:
     journal: Batch
     docs: list[tuple[str, bytes]]
     deletes: list[str]
+    views: dict[str, bytes]
+    # Pending views are written first, and no view writer may be running.
+    flush_views: bool
 
 
 class GroupCommit:
@@ -129,6 +149,8 @@ class GroupCommit:
         if legacy:
             self._junk.append(writer.layout.state())  # once a snapshot holds it
         self._snapshotting = False
+        self._views: dict[str, bytes] = {}  # rendered, not yet written
+        self._viewing = False  # a leader is writing views
         self._latest = Ticket(-1, done=True)
         self._batch_revision = -1  # revision of the batch being written
         self.writes = 0  # state writes so far
@@ -178,17 +200,34 @@ class GroupCommit:
                 snapshot = self._snapshot_job() if error is None else None
             if snapshot is not None:
                 self._write_snapshot(snapshot)
+            self._write_views()
         if ticket.error is not None:
             raise ticket.error
+
+    def flush_views(self) -> None:
+        """Return once every view rendered so far is written (or failed and
+        logged); for a graceful stop. Call without holding the lock."""
+        with self._cond:
+            while self._viewing:
+                self._cond.wait()
+        self._write_views()
 
     # ------------------------------------------------------------ internals
 
     def _take(self) -> _Batch:
         """Lock held: everything staged so far becomes the next write."""
         docs = [(key, render()) for key, render in self.outbox.puts.items()]
+        views = {key: render() for key, render in self.outbox.views.items()}
         deletes = list(self.outbox.deletes)
-        journal = self.writer.take(self._current(), self._encoded, deletes)
-        batch = _Batch(self._pending[-1].revision, journal, docs + journal.docs, deletes)
+        state = self._current()
+        journal = self.writer.take(state, self._encoded, deletes)
+        flush = state.terminal
+        if flush:  # every view before the entry that ends the search
+            docs += list({**self._views, **views}.items())
+            self._views, views = {}, {}
+        batch = _Batch(
+            self._pending[-1].revision, journal, docs + journal.docs, deletes, views, flush
+        )
         self.outbox.clear()
         self._writing = True
         self._batch_revision = batch.revision
@@ -196,6 +235,10 @@ class GroupCommit:
         return batch
 
     def _write(self, batch: _Batch) -> BaseException | None:
+        if batch.flush_views:  # a view writer's older renders must land first
+            with self._cond:
+                while self._viewing:
+                    self._cond.wait()
         try:
             _put_all(self.store, batch.docs)
             self.store.put_bytes(
@@ -211,6 +254,7 @@ class GroupCommit:
         if error is None:
             self.writes += 1
             self._persisted = batch.journal.image
+            self._views.update(batch.views)
             for t in self._pending:
                 if t.revision <= batch.revision:
                     t.done = True
@@ -225,6 +269,31 @@ class GroupCommit:
                 self._encoded = Image()
             self._fail(lambda t: True, error)
         self._cond.notify_all()
+
+    def _write_views(self) -> None:
+        """Write the pending views unless another leader is (it takes ours
+        too). Best effort: a failed view stays pending for the next round."""
+        with self._cond:
+            if self._viewing or not self._views:
+                return
+            self._viewing = True
+        try:
+            while True:
+                with self._cond:
+                    views, self._views = self._views, {}
+                if not views:
+                    return
+                try:
+                    _put_all(self.store, list(views.items()))
+                except Exception as err:  # a view is never worth failing an answered call
+                    log.warning("member histories not written yet (retried later): %s", err)
+                    with self._cond:  # a newer render of a key supersedes the failed one
+                        self._views = {**views, **self._views}
+                    return
+        finally:
+            with self._cond:
+                self._viewing = False
+                self._cond.notify_all()
 
     def _rebuild(self, image: Image) -> Image:
         """Lock held: replace the state by `image`'s; returns the image primed

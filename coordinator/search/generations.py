@@ -67,7 +67,7 @@ class Progress:
             self.layout.generation(g), partial(records.sync_generation_doc, state, plan, stop)
         )
         for member in state.members:
-            self._put(self.layout.history(member), partial(records.history_doc, state, member))
+            self.view_history(state, member)
         if stop:
             self.finish(state, "finished", stop)
             return
@@ -101,7 +101,7 @@ class Progress:
             segment.phase = "finished"
         else:
             state.segments[member] = pop.next_segment(self.cfg, state, plan, g + 1)
-        self._put(self.layout.history(member), partial(records.history_doc, state, member))
+        self.view_history(state, member)
         self._put(self.layout.generation(g), partial(records.async_generation_doc, state, g))
         self._close_async_generations(state)
 
@@ -160,6 +160,10 @@ class Progress:
         )
         self._put(self.layout.best("search.json"), partial(records.best_doc, state))
         log.info("search %s: %s", status, message)
+
+    def view_history(self, state: SearchState, member: str) -> None:
+        """Rewrite `member`'s history.jsonl after the change is answered (a view)."""
+        self.outbox.view(self.layout.history(member), partial(records.history_doc, state, member))
 
     def _put(self, key: str, render: Callable[[], bytes]) -> None:
         """Write `render()` before the state (rendered when the write is batched)."""

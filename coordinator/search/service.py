@@ -180,6 +180,9 @@ class CoordinatorService:
             for lease in self._active_leases():
                 lease.deadline = deadline
             self._event("coordinator_resumed", generation=self._state.generation)
+            # The histories are written after answering; a crash may have lost some.
+            for member in self._state.history:
+                self._progress.view_history(self._state, member)
             if self._state.mode == "sync" and not self._state.terminal:
                 self._progress.advance_sync(self._state)
 
@@ -189,6 +192,7 @@ class CoordinatorService:
             self._draining = True
             self._changed.notify_all()
         self._flush()
+        self._commit.flush_views()
         log.info("state written %d times for %d changes", self._commit.writes, self._commit.changes)
 
     def release_leases(self, message: str) -> int:

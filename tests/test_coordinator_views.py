@@ -1,0 +1,86 @@
+"""Member histories (history.jsonl) are views written after the callers are
+answered: a failed write fails no report and is retried, the search's end
+writes every one of them, and a resumed search rewrites what a crash lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from coordinator_helpers import tiny_config
+from test_coordinator_service import LAYOUT, open_service, run_search
+
+from autolfads.coordinator.search.records import history_doc
+from autolfads.storage import FaultyStore, LocalStore
+
+# Two members, four generations; two reports close a generation.
+CFG = tiny_config(population=2, max_generations=4, stop_patience_generations=10)
+MEMBERS = ("m000", "m001")
+HISTORY = r"/history\.jsonl$"
+
+
+def history(store, member: str) -> list[dict]:
+    return [json.loads(line) for line in store.get_bytes(LAYOUT.history(member)).splitlines()]
+
+
+def test_a_failed_history_write_fails_no_report_and_is_retried(tmp_path, caplog):
+    store = FaultyStore(LocalStore(tmp_path / "store"))
+    fault = store.inject("put", HISTORY, fail="disk full", times=None)
+    service = open_service(store, CFG)
+    with caplog.at_level(logging.WARNING):
+        assert run_search(service, store, stop_after=4) == 4  # every report answered
+    assert fault.hits > 0 and not any(store.exists(LAYOUT.history(m)) for m in MEMBERS)
+    assert "member histories not written yet" in caplog.text
+    # The state itself was written: a status reader sees both closed generations.
+    assert service.snapshot().generation == 2
+
+    store.clear()  # storage is back: the next writes catch the histories up
+    run_search(service, store)
+    assert service.snapshot().status == "finished"
+    for member in MEMBERS:
+        entries = history(store, member)
+        assert [e["generation"] for e in entries] == [0, 1, 2, 3]
+        assert store.get_bytes(LAYOUT.history(member)) == history_doc(service.snapshot(), member)
+
+
+def test_a_resumed_search_rewrites_the_histories_a_crash_lost(tmp_path):
+    # Reference: the same search, uninterrupted, stopped at the same report.
+    reference = LocalStore(tmp_path / "ref")
+    run_search(open_service(reference, CFG), reference, stop_after=5)
+
+    inner = LocalStore(tmp_path / "crashed")
+    store = FaultyStore(inner)
+    # The process dies after each state write, before any history is written.
+    store.inject("put", HISTORY, fail="killed", times=None)
+    run_search(open_service(store, CFG), store, stop_after=5)
+    assert not any(inner.exists(LAYOUT.history(m)) for m in MEMBERS)
+
+    resumed = open_service(inner, CFG)  # a new coordinator on the same storage
+    for member in MEMBERS:
+        rewritten = inner.get_bytes(LAYOUT.history(member))
+        assert rewritten == history_doc(resumed.snapshot(), member)
+        # The closed generations read as the uninterrupted search wrote them
+        # (the rewrite also shows a segment reported in the open generation).
+        closed = reference.get_bytes(LAYOUT.history(member))
+        assert rewritten.startswith(closed)
+        assert [e["generation"] for e in history(reference, member)] == [0, 1]
+    resumed.release_leases("the workers died with the coordinator")
+    run_search(resumed, inner)
+    for member in MEMBERS:
+        assert [e["generation"] for e in history(inner, member)] == [0, 1, 2, 3]
+
+
+def test_the_end_of_the_search_writes_every_history_before_its_state(tmp_path):
+    store = FaultyStore(LocalStore(tmp_path / "store"))
+    service = open_service(store, CFG)
+    run_search(service, store)
+    # The puts in order: the last history put comes before the entry that
+    # records the finished search.
+    puts = store.calls("put")
+    final_entry = max(key for key in puts if key.startswith(LAYOUT.journal_prefix()))
+    last_history = max(i for i, key in enumerate(puts) if key.endswith("history.jsonl"))
+    assert last_history < puts.index(final_entry)
+    entry = json.loads(store.get_bytes(final_entry).split(b"\n", 1)[1])
+    assert entry["fields"]["status"] == "finished"
+    for member in MEMBERS:
+        assert [e["generation"] for e in history(store, member)] == [0, 1, 2, 3]
