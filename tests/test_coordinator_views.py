@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 
 from coordinator_helpers import tiny_config
 from test_coordinator_service import LAYOUT, open_service, run_search
@@ -66,8 +67,18 @@ def test_a_resumed_search_rewrites_the_histories_a_crash_lost(tmp_path):
         assert [e["generation"] for e in history(reference, member)] == [0, 1]
     resumed.release_leases("the workers died with the coordinator")
     run_search(resumed, inner)
+    state = resumed.snapshot()
     for member in MEMBERS:
-        assert [e["generation"] for e in history(inner, member)] == [0, 1, 2, 3]
+        lines = history(inner, member)
+        assert [e["generation"] for e in lines] == [0, 1, 2, 3]
+        # Each line shows its entry as it ended, decisions included, though
+        # the open generation's line was first rendered before the decision.
+        assert lines == [fresh_line(e) for e in state.history[member]]
+        assert all(line["next_parent"] for line in lines[:-1])
+
+
+def fresh_line(entry) -> dict:
+    return {**asdict(entry), "metric": entry.metric}
 
 
 def test_the_end_of_the_search_writes_every_history_before_its_state(tmp_path):

@@ -94,12 +94,15 @@ def async_generation_doc(state: SearchState, generation: int) -> bytes:
 
 
 def history_doc(state: SearchState, member: str) -> bytes:
-    """history.jsonl: S3 cannot append, so the whole object is rewritten."""
-    lines = [
-        json.dumps(_entry_doc(e), sort_keys=True, allow_nan=False)
-        for e in state.history.get(member, [])
-    ]
+    """history.jsonl: S3 cannot append, so the whole object is rewritten
+    (from each entry's remembered line: a generation's close re-renders only
+    the entries that changed, not population x generations of them)."""
+    lines = [e.view_text(_history_line) for e in state.history.get(member, [])]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _history_line(entry: HistoryEntry) -> str:
+    return json.dumps(_entry_doc(entry), sort_keys=True, allow_nan=False)
 
 
 def best_doc(state: SearchState) -> bytes:

@@ -34,6 +34,7 @@ SegmentPhase = Literal["queued", "leased", "reported", "finished"]
 LeaseStatus = Literal["active", "accepted", "expired", "revoked", "abandoned"]
 
 _CACHE = "_encoded_json"
+_VIEW_CACHE = "_view_text"
 
 
 class Encoded:
@@ -49,6 +50,7 @@ class Encoded:
 
     def __setattr__(self, name: str, value: Any) -> None:
         self.__dict__.pop(_CACHE, None)
+        self.__dict__.pop(_VIEW_CACHE, None)
         object.__setattr__(self, name, value)
 
     def encoded(self) -> str:
@@ -56,6 +58,15 @@ class Encoded:
         if text is None:
             text = _dumps(asdict(self))  # type: ignore[call-overload]
             self.__dict__[_CACHE] = text
+        return text
+
+    def view_text(self, render: Callable[[Any], str]) -> str:
+        """`render(self)`, remembered like `encoded()` (for a view that shows
+        this record: a member's history.jsonl line)."""
+        text = self.__dict__.get(_VIEW_CACHE)
+        if text is None:
+            text = render(self)
+            self.__dict__[_VIEW_CACHE] = text
         return text
 
 
