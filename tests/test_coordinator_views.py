@@ -8,11 +8,13 @@ import json
 import logging
 from dataclasses import asdict
 
+import pytest
 from coordinator_helpers import tiny_config
 from test_coordinator_service import LAYOUT, open_service, run_search
 
 from autolfads.coordinator.search.records import history_doc
 from autolfads.storage import FaultyStore, LocalStore
+from autolfads.storage.errors import StorageError
 
 # Two members, four generations; two reports close a generation.
 CFG = tiny_config(population=2, max_generations=4, stop_patience_generations=10)
@@ -95,3 +97,22 @@ def test_the_end_of_the_search_writes_every_history_before_its_state(tmp_path):
     assert entry["fields"]["status"] == "finished"
     for member in MEMBERS:
         assert [e["generation"] for e in history(store, member)] == [0, 1, 2, 3]
+
+
+def test_histories_still_due_when_the_last_write_fails_are_written_by_its_retry(tmp_path):
+    store = FaultyStore(LocalStore(tmp_path / "store"))
+    service = open_service(store, CFG)
+    store.inject("put", HISTORY, fail="disk full", times=None)
+    run_search(service, store, stop_after=4)  # two generations closed, no history written
+    store.clear()
+    # Cancelling ends the search: its write carries the histories still due,
+    # and one of them fails (so does the write). The retry must still write it.
+    store.inject("put", HISTORY, fail="disk full", times=1)
+    with pytest.raises(StorageError):
+        service.cancel("enough")
+    service.cancel("enough")
+    state = service.snapshot()
+    assert state.status == "cancelled"
+    for member in MEMBERS:
+        assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
+        assert [e["generation"] for e in history(store, member)][:2] == [0, 1]

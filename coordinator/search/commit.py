@@ -107,9 +107,11 @@ class _Batch:
     journal: Batch
     docs: list[tuple[str, bytes]]
     deletes: list[str]
-    views: dict[str, bytes]
-    # Pending views are written first, and no view writer may be running.
+    views: dict[str, bytes]  # written after the callers are answered
+    # The search's last batch: pending views (`carried`) and its own are in
+    # `docs`, written before the entry once no view writer is running.
     flush_views: bool
+    carried: dict[str, bytes]
 
 
 class GroupCommit:
@@ -222,11 +224,13 @@ class GroupCommit:
         state = self._current()
         journal = self.writer.take(state, self._encoded, deletes)
         flush = state.terminal
+        carried: dict[str, bytes] = {}
         if flush:  # every view before the entry that ends the search
-            docs += list({**self._views, **views}.items())
-            self._views, views = {}, {}
+            carried, self._views = self._views, {}
+            docs += list({**carried, **views}.items())
+            views = {}
         batch = _Batch(
-            self._pending[-1].revision, journal, docs + journal.docs, deletes, views, flush
+            self._pending[-1].revision, journal, docs + journal.docs, deletes, views, flush, carried
         )
         self.outbox.clear()
         self._writing = True
@@ -262,6 +266,8 @@ class GroupCommit:
         else:
             log.error("coordinator state not saved, changes rolled back: %s", error)
             self.outbox.clear()
+            # Views of written states stay due; the failed batch's own are not.
+            self._views = {**batch.carried, **self._views}
             if self._persisted is not None:
                 self._persisted = self._rebuild(self._persisted)
                 self._encoded = self._persisted
