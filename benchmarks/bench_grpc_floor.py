@@ -36,7 +36,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from bench_coordinator import bench_config
+from bench_coordinator import bench_config, cpu_seconds
 from bench_state_write import FAKE_SHA, RUN, report
 
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -77,11 +77,6 @@ def serve(threads: int) -> None:
     print(port, flush=True)
     sys.stdin.read()
     server.stop(0)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(port: int, calls: Sequence[Call], concurrency: int) -> None:
