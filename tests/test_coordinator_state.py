@@ -15,7 +15,7 @@ from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.population import initial_segments
 from autolfads.coordinator.search.service import CoordinatorService
-from autolfads.coordinator.search.state import STATE_FORMAT, SearchState
+from autolfads.coordinator.search.state import STATE_FORMAT, SearchState, SegmentResult
 from autolfads.errors import ConfigError
 
 
@@ -135,3 +135,38 @@ def test_cached_encoding_tracks_every_change(local_store):
         assert json.loads(state.to_json()) == json.loads(json.dumps(fresh))
     assert lost.lease_id not in service._state.leases  # ended generations ago: pruned
     assert any(h.checkpoint_deleted for hs in service._state.history.values() for h in hs)
+
+
+def _reference_text(value) -> str:
+    """The records' JSON as the format defines it, built independently:
+    dataclasses.asdict, non-finite floats as {"$float": repr}, compact."""
+
+    def floats(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return {"$float": repr(v)}
+        if isinstance(v, dict):
+            return {k: floats(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [floats(x) for x in v]
+        return float(v) if isinstance(v, float) else v
+
+    return json.dumps(floats(asdict(value)), separators=(",", ":"), allow_nan=False)
+
+
+def test_record_texts_keep_the_format_byte_for_byte(local_store):
+    """Journal entries written by one version are read by the next, and
+    unchanged records are recognised by their text: the fast encoder must
+    give exactly the format's bytes, non-finite and numpy floats included."""
+    import numpy as np
+
+    state = _state_after_two_generations(local_store)
+    segment = next(iter(state.segments.values()))
+    segment.hparams = {"lr_init": np.float64(0.004), "dropout_rate": math.inf, "cd_rate": -math.inf}
+    segment.result = SegmentResult(math.nan, "", "", 0, "l1", "w0", "failed")
+    entries = [h for hs in state.history.values() for h in hs]
+    records = [*state.segments.values(), *state.leases.values(), *state.requests.values(), *entries]
+    assert any(math.isnan(h.metric) for h in entries)
+    for record in records:
+        assert record.encoded() == _reference_text(record)
+    assert state.best is not None
+    assert SearchState.from_json(state.to_json()).to_json() == state.to_json()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ class Encoded:
     def encoded(self) -> str:
         text = self.__dict__.get(_CACHE)
         if text is None:
-            text = _dumps(asdict(self))  # type: ignore[call-overload]
+            text = _dumps(self)
             self.__dict__[_CACHE] = text
         return text
 
@@ -257,8 +257,7 @@ class SearchState:
             elif f.name == "history":
                 text = _join_object(value.items(), _join_entries)
             else:
-                plain = is_dataclass(value) and not isinstance(value, type)
-                text = _dumps(asdict(value) if plain else value)
+                text = _dumps(value)
             parts.append(f"{json.dumps(f.name)}:{text}")
         return "{" + ",".join(parts) + "}"
 
@@ -289,7 +288,12 @@ def encode_value(value: Any) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(_encode_floats(value), separators=(",", ":"), allow_nan=False)
+    return _ENCODE(_plain(value))
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _join_object(items: Iterable[tuple[str, Any]], encode: Callable[[Any], str]) -> str:
@@ -301,14 +305,33 @@ def _join_entries(entries: list[HistoryEntry]) -> str:
     return "[" + ",".join([e.encoded() for e in entries]) + "]"
 
 
-def _encode_floats(value: Any) -> Any:
-    """JSON has no NaN/inf: store non-finite floats as strings ("nan", "inf")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": repr(value)}
+def _plain(value: Any) -> Any:
+    """`value` as JSON-ready data in one pass: dataclasses as dicts of their
+    fields (like `asdict`, without its deep copy: the records' containers are
+    never mutated while encoded, see `Encoded`), and non-finite floats, which
+    JSON lacks, as {"$float": "nan"} etc. The exact-type checks come first
+    because this runs for every field of every changed record."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if kind is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES.get(kind)
+        if names is None:
+            names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+        return {name: _plain(getattr(value, name)) for name in names}
+    # Subclasses (numpy floats, OrderedDict, ...): the slow path.
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, dict):
-        return {k: _encode_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_encode_floats(v) for v in value]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
 
 
