@@ -181,8 +181,12 @@ class JournalWriter:
         fields = _fields(state)
         parts: list[str] = [f'"seq":{seq}', f'"fields":{fields}']
         records = {k: dict(base.records[k]) for k in RECORD_KINDS}
-        for kind in RECORD_KINDS:
-            put, drop = _diff(getattr(state, kind), records[kind])
+        maps = [getattr(state, kind) for kind in RECORD_KINDS]
+        for kind, live in zip(RECORD_KINDS, maps, strict=True):
+            # Only the keys touched since the last take can differ from `base`
+            # (it is that take's image), unless nothing was written yet.
+            keys = None if base.seq == 0 else live.touched
+            put, drop = _diff(live, records[kind], keys)
             parts.append(f'"put_{kind}":{_join(put.items())}')
             parts.append(f'"drop_{kind}":{json.dumps(drop)}')
         # Older entries change only when a generation closes (decisions) or
@@ -210,6 +214,8 @@ class JournalWriter:
             late_deleted=base.late_deleted | late,
         )
         body = ("{" + ",".join(parts) + "}").encode()
+        for live in maps:  # taken: later changes are relative to this image
+            live.touched = {}
         return Batch(image, docs, self.layout.journal_entry(seq), frame("journal", seq, body))
 
     def snapshot_due(self, image: Image, last_snapshot: int) -> bool:
@@ -265,9 +271,14 @@ def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
-def _diff(live: Mapping[str, Any], written: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def _diff(
+    live: Mapping[str, Any], written: dict[str, str], keys: Collection[str] | None
+) -> tuple[dict[str, str], list[str]]:
     """Records whose text differs from `written` (updated in place), and the
-    keys `live` no longer has (removed from `written`)."""
+    keys `live` no longer has (removed from `written`). `keys`: the only keys
+    that can differ (None: any)."""
+    if keys is not None:
+        return _diff_keys(live, written, keys)
     put: dict[str, str] = {}
     for key, record in live.items():
         text = record.encoded()
@@ -278,6 +289,23 @@ def _diff(live: Mapping[str, Any], written: dict[str, str]) -> tuple[dict[str, s
     if len(written) != len(live):  # only then can a key have gone
         drop = [key for key in written if key not in live]
         for key in drop:
+            del written[key]
+    return put, drop
+
+
+def _diff_keys(
+    live: Mapping[str, Any], written: dict[str, str], keys: Collection[str]
+) -> tuple[dict[str, str], list[str]]:
+    put: dict[str, str] = {}
+    drop: list[str] = []
+    for key in keys:
+        record = live.get(key)
+        if record is not None:
+            text = record.encoded()
+            if written.get(key) is not text:
+                put[key] = written[key] = text
+        elif key in written:
+            drop.append(key)
             del written[key]
     return put, drop
 

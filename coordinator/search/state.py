@@ -9,8 +9,9 @@ rebuilds it, so a restarted coordinator resumes where it stopped.
 Size: history grows with population x generations in memory (the lineage
 needs it); on storage closed generations are archived once. Leases, request
 records and events are pruned (`prune`), so they stay proportional to the
-population. Each record caches its JSON, so a write finds the changed ones
-by identity and re-encodes only those.
+population. Each record caches its JSON and the maps holding segments,
+leases and request records remember which keys changed (`tracked`), so a
+write visits and re-encodes only what changed.
 
 Vocabulary: a *segment* is one member training for one generation (the unit
 of work); a *lease* grants a segment to a worker until a deadline.
@@ -19,56 +20,21 @@ of work); a *lease* grants a segment to a worker until a deadline.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
 from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.tracked import Encoded, RecordMap, dumps
 
 STATE_FORMAT = 1
 
 SearchStatusName = Literal["running", "finished", "cancelled", "failed"]
 SegmentPhase = Literal["queued", "leased", "reported", "finished"]
 LeaseStatus = Literal["active", "accepted", "expired", "revoked", "abandoned"]
-
-_CACHE = "_encoded_json"
-_VIEW_CACHE = "_view_text"
-
-
-class Encoded:
-    """Mixin for the state's mutable records: remembers its JSON text until
-    one of its fields is assigned, so persisting the state re-encodes only
-    the records that changed since the last write (a 1024-member search
-    re-encodes a few records per write instead of thousands).
-
-    Sound because records change only by field assignment: container fields
-    (hparams, fallbacks, lease_ids) are replaced, never mutated in place, and
-    nested records (StartPoint, SegmentResult) are frozen.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self.__dict__.pop(_CACHE, None)
-        self.__dict__.pop(_VIEW_CACHE, None)
-        object.__setattr__(self, name, value)
-
-    def encoded(self) -> str:
-        text = self.__dict__.get(_CACHE)
-        if text is None:
-            text = _dumps(self)
-            self.__dict__[_CACHE] = text
-        return text
-
-    def view_text(self, render: Callable[[Any], str]) -> str:
-        """`render(self)`, remembered like `encoded()` (for a view that shows
-        this record: a member's history.jsonl line)."""
-        text = self.__dict__.get(_VIEW_CACHE)
-        if text is None:
-            text = render(self)
-            self.__dict__[_VIEW_CACHE] = text
-        return text
-
+# The fields holding records in a `RecordMap` (the journal's record kinds).
+RECORD_MAPS = ("segments", "leases", "requests")
 
 @dataclass(frozen=True)
 class StartPoint:
@@ -185,6 +151,12 @@ class SearchState:
     best_history: list[float] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Whatever is assigned, the record maps track their changes.
+        if name in RECORD_MAPS and not isinstance(value, RecordMap):
+            value = RecordMap(value)
+        object.__setattr__(self, name, value)
+
     @property
     def terminal(self) -> bool:
         return self.status != "running"
@@ -238,11 +210,13 @@ class SearchState:
         for lease_id in drop:
             del self.leases[lease_id]
         if drop:
-            self.requests = {
-                worker: r
+            gone = [
+                worker
                 for worker, r in self.requests.items()
-                if any(i in self.leases for i in r.lease_ids)
-            }
+                if not any(i in self.leases for i in r.lease_ids)
+            ]
+            for worker in gone:
+                del self.requests[worker]
         if len(self.events) > max_events:
             del self.events[: len(self.events) - max_events]
 
@@ -288,12 +262,7 @@ def encode_value(value: Any) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return _ENCODE(_plain(value))
-
-
-# One encoder for every call: json.dumps with options builds a new one each time.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+    return dumps(value)
 
 
 def _join_object(items: Iterable[tuple[str, Any]], encode: Callable[[Any], str]) -> str:
@@ -303,36 +272,6 @@ def _join_object(items: Iterable[tuple[str, Any]], encode: Callable[[Any], str])
 
 def _join_entries(entries: list[HistoryEntry]) -> str:
     return "[" + ",".join([e.encoded() for e in entries]) + "]"
-
-
-def _plain(value: Any) -> Any:
-    """`value` as JSON-ready data in one pass: dataclasses as dicts of their
-    fields (like `asdict`, without its deep copy: the records' containers are
-    never mutated while encoded, see `Encoded`), and non-finite floats, which
-    JSON lacks, as {"$float": "nan"} etc. The exact-type checks come first
-    because this runs for every field of every changed record."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if kind is float:
-        return value if math.isfinite(value) else {"$float": repr(value)}
-    if kind is dict:
-        return {k: _plain(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_plain(v) for v in value]
-    if is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES.get(kind)
-        if names is None:
-            names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
-        return {name: _plain(getattr(value, name)) for name in names}
-    # Subclasses (numpy floats, OrderedDict, ...): the slow path.
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _decode_floats(value: Any) -> Any:

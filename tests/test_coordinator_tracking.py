@@ -1,0 +1,141 @@
+"""Writes cost what changed: the record maps collect the keys changed since
+the last journal entry, and the entry built from them must be exactly the
+one a comparison of every record gives, whatever the coordinator went
+through (leases, retries, heartbeats, expiries, failures, duplicate
+reports, pruning, a failed write and its rollback, sync and async)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
+
+from autolfads.coordinator.search.clock import ManualClock
+from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.journal import RECORD_KINDS
+from autolfads.coordinator.search.state import LeaseRecord
+from autolfads.coordinator.search.tracked import RecordMap
+from autolfads.storage import FaultyStore, LocalStore
+from autolfads.storage.errors import StorageError
+
+
+def _lease(lease_id: str) -> LeaseRecord:
+    return LeaseRecord(lease_id, "m000", 0, "w0", 0.0, 1.0)
+
+
+def test_every_way_of_changing_a_map_marks_the_key():
+    records = RecordMap({"a": _lease("a"), "b": _lease("b")})
+    assert records.touched is None  # new: anything may have changed
+    records.touched = {}
+    records["c"] = _lease("c")
+    held = records["a"]
+    held.status = "expired"  # in place, through the record
+    del records["b"]
+    records.pop("c")
+    records.pop("missing", None)  # nothing changed
+    records.setdefault("d", _lease("d"))
+    records.setdefault("a", _lease("x"))  # present: nothing changed
+    records.update(e=_lease("e"))
+    records |= {"f": _lease("f")}
+    key, _ = records.popitem()
+    assert list(records.touched) == ["c", "a", "b", "d", "e", "f"] and key == "f"
+    records.clear()
+    assert records.touched is None
+
+
+def _full(maps: list[RecordMap]) -> list[dict | None]:
+    saved = [m.touched for m in maps]
+    for m in maps:
+        m.touched = None
+    return saved
+
+
+def _entry(batch) -> dict:
+    return json.loads(batch.entry.partition(b"\n")[2])
+
+
+def _check_incremental_equals_full(service) -> None:
+    """Take the next entry both ways from the same base; leave the service
+    as it was (its own next write still sees every change)."""
+    state, base, writer = service._state, service._commit.image, service._commit.writer
+    maps = [getattr(state, kind) for kind in RECORD_KINDS]
+    saved = [None if m.touched is None else dict(m.touched) for m in maps]
+    quick = writer.take(state, base, ())
+    _full(maps)
+    slow = writer.take(state, base, ())
+    for m, touched in zip(maps, saved, strict=True):
+        m.touched = touched
+    for kind in RECORD_KINDS:
+        assert dict(quick.image.records[kind]) == dict(slow.image.records[kind]), kind
+        a, b = _entry(quick), _entry(slow)
+        assert a[f"put_{kind}"] == b[f"put_{kind}"], kind
+        assert sorted(a[f"drop_{kind}"]) == sorted(b[f"drop_{kind}"]), kind
+
+
+def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:
+    """Random calls of three workers until the search ends; how often each
+    kind of event happened."""
+    seen = {"rolled back": 0, "refused": 0, "expired": 0, "duplicate": 0}
+    held: dict[str, list] = {f"w{i}": [] for i in range(3)}
+    sent: list = []
+    last_request: dict[str, str] = {}
+    for step in range(2000):
+        worker = rng.choice(sorted(held))
+        action = rng.random()
+        try:
+            if action < 0.3:
+                retry = worker in last_request and rng.random() < 0.2
+                request_id = last_request[worker] if retry else f"{worker}-{step}"
+                last_request[worker] = request_id
+                reply = service.request_work(worker, rng.choice([1, 2]), request_id)
+                if reply.action == "done" and service.terminal:
+                    return seen
+                held[worker] += [g for g in reply.leases if g not in held[worker]]
+            elif action < 0.65 and held[worker]:
+                grant = held[worker].pop(rng.randrange(len(held[worker])))
+                metric = math.nan if rng.random() < 0.1 else None
+                report = fake_train(store, grant, worker, metric=metric)
+                if rng.random() < 0.1:
+                    report = dataclasses.replace(report, outcome="failed", checkpoint_key="")
+                sent.append(report)
+                service.report(report)
+            elif action < 0.75 and sent:
+                service.report(rng.choice(sent))  # a duplicate or a late one
+                seen["duplicate"] += 1
+            elif action < 0.85 and held[worker]:
+                grant = rng.choice(held[worker])
+                service.heartbeat(grant.lease_id, worker, 1)
+            elif action < 0.9:
+                clock.advance(service.lease_timeout_s + 1)  # every lease held expires
+                service.tick()
+                held = {w: [] for w in held}
+                seen["expired"] += 1
+            elif action < 0.93:
+                store.inject("put", "/coordinator/journal/", fail="disk full")  # the next write
+            else:
+                service.tick()
+        except StorageError:
+            seen["rolled back"] += 1  # the write failed and was rolled back; carry on
+        except CoordinatorError:
+            seen["refused"] += 1  # e.g. a report of a lease that expired
+        _check_incremental_equals_full(service)
+    pytest.fail("the search did not end")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_incremental_entry_equals_a_full_comparison(tmp_path, mode, seed):
+    store = FaultyStore(LocalStore(tmp_path))
+    clock = ManualClock()
+    cfg = tiny_config(mode=mode, population=3, max_generations=4, keep_generations=1)
+    service = open_tiny_search(store, cfg, clock=clock, lease_timeout_s=5, snapshot_every=4)
+    seen = _drive(service, store, clock, random.Random(seed))
+    assert min(seen.values()) > 0, seen
+    assert service._commit.writes > 20
+    service.tick()
+    recovered = saved_state(store, "search")
+    assert json.loads(recovered.to_json()) == json.loads(service.snapshot().to_json())
