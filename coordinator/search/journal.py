@@ -24,7 +24,8 @@ Every object is framed: a JSON header line (`format`, `kind`, `seq`, `size`,
 whatever the backend. `recovery.load_state` rebuilds the state from them.
 
 `Image` is what storage holds after the last write, as record texts, kept in
-memory so a write is a diff (record texts are cached by the records, so an
+memory so a write is a diff (of the keys the state's record maps saw
+change, `tracked.RecordMap`; record texts are cached by the records, so an
 unchanged record is recognised by identity) and a failed write can be rolled
 back without reading storage. Images are never mutated: each batch makes a
 new one (shallow copies).
@@ -35,16 +36,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
 from autolfads.coordinator.search.errors import CoordinatorError
-from autolfads.coordinator.search.state import SearchState, encode_value
+from autolfads.coordinator.search.state import RECORD_MAPS, SearchState, encode_value
 from autolfads.storage.keys import RunLayout
 
 JOURNAL_FORMAT = 2
-RECORD_KINDS = ("segments", "leases", "requests")
+RECORD_KINDS = RECORD_MAPS
 # The state's scalar fields, written whole in every entry (a few hundred bytes).
 SCALAR_FIELDS = (
     "run", "mode", "data_key", "data_sha256", "config_key", "status", "message",
@@ -264,11 +265,7 @@ def snapshot_body(image: Image) -> bytes:
 
 
 def _fields(state: SearchState) -> str:
-    return encode_value({name: _plain(getattr(state, name)) for name in SCALAR_FIELDS})
-
-
-def _plain(value: Any) -> Any:
-    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+    return encode_value({name: getattr(state, name) for name in SCALAR_FIELDS})
 
 
 def _diff(

@@ -36,6 +36,7 @@ LeaseStatus = Literal["active", "accepted", "expired", "revoked", "abandoned"]
 # The fields holding records in a `RecordMap` (the journal's record kinds).
 RECORD_MAPS = ("segments", "leases", "requests")
 
+
 @dataclass(frozen=True)
 class StartPoint:
     """Where a segment starts: a published checkpoint, or fresh init with `seed`."""
@@ -231,7 +232,7 @@ class SearchState:
             elif f.name == "history":
                 text = _join_object(value.items(), _join_entries)
             else:
-                text = _dumps(value)
+                text = dumps(value)
             parts.append(f"{json.dumps(f.name)}:{text}")
         return "{" + ",".join(parts) + "}"
 
@@ -258,10 +259,6 @@ class SearchState:
 
 def encode_value(value: Any) -> str:
     """Compact JSON of a plain value, non-finite floats included (as records are)."""
-    return _dumps(value)
-
-
-def _dumps(value: Any) -> str:
     return dumps(value)
 
 

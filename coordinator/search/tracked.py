@@ -68,7 +68,9 @@ class RecordMap(dict[str, Any]):
     assignments to the map.
     """
 
-    touched: dict[str, None] | None = None  # an ordered set
+    # An ordered set; the class default also serves copies, which are
+    # rebuilt without __init__ (copy.deepcopy of the state).
+    touched: dict[str, None] | None = None
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         super().__init__(items)
