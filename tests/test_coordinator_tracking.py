@@ -1,5 +1,5 @@
-"""Writes cost what changed: the record maps collect the keys changed since
-the last journal entry, and the entry built from them must be exactly the
+"""Writes cost what changed: the record maps (and the history, by member)
+collect the keys changed since the last journal entry, and the entry built from them must be exactly the
 one a comparison of every record gives, whatever the coordinator went
 through (leases, retries, heartbeats, expiries, failures, duplicate
 reports, pruning, a failed write and its rollback, sync and async)."""
@@ -17,8 +17,8 @@ from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.journal import RECORD_KINDS
-from autolfads.coordinator.search.state import LeaseRecord
-from autolfads.coordinator.search.tracked import RecordMap
+from autolfads.coordinator.search.state import HistoryEntry, LeaseRecord
+from autolfads.coordinator.search.tracked import HistoryMap, RecordMap
 from autolfads.storage import FaultyStore, LocalStore
 from autolfads.storage.errors import StorageError
 
@@ -47,6 +47,29 @@ def test_every_way_of_changing_a_map_marks_the_key():
     assert records.touched is None
 
 
+def _history_entry(member: str, generation: int) -> HistoryEntry:
+    return HistoryEntry(generation, member, member, "", -1, {}, 1.0, "ck", "sha", False)
+
+
+def test_appending_or_changing_history_marks_the_member():
+    history = HistoryMap({"m0": [_history_entry("m0", 0)]})
+    assert history.touched is None
+    history.touched = {}
+    history.append("m1", _history_entry("m1", 0))  # a new member
+    history.append("m2", _history_entry("m2", 0))
+    history.touched = {}
+    history.append("m2", _history_entry("m2", 1))
+    history["m0"][0].checkpoint_deleted = True  # an old entry, in place
+    history["m1"][-1].next_parent = "m0"  # a decision
+    assert list(history.touched) == ["m2", "m0", "m1"]
+    assert [e.generation for e in history["m2"]] == [0, 1]
+    copy = HistoryMap(history)  # a map rebuilt from another's lists
+    assert copy.touched is None
+    copy.touched = {}
+    copy["m2"][0].exploited = True  # its entries now report to it
+    assert list(copy.touched) == ["m2"]
+
+
 def _entry(batch) -> dict:
     return json.loads(batch.entry.partition(b"\n")[2])
 
@@ -55,7 +78,7 @@ def _check_incremental_equals_full(service) -> None:
     """Take the next entry both ways from the same base; leave the service
     as it was (its own next write still sees every change)."""
     state, base, writer = service._state, service._commit.image, service._commit.writer
-    maps = [getattr(state, kind) for kind in RECORD_KINDS]
+    maps = [getattr(state, kind) for kind in RECORD_KINDS] + [state.history]
     saved = [None if m.touched is None else dict(m.touched) for m in maps]
     quick = writer.take(state, base, ())
     for m in maps:
@@ -68,6 +91,8 @@ def _check_incremental_equals_full(service) -> None:
         assert dict(quick.image.records[kind]) == dict(slow.image.records[kind]), kind
         assert a[f"put_{kind}"] == b[f"put_{kind}"], kind
         assert sorted(a[f"drop_{kind}"]) == sorted(b[f"drop_{kind}"]), kind
+    assert dict(quick.image.history) == dict(slow.image.history)
+    assert a["put_history"] == b["put_history"]
 
 
 def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:

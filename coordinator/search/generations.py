@@ -29,7 +29,13 @@ from autolfads.coordinator.search.policy import (
     ranking_key,
     should_stop,
 )
-from autolfads.coordinator.search.state import BestRecord, HistoryEntry, SearchState, StartPoint
+from autolfads.coordinator.search.state import (
+    BestRecord,
+    HistoryEntry,
+    SearchState,
+    Segment,
+    StartPoint,
+)
 from autolfads.storage.keys import RunLayout
 from autolfads.storage.retention import select_checkpoints_to_delete
 
@@ -41,6 +47,8 @@ class Progress:
         self.cfg = cfg
         self.outbox = outbox
         self.layout = layout
+        # A segment last seen unreported (sync mode): a shortcut, never state.
+        self._blocker: Segment | None = None
 
     # ------------------------------------------------------------- sync mode
 
@@ -48,7 +56,7 @@ class Progress:
         """If every member reported generation g: rank, exploit/explore, log,
         then open generation g + 1 or finish the search."""
         g = state.generation
-        if any(s.phase != "reported" or s.generation != g for s in state.segments.values()):
+        if not self._all_reported(state, g):
             return
         entries = {m: state.entry(m, g) for m in state.members}
         scores = [pop.score_of(e) for e in entries.values() if e is not None]
@@ -76,6 +84,20 @@ class Progress:
         }
         state.generation = g + 1
         self._collect_garbage(state)
+
+    def _all_reported(self, state: SearchState, g: int) -> bool:
+        """Has every member reported generation `g`? A segment found
+        unreported is kept as the witness while it still is one (the same
+        object in the state), so most reports cost a lookup instead of a
+        scan of the population. The scan runs from the last member, which
+        members granted in order report last."""
+        held = self._blocker
+        if held is not None and state.segments.get(held.member) is held and _unreported(held, g):
+            return False
+        self._blocker = next(
+            (s for s in reversed(state.segments.values()) if _unreported(s, g)), None
+        )
+        return self._blocker is None
 
     # ------------------------------------------------------------ async mode
 
@@ -225,3 +247,7 @@ def _record_decision(entry: HistoryEntry | None, plan: MemberPlan) -> None:
 def _rank_key(entry: HistoryEntry | None) -> tuple[bool, float, str]:
     assert entry is not None
     return ranking_key(entry.member, entry.metric)
+
+
+def _unreported(segment: Segment, generation: int) -> bool:
+    return segment.phase != "reported" or segment.generation != generation

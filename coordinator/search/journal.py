@@ -190,11 +190,11 @@ class JournalWriter:
             put, drop = _diff(live, records[kind], keys)
             parts.append(f'"put_{kind}":{_join(put.items())}')
             parts.append(f'"drop_{kind}":{json.dumps(drop)}')
-        # Older entries change only when a generation closes (decisions) or
-        # retention deletes checkpoints; otherwise only the newest can.
-        full = state.generation != base.generation or bool(deleted) or base.seq == 0
+        # Only the touched members' entries can differ, unless nothing was
+        # written yet; archiving drops closed generations from every member.
+        members = None if base.seq == 0 else state.history.touched
         history, changed = _diff_history(
-            state, base.history, through, full, through > base.archived_through
+            state, base.history, through, members, through > base.archived_through
         )
         parts.append(f'"put_history":{_join_history(changed)}')
         keep, added = _event_delta(base.event_refs, state.events)
@@ -215,7 +215,7 @@ class JournalWriter:
             late_deleted=base.late_deleted | late,
         )
         body = ("{" + ",".join(parts) + "}").encode()
-        for live in maps:  # taken: later changes are relative to this image
+        for live in (*maps, state.history):  # taken: later changes are relative to this image
             live.touched = {}
         return Batch(image, docs, self.layout.journal_entry(seq), frame("journal", seq, body))
 
@@ -311,28 +311,30 @@ def _diff_history(
     state: SearchState,
     written: Mapping[str, Mapping[int, str]],
     through: int,
-    full: bool,
+    members: Collection[str] | None,
     archiving: bool,
 ) -> tuple[dict[str, Mapping[int, str]], dict[str, dict[int, str]]]:
     """The open history (generations > `through`) and what changed in it.
-
-    Entries are appended in generation order, so each member's list is read
-    from the end and only as far as the open generations; unless `full`, it
-    stops at the first unchanged entry (older ones cannot have changed). A
-    member with no change keeps its written dict (no copy)."""
-    history: dict[str, Mapping[int, str]] = {}
+    `members`: the only members whose entries can differ (None: any).
+    `archiving`: generations up to `through` just closed for good, so every
+    member's open history loses them. A member with no change keeps its
+    written dict (no copy)."""
+    if members is None or archiving:
+        history: dict[str, Mapping[int, str]] = {}
+        members = state.history
+    else:
+        history = dict(written)
     changed: dict[str, dict[int, str]] = {}
-    for member, entries in state.history.items():
+    for member in members:
         old = written.get(member, {})
         diff: dict[int, str] = {}
-        for entry in reversed(entries):
+        # Newest first, only as far as the open generations.
+        for entry in reversed(state.history.get(member, ())):
             if entry.generation <= through:
                 break
             text = entry.encoded()
             if old.get(entry.generation) is not text:
                 diff[entry.generation] = text
-            elif not full:
-                break
         if diff:
             changed[member] = diff
         if diff or archiving:

@@ -613,7 +613,8 @@ class CoordinatorService:
                 message=report.message[:300],
             )
         start = started or StartPoint()
-        state.history.setdefault(segment.member, []).append(
+        state.history.append(
+            segment.member,
             HistoryEntry(
                 generation=segment.generation,
                 member=segment.member,
@@ -625,7 +626,7 @@ class CoordinatorService:
                 checkpoint=segment.result.checkpoint,
                 sha256=segment.result.sha256,
                 exploited=segment.exploited,
-            )
+            ),
         )
         if state.mode == "sync":
             self._progress.advance_sync(state)

@@ -10,8 +10,8 @@ Size: history grows with population x generations in memory (the lineage
 needs it); on storage closed generations are archived once. Leases, request
 records and events are pruned (`prune`), so they stay proportional to the
 population. Each record caches its JSON and the maps holding segments,
-leases and request records remember which keys changed (`tracked`), so a
-write visits and re-encodes only what changed.
+leases, request records and histories remember which keys changed
+(`tracked`), so a write visits and re-encodes only what changed.
 
 Vocabulary: a *segment* is one member training for one generation (the unit
 of work); a *lease* grants a segment to a worker until a deadline.
@@ -26,7 +26,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
 from autolfads.coordinator.search.errors import CoordinatorError
-from autolfads.coordinator.search.tracked import Encoded, RecordMap, dumps
+from autolfads.coordinator.search.tracked import Encoded, HistoryMap, RecordMap, dumps
 
 STATE_FORMAT = 1
 
@@ -145,7 +145,8 @@ class SearchState:
     generation: int = 0  # sync: generation in progress; async: oldest unfinished
     revision: int = 0
     segments: dict[str, Segment] = field(default_factory=dict)  # member -> current
-    history: dict[str, list[HistoryEntry]] = field(default_factory=dict)
+    # member -> entries, oldest first; add with `history.append(member, entry)`
+    history: HistoryMap = field(default_factory=HistoryMap)
     leases: dict[str, LeaseRecord] = field(default_factory=dict)
     requests: dict[str, WorkerRequest] = field(default_factory=dict)  # worker_id ->
     best: BestRecord | None = None
@@ -156,6 +157,8 @@ class SearchState:
         # Whatever is assigned, the record maps track their changes.
         if name in RECORD_MAPS and not isinstance(value, RecordMap):
             value = RecordMap(value)
+        elif name == "history" and not isinstance(value, HistoryMap):
+            value = HistoryMap(value)
         object.__setattr__(self, name, value)
 
     @property
@@ -175,7 +178,7 @@ class SearchState:
         ]
 
     def entry(self, member: str, generation: int) -> HistoryEntry | None:
-        for h in self.history.get(member, []):
+        for h in reversed(self.history.get(member, [])):  # recent ones are asked most
             if h.generation == generation:
                 return h
         return None

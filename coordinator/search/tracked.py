@@ -11,7 +11,8 @@ thousands. Two pieces make that possible without scanning:
   since the journal last took them (`touched`, in the order first touched,
   so new keys reach storage in the order they were added); `None` means
   "anything may have changed" (a map just built), and the journal then
-  compares every record.
+  compares every record. A `HistoryMap` does the same for the members whose
+  history entries were appended or changed.
 
 Both are sound because records change only by field assignment: container
 fields (hparams, fallbacks, lease_ids) are replaced, never mutated in place,
@@ -28,7 +29,7 @@ from typing import Any
 
 _CACHE = "_encoded_json"
 _VIEW_CACHE = "_view_text"
-_OWNER = "_owner"  # (RecordMap, key) of the map holding the record
+_OWNER = "_owner"  # (map, key) of the map holding the record
 
 
 class Encoded:
@@ -62,11 +63,10 @@ class Encoded:
 
 
 class RecordMap(dict[str, Any]):
-    """A dict of `Encoded` records that collects the keys changed since the
-    journal last took them (module doc). Every way of changing a dict goes
-    through a method below; a record added here reports its own field
-    assignments to the map.
-    """
+    """key -> an `Encoded` record (the state's segments, leases and request
+    records), collecting the keys changed since the journal last took them
+    (module doc). Every way of changing a dict goes through a method below;
+    a record added here reports its own field assignments to the map."""
 
     # An ordered set; the class default also serves copies, which are
     # rebuilt without __init__ (copy.deepcopy of the state).
@@ -74,9 +74,12 @@ class RecordMap(dict[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         super().__init__(items)
-        self.touched = None  # new: the next diff compares every record
+        self.touched = None  # new: the next diff compares everything
         for key, value in self.items():
-            _adopt(self, key, value)
+            self._adopt(key, value)
+
+    def _adopt(self, key: str, value: Any) -> None:
+        _own(self, key, value)
 
     def touch(self, key: str) -> None:
         if self.touched is not None:
@@ -84,7 +87,7 @@ class RecordMap(dict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
-        _adopt(self, key, value)
+        self._adopt(key, value)
         self.touch(key)
 
     def __delitem__(self, key: str) -> None:
@@ -119,7 +122,25 @@ class RecordMap(dict[str, Any]):
         self.touched = None
 
 
-def _adopt(owner: RecordMap, key: str, value: Any) -> None:
+class HistoryMap(RecordMap):
+    """member -> that member's history entries, oldest first. Entries are
+    added with `append` (a list's own append would go unseen); a touched
+    member is one whose entries were added or changed."""
+
+    def _adopt(self, key: str, value: Any) -> None:
+        for entry in value:
+            _own(self, key, entry)
+
+    def append(self, member: str, entry: Any) -> None:
+        entries = self.get(member)
+        if entries is None:
+            self[member] = entries = []
+        entries.append(entry)
+        _own(self, member, entry)
+        self.touch(member)
+
+
+def _own(owner: RecordMap, key: str, value: Any) -> None:
     if isinstance(value, Encoded):
         value.__dict__[_OWNER] = (owner, key)
 
