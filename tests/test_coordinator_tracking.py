@@ -2,7 +2,9 @@
 collect the keys changed since the last journal entry, and the entry built from them must be exactly the
 one a comparison of every record gives, whatever the coordinator went
 through (leases, retries, heartbeats, expiries, failures, duplicate
-reports, pruning, a failed write and its rollback, sync and async)."""
+reports, pruning, a failed write and its rollback, sync and async). The
+same drive checks RequestWork's indexes, kept up to date call by call,
+against indexes rebuilt from the state."""
 
 from __future__ import annotations
 
@@ -95,6 +97,25 @@ def _check_incremental_equals_full(service) -> None:
     assert a["put_history"] == b["put_history"]
 
 
+def _check_dispatch_matches_the_state(service) -> None:
+    """The RequestWork indexes, kept up to date call by call, equal the
+    ones rebuilt from the state."""
+    dispatch = service._dispatch
+    state = service._state
+    kept = (dispatch._queue, dispatch._held)
+    dispatch.invalidate()
+    rebuilt = ([s.member for s in dispatch.queued(state)], dispatch.held(state, "w0"))
+    if kept[0] is not None:
+        assert kept[0] == rebuilt[0]
+    if kept[1] is not None:
+        assert _nonzero(kept[1]) == _nonzero(dispatch._held)
+    dispatch._queue, dispatch._held = kept
+
+
+def _nonzero(counts) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v != 0}
+
+
 def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:
     """Random calls of three workers until the search ends; how often each
     kind of event happened."""
@@ -142,6 +163,7 @@ def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:
         except CoordinatorError:
             seen["refused"] += 1  # e.g. a report of a lease that expired
         _check_incremental_equals_full(service)
+        _check_dispatch_matches_the_state(service)
     pytest.fail("the search did not end")
 
 

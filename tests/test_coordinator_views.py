@@ -1,6 +1,7 @@
 """Member histories (history.jsonl) are views written after the callers are
 answered: a failed write fails no report and is retried, the search's end
-writes every one of them, and a resumed search rewrites what a crash lost."""
+writes every one of them, a resumed search rewrites what a crash lost, and
+they give way to changes waiting to be written."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from coordinator_helpers import tiny_config
 from test_coordinator_service import LAYOUT, open_service, run_search
 
+from autolfads.coordinator.search.commit import WRITE_THREADS
 from autolfads.coordinator.search.records import history_doc
-from autolfads.storage import FaultyStore, LocalStore
+from autolfads.storage import FaultyStore, LocalStore, WrapperStore
 from autolfads.storage.errors import StorageError
 
 # Two members, four generations; two reports close a generation.
@@ -116,3 +118,49 @@ def test_histories_still_due_when_the_last_write_fails_are_written_by_its_retry(
     for member in MEMBERS:
         assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
         assert [e["generation"] for e in history(store, member)][:2] == [0, 1]
+
+
+class HookedStore(WrapperStore):
+    """Records the keys put, in order, and calls `hook` once, at the first
+    put of a member history."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.puts: list[str] = []
+        self.hook = None
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        if self.hook is not None and key.endswith("history.jsonl"):
+            hook, self.hook = self.hook, None
+            hook()
+        self.puts.append(key)
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def test_histories_give_way_to_a_change_waiting_to_be_written(tmp_path):
+    # A closing generation of 12 members leaves 12 histories to write.
+    cfg = tiny_config(population=12, max_generations=3, stop_patience_generations=10)
+    store = HookedStore(LocalStore(tmp_path / "store"))
+    service = open_service(store, cfg)
+
+    def another_caller_changes_something() -> None:
+        # What a caller on another thread leaves behind: a change applied
+        # and staged, its write not begun.
+        with service._lock, service._transaction():
+            service._state.events.append({"kind": "test_change"})
+
+    store.hook = another_caller_changes_something
+    run_search(service, store, stop_after=12)  # the 12th report closes generation 0
+    written = [k for k in store.puts if k.endswith("history.jsonl")]
+    assert len(written) == WRITE_THREADS < 12  # one round, then the change comes first
+
+    service.tick()  # writes the change, then the rest of the histories
+    rest = store.puts[store.puts.index(written[-1]) + 1 :]
+    assert rest[0].startswith(LAYOUT.journal_prefix())
+    assert sorted(k for k in rest if k.endswith("history.jsonl")) == sorted(
+        LAYOUT.history(m) for m in service.snapshot().members if LAYOUT.history(m) not in written
+    )
+    state = service.snapshot()
+    assert state.events[-1]["kind"] == "test_change"
+    for member in state.members:
+        assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)

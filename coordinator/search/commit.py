@@ -26,7 +26,9 @@ after the entry and after the batch's callers are answered: a sync
 generation's close rewrites one per member, and writing 1024 of them before
 answering made every trainer of the next generation wait. One leader at a
 time writes them (the others hand theirs over), newest render per key, so a
-document never goes back to an older version. A batch that ends the search
+document never goes back to an older version; a few at a time, giving way
+whenever a change waits to be written (the next leader, or the server's
+tick, carries on). A batch that ends the search
 writes every pending view before its entry (readers of a finished run find
 them complete), and a resumed search rewrites all of them (a crash may have
 lost some).
@@ -44,6 +46,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 from autolfads.coordinator.search.journal import Batch, Image, JournalWriter, image_state, prime
 from autolfads.coordinator.search.recovery import Recovered
@@ -212,6 +215,11 @@ class GroupCommit:
         with self._cond:
             while self._viewing:
                 self._cond.wait()
+        self._write_views(yield_to_changes=False)
+
+    def write_views(self) -> None:
+        """Write views left pending while changes came first (the server's
+        tick, so they land once the coordinator is quiet). Lock not held."""
         self._write_views()
 
     # ------------------------------------------------------------ internals
@@ -276,9 +284,14 @@ class GroupCommit:
             self._fail(lambda t: True, error)
         self._cond.notify_all()
 
-    def _write_views(self) -> None:
+    def _write_views(self, yield_to_changes: bool = True) -> None:
         """Write the pending views unless another leader is (it takes ours
-        too). Best effort: a failed view stays pending for the next round."""
+        too). Best effort: a failed view stays pending for the next round.
+
+        `yield_to_changes`: a few views at a time, stopping while a change
+        waits to be written (the leader of that write carries on after
+        it). A closing generation's views are a burst of writes, and the
+        next generation's leases must not queue behind them on the disk."""
         with self._cond:
             if self._viewing or not self._views:
                 return
@@ -286,7 +299,9 @@ class GroupCommit:
         try:
             while True:
                 with self._cond:
-                    views, self._views = self._views, {}
+                    if yield_to_changes and (self._writing or self._pending):
+                        return
+                    views = self._take_views(WRITE_THREADS if yield_to_changes else None)
                 if not views:
                     return
                 try:
@@ -300,6 +315,14 @@ class GroupCommit:
             with self._cond:
                 self._viewing = False
                 self._cond.notify_all()
+
+    def _take_views(self, limit: int | None) -> dict[str, bytes]:
+        """Lock held: the oldest `limit` (None: all) pending views."""
+        if limit is None or limit >= len(self._views):
+            views, self._views = self._views, {}
+            return views
+        keys = list(islice(self._views, limit))
+        return {key: self._views.pop(key) for key in keys}
 
     def _rebuild(self, image: Image) -> Image:
         """Lock held: replace the state by `image`'s; returns the image primed

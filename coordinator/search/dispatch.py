@@ -87,6 +87,11 @@ class Dispatch:
             self._next_expiry = min(self._next_expiry, lease.deadline)
             self._idle.pop(lease.worker_id, None)
 
+    def ended(self, lease: LeaseRecord) -> None:
+        """`lease` was active and has ended; the queue is unchanged."""
+        if self._held is not None:
+            self._held[lease.worker_id] -= 1
+
     def overdue(self, state: SearchState, now: float) -> list[LeaseRecord]:
         """Active leases past their deadline (a comparison while none can be)."""
         if now <= self._next_expiry:

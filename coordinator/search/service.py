@@ -391,8 +391,14 @@ class CoordinatorService:
             self._dispatch.forget_idle(report.worker_id)
             return ReportAck(accepted=True)
         check_report(report, segment, self.layout)
-        with self._transaction():
+        generation = state.generation
+        with self._transaction(reindex=False):
             self._accept(report, segment, lease)
+        if state.mode == "sync" and state.generation == generation and not state.terminal:
+            # Within a sync generation a report queues nothing: keep the queue.
+            self._dispatch.ended(lease)
+        else:
+            self._dispatch.invalidate()
         return ReportAck(accepted=True)
 
     def status(self) -> StatusView:
@@ -429,11 +435,12 @@ class CoordinatorService:
         return status
 
     def tick(self) -> None:
-        """Expire overdue leases and write any change nobody waits for (the
-        server calls this every second)."""
+        """Expire overdue leases and write any change nobody waits for, then
+        views left pending (the server calls this every second)."""
         with self._lock:
             self._sweep()
         self._flush()
+        self._commit.write_views()
 
     # ------------------------------------------------------------ internals
 
