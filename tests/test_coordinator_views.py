@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 
 import pytest
@@ -127,7 +128,7 @@ class HookedStore(WrapperStore):
     def __init__(self, inner) -> None:
         super().__init__(inner)
         self.puts: list[str] = []
-        self.hook = None
+        self.hook: Callable[[], None] | None = None
 
     def _put_bytes(self, key, data, sha256, content_type, metadata):
         if self.hook is not None and key.endswith("history.jsonl"):
