@@ -1,7 +1,8 @@
 """The coordinator state's journal, snapshots and archives: a crash at any
 point of the write sequence recovers exactly the acknowledged state, torn
 tails are discarded, corruption in the middle is an error, compaction keeps
-storage short, and old state.json runs still resume."""
+storage short, snapshots come only once the entries outweigh the last one,
+and old state.json runs still resume."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from test_coordinator_service import DATA_KEY, LAYOUT, outcome, run_search
 
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.journal import (
+    MAX_ENTRIES_BETWEEN_SNAPSHOTS,
+    Image,
+    JournalWriter,
+)
 from autolfads.coordinator.search.recovery import load_state, read_state
 from autolfads.coordinator.search.service import CoordinatorService
-from autolfads.storage import FaultyStore, LocalStore
+from autolfads.storage import FaultyStore, LocalStore, WrapperStore
 from autolfads.storage.errors import StorageError
 
 COORDINATOR = r"/coordinator/"
@@ -242,3 +248,42 @@ def test_write_size_does_not_grow_with_finished_generations(tmp_path):
     assert max(late) <= max(early) + 25 * (11 - 6), (early, late)
     best = service.snapshot().best
     assert best is not None and not math.isnan(best.metric)
+
+
+class SizedStore(WrapperStore):
+    """Records (key, bytes) of every put, in order."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.puts: list[tuple[str, int]] = []
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        self.puts.append((key, len(data)))
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def test_a_snapshot_waits_for_entries_as_large_as_the_last_one(tmp_path):
+    writer = JournalWriter(LAYOUT, archive_lag=1, snapshot_every=2)
+    image = Image(seq=10)
+    assert writer.snapshot_due(image, -1, 0, 0)  # none yet: the first is due at once
+    assert not writer.snapshot_due(image, 9, 10**6, 100)  # fewer entries than snapshot_every
+    assert not writer.snapshot_due(image, 8, 99, 100)  # entries smaller than the snapshot
+    assert writer.snapshot_due(image, 8, 100, 100)
+    many = Image(seq=10 + MAX_ENTRIES_BETWEEN_SNAPSHOTS)
+    assert writer.snapshot_due(many, 10, 1, 10**9)  # enough entries to read back one by one
+
+    # In a search: a snapshot costs the whole live state, entries only the
+    # changes, so snapshots come far less often than every entry.
+    store = SizedStore(LocalStore(tmp_path))
+    cfg = tiny_config(population=8, max_generations=4, stop_patience_generations=10)
+    service = open_service(store, cfg, snapshot_every=1)
+    run_search(service, store)
+    since, last_snapshot, snapshots = 0, 0, 0
+    for key, size in store.puts:
+        if key.startswith(LAYOUT.journal_prefix()):
+            since += size
+        elif key.startswith(LAYOUT.snapshot_prefix()):
+            assert since >= last_snapshot
+            since, last_snapshot, snapshots = 0, size, snapshots + 1
+    assert 2 <= snapshots < service._commit.writes / 4
+    assert canon(saved_state(store, "search")) == canon(service.snapshot())

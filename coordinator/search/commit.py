@@ -16,9 +16,10 @@ meanwhile wait for that write and the next leader takes everything they
 staged. Under load one write covers many changes; with one caller it is a
 plain synchronous write.
 
-Every `snapshot_every` entries the leader, once its callers are answered,
-writes a snapshot and then deletes the journal entries and snapshots the
-snapshot before it covered (keeping one older snapshot to fall back on).
+When a snapshot is due (`JournalWriter.snapshot_due`: enough entries,
+holding as many bytes as the last snapshot) the leader, once its callers
+are answered, writes one and then deletes the journal entries and snapshots
+the snapshot before it covered (keeping one older snapshot to fall back on).
 
 *Views* (`Outbox.view`: each member's history.jsonl) are documents for
 people and the report, rendered from the state like the others but written
@@ -161,6 +162,8 @@ class GroupCommit:
         self.writes = 0  # state writes so far
         self.changes = 0  # changes staged so far (changes / writes = batching)
         self.snapshots_written = 0
+        self._entry_bytes = 0  # journal bytes written since the last snapshot
+        self._snapshot_bytes = 0  # size of the last snapshot (unknown after a restart)
 
     @property
     def latest(self) -> Ticket:
@@ -265,6 +268,7 @@ class GroupCommit:
         self._writing = False
         if error is None:
             self.writes += 1
+            self._entry_bytes += len(batch.journal.entry)
             self._persisted = batch.journal.image
             self._views.update(batch.views)
             for t in self._pending:
@@ -336,9 +340,12 @@ class GroupCommit:
         no other leader is writing one."""
         image = self._persisted
         last = self._snapshots[-1] if self._snapshots else -1
-        if self._snapshotting or image is None or not self.writer.snapshot_due(image, last):
+        if self._snapshotting or image is None:
+            return None
+        if not self.writer.snapshot_due(image, last, self._entry_bytes, self._snapshot_bytes):
             return None
         self._snapshotting = True
+        self._entry_bytes = 0  # the next snapshot counts from this one
         return image
 
     def _write_snapshot(self, image: Image) -> None:
@@ -358,6 +365,7 @@ class GroupCommit:
         layout = self.writer.layout
         with self._cond:
             self.snapshots_written += 1
+            self._snapshot_bytes = len(data)
             self._snapshots.append(image.seq)
             keep_from = self._snapshots[-2] if len(self._snapshots) > 1 else 0
             doomed = [layout.journal_entry(s) for s in range(self._oldest_entry, keep_from + 1)]

@@ -9,9 +9,10 @@ Object stores cannot append, so the state lives in numbered objects under
     archive/gen-0003.json       generation 3's history entries, written once
 
 A write is one journal entry (plus, once per generation, the archive of a
-generation closed `archive_lag` generations ago). Every `snapshot_every`
-entries the leader also writes a snapshot and deletes what the snapshot
-before it made redundant, so the journal stays short. Closed generations'
+generation closed `archive_lag` generations ago). Once the entries since
+the last snapshot are at least `snapshot_every` and hold at least as many
+bytes as it did, the leader also writes a snapshot and deletes what the
+snapshot before it made redundant, so the journal stays short. Closed generations'
 history leaves the live state once archived: neither entries nor snapshots
 grow with the number of finished generations.
 
@@ -52,6 +53,7 @@ SCALAR_FIELDS = (
     "generation", "revision", "best", "best_history",
 )  # fmt: skip
 DEFAULT_SNAPSHOT_EVERY = 64
+MAX_ENTRIES_BETWEEN_SNAPSHOTS = 512
 
 
 class CorruptObject(CoordinatorError):
@@ -219,8 +221,22 @@ class JournalWriter:
             live.touched = {}
         return Batch(image, docs, self.layout.journal_entry(seq), frame("journal", seq, body))
 
-    def snapshot_due(self, image: Image, last_snapshot: int) -> bool:
-        return last_snapshot < 0 or image.seq - last_snapshot >= self.snapshot_every
+    def snapshot_due(
+        self, image: Image, last_snapshot: int, entry_bytes: int, snapshot_bytes: int
+    ) -> bool:
+        """At least `snapshot_every` entries since the last snapshot, and
+        at least as many bytes of them (`entry_bytes`) as that snapshot had:
+        a snapshot costs the whole live state, so this keeps its share of
+        the writes at most what the entries themselves cost (1024 members:
+        5 MB snapshots, ~4 KB entries), and recovery never reads more than
+        about twice a snapshot. Past `MAX_ENTRIES_BETWEEN_SNAPSHOTS` entries
+        one is due whatever their size (recovery reads entries one by one)."""
+        if last_snapshot < 0:
+            return True
+        entries = image.seq - last_snapshot
+        if entries >= MAX_ENTRIES_BETWEEN_SNAPSHOTS:
+            return True
+        return entries >= self.snapshot_every and entry_bytes >= snapshot_bytes
 
     def snapshot(self, image: Image) -> tuple[str, bytes]:
         """The whole live state as of `image.seq`, as one framed object."""
