@@ -29,10 +29,9 @@ answering made every trainer of the next generation wait. One leader at a
 time writes them (the others hand theirs over), newest render per key, so a
 document never goes back to an older version; a few at a time, giving way
 whenever a change waits to be written (the next leader, or the server's
-tick, carries on). A batch that ends the search
-writes every pending view before its entry (readers of a finished run find
-them complete), and a resumed search rewrites all of them (a crash may have
-lost some).
+tick, carries on). A batch that ends the search writes every pending view
+before its entry (readers of a finished run find them complete), and a
+resumed search rewrites all of them (a crash may have lost some).
 
 If a write fails, the state is rebuilt from the image of the last finished
 write and every change not covered by it is lost: its caller gets an error

@@ -12,9 +12,9 @@ A write is one journal entry (plus, once per generation, the archive of a
 generation closed `archive_lag` generations ago). Once the entries since
 the last snapshot are at least `snapshot_every` and hold at least as many
 bytes as it did, the leader also writes a snapshot and deletes what the
-snapshot before it made redundant, so the journal stays short. Closed generations'
-history leaves the live state once archived: neither entries nor snapshots
-grow with the number of finished generations.
+snapshot before it made redundant, so the journal stays short. Closed
+generations' history leaves the live state once archived: neither entries
+nor snapshots grow with the number of finished generations.
 
 The one part of an archived entry that may still change is
 `checkpoint_deleted` (retention can delete a pinned checkpoint later); such
