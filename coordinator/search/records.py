@@ -25,8 +25,8 @@ def json_metric(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# json's C encoder; `indent=` would run the pure-Python one, ~100x slower
-# (160 ms for a 1024-member generation, rendered under the service lock).
+# json's C encoder; `indent=` would run the pure-Python one: a 1024-member
+# generation record took 47 ms instead of 20 ms, rendered under the lock.
 _LINE = json.JSONEncoder(sort_keys=True, allow_nan=False).encode
 _ENTRY_FIELDS = tuple(f.name for f in fields(HistoryEntry))
 
