@@ -1,7 +1,8 @@
 """Member histories (history.jsonl) are views written after the callers are
 answered: a failed write fails no report and is retried, the search's end
 writes every one of them, a resumed search rewrites what a crash lost, and
-they give way to changes waiting to be written."""
+they give way to changes waiting to be written, yet progress under a steady
+stream of them."""
 
 from __future__ import annotations
 
@@ -163,5 +164,40 @@ def test_histories_give_way_to_a_change_waiting_to_be_written(tmp_path):
     )
     state = service.snapshot()
     assert state.events[-1]["kind"] == "test_change"
+    for member in state.members:
+        assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
+
+
+class JournalHookedStore(WrapperStore):
+    """Calls `hook` at every journal entry put (while the write is on)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.hook: Callable[[], None] | None = None
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        if self.hook is not None and key.startswith(LAYOUT.journal_prefix()):
+            self.hook()
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def test_histories_progress_under_a_steady_stream_of_changes(tmp_path):
+    cfg = tiny_config(population=12, max_generations=3, stop_patience_generations=10)
+    store = JournalHookedStore(LocalStore(tmp_path / "store"))
+    service = open_service(store, cfg)
+    run_search(service, store, stop_after=11)
+
+    def another_change_arrives() -> None:
+        # A change staged during every write: whenever a write ends, the
+        # next one is already waiting, as under steady load.
+        with service._lock, service._transaction():
+            service._state.events.append({"kind": "test_change"})
+
+    store.hook = another_change_arrives
+    run_search(service, store, stop_after=1)  # closes generation 0: 12 histories due
+    assert not any(store.exists(LAYOUT.history(m)) for m in service.snapshot().members)
+    for _ in range(2):  # each tick writes at least one round of histories
+        service.tick()
+    state = service.snapshot()
     for member in state.members:
         assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)

@@ -46,7 +46,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import count, islice
 
 from autolfads.coordinator.search.journal import Batch, Image, JournalWriter, image_state, prime
 from autolfads.coordinator.search.recovery import Recovered
@@ -220,9 +220,11 @@ class GroupCommit:
         self._write_views(yield_to_changes=False)
 
     def write_views(self) -> None:
-        """Write views left pending while changes came first (the server's
-        tick, so they land once the coordinator is quiet). Lock not held."""
-        self._write_views()
+        """Write views left pending while changes came first: one round
+        whatever waits, then more while nothing does (the server's tick,
+        so that they progress under a steady stream of changes too). Lock
+        not held."""
+        self._write_views(at_least=1)
 
     # ------------------------------------------------------------ internals
 
@@ -287,22 +289,24 @@ class GroupCommit:
             self._fail(lambda t: True, error)
         self._cond.notify_all()
 
-    def _write_views(self, yield_to_changes: bool = True) -> None:
+    def _write_views(self, yield_to_changes: bool = True, at_least: int = 0) -> None:
         """Write the pending views unless another leader is (it takes ours
         too). Best effort: a failed view stays pending for the next round.
 
         `yield_to_changes`: a few views at a time, stopping while a change
         waits to be written (the leader of that write carries on after
-        it). A closing generation's views are a burst of writes, and the
-        next generation's leases must not queue behind them on the disk."""
+        it), after the first `at_least` rounds. A closing generation's
+        views are a burst of writes, and the next generation's leases must
+        not queue behind them on the disk."""
         with self._cond:
             if self._viewing or not self._views:
                 return
             self._viewing = True
         try:
-            while True:
+            for round_ in count():
                 with self._cond:
-                    if yield_to_changes and (self._writing or self._pending):
+                    busy = self._writing or self._pending
+                    if yield_to_changes and busy and round_ >= at_least:
                         return
                     views = self._take_views(WRITE_THREADS if yield_to_changes else None)
                 if not views:
