@@ -287,3 +287,20 @@ def test_a_snapshot_waits_for_entries_as_large_as_the_last_one(tmp_path):
             since, last_snapshot, snapshots = 0, size, snapshots + 1
     assert 2 <= snapshots < service._commit.writes / 4
     assert canon(saved_state(store, "search")) == canon(service.snapshot())
+
+
+def test_a_failed_snapshot_is_tried_again_at_the_next_write(tmp_path, caplog):
+    store = FaultyStore(LocalStore(tmp_path))
+    store.inject("put", "/coordinator/snapshot/", fail="disk full", after=1)  # the second
+    cfg = tiny_config(population=8, max_generations=4, stop_patience_generations=10)
+    service = open_service(store, cfg, snapshot_every=1)
+    with caplog.at_level(logging.WARNING):
+        run_search(service, store)
+    assert "coordinator snapshot not written" in caplog.text
+    puts = store.calls("put", COORDINATOR)
+    snapshots = [i for i, key in enumerate(puts) if "/coordinator/snapshot/" in key]
+    assert len(snapshots) >= 3
+    # Its entries still count: the very next write's leader tries again.
+    between = puts[snapshots[1] + 1 : snapshots[2]]
+    assert [k for k in between if "/coordinator/journal/" in k] == [between[0]]
+    assert canon(saved_state(store, "search")) == canon(service.snapshot())

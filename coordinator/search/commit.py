@@ -162,6 +162,7 @@ class GroupCommit:
         self.changes = 0  # changes staged so far (changes / writes = batching)
         self.snapshots_written = 0
         self._entry_bytes = 0  # journal bytes written since the last snapshot
+        self._entry_bytes_snapshotted = 0  # of those, the ones the snapshot in flight covers
         self._snapshot_bytes = 0  # size of the last snapshot (unknown after a restart)
 
     @property
@@ -214,10 +215,7 @@ class GroupCommit:
     def flush_views(self) -> None:
         """Return once every view rendered so far is written (or failed and
         logged); for a graceful stop. Call without holding the lock."""
-        with self._cond:
-            while self._viewing:
-                self._cond.wait()
-        self._write_views(yield_to_changes=False)
+        self._write_views(yield_to_changes=False, wait=True)
 
     def write_views(self) -> None:
         """Write views left pending while changes came first: one round
@@ -272,6 +270,11 @@ class GroupCommit:
             self._entry_bytes += len(batch.journal.entry)
             self._persisted = batch.journal.image
             self._views.update(batch.views)
+            if batch.flush_views:
+                # It wrote the newest render of these; an older one a view
+                # writer failed to write and handed back must not follow it.
+                written = {key for key, _ in batch.docs}
+                self._views = {k: v for k, v in self._views.items() if k not in written}
             for t in self._pending:
                 if t.revision <= batch.revision:
                     t.done = True
@@ -289,7 +292,9 @@ class GroupCommit:
             self._fail(lambda t: True, error)
         self._cond.notify_all()
 
-    def _write_views(self, yield_to_changes: bool = True, at_least: int = 0) -> None:
+    def _write_views(
+        self, yield_to_changes: bool = True, at_least: int = 0, wait: bool = False
+    ) -> None:
         """Write the pending views unless another leader is (it takes ours
         too). Best effort: a failed view stays pending for the next round.
 
@@ -297,8 +302,11 @@ class GroupCommit:
         waits to be written (the leader of that write carries on after
         it), after the first `at_least` rounds. A closing generation's
         views are a burst of writes, and the next generation's leases must
-        not queue behind them on the disk."""
+        not queue behind them on the disk. `wait`: if another leader is
+        writing views, wait for it and then write what is left."""
         with self._cond:
+            while wait and self._viewing:
+                self._cond.wait()
             if self._viewing or not self._views:
                 return
             self._viewing = True
@@ -348,7 +356,7 @@ class GroupCommit:
         if not self.writer.snapshot_due(image, last, self._entry_bytes, self._snapshot_bytes):
             return None
         self._snapshotting = True
-        self._entry_bytes = 0  # the next snapshot counts from this one
+        self._entry_bytes_snapshotted = self._entry_bytes
         return image
 
     def _write_snapshot(self, image: Image) -> None:
@@ -369,6 +377,9 @@ class GroupCommit:
         with self._cond:
             self.snapshots_written += 1
             self._snapshot_bytes = len(data)
+            # Stored: the next one counts from it (a failed one is retried
+            # at the next write, its entries still counted).
+            self._entry_bytes -= self._entry_bytes_snapshotted
             self._snapshots.append(image.seq)
             keep_from = self._snapshots[-2] if len(self._snapshots) > 1 else 0
             doomed = [layout.journal_entry(s) for s in range(self._oldest_entry, keep_from + 1)]

@@ -69,7 +69,6 @@ class Image:
     """
 
     seq: int = 0
-    generation: int = -1  # the state's generation then (-1: next diff scans all)
     fields: str = "{}"
     records: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: {k: {} for k in RECORD_KINDS}
@@ -206,7 +205,6 @@ class JournalWriter:
         parts.append(f'"archived_through":{through},"late_deleted":{json.dumps(sorted(late))}')
         image = Image(
             seq=seq,
-            generation=state.generation,
             fields=fields,
             records=records,
             history=history,

@@ -145,7 +145,7 @@ class SearchState:
     generation: int = 0  # sync: generation in progress; async: oldest unfinished
     revision: int = 0
     segments: dict[str, Segment] = field(default_factory=dict)  # member -> current
-    # member -> entries, oldest first; add with `history.append(member, entry)`
+    # member -> entries (a tuple), oldest first; add with `history.append(member, entry)`
     history: HistoryMap = field(default_factory=HistoryMap)
     leases: dict[str, LeaseRecord] = field(default_factory=dict)
     requests: dict[str, WorkerRequest] = field(default_factory=dict)  # worker_id ->

@@ -123,21 +123,23 @@ class RecordMap(dict[str, Any]):
 
 
 class HistoryMap(RecordMap):
-    """member -> that member's history entries, oldest first. Entries are
-    added with `append` (a list's own append would go unseen); a touched
-    member is one whose entries were added or changed."""
+    """member -> that member's history entries, oldest first, as a tuple.
+    Entries are added with `append`: a tuple makes any other way of adding
+    one fail loudly instead of going unseen. A touched member is one whose
+    entries were added or changed."""
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
+        super().__init__((key, tuple(value)) for key, value in dict(items).items())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, tuple(value))
 
     def _adopt(self, key: str, value: Any) -> None:
         for entry in value:
             _own(self, key, entry)
 
     def append(self, member: str, entry: Any) -> None:
-        entries = self.get(member)
-        if entries is None:
-            self[member] = entries = []
-        entries.append(entry)
-        _own(self, member, entry)
-        self.touch(member)
+        self[member] = (*self.get(member, ()), entry)
 
 
 def _own(owner: RecordMap, key: str, value: Any) -> None:
