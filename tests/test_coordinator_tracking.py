@@ -66,7 +66,7 @@ def test_appending_or_changing_history_marks_the_member():
     assert list(history.touched) == ["m2", "m0", "m1"]
     assert [e.generation for e in history["m2"]] == [0, 1]
     with pytest.raises(AttributeError):  # only `append` adds: never unseen
-        history["m2"].append(_history_entry("m2", 2))  # type: ignore[attr-defined]
+        history["m2"].append(_history_entry("m2", 2))
     copy = HistoryMap(history)  # a map rebuilt from another's lists
     assert copy.touched is None
     copy.touched = {}
