@@ -25,6 +25,8 @@ What can be found after a crash, and what it means:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +42,14 @@ from autolfads.coordinator.search.journal import (
 )
 from autolfads.coordinator.search.state import SearchState
 from autolfads.storage.base import Store
-from autolfads.storage.errors import ChecksumMismatch, ObjectNotFound
+from autolfads.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError
 from autolfads.storage.keys import RunLayout
 
 log = logging.getLogger(__name__)
+
+# Journal entries and archives are read this many at a time: on S3 each is a
+# round trip, and a restart can read about a thousand entries.
+READ_THREADS = 8
 
 
 @dataclass
@@ -81,7 +87,11 @@ def load_state(store: Store, run: str, *, history: bool = True) -> Recovered | N
     _replay(store, layout, doc, [s for s in journal if s > doc.seq])
     archive: dict[int, dict[str, Any]] = {}
     if history:
-        archive = {g: _read_archive(store, layout, g) for g in range(doc.archived_through + 1)}
+        generations = range(doc.archived_through + 1)
+        reads = _read_all(store, [layout.archive(g) for g in generations])
+        archive = {
+            g: _parse_archive(layout, g, data) for g, data in zip(generations, reads, strict=True)
+        }
     state = doc.state(archive)
     base = Image(
         seq=doc.seq,
@@ -137,7 +147,8 @@ def _newest_snapshot(
 def _replay(store: Store, layout: RunLayout, doc: Doc, pending: list[int]) -> None:
     """Apply journal entries `pending` (ascending) to `doc`. A torn last entry
     is left in place: the next write reuses its number and replaces it."""
-    for i, seq in enumerate(pending):
+    reads = _read_all(store, [layout.journal_entry(seq) for seq in pending])
+    for i, (seq, data) in enumerate(zip(pending, reads, strict=True)):
         if seq != doc.seq + 1:
             raise CoordinatorError(
                 f"coordinator journal of run {layout.run!r} is missing entry {doc.seq + 1} "
@@ -145,7 +156,7 @@ def _replay(store: Store, layout: RunLayout, doc: Doc, pending: list[int]) -> No
             )
         key = layout.journal_entry(seq)
         try:
-            body = unframe(store.get_bytes(key), "journal", seq)
+            body = unframe(_bytes(data), "journal", seq)
         except (CorruptObject, ChecksumMismatch, ObjectNotFound) as err:
             if i < len(pending) - 1:
                 raise CoordinatorError(
@@ -159,10 +170,35 @@ def _replay(store: Store, layout: RunLayout, doc: Doc, pending: list[int]) -> No
         doc.apply(body)
 
 
-def _read_archive(store: Store, layout: RunLayout, generation: int) -> dict[str, Any]:
+def _read_all(store: Store, keys: list[str]) -> Iterator[bytes | StorageError]:
+    """Each key's bytes, in order, read `READ_THREADS` at a time; a missing
+    or damaged object comes as its error, for the caller to judge in order."""
+
+    def read(key: str) -> bytes | StorageError:
+        try:
+            return store.get_bytes(key)
+        except (ChecksumMismatch, ObjectNotFound) as err:
+            return err
+
+    if len(keys) <= 1:
+        yield from map(read, keys)
+        return
+    with ThreadPoolExecutor(min(READ_THREADS, len(keys))) as pool:
+        yield from pool.map(read, keys)
+
+
+def _bytes(data: bytes | StorageError) -> bytes:
+    if isinstance(data, StorageError):
+        raise data
+    return data
+
+
+def _parse_archive(
+    layout: RunLayout, generation: int, data: bytes | StorageError
+) -> dict[str, Any]:
     key = layout.archive(generation)
     try:
-        return parse_archive(unframe(store.get_bytes(key), "archive", generation), generation)
+        return parse_archive(unframe(_bytes(data), "archive", generation), generation)
     except (CorruptObject, ChecksumMismatch, ObjectNotFound) as err:
         raise CoordinatorError(
             f"archived history of generation {generation} is unreadable ({key}): {err}"
