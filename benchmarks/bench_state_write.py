@@ -14,6 +14,7 @@ every write fsynced) for a number of single reports and times, interleaved:
   64 entries, off the callers' path).
 
     python benchmarks/bench_state_write.py --population 1024 --generations 40 --at 1 40
+    python benchmarks/bench_state_write.py --mode async --generations 4 --at 99  (in-memory only)
 
 Results go in benchmarks/README.md, section "Coordinator capacity".
 """
@@ -58,8 +59,9 @@ class TimedStore(WrapperStore):
         return info
 
 
-def config(population: int, generations: int) -> RunConfig:
-    return bench_config(population, generations)
+def config(population: int, generations: int, mode: str = "sync") -> RunConfig:
+    cfg = bench_config(population, generations)
+    return cfg.model_copy(update={"pbt": cfg.pbt.model_copy(update={"mode": mode})})
 
 
 def report(service: CoordinatorService, grant, worker: str) -> None:
@@ -116,7 +118,7 @@ def ms(seconds) -> dict:
 
 def run(args: argparse.Namespace, root: Path) -> dict:
     store = TimedStore(MemoryStore())
-    cfg = config(args.population, args.generations)
+    cfg = config(args.population, args.generations, args.mode)
     service = CoordinatorService.open_search(
         cfg, store, f"{RUN}/data/{FAKE_SHA}.h5", FAKE_SHA, clock=ManualClock()
     )
@@ -145,6 +147,7 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=41)
     p.add_argument("--at", type=int, nargs="+", default=[1, 40], help="generations to time")
     p.add_argument("--samples", type=int, default=16, help="reports timed per generation")
+    p.add_argument("--mode", choices=["sync", "async"], default="sync")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-state-") as tmp:

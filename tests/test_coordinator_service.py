@@ -9,7 +9,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
@@ -241,6 +241,14 @@ def test_async_mode_finishes_every_member(local_store):
     assert state.status == "finished" and len(state.best_history) == 3
     doc = local_store.get_json(LAYOUT.generation(1))
     assert doc["mode"] == "async" and doc["complete"] and len(doc["members"]) == 4
+    # Each member with its decision (the record was first written before
+    # the other members' decisions were taken); retention may have deleted
+    # a checkpoint since the generation's last report.
+    for member, shown in doc["members"].items():
+        entry = state.entry(member, 1)
+        assert entry is not None and entry.next_parent
+        expected = {**asdict(entry), "metric": entry.metric}
+        assert {**shown, "checkpoint_deleted": None} == {**expected, "checkpoint_deleted": None}
 
 
 def test_plateau_stops_before_max_generations(local_store):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, fields
+from json.encoder import encode_basestring_ascii as _quote  # what _LINE does to a str
 from typing import Any
 
 from autolfads.coordinator.search.policy import GenerationPlan, ranking_key
@@ -37,11 +38,17 @@ def _dumps(doc: dict[str, Any]) -> bytes:
     return (_lines(doc, 0) + "\n").encode()
 
 
+class _Encoded(str):
+    """JSON text already rendered as `_lines` would at its depth."""
+
+
 def _lines(value: Any, depth: int) -> str:
+    if isinstance(value, _Encoded):
+        return value
     if not isinstance(value, dict) or not value or depth == 2:
         return _LINE(value)
     pad = " " * (depth + 1)
-    items = [f"{pad}{_LINE(k)}: {_lines(v, depth + 1)}" for k, v in sorted(value.items())]
+    items = [f"{pad}{_quote(k)}: {_lines(v, depth + 1)}" for k, v in sorted(value.items())]
     return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
 
 
@@ -104,7 +111,9 @@ def async_generation_doc(state: SearchState, generation: int) -> bytes:
         "complete": len(entries) == len(state.members),
         "ranking": [e.member for e in ranked],
         "copies": {e.member: e.next_parent for e in entries if e.next_exploited},
-        "members": {e.member: _entry_doc(e) for e in entries},
+        # Re-rendered at every write while the generation is open: each
+        # member's text is its history line, remembered until it changes.
+        "members": {e.member: _Encoded(e.view_text(_history_line)) for e in entries},
         "events": _events_of(state, generation),
     }
     return _dumps(doc)
