@@ -33,6 +33,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -70,7 +71,9 @@ class Recorder:
             self.started[method].append(start)
 
 
-def bench_config(population: int, generations: int) -> RunConfig:
+def bench_config(
+    population: int, generations: int, mode: Literal["sync", "async"] = "sync"
+) -> RunConfig:
     # 1-epoch segments; the plateau rule never fires (patience > generations),
     # so the search runs exactly `generations` generations.
     return RunConfig(
@@ -83,6 +86,7 @@ def bench_config(population: int, generations: int) -> RunConfig:
             generation_epochs=1,
             max_generations=generations,
             stop_patience_generations=max(generations + 1, 2),
+            mode=mode,
         ),
     )
 
@@ -246,6 +250,7 @@ def main() -> None:
     p.add_argument("--population", type=int, default=1024, help="members (config max 1024)")
     p.add_argument("--workers", type=int, default=2000, help="simulated workers")
     p.add_argument("--generations", type=int, default=2)
+    p.add_argument("--mode", choices=["sync", "async"], default="sync")
     p.add_argument("--heartbeats", type=int, default=2, help="heartbeats (epochs) per segment")
     p.add_argument("--epoch-s", type=float, default=0.5, help="simulated seconds per epoch")
     p.add_argument("--channels", type=int, default=32, help="gRPC connections the workers share")
@@ -255,7 +260,7 @@ def main() -> None:
     p.add_argument("--pythonpath", help="PYTHONPATH of the coordinator process (another version)")
     args = p.parse_args()
 
-    cfg = bench_config(args.population, args.generations)
+    cfg = bench_config(args.population, args.generations, args.mode)
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
         proc, port = start_coordinator(root, cfg, root / "coordinator.log", args.pythonpath)
@@ -276,6 +281,7 @@ def main() -> None:
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
+        "mode": args.mode,
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
         "state_bytes": size,

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from bench_coordinator import bench_config
@@ -59,9 +60,8 @@ class TimedStore(WrapperStore):
         return info
 
 
-def config(population: int, generations: int, mode: str = "sync") -> RunConfig:
-    cfg = bench_config(population, generations)
-    return cfg.model_copy(update={"pbt": cfg.pbt.model_copy(update={"mode": mode})})
+def config(population: int, generations: int, mode: Literal["sync", "async"] = "sync") -> RunConfig:
+    return bench_config(population, generations, mode)
 
 
 def report(service: CoordinatorService, grant, worker: str) -> None:
