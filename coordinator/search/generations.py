@@ -47,8 +47,11 @@ class Progress:
         self.cfg = cfg
         self.outbox = outbox
         self.layout = layout
-        # A segment last seen unreported (sync mode): a shortcut, never state.
+        # Shortcuts, never state: a segment last seen unreported (sync mode),
+        # a member last seen without its entry of the oldest open generation
+        # (async mode).
         self._blocker: Segment | None = None
+        self._unfinished: str | None = None
 
     # ------------------------------------------------------------- sync mode
 
@@ -99,6 +102,17 @@ class Progress:
         )
         return self._blocker is None
 
+    def _all_finished(self, state: SearchState, g: int) -> bool:
+        """Has every member finished generation `g` (async mode)? As in
+        `_all_reported`, a member found without its entry stays the witness
+        while it still lacks it."""
+        held = self._unfinished
+        if held is not None and held in state.segments and state.entry(held, g) is None:
+            return False
+        missing = (m for m in reversed(state.segments) if state.entry(m, g) is None)
+        self._unfinished = next(missing, None)
+        return self._unfinished is None
+
     # ------------------------------------------------------------ async mode
 
     def advance_async(self, state: SearchState, member: str) -> None:
@@ -130,10 +144,9 @@ class Progress:
     def _close_async_generations(self, state: SearchState) -> None:
         while not state.terminal:
             g = state.generation
-            entries = [state.entry(m, g) for m in state.members]
-            if any(e is None for e in entries):
+            if not self._all_finished(state, g):
                 return
-            finished = [e for e in entries if e is not None]
+            finished = [e for m in state.members if (e := state.entry(m, g)) is not None]
             best = min(finished, key=_rank_key)
             state.best_history.append(best.metric)
             self._update_best(state, best)
