@@ -5,7 +5,8 @@ coordinator's own paths against it.
    logic, no state): a bare `grpc.server` in a child process (the
    coordinator's Heartbeat method answering an empty reply), for each
    thread-pool size (the sync server hands every call to a pool thread, and
-   more threads cost more GIL hand-offs per call).
+   more threads cost more GIL hand-offs per call); with `--aio`, also an
+   empty `grpc.aio` server (one event loop).
 2. The same for the real coordinator (`create_server`, interceptors
    included; a 256-member search, every member leased): Heartbeat, a WAIT
    reply to RequestWork, GetStatus.
@@ -17,7 +18,7 @@ Servers are driven from this process with grpc.aio clients (32 channels,
 `--concurrency` calls in flight); a server's CPU time is read from /proc.
 Compare with `bench_coordinator.py`'s "server CPU ms per RPC".
 
-    python benchmarks/bench_grpc_floor.py [--calls 10000] [--threads 1 4 8 16 32] [--population 1024]
+    python benchmarks/bench_grpc_floor.py [--calls 10000] [--threads 1 4 8 16 32] [--aio] [--population 1024]
 
 Results go in benchmarks/README.md, section "Coordinator capacity".
 """
@@ -51,6 +52,24 @@ class EmptyCoordinator(pb_grpc.CoordinatorServicer):
         return pb.HeartbeatResponse()
 
 
+class AsyncEmptyCoordinator(pb_grpc.CoordinatorServicer):
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: object
+    ) -> pb.HeartbeatResponse:
+        return pb.HeartbeatResponse()
+
+
+async def serve_aio() -> None:
+    """An empty `grpc.aio` server (one event loop, no thread pool) until stdin closes."""
+    server = grpc.aio.server()
+    pb_grpc.add_CoordinatorServicer_to_server(AsyncEmptyCoordinator(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0)
+
+
 def open_service(population: int, root: Path):  # -> CoordinatorService
     from autolfads.coordinator.search.service import CoordinatorService
     from autolfads.storage import LocalStore
@@ -63,7 +82,11 @@ def open_service(population: int, root: Path):  # -> CoordinatorService
 
 def serve(threads: int) -> None:
     """Child process: serve until stdin closes; print the bound port first.
-    `threads` 0: the real coordinator, else an empty server with that pool."""
+    `threads` 0: the real coordinator, -1: an empty asyncio server, else an
+    empty server with that pool."""
+    if threads < 0:
+        asyncio.run(serve_aio())
+        return
     if threads == 0:
         from autolfads.coordinator.wire.server import create_server
 
@@ -185,6 +208,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200, help="calls in flight")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     ap.add_argument("--population", type=int, default=1024, help="for part 3")
+    ap.add_argument("--aio", action="store_true", help="also an empty grpc.aio server")
     args = ap.parse_args()
     if args.serve is not None:
         serve(args.serve)
@@ -195,6 +219,9 @@ def main() -> None:
     for threads in args.threads:
         (ms, rate) = server_cost(threads, {"empty": empty}, args.concurrency)["empty"]
         print(f"| {threads} | {ms:.3f} | {rate:,.0f} |")
+    if args.aio:
+        (ms, rate) = server_cost(-1, {"empty": empty}, args.concurrency)["empty"]
+        print(f"| grpc.aio (no pool) | {ms:.3f} | {rate:,.0f} |")
     print("\n| coordinator, 256 members leased | server CPU ms per call | calls/s |\n|---|---|---|")
     for name, (ms, rate) in coordinator_paths(args.calls, args.concurrency).items():
         print(f"| {name} | {ms:.3f} | {rate:,.0f} |")
