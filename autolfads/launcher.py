@@ -2,7 +2,8 @@
 
 The coordinator runs in this process (gRPC on a loopback port); N trainer
 workers run as child processes with exactly the command a container runs
-(`autolfads trainer --coordinator ... --storage ...`). When the search ends,
+(`autolfads trainer --coordinator ... --storage ...`), forked from a
+template that has already imported torch (`worker_pool.py`). When the search ends,
 the best member is posterior-sampled and evaluated (`best/`) and the report
 is built. Ctrl-C stops workers and coordinator cleanly with the state
 persisted; running the same command with `--resume` carries on.
@@ -18,10 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,24 +36,23 @@ from autolfads.errors import AutolfadsError
 from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
 from autolfads.trainer.timing import TIMING_ENV
+from autolfads.worker_pool import (
+    WORKER_EXIT_GRACE_S,
+    WorkerPool,
+    warm_template,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_RESTARTS_PER_WORKER = 3
 # How soon a trainer told to WAIT asks again. In a synchronous search every
 # trainer but the last waits at each generation boundary; a 1 s hint costs
 # each of them ~0.5 s per generation. The coordinator stretches the hint when
 # many trainers wait (coordinator/search/dispatch.py), so a short base is safe.
 RUN_RETRY_AFTER_S = 0.1
-WORKER_EXIT_GRACE_S = 30.0
 
 
 class RunExists(AutolfadsError):
     """A run of that name is already in storage."""
-
-
-class SearchFailed(AutolfadsError):
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -114,85 +111,11 @@ def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptio
     return stage_run(store, cfg, data_path)
 
 
-class WorkerPool:
-    """Trainer child processes, restarted (boundedly) if one dies mid-search."""
-
-    def __init__(
-        self,
-        command: Callable[[int], list[str]],
-        count: int,
-        log_dir: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self._command = command
-        self._log_dir = log_dir
-        self._env = env
-        self._procs: dict[int, subprocess.Popen] = {}
-        self._restarts = dict.fromkeys(range(count), 0)
-        for slot in range(count):
-            self._start(slot)
-
-    def log_path(self, slot: int) -> Path:
-        return self._log_dir / f"worker-{slot}.log"
-
-    def _start(self, slot: int) -> None:
-        with self.log_path(slot).open("ab") as out:
-            # A session of their own: Ctrl-C reaches only this process, which
-            # then stops the workers with SIGTERM so they hand their leases back.
-            self._procs[slot] = subprocess.Popen(
-                self._command(slot),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=self._env,
-            )
-
-    def check(self, search_running: bool) -> None:
-        """Restart workers that died while the search still needs them."""
-        for slot, proc in list(self._procs.items()):
-            code = proc.poll()
-            if code is None or code == 0 or not search_running:
-                continue
-            if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
-                del self._procs[slot]
-                log.error("worker %d failed %d times; see %s", slot, code, self.log_path(slot))
-                continue
-            self._restarts[slot] += 1
-            log.warning("worker %d exited with %d; restarting", slot, code)
-            self._start(slot)
-        if search_running and not self._procs:
-            raise SearchFailed(f"every trainer worker failed; last log lines:\n{self.tail(0)}")
-
-    def tail(self, slot: int, lines: int = 15) -> str:
-        try:
-            text = self.log_path(slot).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = WORKER_EXIT_GRACE_S) -> None:
-        """SIGTERM (workers hand their leases back), then SIGKILL stragglers."""
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        self.wait(timeout_s)
-
-    def wait(self, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int], list[str]]:
     def command(slot: int) -> list[str]:
         # No token here: it travels in the environment (`worker_env`).
         return [
-            sys.executable, "-m", "autolfads", "trainer",
+            "trainer",
             "--coordinator", f"127.0.0.1:{port}",
             "--storage", opts.storage_url,
             "--threads", str(opts.threads_per_worker),
@@ -338,6 +261,8 @@ def run_search(
     after workers and server have stopped cleanly.
     """
     tokens = security.tokens
+    # The trainers' template imports torch while the coordinator opens.
+    warm_template()
     service = open_service(cfg, store, data_path, opts)
     if service.terminal:
         return service.exit_status

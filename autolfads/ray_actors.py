@@ -21,8 +21,6 @@ from typing import Any
 
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.launcher import (
-    MAX_RESTARTS_PER_WORKER,
-    WORKER_EXIT_GRACE_S,
     Serving,
     progress_source,
     resume_service,
@@ -30,6 +28,7 @@ from autolfads.launcher import (
     shut_down,
 )
 from autolfads.progress_display import ProgressSnapshot
+from autolfads.worker_pool import MAX_RESTARTS_PER_WORKER, WORKER_EXIT_GRACE_S
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,6 @@ from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecuri
 from autolfads.errors import ConfigError
 from autolfads.launcher import (
     LaunchOptions,
-    SearchFailed,
     log_watch_hint,
     make_log_dir,
     prepare_run,
@@ -45,6 +44,7 @@ from autolfads.launcher import (
 from autolfads.progress_display import ProgressPrinter
 from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
 from autolfads.storage import Store
+from autolfads.worker_pool import SearchFailed
 
 log = logging.getLogger(__name__)
 

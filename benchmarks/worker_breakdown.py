@@ -166,7 +166,9 @@ def run_config(args: argparse.Namespace, root: Path) -> tuple[str, str, Path, fl
         "--workers", str(args.workers), "--threads", str(args.threads),
     ]  # fmt: skip
     start = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    # cwd: `-m` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH; a run started inside a checkout would use that checkout.
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=root)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])

@@ -151,7 +151,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict
     """The tiny search by `autolfads run` (1 worker, local storage), run once
     per session: the reference the other deployment paths must reach."""
     ws = make_workspace(tmp_path_factory.mktemp("run"))
-    proc = autolfads(ws, *run_args(ws, "--workers", "1"))
+    proc = autolfads(ws, *run_args(ws, "--workers", "1", "--log-dir", str(ws.root / "logs")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((ws.runs / RUN / "best" / "metrics.json").read_text())
     return ws, {"metrics": metrics, "stdout": proc.stdout, "stderr": proc.stderr}

@@ -21,6 +21,7 @@ from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_erro
 from s3_proxy import Hold, ScriptedS3Proxy
 
 from autolfads.storage import LocalStore, open_store
+from autolfads.trainer.timing import PHASES, TIMING_PREFIX
 
 METRICS = ("co_bps", "fp_bps", "vel_r2", "psth_r2", "rate_r2")
 
@@ -123,6 +124,17 @@ def test_members_are_ranked_by_the_heldout_nll_they_ended_with(
     # pbt.first_member: training: m000 started at the config's training values.
     first = json.loads((run / "members" / "m000" / "gen-0000" / "metrics.json").read_text())
     assert first["hparams"]["lr_init"] == 4e-3 and first["hparams"]["cd_rate"] == 0.3
+
+
+def test_trainer_logs_tell_where_its_time_went(finished: tuple[Workspace, dict]) -> None:
+    # benchmarks/worker_breakdown.py reads these lines; the trainer was forked
+    # from a template that imported its modules before its environment
+    # (which asks for them) was set.
+    log = (finished[0].root / "logs" / "worker-0.log").read_text()
+    lines = [x for x in log.splitlines() if TIMING_PREFIX + "{" in x]
+    last = json.loads(lines[-1].split(TIMING_PREFIX, 1)[1])
+    assert last["event"] == "exit" and last["worker"] == f"{RUN}-local-0"
+    assert last["train"] > 0 and all(last[phase] >= 0 for phase in PHASES)
 
 
 def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]) -> None:

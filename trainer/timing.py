@@ -30,8 +30,6 @@ from contextlib import contextmanager
 
 log = logging.getLogger("autolfads.timing")
 TIMING_ENV = "AUTOLFADS_TIMING_LOG"
-if os.environ.get(TIMING_ENV) == "1":
-    log.setLevel(logging.INFO)
 
 # The phases of a trainer's main thread, in the order the breakdown prints them.
 PHASES = (
@@ -67,6 +65,10 @@ class WorkerClock:
     thread only)."""
 
     def __init__(self, worker_id: str) -> None:
+        # Read here, not at import: `autolfads run` forks trainers from a
+        # template that imported this module before their environment was set.
+        if os.environ.get(TIMING_ENV) == "1":
+            log.setLevel(logging.INFO)
         self.worker_id = worker_id
         self.process_start = process_start_time()
         self.totals = dict.fromkeys(PHASES, 0.0)

@@ -148,10 +148,11 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
     from autolfads.errors import ConfigError
     from autolfads.extras import require_extras
-    from autolfads.launcher import SearchFailed, check_launch, run_search
+    from autolfads.launcher import check_launch, run_search
     from autolfads.progress_display import ProgressPrinter
     from autolfads.storage import open_store
     from autolfads.trainer.data.config_data import load_config_data
+    from autolfads.worker_pool import SearchFailed
 
     # Checked before anything starts: a search must not train for hours and
     # then fail at its report for want of matplotlib.

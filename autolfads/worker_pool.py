@@ -1,0 +1,218 @@
+"""The trainer processes of `autolfads run`, forked from a warm template.
+
+A trainer started as a new interpreter (`python -m autolfads trainer ...`)
+spends about a second importing torch, and nearly as long again when it
+builds its first optimizer (torch then imports its compiler stack), before
+its first epoch: on the README's main job, about 1 % of all worker-seconds.
+So `autolfads run` starts one template process early, which imports torch
+and builds a throwaway optimizer (`autolfads.trainer.preload`) while the
+coordinator opens, and forks each trainer from it (multiprocessing's
+forkserver). A trainer, and a restarted one, then starts in milliseconds and
+runs exactly the `autolfads trainer` command a container runs, with its own
+environment, log file and session.
+
+Where the forkserver start method does not exist (Windows), trainers start
+as new interpreters, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from autolfads.errors import AutolfadsError
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS_PER_WORKER = 3
+WORKER_EXIT_GRACE_S = 30.0
+PRELOAD_MODULE = "autolfads.trainer.preload"
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+
+
+class SearchFailed(AutolfadsError):
+    exit_code = 1
+
+
+class TrainerProcess(Protocol):
+    pid: int | None
+
+    def poll(self) -> int | None: ...
+    def send_signal(self, sig: int) -> None: ...
+    def wait(self, timeout: float) -> int | None: ...
+    def kill(self) -> None: ...
+
+
+def warm_template() -> None:
+    """Start the template process now; it imports in the background, and the
+    first trainer's start waits for it. (Idempotent; a no-op without a
+    forkserver.)"""
+    if not FORKSERVER:
+        return
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD_MODULE])
+    # Returns at once; a trainer's start waits until the template is ready.
+    multiprocessing.forkserver.ensure_running()
+
+
+class ForkedTrainer:
+    """`autolfads <argv>` in a process forked from the template."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([PRELOAD_MODULE])
+        # daemon: if this process exits without stopping its trainers, the
+        # multiprocessing exit handler sends them SIGTERM (they hand their
+        # leases back) instead of leaving them to time out.
+        self._proc = ctx.Process(
+            target=_run_trainer, args=(list(argv), str(log_path), dict(env)), daemon=True
+        )
+        self._proc.start()
+        self.pid: int | None = self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.exitcode is None and self.pid is not None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        self._proc.join(timeout)
+        return self._proc.exitcode
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+
+def _run_trainer(argv: list[str], log_path: str, env: dict[str, str]) -> None:
+    """In the forked child: become what `python -m autolfads <argv>` with
+    output to `log_path` and environment `env` would be."""
+    # A session of its own: Ctrl-C reaches only `autolfads run`, which then
+    # stops the trainers with SIGTERM so they hand their leases back.
+    os.setsid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    from autolfads.cli import main
+
+    sys.exit(main(argv))
+
+
+class SpawnedTrainer:
+    """`python -m autolfads <argv>` as a new interpreter (no forkserver)."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+        with log_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "autolfads", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        self.pid: int | None = self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+
+def start_trainer(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> TrainerProcess:
+    if FORKSERVER:
+        return ForkedTrainer(argv, log_path, env)
+    return SpawnedTrainer(argv, log_path, env)
+
+
+class WorkerPool:
+    """Trainer child processes, restarted (boundedly) if one dies mid-search.
+
+    `command(slot)` is the `autolfads` command line (without the interpreter)
+    of the trainer in `slot`."""
+
+    def __init__(
+        self,
+        command: Callable[[int], list[str]],
+        count: int,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._command = command
+        self._log_dir = log_dir
+        self._env = dict(os.environ) if env is None else env
+        self._procs: dict[int, TrainerProcess] = {}
+        self._restarts = dict.fromkeys(range(count), 0)
+        for slot in range(count):
+            self._start(slot)
+
+    def log_path(self, slot: int) -> Path:
+        return self._log_dir / f"worker-{slot}.log"
+
+    def pids(self) -> dict[int, int | None]:
+        return {slot: proc.pid for slot, proc in self._procs.items()}
+
+    def _start(self, slot: int) -> None:
+        self._procs[slot] = start_trainer(self._command(slot), self.log_path(slot), self._env)
+
+    def check(self, search_running: bool) -> None:
+        """Restart workers that died while the search still needs them."""
+        for slot, proc in list(self._procs.items()):
+            code = proc.poll()
+            if code is None or code == 0 or not search_running:
+                continue
+            if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
+                del self._procs[slot]
+                log.error("worker %d failed %d times; see %s", slot, code, self.log_path(slot))
+                continue
+            self._restarts[slot] += 1
+            log.warning("worker %d exited with %d; restarting", slot, code)
+            self._start(slot)
+        if search_running and not self._procs:
+            raise SearchFailed(f"every trainer worker failed; last log lines:\n{self.tail(0)}")
+
+    def tail(self, slot: int, lines: int = 15) -> str:
+        try:
+            text = self.log_path(slot).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = WORKER_EXIT_GRACE_S) -> None:
+        """SIGTERM (workers hand their leases back), then SIGKILL stragglers."""
+        for proc in self._procs.values():
+            proc.send_signal(signal.SIGTERM)
+        self.wait(timeout_s)
+
+    def wait(self, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        for proc in self._procs.values():
+            if proc.wait(timeout=max(0.1, end - time.monotonic())) is None:
+                proc.kill()
+                proc.wait(timeout=WORKER_EXIT_GRACE_S)

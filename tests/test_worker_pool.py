@@ -1,0 +1,106 @@
+"""The trainer processes of `autolfads run` (autolfads/worker_pool.py).
+
+Real trainer processes, forked from the template as `autolfads run` starts
+them, pointed at a loopback port where nothing listens: they run the real
+`autolfads trainer` command and fail the way a trainer without a coordinator
+fails, which is what the pool's restart and stop rules act on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from autolfads.worker_pool import (
+    FORKSERVER,
+    MAX_RESTARTS_PER_WORKER,
+    ForkedTrainer,
+    SearchFailed,
+    SpawnedTrainer,
+    WorkerPool,
+    warm_template,
+)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_command(port: int, store: Path, wait_s: int):
+    store.mkdir(exist_ok=True)
+
+    def command(slot: int) -> list[str]:
+        return [
+            "trainer",
+            "--coordinator", f"127.0.0.1:{port}",
+            "--storage", str(store),
+            "--threads", "1",
+            "--worker-id", f"pool-test-{slot}",
+            # As `autolfads run` passes it: the trainer then waits for its
+            # coordinator in short calls, and a SIGTERM ends the wait.
+            "--run", "pool-test",
+            "--unavailable-wait", str(wait_s),
+        ]  # fmt: skip
+
+    return command
+
+
+def test_a_failing_trainer_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
+    warm_template()
+    env = {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO"}
+    pool = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 0), 1, tmp_path, env)
+    with pytest.raises(SearchFailed, match="every trainer worker failed") as failed:
+        for _ in range(MAX_RESTARTS_PER_WORKER + 1):
+            pool.wait(timeout_s=120)  # the trainer gives up at once: exit 2
+            pool.check(search_running=True)
+    # Its own one-line error, in its own log, once per start.
+    assert "autolfads: error: coordinator 127.0.0.1:" in str(failed.value)
+    log = pool.log_path(0).read_text()
+    errors = [x for x in log.splitlines() if x.startswith("autolfads: error: coordinator")]
+    assert len(errors) == MAX_RESTARTS_PER_WORKER + 1
+    # The environment it was given reached it (INFO lines are logged).
+    assert " INFO " in log
+
+
+def test_a_finished_search_restarts_nothing(tmp_path: Path) -> None:
+    pool = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 0), 2, tmp_path)
+    pool.wait(timeout_s=120)
+    pids = pool.pids()
+    pool.check(search_running=False)
+    assert pool.pids() == pids
+
+
+@pytest.mark.parametrize("kind", ["forked", "spawned"])
+def test_a_trainer_has_its_own_session_and_stops_on_sigterm(kind: str, tmp_path: Path) -> None:
+    if kind == "forked" and not FORKSERVER:
+        pytest.skip("no forkserver start method on this platform")
+    start = ForkedTrainer if kind == "forked" else SpawnedTrainer
+    # Waits up to 10 minutes for a coordinator: only SIGTERM ends it in time.
+    argv = trainer_command(closed_port(), tmp_path / "store", 600)(0)
+    log = tmp_path / "t.log"
+    trainer = start(argv, log, {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO"})
+    assert trainer.pid is not None
+    try:
+        # Its first log line comes after it set itself up (session, output).
+        deadline = time.monotonic() + 120
+        while '"event": "started"' not in (log.read_text() if log.exists() else ""):
+            assert trainer.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # Ctrl-C at `autolfads run`'s terminal must not reach it (its own
+        # session), nor may the template's process group be its own.
+        assert os.getsid(trainer.pid) == trainer.pid
+        assert os.getpgid(trainer.pid) != os.getpgid(0)
+        trainer.send_signal(signal.SIGTERM)
+        code = trainer.wait(timeout=120)
+    finally:
+        trainer.kill()
+        trainer.wait(timeout=60)
+    assert code is not None and code != -signal.SIGKILL
