@@ -21,6 +21,8 @@ from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.journal import RECORD_KINDS
 from autolfads.coordinator.search.state import HistoryEntry, LeaseRecord
 from autolfads.coordinator.search.tracked import HistoryMap, RecordMap
+from autolfads.coordinator.search.views import status_view
+from autolfads.coordinator.wire.convert import MemberProtos, status_to_proto
 from autolfads.storage import FaultyStore, LocalStore
 from autolfads.storage.errors import StorageError
 
@@ -114,13 +116,26 @@ def _check_dispatch_matches_the_state(service) -> None:
     dispatch._queue, dispatch._held = kept
 
 
+def _check_status_matches_a_fresh_view(service, protos: MemberProtos) -> None:
+    """The cached status (lineages built on the previous view's, members'
+    messages reused) equals one built from scratch."""
+    cached = service.status()
+    fresh = status_view(service._state, service.cfg.pbt.max_generations)
+    assert cached == fresh
+    assert status_to_proto(cached, protos) == status_to_proto(fresh)
+
+
 def _nonzero(counts) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v != 0}
 
 
 def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:
     """Random calls of three workers until the search ends; how often each
-    kind of event happened."""
+    kind of event happened. The status is looked at after some calls (its
+    own generator: the calls stay those of `rng`), so some views build on
+    the last one and some on a view several generations old."""
+    looks = random.Random(7)
+    protos = MemberProtos()
     seen = {"rolled back": 0, "refused": 0, "expired": 0, "duplicate": 0}
     held: dict[str, list] = {f"w{i}": [] for i in range(3)}
     sent: list = []
@@ -166,6 +181,8 @@ def _drive(service, store, clock, rng: random.Random) -> dict[str, int]:
             seen["refused"] += 1  # e.g. a report of a lease that expired
         _check_incremental_equals_full(service)
         _check_dispatch_matches_the_state(service)
+        if looks.random() < 0.3:
+            _check_status_matches_a_fresh_view(service, protos)
     pytest.fail("the search did not end")
 
 

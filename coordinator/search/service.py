@@ -73,7 +73,7 @@ from autolfads.coordinator.search.validation import (
     check_report_shape,
     check_worker_id,
 )
-from autolfads.coordinator.search.views import lease_view, status_view
+from autolfads.coordinator.search.views import LineageCache, lease_view, status_view
 from autolfads.storage.base import Store
 from autolfads.storage.keys import RunLayout
 
@@ -139,6 +139,7 @@ class CoordinatorService:
         self._progress = Progress(cfg, self._commit.outbox, self.layout)
         self._pruned_generation = -1
         self._status_cache: tuple[int, StatusView] | None = None
+        self._lineages = LineageCache()
         # Which workers were seen, and which were told DONE (not persisted:
         # only used to linger after the end until workers have heard of it).
         self._last_seen: dict[str, float] = {}
@@ -410,7 +411,7 @@ class CoordinatorService:
             if self._status_cache is None or self._status_cache[0] != revision:
                 self._status_cache = (
                     revision,
-                    status_view(self._state, self.cfg.pbt.max_generations),
+                    status_view(self._state, self.cfg.pbt.max_generations, self._lineages),
                 )
             return self._status_cache[1]
 
@@ -480,6 +481,7 @@ class CoordinatorService:
         self._state.revision = max(revision, self._state.revision)
         self._dispatch.reset()
         self._status_cache = None
+        self._lineages.clear()
         self._changed.notify_all()
 
     def _bound_state(self) -> None:

@@ -11,16 +11,89 @@ from autolfads.coordinator.search.messages import (
     MemberView,
     StatusView,
 )
-from autolfads.coordinator.search.state import LeaseRecord, SearchState, Segment
+from autolfads.coordinator.search.state import HistoryEntry, LeaseRecord, SearchState, Segment
 from autolfads.storage.keys import RunLayout
 
 _PHASES = {"queued": "queued", "leased": "training", "reported": "reported", "finished": "finished"}
 
 
-def status_view(state: SearchState, max_generations: int) -> StatusView:
+Chain = tuple[LineageStepView, ...]
+
+
+class LineageCache:
+    """Each member's lineage as of its latest entry, kept between status
+    views. A view used to walk every member's whole chain (population x
+    generations steps, 77 ms under the service lock at 1024 members and
+    generation 40); now a chain is its newest step plus its parent's chain
+    from the previous view, so a view costs O(population).
+
+    Sound because an entry's place in the tree (its member, generation,
+    checkpoint key and start point) never changes once recorded: a cached
+    chain is reused only for the very entry object it was built for, and a
+    replaced state (rollback, resume) brings new objects."""
+
+    def __init__(self) -> None:
+        self._chains: dict[tuple[str, int], tuple[HistoryEntry, Chain]] = {}
+
+    def clear(self) -> None:
+        self._chains = {}
+
+    def latest(self, state: SearchState) -> dict[str, tuple[HistoryEntry, Chain]]:
+        """Each member's latest entry and its lineage (newest first); this
+        becomes what the next call builds on."""
+        previous: dict[tuple[str, int], tuple[HistoryEntry, Chain]] = {}
+        previous, self._chains = self._chains, previous
+        return {
+            member: (history[-1], self._chain(state, history[-1], previous, self._chains))
+            for member, history in state.history.items()
+            if history
+        }
+
+    def _chain(
+        self, state: SearchState, entry: HistoryEntry, previous: dict, current: dict
+    ) -> Chain:
+        chain = _cached(entry, previous, current)
+        if chain is None:
+            step = LineageStepView(entry.generation, entry.member, entry.checkpoint)
+            parent = (
+                state.entry(entry.parent, entry.start_generation)
+                if entry.start_checkpoint
+                else None
+            )
+            if parent is None:
+                chain = (step,)
+            else:
+                above = _cached(parent, previous, current)
+                if above is None:  # not a latest entry at the last view: walk it
+                    above = tuple(
+                        LineageStepView(e.generation, e.member, e.checkpoint)
+                        for e in state.lineage(parent.member, parent.generation)
+                    )
+                chain = (step, *above)
+        current[(entry.member, entry.generation)] = (entry, chain)
+        return chain
+
+
+def _cached(entry: HistoryEntry, *caches: dict) -> Chain | None:
+    """The chain built for this very entry object, if any cache has it."""
+    for cache in caches:
+        hit = cache.get((entry.member, entry.generation))
+        if hit is not None and hit[0] is entry:
+            return hit[1]
+    return None
+
+
+def status_view(
+    state: SearchState, max_generations: int, lineages: LineageCache | None = None
+) -> StatusView:
     """The search at a glance; `max_generations` is the config's (0 when the
-    config is unknown, shown as '?')."""
-    members = tuple(_member_view(state, seg) for _, seg in sorted(state.segments.items()))
+    config is unknown, shown as '?'). Pass the same `lineages` to every call
+    to build each view in O(population)."""
+    latest = (lineages or LineageCache()).latest(state)
+    members = tuple(
+        _member_view(state, seg, latest.get(seg.member))
+        for _, seg in sorted(state.segments.items())
+    )
     best = state.best
     return StatusView(
         run=state.run,
@@ -41,18 +114,11 @@ def status_view(state: SearchState, max_generations: int) -> StatusView:
     )
 
 
-def _member_view(state: SearchState, seg: Segment) -> MemberView:
-    history = state.history.get(seg.member, [])
-    latest = history[-1] if history else None
+def _member_view(
+    state: SearchState, seg: Segment, latest_chain: tuple[HistoryEntry, Chain] | None
+) -> MemberView:
+    latest, lineage = latest_chain if latest_chain is not None else (None, ())
     lease = state.leases.get(seg.lease_id) if seg.lease_id else None
-    lineage = (
-        tuple(
-            LineageStepView(e.generation, e.member, e.checkpoint)
-            for e in state.lineage(latest.member, latest.generation)
-        )
-        if latest is not None
-        else ()
-    )
     return MemberView(
         member=seg.member,
         generation=seg.generation,

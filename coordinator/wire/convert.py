@@ -7,6 +7,8 @@ UNSPECIFIED or unknown become `InvalidRequest`, never a silent default.
 
 from __future__ import annotations
 
+import threading
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from autolfads.coordinator.search.errors import InvalidRequest
@@ -245,7 +247,51 @@ def search_state_from_proto(value: int) -> str:
     return _lookup(_invert(_SEARCH_STATES), value, "search state")
 
 
-def status_to_proto(s: StatusView) -> pb.SearchStatus:
+def member_to_proto(m: MemberView) -> pb.MemberStatus:
+    return pb.MemberStatus(
+        member=m.member,
+        generation=m.generation,
+        hparams=m.hparams,
+        metric=m.metric,
+        parent=m.parent,
+        phase=_PHASES[m.phase],
+        worker_id=m.worker_id,
+        checkpoint_key=m.checkpoint_key,
+        lineage=[
+            pb.LineageStep(
+                generation=x.generation, member=x.member, checkpoint_key=x.checkpoint_key
+            )
+            for x in m.lineage
+        ],
+        attempts=m.attempts,
+    )
+
+
+class MemberProtos:
+    """Each member's `MemberStatus`, kept while its view stays equal.
+
+    A status of 1024 members at generation 40 holds 40,000 lineage steps;
+    building them all took ~50 ms of the GIL per GetStatus. Between two polls
+    most members are unchanged, and their lineage tuples are the very same
+    objects (`views.LineageCache`), so comparing views is cheap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._protos: dict[str, tuple[MemberView, pb.MemberStatus]] = {}
+
+    def get(self, m: MemberView) -> pb.MemberStatus:
+        with self._lock:
+            hit = self._protos.get(m.member)
+            if hit is not None and hit[0] == m:
+                return hit[1]
+        proto = member_to_proto(m)
+        with self._lock:
+            self._protos[m.member] = (m, proto)
+        return proto
+
+
+def status_to_proto(s: StatusView, members: MemberProtos | None = None) -> pb.SearchStatus:
+    """`members`: the cache to take unchanged members' messages from."""
     msg = pb.SearchStatus(
         run=s.run,
         state=_SEARCH_STATES[s.state],
@@ -257,26 +303,7 @@ def status_to_proto(s: StatusView) -> pb.SearchStatus:
         max_generations=s.max_generations,
         message=s.message,
     )
-    for m in s.members:
-        msg.members.append(
-            pb.MemberStatus(
-                member=m.member,
-                generation=m.generation,
-                hparams=m.hparams,
-                metric=m.metric,
-                parent=m.parent,
-                phase=_PHASES[m.phase],
-                worker_id=m.worker_id,
-                checkpoint_key=m.checkpoint_key,
-                lineage=[
-                    pb.LineageStep(
-                        generation=x.generation, member=x.member, checkpoint_key=x.checkpoint_key
-                    )
-                    for x in m.lineage
-                ],
-                attempts=m.attempts,
-            )
-        )
+    msg.members.extend(member_to_proto(m) if members is None else members.get(m) for m in s.members)
     if s.best is not None:
         b = s.best
         msg.best.CopyFrom(

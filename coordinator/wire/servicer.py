@@ -43,6 +43,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(self, service: CoordinatorService, watch_poll_s: float = WATCH_POLL_S) -> None:
         self._service = service
         self._watch_poll_s = watch_poll_s
+        self._members = convert.MemberProtos()
 
     def RequestWork(self, request: pb.RequestWorkRequest, context: Any) -> pb.RequestWorkResponse:
         return _handle(
@@ -71,7 +72,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.SearchStatus:
-        return _handle(context, lambda: convert.status_to_proto(self._service.status()))
+        return _handle(
+            context, lambda: convert.status_to_proto(self._service.status(), self._members)
+        )
 
     def WatchStatus(
         self, request: pb.WatchStatusRequest, context: Any
@@ -81,7 +84,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             status = _handle(context, self._service.status)
             if status.revision != revision:
                 revision = status.revision
-                yield convert.status_to_proto(status)
+                yield convert.status_to_proto(status, self._members)
             if status.terminal or self._service.draining:
                 return
             self._service.wait_for_change(revision, self._watch_poll_s)
