@@ -12,7 +12,10 @@ runs exactly the `autolfads trainer` command a container runs, with its own
 environment, log file and session.
 
 Where the forkserver start method does not exist (Windows), trainers start
-as new interpreters, as before.
+as new interpreters, as before. As with any forkserver, the template imports
+the program's main module: a script that calls `launcher.run_search` itself
+needs an `if __name__ == "__main__":` guard (the `autolfads` command and
+`python -m autolfads` have one).
 """
 
 from __future__ import annotations
