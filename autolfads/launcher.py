@@ -262,7 +262,7 @@ def run_search(
     """
     tokens = security.tokens
     # The trainers' template imports torch while the coordinator opens.
-    warm_template()
+    warm_template(worker_env(tokens))
     service = open_service(cfg, store, data_path, opts)
     if service.terminal:
         return service.exit_status

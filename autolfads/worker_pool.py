@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +39,7 @@ MAX_RESTARTS_PER_WORKER = 3
 WORKER_EXIT_GRACE_S = 30.0
 PRELOAD_MODULE = "autolfads.trainer.preload"
 FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+_template_started = False  # by warm_template, in this process
 
 
 class SearchFailed(AutolfadsError):
@@ -54,17 +55,34 @@ class TrainerProcess(Protocol):
     def kill(self) -> None: ...
 
 
-def warm_template() -> None:
-    """Start the template process now; it imports in the background, and the
-    first trainer's start waits for it. (Idempotent; a no-op without a
-    forkserver.)"""
-    if not FORKSERVER:
+def warm_template(env: Mapping[str, str]) -> None:
+    """Start the template process now, with the trainers' environment `env`;
+    it imports in the background, and the first trainer's start waits for
+    it. (Idempotent; a no-op without a forkserver.)
+
+    The template gets `env`, not this process's environment: a forked
+    trainer's initial environment (`/proc/PID/environ`) is the template's,
+    so it must not hold what `env` leaves out, such as other roles' tokens.
+    """
+    global _template_started
+    if not FORKSERVER or _template_started:
         return
     import multiprocessing.forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD_MODULE])
-    # Returns at once; a trainer's start waits until the template is ready.
-    multiprocessing.forkserver.ensure_running()
+    # The forkserver (and multiprocessing's resource tracker) start with this
+    # process's environment, so `env` stands in for it meanwhile. Called
+    # before the coordinator's threads exist, so nothing else reads it then.
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        # Returns at once; a trainer's start waits until the template is ready.
+        multiprocessing.forkserver.ensure_running()
+        _template_started = True
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class ForkedTrainer:
@@ -170,6 +188,7 @@ class WorkerPool:
         self._command = command
         self._log_dir = log_dir
         self._env = dict(os.environ) if env is None else env
+        warm_template(self._env)  # if the caller has not
         self._procs: dict[int, TrainerProcess] = {}
         self._restarts = dict.fromkeys(range(count), 0)
         for slot in range(count):

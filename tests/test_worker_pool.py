@@ -23,7 +23,6 @@ from autolfads.worker_pool import (
     SearchFailed,
     SpawnedTrainer,
     WorkerPool,
-    warm_template,
 )
 
 
@@ -54,7 +53,6 @@ def trainer_command(port: int, store: Path, wait_s: int):
 
 
 def test_a_failing_trainer_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
-    warm_template()
     env = {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO"}
     pool = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 0), 1, tmp_path, env)
     with pytest.raises(SearchFailed, match="every trainer worker failed") as failed:
