@@ -5,6 +5,7 @@ Object stores cannot append, so the state lives in numbered objects under
 
     journal/000000000042.json   one per group commit: the records that batch
                                 changed or dropped, the scalar fields, new events
+                                and new values of the best-metric history
     snapshot/000000000040.json  the whole live state as of journal entry 40
     archive/gen-0003.json       generation 3's history entries, written once
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as quote
 from typing import Any
@@ -47,10 +48,11 @@ from autolfads.storage.keys import RunLayout
 
 JOURNAL_FORMAT = 2
 RECORD_KINDS = RECORD_MAPS
-# The state's scalar fields, written whole in every entry (a few hundred bytes).
+# The state's scalar fields, written whole in every entry (a few hundred
+# bytes). `best_history` (one value per generation) goes as what was added.
 SCALAR_FIELDS = (
     "run", "mode", "data_key", "data_sha256", "config_key", "status", "message",
-    "generation", "revision", "best", "best_history",
+    "generation", "revision", "best",
 )  # fmt: skip
 DEFAULT_SNAPSHOT_EVERY = 64
 MAX_ENTRIES_BETWEEN_SNAPSHOTS = 512
@@ -79,6 +81,7 @@ class Image:
     archived_through: int = -1
     archive: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     late_deleted: frozenset[str] = frozenset()
+    best_history: tuple[float, ...] = ()  # the state's values, as written
 
 
 def prime(state: SearchState, base: Image) -> Image:
@@ -97,6 +100,7 @@ def prime(state: SearchState, base: Image) -> Image:
         history={m: h for m, h in history.items() if h},
         event_refs=tuple(state.events),
         event_texts=tuple(encode_value(e) for e in state.events),
+        best_history=tuple(state.best_history),
     )
 
 
@@ -202,6 +206,8 @@ class JournalWriter:
         new_texts = tuple(encode_value(e) for e in added)
         texts = (base.event_texts[len(base.event_texts) - keep :] if keep else ()) + new_texts
         parts.append(f'"events_keep":{keep},"events_add":[{",".join(new_texts)}]')
+        best_keep, best_add = _best_delta(base.best_history, state.best_history)
+        parts.append(f'"best_history_keep":{best_keep},"best_history_add":{best_add}')
         parts.append(f'"archived_through":{through},"late_deleted":{json.dumps(sorted(late))}')
         image = Image(
             seq=seq,
@@ -213,6 +219,7 @@ class JournalWriter:
             archived_through=through,
             archive=archive,
             late_deleted=base.late_deleted | late,
+            best_history=tuple(state.best_history),
         )
         body = ("{" + ",".join(parts) + "}").encode()
         for live in (*maps, state.history):  # taken: later changes are relative to this image
@@ -271,6 +278,7 @@ def snapshot_body(image: Image) -> bytes:
         parts.append(f'"drop_{kind}":[]')
     parts.append(f'"put_history":{_join_history(image.history)}')
     parts.append(f'"events_keep":0,"events_add":[{",".join(image.event_texts)}]')
+    parts.append(f'"best_history_keep":0,"best_history_add":{encode_value(image.best_history)}')
     parts.append(
         f'"archived_through":{image.archived_through},'
         f'"late_deleted":{json.dumps(sorted(image.late_deleted))}'
@@ -280,6 +288,14 @@ def snapshot_body(image: Image) -> bytes:
 
 def _fields(state: SearchState) -> str:
     return encode_value({name: getattr(state, name) for name in SCALAR_FIELDS})
+
+
+def _best_delta(written: tuple[float, ...], live: Sequence[float]) -> tuple[int, str]:
+    """How many written values stay, and the rest as JSON. The history only
+    grows; anything else (a state replaced) rewrites it whole. (Values are
+    the same float objects, so NaNs compare equal here.)"""
+    keep = len(written) if tuple(live[: len(written)]) == written else 0
+    return keep, encode_value(list(live[keep:]))
 
 
 def _diff(
@@ -397,12 +413,18 @@ class Doc:
     events: list[Any] = field(default_factory=list)
     archived_through: int = -1
     late_deleted: set[str] = field(default_factory=set)
+    best_history: list[Any] = field(default_factory=list)
 
     def apply(self, body: dict[str, Any]) -> None:
         """Apply one journal entry (or a snapshot to an empty Doc)."""
         try:
             self.seq = int(body["seq"])
             self.fields = dict(body["fields"])
+            if "best_history_add" in body:
+                keep = int(body["best_history_keep"])
+                self.best_history = [*self.best_history[:keep], *body["best_history_add"]]
+            else:  # written before the history went as a delta: in the fields
+                self.best_history = list(self.fields.pop("best_history"))
             for kind in RECORD_KINDS:
                 self.records[kind].update(body[f"put_{kind}"])
                 for key in body[f"drop_{kind}"]:
@@ -433,6 +455,7 @@ class Doc:
             history.setdefault(member, []).extend(open_entries[g] for g in sorted(open_entries))
         doc = {
             **self.fields,
+            "best_history": self.best_history,
             **self.records,
             "history": {m: hs for m, hs in history.items() if hs},
             "events": self.events,
