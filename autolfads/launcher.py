@@ -270,13 +270,14 @@ def run_search(
     log_dir = make_log_dir(opts, cfg.name)
     log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
     progress = progress_source(service, cfg)
-    pool = WorkerPool(
-        _worker_command(opts, serving.port, cfg.name),
-        opts.workers,
-        log_dir,
-        env=worker_env(tokens),
-    )
+    pool: WorkerPool | None = None
     try:
+        pool = WorkerPool(
+            _worker_command(opts, serving.port, cfg.name),
+            opts.workers,
+            log_dir,
+            env=worker_env(tokens),
+        )
         while not service.terminal:
             service.tick()
             pool.check(search_running=True)
@@ -287,7 +288,7 @@ def run_search(
         pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
     finally:
         printer.close()
-        shut_down(service, serving, pool.stop)
+        shut_down(service, serving, pool.stop if pool is not None else lambda: None)
     return service.exit_status
 
 

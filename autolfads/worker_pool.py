@@ -20,9 +20,13 @@ needs an `if __name__ == "__main__":` guard (the `autolfads` command and
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util  # noqa: F401 (see _stop_forked_trainers)
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -38,8 +42,12 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS_PER_WORKER = 3
 WORKER_EXIT_GRACE_S = 30.0
 PRELOAD_MODULE = "autolfads.trainer.preload"
-FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+# Forked trainers need the forkserver and pidfds (Linux 5.3+).
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods() and hasattr(os, "pidfd_open")
+EXIT_GRACE_S = 10.0
 _template_started = False  # by warm_template, in this process
+_template_lost = False  # then trainers start as new interpreters
+_live: set[ForkedTrainer] = set()
 
 
 class SearchFailed(AutolfadsError):
@@ -58,11 +66,13 @@ class TrainerProcess(Protocol):
 def warm_template(env: Mapping[str, str]) -> None:
     """Start the template process now, with the trainers' environment `env`;
     it imports in the background, and the first trainer's start waits for
-    it. (Idempotent; a no-op without a forkserver.)
+    it. (Once per process; a no-op without a forkserver.)
 
     The template gets `env`, not this process's environment: a forked
     trainer's initial environment (`/proc/PID/environ`) is the template's,
     so it must not hold what `env` leaves out, such as other roles' tokens.
+    Its stdout and stderr are /dev/null (the trainers' go to their logs):
+    a template left behind must not hold this process's output open.
     """
     global _template_started
     if not FORKSERVER or _template_started:
@@ -71,48 +81,105 @@ def warm_template(env: Mapping[str, str]) -> None:
 
     multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD_MODULE])
     # The forkserver (and multiprocessing's resource tracker) start with this
-    # process's environment, so `env` stands in for it meanwhile. Called
-    # before the coordinator's threads exist, so nothing else reads it then.
-    saved = dict(os.environ)
+    # process's environment and output, so these stand in meanwhile. Called
+    # before the coordinator's threads exist, so nothing else uses them then.
+    saved_env = dict(os.environ)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
     os.environ.clear()
     os.environ.update(env)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
     try:
         # Returns at once; a trainer's start waits until the template is ready.
         multiprocessing.forkserver.ensure_running()
         _template_started = True
     finally:
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for fd in (*saved_fds, null):
+            os.close(fd)
         os.environ.clear()
-        os.environ.update(saved)
+        os.environ.update(saved_env)
 
 
 class ForkedTrainer:
-    """`autolfads <argv>` in a process forked from the template."""
+    """`autolfads <argv>` in a process forked from the template.
+
+    The template, not this process, is the trainer's parent and reports its
+    exit; should the template die, multiprocessing reports every trainer as
+    exited (255) while they still run. So liveness and signals go through a
+    pidfd of the trainer itself, which outlives the template."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([PRELOAD_MODULE])
-        # daemon: if this process exits without stopping its trainers, the
-        # multiprocessing exit handler sends them SIGTERM (they hand their
-        # leases back) instead of leaving them to time out.
-        self._proc = ctx.Process(
-            target=_run_trainer, args=(list(argv), str(log_path), dict(env)), daemon=True
-        )
-        self._proc.start()
+        self._proc = ctx.Process(target=_run_trainer, args=(list(argv), str(log_path), dict(env)))
+        self._proc.start()  # EOFError/OSError: the template is gone or broken
         self.pid: int | None = self._proc.pid
+        assert self.pid is not None
+        self._pidfd: int | None = os.pidfd_open(self.pid)
+        _live.add(self)
+
+    def _exited(self, timeout: float = 0.0) -> bool:
+        if self._pidfd is None:
+            return True
+        if not select.select([self._pidfd], [], [], timeout)[0]:
+            return False
+        os.close(self._pidfd)
+        self._pidfd = None
+        return True
 
     def poll(self) -> int | None:
-        return self._proc.exitcode
+        if not self._exited():
+            if self._proc.exitcode is not None:
+                _lost_template()  # it reported a live trainer as exited
+            return None
+        _live.discard(self)
+        # The template's word; 255 if the template died before the trainer.
+        return self._proc.exitcode if self._proc.exitcode is not None else 255
 
     def send_signal(self, sig: int) -> None:
-        if self._proc.exitcode is None and self.pid is not None:
-            os.kill(self.pid, sig)
+        if not self._exited():
+            assert self._pidfd is not None
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     def wait(self, timeout: float) -> int | None:
-        self._proc.join(timeout)
-        return self._proc.exitcode
+        if self._exited(timeout):
+            self._proc.join(5.0)  # the template's report follows the exit
+        return self.poll()
 
     def kill(self) -> None:
-        self._proc.kill()
+        self.send_signal(signal.SIGKILL)
+
+
+def _lost_template() -> None:
+    """Start later trainers as new interpreters: multiprocessing would start
+    a new template with this process's environment, not the trainers'."""
+    global _template_lost
+    if not _template_lost:
+        log.warning("the trainers' template process is gone; new trainers start as interpreters")
+    _template_lost = True
+
+
+# atexit runs the last registered first: multiprocessing's own handler
+# (which joins children without a bound) must be registered before this one.
+@atexit.register
+def _stop_forked_trainers() -> None:
+    """At exit, trainers still running get SIGTERM (they hand their leases
+    back), then SIGKILL after a grace period; otherwise multiprocessing's own
+    exit handler would wait for them without a bound."""
+    live = list(_live)
+    for trainer in live:
+        trainer.send_signal(signal.SIGTERM)
+    end = time.monotonic() + EXIT_GRACE_S
+    for trainer in live:
+        if trainer.wait(max(0.0, end - time.monotonic())) is None:
+            trainer.kill()
+            trainer.wait(5.0)
 
 
 def _run_trainer(argv: list[str], log_path: str, env: dict[str, str]) -> None:
@@ -167,8 +234,12 @@ class SpawnedTrainer:
 
 
 def start_trainer(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> TrainerProcess:
-    if FORKSERVER:
-        return ForkedTrainer(argv, log_path, env)
+    if FORKSERVER and not _template_lost:
+        try:
+            return ForkedTrainer(argv, log_path, env)
+        except (EOFError, OSError) as err:  # e.g. the preload failed in the template
+            log.warning("cannot fork a trainer from the template (%r)", err)
+            _lost_template()
     return SpawnedTrainer(argv, log_path, env)
 
 

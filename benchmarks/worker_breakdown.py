@@ -187,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         with tempfile.TemporaryDirectory(prefix="worker-breakdown-") as tmp:
-            root = args.keep or Path(tmp)
+            root = (args.keep or Path(tmp)).resolve()  # the run starts in it (cwd)
             root.mkdir(parents=True, exist_ok=True)
             store, run, logs, wall = run_config(args, root)
             print(f"`autolfads run` took {wall:.1f} s wall")

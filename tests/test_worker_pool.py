@@ -23,6 +23,7 @@ from autolfads.worker_pool import (
     SearchFailed,
     SpawnedTrainer,
     WorkerPool,
+    warm_template,
 )
 
 
@@ -53,6 +54,9 @@ def trainer_command(port: int, store: Path, wait_s: int):
 
 
 def test_a_failing_trainer_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
+    # The template gets this process's environment; only the pool's trainers
+    # get INFO logging, so INFO lines prove that their own environment won.
+    warm_template({k: v for k, v in os.environ.items() if k != "AUTOLFADS_LOG_LEVEL"})
     env = {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO"}
     pool = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 0), 1, tmp_path, env)
     with pytest.raises(SearchFailed, match="every trainer worker failed") as failed:
@@ -101,4 +105,49 @@ def test_a_trainer_has_its_own_session_and_stops_on_sigterm(kind: str, tmp_path:
     finally:
         trainer.kill()
         trainer.wait(timeout=60)
-    assert code is not None and code != -signal.SIGKILL
+    # It stopped through its own handler (an exit code), not by the signal.
+    assert code is not None and code >= 0
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, not yet reaped by its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not FORKSERVER, reason="no forkserver start method on this platform")
+def test_a_dead_template_loses_no_trainer_and_starts_no_duplicate(tmp_path: Path) -> None:
+    # Runs last in this file: it kills this process's template for good.
+    env = {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO", "POOL_TEST_MARK": "given"}
+    pool = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 600), 1, tmp_path, env)
+    (pid,) = pool.pids().values()
+    assert pid is not None
+    template = parent_of(pid)
+    assert template != os.getpid()
+    os.kill(template, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not gone(template):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # multiprocessing now says the trainer exited (its parent is gone), but
+    # it runs on: not restarted, and still stopped by the pool.
+    pool.check(search_running=True)
+    assert pool.pids() == {0: pid} and not gone(pid)
+    pool.stop(timeout_s=120)
+    assert gone(pid)
+    # Later trainers start as new interpreters, with the environment given
+    # (multiprocessing would start a new template with this process's).
+    later = WorkerPool(trainer_command(closed_port(), tmp_path / "store", 600), 1, tmp_path, env)
+    try:
+        (new_pid,) = later.pids().values()
+        assert new_pid is not None and parent_of(new_pid) == os.getpid()
+        environ = Path(f"/proc/{new_pid}/environ").read_bytes().split(b"\0")
+        assert b"POOL_TEST_MARK=given" in environ
+    finally:
+        later.stop(timeout_s=120)
