@@ -138,7 +138,9 @@ class ForkedTrainer:
                 _lost_template()  # it reported a live trainer as exited
             return None
         _live.discard(self)
-        # The template's word; 255 if the template died before the trainer.
+        # The template reports the exit code just after reaping the trainer:
+        # wait for its word (at once with EOF if the template is gone: 255).
+        self._proc.join(5.0)
         return self._proc.exitcode if self._proc.exitcode is not None else 255
 
     def send_signal(self, sig: int) -> None:
@@ -148,8 +150,7 @@ class ForkedTrainer:
                 signal.pidfd_send_signal(self._pidfd, sig)
 
     def wait(self, timeout: float) -> int | None:
-        if self._exited(timeout):
-            self._proc.join(5.0)  # the template's report follows the exit
+        self._exited(timeout)
         return self.poll()
 
     def kill(self) -> None:
