@@ -139,7 +139,11 @@ class HistoryMap(RecordMap):
             _own(self, key, entry)
 
     def append(self, member: str, entry: Any) -> None:
-        self[member] = (*self.get(member, ()), entry)
+        # Not through __setitem__: that would adopt every earlier entry
+        # again, work that grew with the generations on every report.
+        dict.__setitem__(self, member, (*self.get(member, ()), entry))
+        _own(self, member, entry)
+        self.touch(member)
 
 
 def _own(owner: RecordMap, key: str, value: Any) -> None:
