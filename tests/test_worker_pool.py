@@ -83,7 +83,7 @@ def test_a_finished_search_restarts_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["forked", "spawned"])
 def test_a_trainer_has_its_own_session_and_stops_on_sigterm(kind: str, tmp_path: Path) -> None:
     if kind == "forked" and not FORKSERVER:
-        pytest.skip("no forkserver start method on this platform")
+        pytest.skip("forked trainers need the forkserver and pidfds (Linux 5.3+)")
     start = ForkedTrainer if kind == "forked" else SpawnedTrainer
     # Waits up to 10 minutes for a coordinator: only SIGTERM ends it in time.
     argv = trainer_command(closed_port(), tmp_path / "store", 600)(0)
@@ -121,7 +121,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.skipif(not FORKSERVER, reason="no forkserver start method on this platform")
+@pytest.mark.skipif(
+    not FORKSERVER, reason="forked trainers need the forkserver and pidfds (Linux 5.3+)"
+)
 def test_a_dead_template_loses_no_trainer_and_starts_no_duplicate(tmp_path: Path) -> None:
     # Runs last in this file: it kills this process's template for good.
     env = {**os.environ, "AUTOLFADS_LOG_LEVEL": "INFO", "POOL_TEST_MARK": "given"}
