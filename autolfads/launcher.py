@@ -31,7 +31,7 @@ from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import stage_run
 from autolfads.coordinator.security.exposure import ServerSecurity
 from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet
-from autolfads.coordinator.wire.server import create_server, graceful_stop
+from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import AutolfadsError
 from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
@@ -151,10 +151,9 @@ def write_secret(path: Path, text: str) -> None:
 
 @dataclass
 class Serving:
-    """A coordinator's gRPC server, its health service and the bound port."""
+    """A coordinator's gRPC server and the bound port."""
 
-    server: object  # grpc.Server (grpc is imported by create_server)
-    health: object  # grpc_health.v1.health.HealthServicer
+    server: CoordinatorServer
     port: int
 
 
@@ -182,13 +181,8 @@ def resume_service(
 
 
 def serve(service: CoordinatorService, listen: str, security: ServerSecurity) -> Serving:
-    from grpc_health.v1 import health
-
-    health_servicer = health.HealthServicer()
-    server, port = create_server(
-        listen, service, health_servicer=health_servicer, security=security
-    )
-    return Serving(server, health_servicer, port)
+    server, port = create_server(listen, service, security=security)
+    return Serving(server, port)
 
 
 def progress_source(service: CoordinatorService, cfg: RunConfig) -> Callable[[], ProgressSnapshot]:
@@ -220,7 +214,7 @@ def shut_down(
     released = service.release_leases("autolfads run stopped its trainers")
     if released:
         log.info("handed back %d leases of stopped trainers", released)
-    graceful_stop(serving.server, serving.health, grace_s=2.0)
+    serving.server.graceful_stop(grace_s=2.0)
 
 
 def write_observer_token(log_dir: Path, tokens: TokenSet) -> Path:

@@ -115,7 +115,8 @@ def start_coordinator(
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"coordinator did not start; see {log_path}")
+            tail = log_path.read_text()[-2000:]
+            raise SystemExit(f"coordinator did not start:\n{tail}")
         time.sleep(0.05)
     return proc, int(port_file.read_text())
 

@@ -86,7 +86,7 @@ def arena(tmp_path_factory):
     clock = ManualClock()
     service = open_tiny_search(store, cfg, clock=clock)
     server, port = create_server(
-        "127.0.0.1:0", service, max_workers=4, security=ServerSecurity(tokens=TOKENS)
+        "127.0.0.1:0", service, max_streams=2, security=ServerSecurity(tokens=TOKENS)
     )
     target = f"127.0.0.1:{port}"
     with CoordinatorClient(target, security=ClientSecurity(token=TOKENS.worker)) as client:

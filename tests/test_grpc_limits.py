@@ -44,7 +44,7 @@ def served(local_store):
         "127.0.0.1:0",
         service,
         metrics=metrics,
-        max_workers=4,
+        max_streams=2,
         security=ServerSecurity(tokens=TOKENS),
     )
     yield service, f"127.0.0.1:{port}", metrics
@@ -145,7 +145,7 @@ def test_bogus_worker_ids_cannot_grow_memory(local_store):
 
 
 def test_streams_cannot_take_every_thread(served):
-    service, target, _ = served  # 4 threads: at most 2 WatchStatus streams
+    service, target, _ = served  # at most 2 WatchStatus streams
     observer = ClientSecurity(token=TOKENS.observer)
     streams = [CoordinatorClient(target, security=observer) for _ in range(3)]
     watches = [c.watch(timeout_s=30) for c in streams]

@@ -11,7 +11,7 @@ from dataclasses import replace
 import grpc
 import pytest
 from coordinator_helpers import fake_train, tiny_config
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autolfads.coordinator.search.errors import (
@@ -25,7 +25,7 @@ from autolfads.coordinator.search.messages import StatusView
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.wire.client import CoordinatorClient
-from autolfads.coordinator.wire.server import SERVICE_NAME, create_server, graceful_stop
+from autolfads.coordinator.wire.server import SERVICE_NAME, create_server
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -33,16 +33,13 @@ from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 @pytest.fixture
 def served(service):
     metrics = RpcMetrics()
-    health_servicer = health.HealthServicer()
-    server, port = create_server(
-        "127.0.0.1:0", service, health_servicer=health_servicer, metrics=metrics
-    )
-    yield f"127.0.0.1:{port}", metrics, server, health_servicer
+    server, port = create_server("127.0.0.1:0", service, metrics=metrics)
+    yield f"127.0.0.1:{port}", metrics, server
     server.stop(0).wait()
 
 
 def test_health_and_reflection(served):
-    target, _, server, health_servicer = served
+    target, _, _ = served
     with grpc.insecure_channel(target) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         for name in ("", SERVICE_NAME):
@@ -53,14 +50,26 @@ def test_health_and_reflection(served):
         reply = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
         names = {s.name for s in reply.list_services_response.service}
         assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
-        graceful_stop(server, health_servicer, grace_s=0.1)
-        assert health_servicer.Check(health_pb2.HealthCheckRequest(service=""), None).status == (
-            health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_graceful_stop_tells_health_watchers_first(served):
+    target, _, server = served
+    with grpc.insecure_channel(target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
         )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = threading.Thread(target=server.graceful_stop, kwargs={"grace_s": 30})
+        stopping.start()
+        # The stop waits (up to its grace) for this stream, which hears first.
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        stopping.join(timeout=30)
+        assert not stopping.is_alive()
 
 
 def test_bad_requests_get_status_codes_and_change_nothing(served, service, local_store):
-    target, metrics, _, _ = served
+    target, metrics, _ = served
     with CoordinatorClient(target, timeout_s=5) as client:
         grant = client.request_work("w0", 1).leases[0]
         good = fake_train(local_store, grant, "w0")
@@ -124,7 +133,7 @@ def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
 
 
 def test_watch_streams_every_change_until_the_end(served, service, local_store):
-    target, _, _, _ = served
+    target, _, _ = served
     seen: list[StatusView] = []
     with CoordinatorClient(target, timeout_s=5) as client:
         watcher = threading.Thread(target=lambda: seen.extend(client.watch(timeout_s=30)))

@@ -100,9 +100,7 @@ def pki():
 def serve_tls(service, cert_key, client_ca: bytes | None = None):
     cert, key = cert_key
     tls = ServerTls(cert_chain=cert, private_key=key, client_ca=client_ca)
-    return create_server(
-        "127.0.0.1:0", service, security=ServerSecurity(tokens=TOKENS, tls=tls), max_workers=4
-    )
+    return create_server("127.0.0.1:0", service, security=ServerSecurity(tokens=TOKENS, tls=tls))
 
 
 def tls_client(port: int, tls: ClientTls | None, token: str | None = TOKENS.worker, **kw):

@@ -49,7 +49,7 @@ def search(tmp_path: Path) -> Iterator[Search]:
     layout = RunLayout(RUN)
     store.put_bytes(layout.config(), cfg.to_yaml().encode())
     service = CoordinatorService.open_search(cfg, store, layout.data("0" * 64), "0" * 64)
-    server, port = create_server("127.0.0.1:0", service, max_workers=8)
+    server, port = create_server("127.0.0.1:0", service)
     address = f"127.0.0.1:{port}"
     client = CoordinatorClient(address, unavailable_wait_s=5)
     try:

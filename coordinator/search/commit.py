@@ -164,6 +164,7 @@ class GroupCommit:
         self._entry_bytes = 0  # journal bytes written since the last snapshot
         self._entry_bytes_snapshotted = 0  # of those, the ones the snapshot in flight covers
         self._snapshot_bytes = 0  # size of the last snapshot (unknown after a restart)
+        self._listeners: list[Callable[[], None]] = []
 
     @property
     def latest(self) -> Ticket:
@@ -182,6 +183,14 @@ class GroupCommit:
         self._pending.append(ticket)
         self._latest = ticket
         return ticket
+
+    def on_settled(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` whenever tickets settle (written or lost); returns
+        the function that stops it. It runs on the writing thread with the
+        lock held: it must only hand the news over (an event loop's
+        `call_soon_threadsafe`), never block."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def abort(self, error: BaseException) -> None:
         """A change failed half-way (lock held): rebuild the state from the
@@ -291,6 +300,7 @@ class GroupCommit:
                 self._encoded = Image()
             self._fail(lambda t: True, error)
         self._cond.notify_all()
+        self._settled()
 
     def _write_views(
         self, yield_to_changes: bool = True, at_least: int = 0, wait: bool = False
@@ -398,6 +408,11 @@ class GroupCommit:
                 t.error = _lost(error)
         self._pending = [t for t in self._pending if t.error is None]
         self._cond.notify_all()
+        self._settled()
+
+    def _settled(self) -> None:
+        for listener in self._listeners:
+            listener()
 
 
 def _lost(error: BaseException) -> BaseException:

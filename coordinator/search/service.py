@@ -8,6 +8,9 @@ leaves the lock and is answered only once a journal entry covering its
 change is written (`journal`, under `<run>/coordinator/`). Concurrent changes
 share one write; a failed write or change rolls memory back to what storage
 holds, so no caller is ever told of a change that is not persisted.
+Callers that must not block (the gRPC servicer on its event loop) use the
+`*_staged` variants, which return the change's ticket instead of waiting,
+and hear of written tickets through `on_written`.
 
 Scale (thousands of workers): WAIT replies and the expiry check use the
 indexes in `dispatch` instead of scanning the population; the state stays
@@ -33,14 +36,14 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from autolfads.config import RunConfig
 from autolfads.coordinator.search import population as pop
 from autolfads.coordinator.search.clock import Clock, SystemClock
-from autolfads.coordinator.search.commit import GroupCommit
+from autolfads.coordinator.search.commit import GroupCommit, Ticket
 from autolfads.coordinator.search.dispatch import Dispatch
 from autolfads.coordinator.search.errors import (
     InvalidRequest,
@@ -166,11 +169,11 @@ class CoordinatorService:
             service = cls(cfg, store, state, **kwargs)
             with service._lock, service._transaction():
                 service._event("search_started", population=cfg.pbt.population)
-            service._flush()
+            service.flush()
             return service
         service = cls(cfg, store, recovered.state, recovered=recovered, **kwargs)
         service._resume()
-        service._flush()
+        service.flush()
         return service
 
     def _resume(self) -> None:
@@ -192,7 +195,7 @@ class CoordinatorService:
         with self._lock:
             self._draining = True
             self._changed.notify_all()
-        self._flush()
+        self.flush()
         self._commit.flush_views()
         log.info("state written %d times for %d changes", self._commit.writes, self._commit.changes)
 
@@ -212,7 +215,7 @@ class CoordinatorService:
                         self._requeue(
                             self._state.segments[lease.member], lease, "abandoned", message
                         )
-        self._flush()
+        self.flush()
         return len(leases)
 
     @property
@@ -251,6 +254,16 @@ class CoordinatorService:
     # ------------------------------------------------------------ protocol
 
     def request_work(self, worker_id: str, max_leases: int, request_id: str = "") -> WorkReply:
+        reply, ticket = self.request_work_staged(worker_id, max_leases, request_id)
+        if ticket is not None:
+            self._commit.wait(ticket)
+        return reply
+
+    def request_work_staged(
+        self, worker_id: str, max_leases: int, request_id: str = ""
+    ) -> tuple[WorkReply, Ticket | None]:
+        """`request_work` without the wait: the reply, and the ticket that
+        must be written before it is given (None when nothing has to be)."""
         check_worker_id(worker_id)
         if not 1 <= max_leases <= self.max_leases_per_request:
             raise InvalidRequest(
@@ -261,9 +274,8 @@ class CoordinatorService:
         with self._lock:
             reply = self._request_work(worker_id, max_leases, request_id)
             ticket = self._commit.latest
-        if reply.action == "train":  # its leases (or a retry's) must be on record
-            self._commit.wait(ticket)
-        return reply
+        # A grant's leases (or a retry's) must be on record before the reply.
+        return reply, (ticket if reply.action == "train" else None)
 
     def _request_work(self, worker_id: str, max_leases: int, request_id: str) -> WorkReply:
         self._seen(worker_id)
@@ -349,14 +361,25 @@ class CoordinatorService:
             return HeartbeatReply("stop", self._stop_reason(lease), lease.deadline)  # type: ignore[arg-type]
 
     def report(self, report: SegmentReport) -> ReportAck:
+        ack, ticket = self.report_staged(report)
+        self._commit.wait(ticket)
+        return ack
+
+    def report_staged(self, report: SegmentReport) -> tuple[ReportAck, Ticket]:
+        """`report` without the wait: the ack, and the ticket that must be
+        written before it is given."""
         check_worker_id(report.worker_id)
         check_report_shape(report)
         with self._lock:
             ack = self._report(report)
             # A duplicate waits too: the first copy's change may not be written yet.
-            ticket = self._commit.latest
-        self._commit.wait(ticket)
-        return ack
+            return ack, self._commit.latest
+
+    def on_written(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` (from any thread, never blocking) whenever staged
+        changes are written or lost: for callers that wait without a thread.
+        Returns the function that stops it."""
+        return self._commit.on_settled(listener)
 
     def _report(self, report: SegmentReport) -> ReportAck:
         self._seen(report.worker_id)
@@ -432,7 +455,7 @@ class CoordinatorService:
                         self._state, "cancelled", reason.strip()[:500] or "cancelled by an operator"
                     )
             status = self._state.status
-        self._flush()
+        self.flush()
         return status
 
     def tick(self) -> None:
@@ -440,7 +463,7 @@ class CoordinatorService:
         views left pending (the server calls this every second)."""
         with self._lock:
             self._sweep()
-        self._flush()
+        self.flush()
         self._commit.write_views()
 
     # ------------------------------------------------------------ internals
@@ -467,7 +490,7 @@ class CoordinatorService:
         self._commit.stage(self._state.revision)
         self._changed.notify_all()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Wait until every staged change is written (lock not held)."""
         with self._lock:
             ticket = self._commit.latest

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -63,7 +63,7 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, f"Bearer {token}"),)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: TokenSet, log_interval_s: float = 10.0) -> None:
         if tokens.empty:
             raise ValueError("AuthInterceptor needs at least one token")
@@ -76,23 +76,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._suppressed = 0
         self.refused: Counter[tuple[str, str]] = Counter()  # (method, code name)
 
-    def intercept_service(
+    async def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         method = handler_call_details.method
         right = required_right(method)
         if right is None:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         role, reason = self.authenticate(handler_call_details.invocation_metadata)
         if role is not None and right in RIGHTS[role]:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         if role is None:
             code, message = grpc.StatusCode.UNAUTHENTICATED, f"{reason}; {_hint(right)}"
         else:
             code = grpc.StatusCode.PERMISSION_DENIED
             message = f"the {role} token may not call {_short(method)}; {_hint(right)}"
             reason = f"{role} token lacks the {right} right"
-        return self._refusal(continuation(handler_call_details), method, code, message, reason)
+        return self._refusal(
+            await continuation(handler_call_details), method, code, message, reason
+        )
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> tuple[Role | None, str]:
         """(role, "") for a known bearer token, else (None, why not)."""
@@ -124,12 +126,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         """A handler that refuses without parsing the request (identity deserializer)."""
 
-        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        async def refuse(request: Any, context: Any) -> Any:
             self._record(method, code, context.peer(), reason)
-            context.abort(code, message)
+            await context.abort(code, message)
 
-        def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            refuse(request, context)
+        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            await refuse(request, context)
             yield  # pragma: no cover - abort raised above
 
         serializer = handler.response_serializer if handler is not None else None

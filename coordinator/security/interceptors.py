@@ -9,11 +9,13 @@ metrics never touch the servicer.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -39,29 +41,64 @@ class RpcMetrics:
             return self.calls[(method, code)]
 
 
+# A guard: called with (request, context), returns an async context manager
+# that the wrapped behaviour runs inside (it may abort the call on entry).
+Guard = Callable[[Any, Any], AbstractAsyncContextManager[None]]
+
+
 def rewrap(
     handler: grpc.RpcMethodHandler,
     *,
-    unary: Callable[[Callable], Callable] | None = None,
-    stream: Callable[[Callable], Callable] | None = None,
+    unary: Guard | None = None,
+    stream: Guard | None = None,
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """`handler` with its unary-unary behaviour wrapped by `unary(behaviour)` or its
-    unary-stream one by `stream(behaviour)`; client-streaming handlers unchanged."""
+    """`handler` with its unary-unary behaviour run inside `unary(request,
+    context)`, or its unary-stream one inside `stream(...)`; client-streaming
+    handlers unchanged."""
     deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary is not None and unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary),
+            guarded_unary(handler.unary_unary, unary),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None and stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream),
+            guarded_stream(handler.unary_stream, stream),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def guarded_unary(behaviour: Callable, guard: Guard) -> Callable:
+    async def unary(request: Any, context: Any) -> Any:
+        async with guard(request, context):
+            return await behaviour(request, context)
+
+    return unary
+
+
+def guarded_stream(behaviour: Callable, guard: Guard) -> Callable:
+    """A server-streaming behaviour of the same kind as `behaviour`: the
+    asyncio server takes async generators (ours) and coroutines that call
+    `context.write` (the health service's Watch), and must not see one
+    dressed as the other."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def messages(request: Any, context: Any) -> AsyncIterator[Any]:
+            async with guard(request, context):
+                async for message in behaviour(request, context):
+                    yield message
+
+        return messages
+
+    async def writes(request: Any, context: Any) -> None:
+        async with guard(request, context):
+            await behaviour(request, context)
+
+    return writes
 
 
 class WrapCache:
@@ -88,56 +125,38 @@ def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
-class LoggingInterceptor(grpc.ServerInterceptor):
+class LoggingInterceptor(grpc.aio.ServerInterceptor):
     """Logs each call's method, code and duration; feeds `RpcMetrics`."""
 
     def __init__(self, metrics: RpcMetrics | None = None) -> None:
         self.metrics = metrics or RpcMetrics()
         self._cache = WrapCache()
 
-    def intercept_service(
+    async def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         path = handler_call_details.method
         return self._cache.get(path, handler, lambda: self._wrap(_short(path), handler))
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        return rewrap(
-            handler,
-            unary=lambda behaviour: self._wrap_unary(method, behaviour),
-            stream=lambda behaviour: self._wrap_stream(method, behaviour),
-        )
+        def guard(request: Any, context: Any) -> AbstractAsyncContextManager[None]:
+            return self._timed(method, context)
 
-    def _done(self, method: str, context: grpc.ServicerContext, start: float, failed: bool) -> None:
-        code = context.code() if hasattr(context, "code") else None
-        name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
-        elapsed = time.perf_counter() - start
-        self.metrics.record(method, name, elapsed)
-        level = logging.DEBUG if name == "OK" else logging.INFO
-        log.log(level, "%s %s %.1f ms", method, name, elapsed * 1e3)
+        return rewrap(handler, unary=guard, stream=guard)
 
-    def _wrap_unary(self, method: str, behaviour: Callable) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            start, failed = time.perf_counter(), True
-            try:
-                response = behaviour(request, context)
-                failed = False
-                return response
-            finally:
-                self._done(method, context, start, failed)
-
-        return wrapped
-
-    def _wrap_stream(self, method: str, behaviour: Callable) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            start, failed = time.perf_counter(), True
-            try:
-                yield from behaviour(request, context)
-                failed = False
-            finally:
-                self._done(method, context, start, failed)
-
-        return wrapped
+    @asynccontextmanager
+    async def _timed(self, method: str, context: Any) -> AsyncIterator[None]:
+        start, failed = time.perf_counter(), True
+        try:
+            yield
+            failed = False
+        finally:
+            code = context.code()
+            name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
+            elapsed = time.perf_counter() - start
+            self.metrics.record(method, name, elapsed)
+            level = logging.DEBUG if name == "OK" else logging.INFO
+            log.log(level, "%s %s %.1f ms", method, name, elapsed * 1e3)

@@ -6,7 +6,7 @@ threads. The bounds, and where each is enforced:
 
     request size        4 MiB        grpc.max_receive_message_length (server)
     concurrent RPCs     4096         grpc.server(maximum_concurrent_rpcs=...)
-    WatchStatus streams threads / 2  `RequestGuard` (each stream holds a thread)
+    WatchStatus streams 16           `RequestGuard` (each waits on an executor thread)
     undecodable bytes   refused      `RequestGuard` -> INVALID_ARGUMENT
     report payload      see validation.py (epochs, metric names, strings)
     leases per worker   16 active    CoordinatorService.max_leases_per_request
@@ -19,8 +19,8 @@ nothing.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -28,9 +28,12 @@ import grpc
 from autolfads.coordinator.security.interceptors import WrapCache, rewrap
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-# Beyond this many calls in flight (running or queued for a thread) grpc
+# Beyond this many calls in flight (running or waiting for a write) grpc
 # refuses new ones with RESOURCE_EXHAUSTED; clients retry those briefly.
 DEFAULT_MAX_CONCURRENT_RPCS = 4096
+# WatchStatus streams open at once: each waits for the next change on a
+# thread of the event loop's default executor.
+DEFAULT_MAX_STREAMS = 16
 # Replies (a status with 1024 members and their lineage) may exceed 4 MiB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -69,22 +72,23 @@ def _method(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-class RequestGuard(grpc.ServerInterceptor):
+class RequestGuard(grpc.aio.ServerInterceptor):
     """Undecodable requests -> INVALID_ARGUMENT (not INTERNAL), and at most
     `max_streams` server-streaming calls at once (RESOURCE_EXHAUSTED beyond),
-    so watchers can never take every thread from the workers."""
+    so watchers cannot crowd out the workers (each waits on a thread of the
+    loop's executor between updates)."""
 
     def __init__(self, max_streams: int) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams {max_streams} must be >= 1")
         self.max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max_streams)
+        self._open_streams = 0  # only touched on the event loop's thread
         self._cache = WrapCache()
 
-    def intercept_service(
+    async def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
         path = handler_call_details.method
@@ -93,38 +97,35 @@ class RequestGuard(grpc.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return rewrap(
             handler,
-            unary=lambda behaviour: self._unary(method, behaviour),
-            stream=lambda behaviour: self._stream(method, behaviour),
+            unary=lambda request, context: self._unary(method, request, context),
+            stream=lambda request, context: self._stream(method, request, context),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
 
     @staticmethod
-    def _check(method: str, request: Any, context: grpc.ServicerContext) -> None:
+    async def _check(method: str, request: Any, context: Any) -> None:
         if isinstance(request, _Undecodable):
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method}: the request bytes are not a valid message ({request.reason})",
             )
 
-    def _unary(self, method: str, behaviour: Callable) -> Callable:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            self._check(method, request, context)
-            return behaviour(request, context)
+    @asynccontextmanager
+    async def _unary(self, method: str, request: Any, context: Any) -> AsyncIterator[None]:
+        await self._check(method, request, context)
+        yield
 
-        return guarded
-
-    def _stream(self, method: str, behaviour: Callable) -> Callable:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self._check(method, request, context)
-            if not self._streams.acquire(blocking=False):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{method}: {self.max_streams} streams are open already; "
-                    "poll GetStatus instead or retry later",
-                )
-            try:
-                yield from behaviour(request, context)
-            finally:
-                self._streams.release()
-
-        return guarded
+    @asynccontextmanager
+    async def _stream(self, method: str, request: Any, context: Any) -> AsyncIterator[None]:
+        await self._check(method, request, context)
+        if self._open_streams >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{method}: {self.max_streams} streams are open already; "
+                "poll GetStatus instead or retry later",
+            )
+        self._open_streams += 1
+        try:
+            yield
+        finally:
+            self._open_streams -= 1

@@ -13,13 +13,15 @@ exposure rules of `security.ServerSecurity.check` run before binding.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,9 +34,11 @@ from autolfads.coordinator.security.exposure import ServerSecurity
 from autolfads.coordinator.security.interceptors import LoggingInterceptor, RpcMetrics
 from autolfads.coordinator.security.limits import (
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_STREAMS,
     RequestGuard,
     server_options,
 )
+from autolfads.coordinator.wire.commit_bridge import CommitBridge
 from autolfads.coordinator.wire.servicer import CoordinatorServicer
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
@@ -44,60 +48,138 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name[
     "Coordinator"
 ].full_name  # autolfads.pbt.v1.Coordinator
-# Streams (WatchStatus) hold a thread each; leave room for unary calls.
-DEFAULT_MAX_WORKERS = 32
+T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped before the search ended; resumable
+
+
+class CoordinatorServer:
+    """The coordinator's `grpc.aio` server and the event-loop thread it runs
+    on, behind a blocking face (`stop(grace).wait()`, like `grpc.Server`):
+    `serve`'s main loop, the launcher and tests drive it from plain threads.
+
+    Why an event loop: under load the thread-pool server spent most of its
+    CPU handing each call between threads (gRPC's poller, the pool, the
+    group commit's leader) and passing the GIL among them; here one thread
+    runs every call's logic and writes go to the commit threads
+    (`servicer`, `commit_bridge`).
+    """
+
+    def __init__(self, max_streams: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        # WatchStatus waits and CancelSearch flushes run here.
+        self.loop.set_default_executor(
+            futures.ThreadPoolExecutor(max_streams + 4, thread_name_prefix="coordinator-wait")
+        )
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="coordinator-loop", daemon=True
+        )
+        self._thread.start()
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
+        self.bridge: CommitBridge | None = None
+        self._stopped = False
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop; its result (call from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def graceful_stop(self, grace_s: float = 5.0) -> None:
+        """NOT_SERVING first (probes and watchers notice), then let calls finish."""
+        if self.health is not None and not self._stopped:
+            self.run(self.health.enter_graceful_shutdown())
+        self.stop(grace_s)
+
+    def stop(self, grace: float | None) -> _Stopped:
+        """Stop taking calls, give running ones `grace` seconds, end the loop."""
+        if not self._stopped:
+            self._stopped = True
+            if self.server is not None:
+                self.run(self.server.stop(grace))
+            if self.bridge is not None:
+                self.bridge.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
+        return _Stopped()
+
+
+class _Stopped:
+    """What `CoordinatorServer.stop` returns: stopped already."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
 
 
 def create_server(
     addr: str,
     service: CoordinatorService,
     *,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
-    health_servicer: health.HealthServicer | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     metrics: RpcMetrics | None = None,
-    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_streams: int = DEFAULT_MAX_STREAMS,
     security: ServerSecurity | None = None,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
-) -> tuple[grpc.Server, int]:
+) -> tuple[CoordinatorServer, int]:
     """Build, bind and start the server; return it and the bound port.
 
     Interceptors, outermost first: logging, authentication (if `security`
-    has tokens), request limits, then `interceptors`. Pass your own
-    `health_servicer` to flip it to NOT_SERVING on shutdown (see
-    `graceful_stop`). Raises ConfigError if `security` forbids `addr`.
+    has tokens), request limits, then `interceptors`. Raises ConfigError if
+    `security` forbids `addr`, CoordinatorError if it cannot be bound.
     """
     security = security or ServerSecurity()
     security.check(addr)
-    chain: list[grpc.ServerInterceptor] = [LoggingInterceptor(metrics)]
+    chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics)]
     if security.authenticated:
         chain.append(AuthInterceptor(security.tokens))
-    # Streams hold a thread each: keep at least half the threads for unary calls.
-    chain.append(RequestGuard(max_streams=max(1, max_workers // 2)))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="coordinator-rpc"),
-        interceptors=[*chain, *interceptors],
+    chain.append(RequestGuard(max_streams=max_streams))
+    credentials = None if security.tls is None else security.tls.credentials()
+    holder = CoordinatorServer(max_streams)
+    start = _start(holder, addr, service, [*chain, *interceptors], max_concurrent_rpcs, credentials)
+    try:
+        port = holder.run(start)
+    except BaseException:
+        holder.stop(0)
+        raise
+    return holder, port
+
+
+async def _start(
+    holder: CoordinatorServer,
+    addr: str,
+    service: CoordinatorService,
+    interceptors: list[grpc.aio.ServerInterceptor],
+    max_concurrent_rpcs: int,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    server = grpc.aio.server(
+        interceptors=interceptors,
         options=server_options(),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
-    health_servicer = health_servicer or health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    holder.server = server
+    holder.bridge = CommitBridge(service, asyncio.get_running_loop())
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service, holder.bridge), server)
+    holder.health = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(holder.health, server)
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await holder.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    credentials = None if security.tls is None else security.tls.credentials()
-    return server, bind_and_start(server, addr, credentials)
+    port = add_port(server, addr, credentials)
+    await server.start()
+    return port
 
 
-def bind_and_start(
-    server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | None = None
+def add_port(
+    server: grpc.Server | grpc.aio.Server,
+    addr: str,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> int:
-    """Bind `addr` (TLS when `credentials` are given), start, return the port;
+    """Bind `addr` (TLS when `credentials` are given) and return the port;
     one line naming the address if it cannot be bound."""
     try:
         if credentials is not None:
@@ -108,6 +190,14 @@ def bind_and_start(
         raise CoordinatorError(f"cannot listen on {addr}: {err}") from None
     if port == 0:
         raise CoordinatorError(f"cannot listen on {addr}: address in use or invalid")
+    return port
+
+
+def bind_and_start(
+    server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """A thread-pool server (Katib's suggestion service): bind, start, return the port."""
+    port = add_port(server, addr, credentials)
     server.start()
     return port
 
@@ -121,14 +211,6 @@ def describe(security: ServerSecurity) -> str:
     return f"{transport}, {auth}"
 
 
-def graceful_stop(
-    server: grpc.Server, health_servicer: health.HealthServicer, grace_s: float = 5.0
-) -> None:
-    """NOT_SERVING first (probes and clients notice), then let calls finish."""
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace_s).wait()
-
-
 def serve(
     service: CoordinatorService,
     listen: str,
@@ -136,7 +218,7 @@ def serve(
     port_file: Path | None = None,
     tick_s: float = 1.0,
     linger_s: float | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     security: ServerSecurity | None = None,
 ) -> int:
     """Run until the search ends (exit 0) or SIGTERM/SIGINT (143 unless ended).
@@ -145,14 +227,7 @@ def serve(
     told DONE (at most `linger_s`, default one lease timeout), so trainers exit
     cleanly instead of waiting for a coordinator that is gone.
     """
-    health_servicer = health.HealthServicer()
-    server, port = create_server(
-        listen,
-        service,
-        interceptors=interceptors,
-        health_servicer=health_servicer,
-        security=security,
-    )
+    server, port = create_server(listen, service, interceptors=interceptors, security=security)
     host = listen.rsplit(":", 1)[0]
     log.info(
         "coordinator for run %s listening on %s:%d (%s)",
@@ -175,7 +250,7 @@ def serve(
         if service.terminal:
             _linger(service, stop, linger_s if linger_s is not None else service.lease_timeout_s)
     finally:
-        graceful_stop(server, health_servicer)
+        server.graceful_stop()
         _restore_signal_handlers(previous)
     status = service.exit_status
     log.info("coordinator stopped; search %s", status)
