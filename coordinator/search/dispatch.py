@@ -23,8 +23,11 @@ from autolfads.coordinator.search.state import LeaseRecord, SearchState, Segment
 # Target rate of WAIT replies across all idle workers, and the longest hint.
 WAIT_CALLS_PER_S = 200.0
 MAX_RETRY_AFTER_S = 10.0
-# The retry hint is recomputed at most this often.
+# The retry hint is recomputed (and forgotten waiters dropped) this often,
+# and sooner, without the drop, once the idle workers outgrow what the hint
+# spreads by this factor.
 HINT_REFRESH_S = 1.0
+CROWD_GROWTH = 1.25
 
 
 class Dispatch:
@@ -108,10 +111,18 @@ class Dispatch:
             # A waiting worker calls again within 1.5 hints (jitter included).
             horizon = now - 1.5 * self._hint - HINT_REFRESH_S
             self._idle = {w: t for w, t in self._idle.items() if t >= horizon}
-            spread = len(self._idle) / WAIT_CALLS_PER_S
-            self._hint = max(self.base_retry_after_s, min(MAX_RETRY_AFTER_S, spread))
+            self._hint = self._spread()
             self._hint_at = now
+        elif len(self._idle) > CROWD_GROWTH * self._hint * WAIT_CALLS_PER_S:
+            # A crowd arriving at once (a fleet started together) must not
+            # all hear the short hint computed before it came, or it comes
+            # back at once too: lengthen the hint as the crowd grows.
+            self._hint = self._spread()
         return self._hint
+
+    def _spread(self) -> float:
+        spread = len(self._idle) / WAIT_CALLS_PER_S
+        return max(self.base_retry_after_s, min(MAX_RETRY_AFTER_S, spread))
 
     def forget_idle(self, worker_id: str) -> None:
         self._idle.pop(worker_id, None)
