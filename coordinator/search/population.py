@@ -66,6 +66,12 @@ def member_index(member: str) -> int:
 
 
 def score_of(entry: HistoryEntry) -> MemberScore:
+    """The policy's view of `entry`. Remembered by the entry: in async mode
+    every report looks at every other member's latest score."""
+    return entry.derived("score", _score)
+
+
+def _score(entry: HistoryEntry) -> MemberScore:
     return MemberScore(
         member=entry.member,
         metric=entry.metric,

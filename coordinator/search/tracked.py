@@ -29,6 +29,7 @@ from typing import Any
 
 _CACHE = "_encoded_json"
 _VIEW_CACHE = "_view_text"
+_DERIVED = "_derived"  # other values computed from the fields: name -> value
 _OWNER = "_owner"  # (map, key) of the map holding the record
 
 
@@ -40,6 +41,7 @@ class Encoded:
         d = self.__dict__
         d.pop(_CACHE, None)
         d.pop(_VIEW_CACHE, None)
+        d.pop(_DERIVED, None)
         owner = d.get(_OWNER)
         if owner is not None:
             owner[0].touch(owner[1])
@@ -60,6 +62,18 @@ class Encoded:
             text = render(self)
             self.__dict__[_VIEW_CACHE] = text
         return text
+
+    def derived(self, name: str, make: Callable[[Any], Any]) -> Any:
+        """`make(self)`, remembered under `name` until a field is assigned
+        (for an immutable value computed from the fields, e.g. the policy's
+        score of a history entry)."""
+        cache = self.__dict__.get(_DERIVED)
+        if cache is None:
+            cache = self.__dict__[_DERIVED] = {}
+        value = cache.get(name)
+        if value is None:
+            value = cache[name] = make(self)
+        return value
 
 
 class RecordMap(dict[str, Any]):
