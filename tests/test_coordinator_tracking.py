@@ -16,6 +16,7 @@ import random
 import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
 
+from autolfads.coordinator.search import population as pop
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.journal import RECORD_KINDS
@@ -53,6 +54,18 @@ def test_every_way_of_changing_a_map_marks_the_key():
 
 def _history_entry(member: str, generation: int) -> HistoryEntry:
     return HistoryEntry(generation, member, member, "", -1, {}, 1.0, "ck", "sha", False)
+
+
+def test_a_remembered_score_follows_its_entry():
+    entry = _history_entry("m0", 0)
+    first = pop.score_of(entry)
+    assert pop.score_of(entry) is first  # remembered, not rebuilt
+    entry.metric = 0.5  # any assignment forgets it
+    entry.hparams = {"lr_init": 1e-3}
+    assert (pop.score_of(entry).metric, pop.score_of(entry).hparams) == (0.5, {"lr_init": 1e-3})
+    clone = dataclasses.replace(entry)  # a new record starts with nothing remembered
+    clone.checkpoint = "other"
+    assert pop.score_of(clone).checkpoint == "other" != pop.score_of(entry).checkpoint
 
 
 def test_appending_or_changing_history_marks_the_member():
