@@ -3,6 +3,7 @@ codes for bad requests, status streaming and client retries."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -130,6 +131,49 @@ def test_stale_and_finished_reports_map_to_distinct_errors(local_store):
             assert live.lease_id != again.lease_id
     finally:
         server.stop(0).wait()
+
+
+def _server_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("coordinator-")]
+
+
+def test_stop_is_whole_once_and_safe_from_any_thread(service):
+    server, port = create_server("127.0.0.1:0", service)
+    assert _server_threads()  # the loop and the commit threads
+    errors: list[BaseException] = []
+
+    def stop_from_a_thread_with_its_own_loop() -> None:
+        async def stop() -> None:
+            server.stop(0)
+
+        try:
+            asyncio.run(stop())
+        except BaseException as err:  # re-raised in the test thread
+            errors.append(err)
+
+    stopper = threading.Thread(target=stop_from_a_thread_with_its_own_loop)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive() and not errors, errors
+    assert server.loop.is_closed() and _server_threads() == []
+    assert server.stop(0).wait()  # again: nothing left to do
+    client = CoordinatorClient(f"127.0.0.1:{port}", timeout_s=1, unavailable_wait_s=1)
+    with client, pytest.raises(CoordinatorUnavailable):
+        client.status()
+
+
+def test_a_call_its_client_gave_up_on_is_counted_as_cancelled(served):
+    target, metrics, _ = served
+    with CoordinatorClient(target, timeout_s=5) as client:
+        watch = client.watch(timeout_s=0.5)  # nothing changes: it waits, then times out
+        assert next(watch).state == "running"
+        with pytest.raises(CoordinatorUnavailable):
+            next(watch)
+    deadline = time.monotonic() + 10  # the server notices after the client
+    while metrics.count("WatchStatus", "CANCELLED") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert metrics.count("WatchStatus", "CANCELLED") == 1
+    assert metrics.count("WatchStatus", "UNKNOWN") == 0
 
 
 def test_watch_streams_every_change_until_the_end(served, service, local_store):

@@ -411,7 +411,7 @@ class GroupCommit:
         self._settled()
 
     def _settled(self) -> None:
-        for listener in self._listeners:
+        for listener in tuple(self._listeners):  # one may stop listening meanwhile
             listener()
 
 

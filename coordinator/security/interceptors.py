@@ -9,6 +9,7 @@ metrics never touch the servicer.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -149,13 +150,16 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
 
     @asynccontextmanager
     async def _timed(self, method: str, context: Any) -> AsyncIterator[None]:
-        start, failed = time.perf_counter(), True
+        start, outcome = time.perf_counter(), "UNKNOWN"
         try:
             yield
-            failed = False
+            outcome = "OK"
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            outcome = "CANCELLED"
+            raise
         finally:
             code = context.code()
-            name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
+            name = code.name if code is not None else outcome
             elapsed = time.perf_counter() - start
             self.metrics.record(method, name, elapsed)
             level = logging.DEBUG if name == "OK" else logging.INFO

@@ -79,6 +79,7 @@ class CoordinatorServer:
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.bridge: CommitBridge | None = None
+        self._stop_lock = threading.Lock()
         self._stopped = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -87,22 +88,29 @@ class CoordinatorServer:
 
     def graceful_stop(self, grace_s: float = 5.0) -> None:
         """NOT_SERVING first (probes and watchers notice), then let calls finish."""
-        if self.health is not None and not self._stopped:
-            self.run(self.health.enter_graceful_shutdown())
+        with self._stop_lock:
+            if self.health is not None and not self._stopped:
+                self.run(self.health.enter_graceful_shutdown())
         self.stop(grace_s)
 
     def stop(self, grace: float | None) -> _Stopped:
-        """Stop taking calls, give running ones `grace` seconds, end the loop."""
-        if not self._stopped:
+        """Stop taking calls, give running ones `grace` seconds, end the loop.
+        Once and whole: a second (or concurrent) call returns when the first
+        is done; call it from any thread but the loop's own."""
+        with self._stop_lock:
+            if self._stopped:
+                return _Stopped()
             self._stopped = True
-            if self.server is not None:
-                self.run(self.server.stop(grace))
-            if self.bridge is not None:
-                self.bridge.close()
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-            self.loop.close()
+            try:
+                if self.server is not None:
+                    self.run(self.server.stop(grace))
+                self.run(self.loop.shutdown_default_executor())
+            finally:  # whatever failed above, no thread is left behind
+                if self.bridge is not None:
+                    self.bridge.close()
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join()
+                self.loop.close()
         return _Stopped()
 
 

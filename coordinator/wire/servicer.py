@@ -118,6 +118,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         loop = asyncio.get_running_loop()
         try:
             state = await loop.run_in_executor(None, self._service.cancel, request.reason)
+            return pb.CancelSearchResponse(state=convert.search_state_to_proto(state))  # type: ignore[arg-type]
         except Exception as err:
             await _abort(context, err)
-        return pb.CancelSearchResponse(state=convert.search_state_to_proto(state))  # type: ignore[arg-type]
