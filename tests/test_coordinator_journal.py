@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
@@ -182,11 +183,15 @@ def test_damage_followed_by_entries_is_an_error_not_skipped(tmp_path, damage):
         store.put_bytes(key, b"\x00" * 100)
     else:
         store.delete(key)
+    before = set(threading.enumerate())
     with pytest.raises(CoordinatorError) as err:
         read_state(store, "search")
     message = str(err.value)
     assert "\n" not in message
     assert ("later entries follow it" if damage != "delete" else "missing entry 4") in message
+    # The stopped replay's readers are gone with it, not left to the garbage
+    # collector (which could end their pool from one of its own threads).
+    assert {t for t in threading.enumerate() if t.is_alive()} <= before
 
 
 def test_a_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path, caplog):

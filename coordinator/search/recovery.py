@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,10 +89,11 @@ def load_state(store: Store, run: str, *, history: bool = True) -> Recovered | N
     archive: dict[int, dict[str, Any]] = {}
     if history:
         generations = range(doc.archived_through + 1)
-        reads = _read_all(store, [layout.archive(g) for g in generations])
-        archive = {
-            g: _parse_archive(layout, g, data) for g, data in zip(generations, reads, strict=True)
-        }
+        with closing(_read_all(store, [layout.archive(g) for g in generations])) as reads:
+            archive = {
+                g: _parse_archive(layout, g, data)
+                for g, data in zip(generations, reads, strict=True)
+            }
     state = doc.state(archive)
     base = Image(
         seq=doc.seq,
@@ -147,7 +149,15 @@ def _newest_snapshot(
 def _replay(store: Store, layout: RunLayout, doc: Doc, pending: list[int]) -> None:
     """Apply journal entries `pending` (ascending) to `doc`. A torn last entry
     is left in place: the next write reuses its number and replaces it."""
-    reads = _read_all(store, [layout.journal_entry(seq) for seq in pending])
+    # Closed here when a damaged entry stops the replay: left to the garbage
+    # collector, the reads' pool could be shut down from one of its own threads.
+    with closing(_read_all(store, [layout.journal_entry(seq) for seq in pending])) as reads:
+        _apply_all(layout, doc, pending, reads)
+
+
+def _apply_all(
+    layout: RunLayout, doc: Doc, pending: list[int], reads: Iterator[bytes | StorageError]
+) -> None:
     for i, (seq, data) in enumerate(zip(pending, reads, strict=True)):
         if seq != doc.seq + 1:
             raise CoordinatorError(
