@@ -25,7 +25,7 @@ What can be found after a crash, and what it means:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -180,7 +180,7 @@ def _apply_all(
         doc.apply(body)
 
 
-def _read_all(store: Store, keys: list[str]) -> Iterator[bytes | StorageError]:
+def _read_all(store: Store, keys: list[str]) -> Generator[bytes | StorageError, None, None]:
     """Each key's bytes, in order, read `READ_THREADS` at a time; a missing
     or damaged object comes as its error, for the caller to judge in order."""
 
