@@ -1,17 +1,21 @@
 """Changes over real gRPC are answered only once written: the servicer runs
 on the server's event loop and awaits the group commit (`CommitBridge`)
 instead of blocking a thread, so these check that no answer overtakes its
-write, that concurrent callers share writes and are all answered, and that
-a lost write reaches the caller and is retried to count once."""
+write, that concurrent callers share writes and are all answered, that a
+lost write reaches the caller and is retried to count once, and that a
+stop in the middle of a write neither loses the change nor counts it
+twice."""
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 
 import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
 
+from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
 from autolfads.storage import FaultyStore, LocalStore, RunLayout
@@ -78,3 +82,43 @@ def test_a_lost_write_is_retried_by_the_client_and_counts_once(tmp_path):
         server.stop(0).wait()
     history = saved_state(store, "search").history[grant.member]
     assert len(history) == 1 and history[0].generation == grant.generation
+
+
+def test_a_report_whose_answer_a_stop_cut_off_is_neither_lost_nor_counted_twice(tmp_path):
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_tiny_search(store)
+    server, port = create_server("127.0.0.1:0", service)
+    target = f"127.0.0.1:{port}"
+    with CoordinatorClient(target, timeout_s=10) as client:
+        grant = client.request_work("w0", 1).leases[0]
+    report = fake_train(store, grant, "w0")
+    slow = store.inject("put", JOURNAL, delay_s=3.0)  # the report's write
+    outcome: list[BaseException | object] = []
+
+    def send() -> None:
+        try:
+            with CoordinatorClient(target, timeout_s=10, unavailable_wait_s=1) as c:
+                outcome.append(c.report(report))
+        except BaseException as err:  # inspected in the test thread
+            outcome.append(err)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 30
+    while slow.hits == 0 and time.monotonic() < deadline:  # the write has begun
+        time.sleep(0.01)
+    assert slow.hits == 1
+    server.stop(0).wait()  # returns once the write under way has landed
+    sender.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], CoordinatorUnavailable)
+    # A coordinator restarted from storage has the report, and takes the
+    # worker's retry as the duplicate it is.
+    resumed = open_tiny_search(store)
+    server, port = create_server("127.0.0.1:0", resumed)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+            ack = client.report(report)
+    finally:
+        server.stop(0).wait()
+    assert ack.accepted and ack.duplicate
+    assert len(saved_state(store, "search").history[grant.member]) == 1
