@@ -15,6 +15,7 @@ Derived from the state, never persisted, rebuilt whenever in doubt:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 
@@ -89,6 +90,14 @@ class Dispatch:
             self._held[lease.worker_id] += 1
             self._next_expiry = min(self._next_expiry, lease.deadline)
             self._idle.pop(lease.worker_id, None)
+
+    def enqueued(self, state: SearchState, segment: Segment) -> None:
+        """`segment` may just have been queued (nothing else changed): keep
+        the queue in grant order instead of rebuilding it."""
+        if self._queue is not None and segment.phase == "queued":
+            order = (segment.generation, segment.member)
+            at = bisect.bisect(self._queue, order, key=lambda m: (state.segments[m].generation, m))
+            self._queue.insert(at, segment.member)
 
     def ended(self, lease: LeaseRecord) -> None:
         """`lease` was active and has ended; the queue is unchanged."""

@@ -418,7 +418,13 @@ class CoordinatorService:
         generation = state.generation
         with self._transaction(reindex=False):
             self._accept(report, segment, lease)
-        if state.mode == "sync" and state.generation == generation and not state.terminal:
+        if state.terminal:
+            self._dispatch.invalidate()
+        elif state.mode == "async":
+            # An async report queues at most the member's next segment.
+            self._dispatch.ended(lease)
+            self._dispatch.enqueued(state, state.segments[lease.member])
+        elif state.generation == generation:
             # Within a sync generation a report queues nothing: keep the queue.
             self._dispatch.ended(lease)
         else:
