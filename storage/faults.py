@@ -9,6 +9,8 @@ fails, or is slow, and how often.
     store.inject("put", r"/coordinator/state\\.json$", fail="disk full")  # next write fails
     store.inject("put", r"state\\.json$", delay_s=0.02, times=None)       # every write is slow
     store.count("put", r"state\\.json$")                                  # writes so far
+    gate = threading.Event()
+    store.inject("put", r"/journal/", hold=gate)  # the next write waits for gate.set()
     store.inject("change", r"/coordinator/", fail="crash", after=5, times=None)
                                         # a "crash": every put or delete from the 6th on fails
 """
@@ -77,8 +79,10 @@ _CHANGES = ("put", "delete")
 @dataclass
 class Fault:
     """One injected fault: `op` on keys matching `pattern` fails with
-    `error_type(fail)` and/or sleeps `delay_s` first, `times` times (None:
-    always), once `after` matching calls have gone through untouched."""
+    `error_type(fail)` and/or waits first (`delay_s`, or until `hold` is
+    set), `times` times (None: always), once `after` matching calls have
+    gone through untouched. `hits` counts the calls hit so far, from the
+    moment each starts waiting."""
 
     op: str
     pattern: re.Pattern[str]
@@ -87,6 +91,7 @@ class Fault:
     delay_s: float
     times: int | None
     after: int = 0
+    hold: threading.Event | None = None
     hits: int = 0
     passed: int = 0
 
@@ -120,16 +125,19 @@ class FaultyStore(WrapperStore):
         delay_s: float = 0.0,
         times: int | None = 1,
         after: int = 0,
+        hold: threading.Event | None = None,
     ) -> Fault:
         """Add a fault; `pattern` is a regular expression searched in the key;
-        the first `after` matching calls go through."""
+        the first `after` matching calls go through. `hold`: a hit call
+        waits until the event is set (a test decides when it goes on,
+        instead of racing a delay)."""
         if op not in OPERATIONS:
             raise ValueError(f"op {op!r} must be one of {OPERATIONS}")
-        if fail is None and delay_s <= 0:
-            raise ValueError("a fault needs fail=... or delay_s > 0")
+        if fail is None and delay_s <= 0 and hold is None:
+            raise ValueError("a fault needs fail=..., delay_s > 0 or hold=...")
         if after < 0:
             raise ValueError(f"after {after} must be >= 0")
-        fault = Fault(op, re.compile(pattern), fail, error_type, delay_s, times, after)
+        fault = Fault(op, re.compile(pattern), fail, error_type, delay_s, times, after, hold)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -158,6 +166,8 @@ class FaultyStore(WrapperStore):
         for fault in due:
             if fault.delay_s > 0:
                 time.sleep(fault.delay_s)
+            if fault.hold is not None:
+                fault.hold.wait()
             if fault.fail is not None:
                 raise fault.error_type(f"{self.location(key)}: {fault.fail} (injected)")
 

@@ -92,7 +92,8 @@ def test_a_report_whose_answer_a_stop_cut_off_is_neither_lost_nor_counted_twice(
     with CoordinatorClient(target, timeout_s=10) as client:
         grant = client.request_work("w0", 1).leases[0]
     report = fake_train(store, grant, "w0")
-    slow = store.inject("put", JOURNAL, delay_s=3.0)  # the report's write
+    gate = threading.Event()
+    held = store.inject("put", JOURNAL, hold=gate)  # the report's write waits for the gate
     outcome: list[BaseException | object] = []
 
     def send() -> None:
@@ -105,12 +106,17 @@ def test_a_report_whose_answer_a_stop_cut_off_is_neither_lost_nor_counted_twice(
     sender = threading.Thread(target=send)
     sender.start()
     deadline = time.monotonic() + 30
-    while slow.hits == 0 and time.monotonic() < deadline:  # the write has begun
+    while held.hits == 0 and time.monotonic() < deadline:  # the write has begun
         time.sleep(0.01)
-    assert slow.hits == 1
-    server.stop(0).wait()  # returns once the write under way has landed
-    sender.join(30)
+    assert held.hits == 1
+    # The stop cuts the call off, then waits for the write under way.
+    stopper = threading.Thread(target=server.stop, args=(0,))
+    stopper.start()
+    sender.join(30)  # the worker heard no answer and gave up
     assert len(outcome) == 1 and isinstance(outcome[0], CoordinatorUnavailable)
+    gate.set()  # only now may the write land
+    stopper.join(30)
+    assert not stopper.is_alive()
     # A coordinator restarted from storage has the report, and takes the
     # worker's retry as the duplicate it is.
     resumed = open_tiny_search(store)
