@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 import grpc
@@ -151,9 +151,10 @@ class CoordinatorClient:
     def status(self) -> StatusView:
         return convert.status_from_proto(self._call(self._stub.GetStatus, pb.GetStatusRequest()))
 
-    def watch(self, timeout_s: float | None = None) -> Iterator[StatusView]:
+    def watch(self, timeout_s: float | None = None) -> Generator[StatusView, None, None]:
         """The current status, then one after every change, until the search
-        ends (or `timeout_s` passes: a long deadline, since streams are long)."""
+        ends (or `timeout_s` passes: a long deadline, since streams are long).
+        Closing the generator cancels the stream."""
         stream = self._stub.WatchStatus(
             pb.WatchStatusRequest(), timeout=timeout_s, metadata=self._metadata
         )
