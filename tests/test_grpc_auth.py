@@ -47,7 +47,7 @@ def served(service):
         "127.0.0.1:0", service, metrics=metrics, security=ServerSecurity(tokens=TOKENS)
     )
     yield f"127.0.0.1:{port}", metrics
-    server.stop(0).wait()
+    server.stop(0)
 
 
 def client(target: str, token: str | None) -> CoordinatorClient:

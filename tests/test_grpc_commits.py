@@ -57,7 +57,7 @@ def test_concurrent_workers_are_answered_only_once_their_changes_are_written(slo
         for t in threads:
             t.join(120)
     finally:
-        server.stop(0).wait()
+        server.stop(0)
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors[0]
     state = saved_state(slow_store, "search")
@@ -79,7 +79,7 @@ def test_a_lost_write_is_retried_by_the_client_and_counts_once(tmp_path):
             assert fault.hits == 1  # the first try's write failed...
             assert ack.accepted and not ack.duplicate  # ...and was rolled back
     finally:
-        server.stop(0).wait()
+        server.stop(0)
     history = saved_state(store, "search").history[grant.member]
     assert len(history) == 1 and history[0].generation == grant.generation
 
@@ -125,6 +125,6 @@ def test_a_report_whose_answer_a_stop_cut_off_is_neither_lost_nor_counted_twice(
         with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=10) as client:
             ack = client.report(report)
     finally:
-        server.stop(0).wait()
+        server.stop(0)
     assert ack.accepted and ack.duplicate
     assert len(saved_state(store, "search").history[grant.member]) == 1

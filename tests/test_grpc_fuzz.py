@@ -95,7 +95,7 @@ def arena(tmp_path_factory):
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
         yield Arena(store, service, clock, target, channel, stub, reports)
-    server.stop(0).wait()
+    server.stop(0)
 
 
 # ---------------------------------------------------------------- strategies

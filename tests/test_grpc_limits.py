@@ -48,7 +48,7 @@ def served(local_store):
         security=ServerSecurity(tokens=TOKENS),
     )
     yield service, f"127.0.0.1:{port}", metrics
-    server.stop(0).wait()
+    server.stop(0)
 
 
 def worker_client(target: str) -> CoordinatorClient:

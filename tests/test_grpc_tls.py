@@ -124,7 +124,7 @@ def test_tls_end_to_end_with_tokens(service, local_store, pki):
             member = next(m for m in client.status().members if m.member == grant.member)
             assert member.phase == "reported"
     finally:
-        server.stop(0).wait()
+        server.stop(0)
 
 
 @pytest.mark.parametrize("trust", ["system roots", "another CA"])
@@ -139,7 +139,7 @@ def test_client_without_the_ca_fails_fast_with_one_line(service, pki, trust):
             # Not retried for the whole 60 s budget: a certificate does not heal.
             assert time.monotonic() - start < 20
     finally:
-        server.stop(0).wait()
+        server.stop(0)
     message = str(err.value)
     assert "\n" not in message
     assert message == (
@@ -157,7 +157,7 @@ def test_plaintext_and_tls_mismatches_fail_clearly(service, pki):
         ):
             client.status()  # plaintext to a TLS server: the server hangs up
     finally:
-        server.stop(0).wait()
+        server.stop(0)
     server, port = create_server("127.0.0.1:0", service)
     try:
         with (
@@ -166,7 +166,7 @@ def test_plaintext_and_tls_mismatches_fail_clearly(service, pki):
         ):
             client.status()
     finally:
-        server.stop(0).wait()
+        server.stop(0)
 
 
 def test_server_name_override_matches_a_named_certificate(service, pki):
@@ -183,7 +183,7 @@ def test_server_name_override_matches_a_named_certificate(service, pki):
         with tls_client(port, named) as client:
             assert client.status().run == "search"
     finally:
-        server.stop(0).wait()
+        server.stop(0)
 
 
 def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(service, pki):
@@ -201,7 +201,7 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(service, pki):
             with tls_client(port, tls, wait=1) as client, pytest.raises(CoordinatorError):
                 client.status()
     finally:
-        server.stop(0).wait()
+        server.stop(0)
 
 
 # ---------------------------------------------------------------- PEM files

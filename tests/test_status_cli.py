@@ -56,7 +56,7 @@ def search(tmp_path: Path) -> Iterator[Search]:
         yield Search(service, client, address, store, tmp_path / "runs" / RUN)
     finally:
         client.close()
-        server.stop(0).wait()
+        server.stop(0)
 
 
 def finish_generation(client: CoordinatorClient, metrics: dict[str, float]) -> None:

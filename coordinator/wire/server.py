@@ -56,7 +56,7 @@ EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped before the search ended; resuma
 
 class CoordinatorServer:
     """The coordinator's `grpc.aio` server and the event-loop thread it runs
-    on, behind a blocking face (`stop(grace).wait()`, like `grpc.Server`):
+    on, behind a blocking face (`stop(grace)` returns once stopped):
     `serve`'s main loop, the launcher and tests drive it from plain threads.
 
     Why an event loop: under load the thread-pool server spent most of its
@@ -93,13 +93,13 @@ class CoordinatorServer:
                 self.run(self.health.enter_graceful_shutdown())
         self.stop(grace_s)
 
-    def stop(self, grace: float | None) -> _Stopped:
+    def stop(self, grace: float | None) -> None:
         """Stop taking calls, give running ones `grace` seconds, end the loop.
         Once and whole: a second (or concurrent) call returns when the first
         is done; call it from any thread but the loop's own."""
         with self._stop_lock:
             if self._stopped:
-                return _Stopped()
+                return
             self._stopped = True
             try:
                 if self.server is not None:
@@ -111,14 +111,6 @@ class CoordinatorServer:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self._thread.join()
                 self.loop.close()
-        return _Stopped()
-
-
-class _Stopped:
-    """What `CoordinatorServer.stop` returns: stopped already."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return True
 
 
 def create_server(
