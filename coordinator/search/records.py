@@ -113,7 +113,7 @@ def async_generation_doc(state: SearchState, generation: int) -> bytes:
         "copies": {e.member: e.next_parent for e in entries if e.next_exploited},
         # Re-rendered at every write while the generation is open: each
         # member's text is its history line, remembered until it changes.
-        "members": {e.member: _Encoded(e.view_text(_history_line)) for e in entries},
+        "members": {e.member: _Encoded(e.derived("history_line", _history_line)) for e in entries},
         "events": _events_of(state, generation),
     }
     return _dumps(doc)
@@ -123,7 +123,7 @@ def history_doc(state: SearchState, member: str) -> bytes:
     """history.jsonl: S3 cannot append, so the whole object is rewritten
     (from each entry's remembered line: a generation's close re-renders only
     the entries that changed, not population x generations of them)."""
-    lines = [e.view_text(_history_line) for e in state.history.get(member, [])]
+    lines = [e.derived("history_line", _history_line) for e in state.history.get(member, [])]
     return ("\n".join(lines) + "\n").encode()
 
 

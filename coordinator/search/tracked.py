@@ -28,8 +28,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 _CACHE = "_encoded_json"
-_VIEW_CACHE = "_view_text"
-_DERIVED = "_derived"  # other values computed from the fields: name -> value
+_DERIVED = "_derived"  # values computed from the fields: name -> value
 _OWNER = "_owner"  # (map, key) of the map holding the record
 
 
@@ -40,7 +39,6 @@ class Encoded:
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         d.pop(_CACHE, None)
-        d.pop(_VIEW_CACHE, None)
         d.pop(_DERIVED, None)
         owner = d.get(_OWNER)
         if owner is not None:
@@ -54,19 +52,10 @@ class Encoded:
             self.__dict__[_CACHE] = text
         return text
 
-    def view_text(self, render: Callable[[Any], str]) -> str:
-        """`render(self)`, remembered like `encoded()` (for a view that shows
-        this record: a member's history.jsonl line)."""
-        text = self.__dict__.get(_VIEW_CACHE)
-        if text is None:
-            text = render(self)
-            self.__dict__[_VIEW_CACHE] = text
-        return text
-
     def derived(self, name: str, make: Callable[[Any], Any]) -> Any:
         """`make(self)`, remembered under `name` until a field is assigned
-        (for an immutable value computed from the fields, e.g. the policy's
-        score of a history entry)."""
+        (for an immutable value computed from the fields: a member's
+        history.jsonl line, the policy's score of a history entry)."""
         cache = self.__dict__.get(_DERIVED)
         if cache is None:
             cache = self.__dict__[_DERIVED] = {}
