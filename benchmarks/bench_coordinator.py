@@ -10,7 +10,9 @@ CPU time per answered RPC (all of it: gRPC, interceptors, logic, state
 writes), and the bytes of its persisted state. `--pythonpath DIR` runs
 another version of the coordinator (an export of an older commit laid out
 as the `autolfads` package) against the same load, for interleaved
-before/after runs.
+before/after runs. `--timeline` serves the coordinator through
+`timeline_coordinator.py` instead, and reports how long each call waited
+before its handler ran (and the load generator's own loop lag).
 
     python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
 
@@ -37,6 +39,7 @@ from typing import Literal
 
 import grpc
 import numpy as np
+import timeline_coordinator as timeline
 
 from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
 from autolfads.coordinator.search.staging import stage_run
@@ -58,17 +61,25 @@ class Recorder:
     started: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: Counter[str] = field(default_factory=Counter)
     replies: Counter[str] = field(default_factory=Counter)
+    # --timeline: (key, method, monotonic send time, latency) of tagged calls
+    sent: list[tuple[str, str, float, float]] | None = None
+    lags: list[float] = field(default_factory=list)  # the generator's loop lag (s)
 
-    async def call(self, method: str, rpc, request, timeout_s: float):
-        start = time.perf_counter()
+    async def call(self, method: str, rpc, request, timeout_s: float, key: str = ""):
+        tagged = bool(key) and self.sent is not None
+        metadata = ((timeline.KEY, key),) if tagged else None
+        start, sent_at = time.perf_counter(), time.monotonic()
         try:
-            return await rpc(request, timeout=timeout_s)
+            return await rpc(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             self.errors[f"{method}:{err.code().name}"] += 1
             return None
         finally:
-            self.latency[method].append(time.perf_counter() - start)
+            latency = time.perf_counter() - start
+            self.latency[method].append(latency)
             self.started[method].append(start)
+            if tagged:
+                self.sent.append((key, method, sent_at, latency))  # type: ignore[union-attr]
 
 
 def bench_config(
@@ -92,7 +103,11 @@ def bench_config(
 
 
 def start_coordinator(
-    root: Path, cfg: RunConfig, log_path: Path, pythonpath: str | None = None
+    root: Path,
+    cfg: RunConfig,
+    log_path: Path,
+    pythonpath: str | None = None,
+    arrivals: Path | None = None,
 ) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
@@ -106,6 +121,9 @@ def start_coordinator(
         "--storage", str(root / "store"), "--run", RUN,
         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--lease-timeout", "600",
     ]  # fmt: skip
+    if arrivals is not None:  # the same coordinator, noting when calls arrive
+        script = Path(timeline.__file__).resolve()
+        cmd = [sys.executable, str(script), str(root / "store"), RUN, str(port_file), str(arrivals)]
     # `pythonpath`: run another version of the coordinator (e.g. an export of
     # an older commit laid out as the `autolfads` package) against this load.
     env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
@@ -138,7 +156,9 @@ async def worker(
         request = pb.RequestWorkRequest(
             worker_id=worker_id, max_leases=1, request_id=uuid.uuid4().hex
         )
-        reply = await rec.call("RequestWork", stub.RequestWork, request, args.rpc_timeout)
+        reply = await rec.call(
+            "RequestWork", stub.RequestWork, request, args.rpc_timeout, "R" + request.request_id
+        )
         if reply is None:
             await asyncio.sleep(1.0)
             continue
@@ -160,7 +180,8 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
         beat = pb.HeartbeatRequest(
             lease_id=lease.lease_id, worker_id=worker_id, epochs_done=epoch + 1
         )
-        reply = await rec.call("Heartbeat", stub.Heartbeat, beat, args.rpc_timeout)
+        key = f"H{lease.lease_id}/{epoch + 1}"
+        reply = await rec.call("Heartbeat", stub.Heartbeat, beat, args.rpc_timeout, key)
         if reply is not None and reply.action == pb.HeartbeatResponse.STOP:
             return
     hparams = dict(lease.hparams)
@@ -172,7 +193,9 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
         checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
         epochs=[pb.EpochMetrics(epoch=0, values={"valid/recon_smth": metric})],
     )  # fmt: skip
-    await rec.call("ReportResult", stub.ReportResult, report, args.rpc_timeout)
+    await rec.call(
+        "ReportResult", stub.ReportResult, report, args.rpc_timeout, "P" + lease.lease_id
+    )
 
 
 async def watch_generations(stub, rec: Recorder, stop_at: float, marks: list) -> None:
@@ -191,8 +214,17 @@ async def watch_generations(stub, rec: Recorder, stop_at: float, marks: list) ->
         await asyncio.sleep(1.0)
 
 
+async def loop_lag(lags: list[float], done: list[asyncio.Task]) -> None:
+    """How late the load generator's own loop wakes from a 10 ms sleep: if
+    it lagged, latencies would include its queueing, not the server's."""
+    while not all(t.done() for t in done):
+        start = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append(time.perf_counter() - start - 0.01)
+
+
 async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, list]:
-    rec = Recorder()
+    rec = Recorder(sent=[] if args.timeline else None)
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(args.channels)]
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     start = time.monotonic()
@@ -203,6 +235,8 @@ async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, l
         for i in range(args.workers)
     ]
     tasks.append(asyncio.create_task(watch_generations(stubs[0], rec, stop_at, marks)))
+    if args.timeline:
+        tasks.append(asyncio.create_task(loop_lag(rec.lags, list(tasks))))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - start
     for c in channels:
@@ -259,12 +293,20 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=300.0, help="stop the load after this")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--pythonpath", help="PYTHONPATH of the coordinator process (another version)")
+    p.add_argument(
+        "--timeline",
+        type=Path,
+        help="also measure each call's wait before its handler; write the details here",
+    )
     args = p.parse_args()
 
     cfg = bench_config(args.population, args.generations, args.mode)
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
-        proc, port = start_coordinator(root, cfg, root / "coordinator.log", args.pythonpath)
+        arrivals = root / "arrivals.json" if args.timeline else None
+        proc, port = start_coordinator(
+            root, cfg, root / "coordinator.log", args.pythonpath, arrivals
+        )
         try:
             cpu_start = cpu_seconds(proc.pid)
             rec, elapsed, marks = asyncio.run(drive(port, args))
@@ -274,6 +316,9 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
             log_tail = (root / "coordinator.log").read_text()[-2000:]
+            if arrivals is not None:
+                assert rec.sent is not None
+                details = timeline.join(rec.sent, json.loads(arrivals.read_text()))
     result = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
@@ -296,6 +341,12 @@ def main() -> None:
         "errors": dict(rec.errors),
         "rpc": summarise(rec, elapsed),
     }
+    if args.timeline:
+        result["before_handler_ms"] = details["before_handler_ms"]
+        result["load_generator_loop_lag_p99_ms"] = round(
+            float(np.percentile(rec.lags, 99)) * 1e3, 1
+        )
+        args.timeline.write_text(json.dumps(details, indent=1))
     print(json.dumps(result, indent=1))
     if rec.errors:
         print("coordinator log tail:\n" + log_tail, file=sys.stderr)

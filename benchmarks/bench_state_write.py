@@ -13,6 +13,9 @@ every write fsynced) for a number of single reports and times, interleaved:
 - **snapshot**: rendering and writing one snapshot of the live state (every
   64 entries, off the callers' path).
 
+It also times, in memory, the two parts of each generation's closing
+report that hold the service lock (`close_under_the_lock_ms`, sync mode).
+
     python benchmarks/bench_state_write.py --population 1024 --generations 40 --at 1 40
     python benchmarks/bench_state_write.py --mode async --generations 4 --at 99  (in-memory only)
 
@@ -64,17 +67,55 @@ def config(population: int, generations: int, mode: Literal["sync", "async"] = "
     return bench_config(population, generations, mode)
 
 
-def report(service: CoordinatorService, grant, worker: str) -> None:
+def fake_report(grant, worker: str) -> SegmentReport:
     rank = int(grant.member[1:])
     metric = 1.0 / (1 + grant.generation) + rank * 1e-4
-    service.report(
-        SegmentReport(
-            lease_id=grant.lease_id, worker_id=worker, member=grant.member,
-            generation=grant.generation, outcome="succeeded", hparams=dict(grant.hparams),
-            epochs=((0, {"valid_recon_smth": metric}),), fitness=metric,
-            checkpoint_key=grant.checkpoint_key, checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
-        )
+    return SegmentReport(
+        lease_id=grant.lease_id, worker_id=worker, member=grant.member,
+        generation=grant.generation, outcome="succeeded", hparams=dict(grant.hparams),
+        epochs=((0, {"valid_recon_smth": metric}),), fitness=metric,
+        checkpoint_key=grant.checkpoint_key, checkpoint_sha256=FAKE_SHA, checkpoint_size=1,
     )  # fmt: skip
+
+
+def report(service: CoordinatorService, grant, worker: str) -> None:
+    service.report(fake_report(grant, worker))
+
+
+class CloseTimer:
+    """Times the report that closes each generation, in its two parts that
+    hold the service lock: the change itself (`report_staged`; on the gRPC
+    server, on the event loop) and taking its batch for the write (rendering
+    the generation record, the member histories and the journal entry; on a
+    commit thread). While either runs, the server's loop cannot answer."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self.service = service
+        self.takes: list[float] = []
+        self.closes: dict[int, dict[str, float]] = {}
+        commit = service._commit
+        take = commit._take
+
+        def timed_take():
+            start = time.perf_counter()
+            batch = take()
+            self.takes.append(time.perf_counter() - start)
+            return batch
+
+        commit._take = timed_take  # type: ignore[method-assign]
+
+    def report(self, grant, worker: str) -> None:
+        generation = self.service._state.generation
+        start = time.perf_counter()
+        _, ticket = self.service.report_staged(fake_report(grant, worker))
+        staged = time.perf_counter() - start
+        self.takes.clear()
+        self.service.flush()
+        if self.service._state.generation != generation:  # this report closed it
+            self.closes[generation] = {
+                "change_ms": round(staged * 1e3, 1),
+                "batch_ms": round(self.takes[0] * 1e3, 1),
+            }
 
 
 def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples: int) -> dict:
@@ -124,6 +165,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     )
     results: dict = {}
     wall: dict[int, float] = defaultdict(float)
+    closes = CloseTimer(service)
     while not service.terminal:
         generation = service._state.generation
         start = time.perf_counter()
@@ -131,14 +173,18 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         if reply.action != "train":
             break
         for grant in reply.leases:
-            report(service, grant, "w0")
+            closes.report(grant, "w0")
         wall[generation] += time.perf_counter() - start
         half = sum(1 for s in service._state.segments.values() if s.phase == "reported")
         if generation in args.at and generation not in results and half >= args.population // 2:
             results[generation] = measure(service, store, root / f"g{generation}", args.samples)
             print(generation, json.dumps(results[generation]), flush=True)
     per_generation = {g: round(s, 2) for g, s in wall.items()}
-    return {"generations": results, "in_memory_s_per_generation": per_generation}
+    return {
+        "generations": results,
+        "in_memory_s_per_generation": per_generation,
+        "close_under_the_lock_ms": closes.closes,
+    }
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ A misbehaving or hostile client must not exhaust the coordinator's memory or
 threads. The bounds, and where each is enforced:
 
     request size        4 MiB        grpc.max_receive_message_length (server)
-    concurrent RPCs     4096         grpc.server(maximum_concurrent_rpcs=...)
+    concurrent RPCs     4096         grpc.aio.server(maximum_concurrent_rpcs=...)
     WatchStatus streams 16           `RequestGuard` (each waits on an executor thread)
     undecodable bytes   refused      `RequestGuard` -> INVALID_ARGUMENT
     report payload      see validation.py (epochs, metric names, strings)
