@@ -4,10 +4,14 @@ Starts a real coordinator process (`autolfads coordinator`, local-directory
 storage in a temp dir, a large population, 1-epoch segments) on loopback, and
 drives it with thousands of simulated workers (asyncio tasks on grpc.aio
 channels) that run the real protocol: RequestWork -> Heartbeat xH ->
-ReportResult with a fake metric, no training. Records throughput and p50/p99
-latency per RPC, the time each generation took, the coordinator process's
-CPU time per answered RPC (all of it: gRPC, interceptors, logic, state
-writes), and the bytes of its persisted state. `--pythonpath DIR` runs
+ReportResult with a fake metric, no training; RequestWork as a long poll
+held up to `--wait-s` like the trainer's (0: poll on WAIT hints, as before
+long polls). Records throughput and p50/p99 latency per RPC (a held
+RequestWork's latency without the time the coordinator held it for work:
+that is the wait for a generation to open, not service time); when each
+generation's first lease and the first DONE reached a worker; the
+coordinator process's CPU time per answered RPC (all of it: gRPC,
+interceptors, logic, state writes); and the bytes of its persisted state. `--pythonpath DIR` runs
 another version of the coordinator (an export of an older commit laid out
 as the `autolfads` package) against the same load, for interleaved
 before/after runs. `--timeline` serves the coordinator through
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -64,20 +69,30 @@ class Recorder:
     # --timeline: (key, method, monotonic send time, latency) of tagged calls
     sent: list[tuple[str, str, float, float]] | None = None
     lags: list[float] = field(default_factory=list)  # the generator's loop lag (s)
+    held: list[float] = field(default_factory=list)  # RequestWork held for work (s)
+    # When each generation's first lease, and the first DONE, were heard
+    # (monotonic): the generations' boundaries as the fleet saw them.
+    opened: dict[int, float] = field(default_factory=dict)
+    first_done: float | None = None
 
     async def call(self, method: str, rpc, request, timeout_s: float, key: str = ""):
         tagged = bool(key) and self.sent is not None
         metadata = ((timeline.KEY, key),) if tagged else None
         start, sent_at = time.perf_counter(), time.monotonic()
+        reply = None
         try:
-            return await rpc(request, timeout=timeout_s, metadata=metadata)
+            reply = await rpc(request, timeout=timeout_s, metadata=metadata)
+            return reply
         except grpc.aio.AioRpcError as err:
             self.errors[f"{method}:{err.code().name}"] += 1
             return None
         finally:
-            latency = time.perf_counter() - start
+            held = getattr(reply, "held_s", 0.0)
+            if held:
+                self.held.append(held)
+            latency = time.perf_counter() - start - held
             self.latency[method].append(latency)
-            self.started[method].append(start)
+            self.started[method].append(sent_at)  # monotonic, like the marks
             if tagged:
                 self.sent.append((key, method, sent_at, latency))  # type: ignore[union-attr]
 
@@ -154,23 +169,25 @@ async def worker(
 ) -> None:
     while time.monotonic() < stop_at:
         request = pb.RequestWorkRequest(
-            worker_id=worker_id, max_leases=1, request_id=uuid.uuid4().hex
+            worker_id=worker_id, max_leases=1, request_id=uuid.uuid4().hex, wait_s=args.wait_s
         )
-        reply = await rec.call(
-            "RequestWork", stub.RequestWork, request, args.rpc_timeout, "R" + request.request_id
-        )
+        timeout_s = args.rpc_timeout + args.wait_s
+        key = "R" + request.request_id
+        reply = await rec.call("RequestWork", stub.RequestWork, request, timeout_s, key)
         if reply is None:
             await asyncio.sleep(1.0)
             continue
         action = pb.RequestWorkResponse.Action.Name(reply.action)
         rec.replies[action] += 1
         if reply.action == pb.RequestWorkResponse.DONE:
+            rec.first_done = rec.first_done or time.monotonic()
             return
         if reply.action == pb.RequestWorkResponse.WAIT:
             # Jitter, as a real fleet would have, so WAITs do not come in waves.
             await asyncio.sleep(reply.retry_after_s * random.uniform(0.5, 1.5))
             continue
         for lease in reply.leases:
+            rec.opened.setdefault(lease.generation, time.monotonic())
             await train_segment(worker_id, stub, rec, args, lease)
 
 
@@ -198,19 +215,12 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
     )
 
 
-async def watch_generations(stub, rec: Recorder, stop_at: float, marks: list) -> None:
-    """Poll GetStatus once a second (what `autolfads status --watch` costs) and
-    note when each generation opens."""
-    last = -1
+async def watch_status(stub, rec: Recorder, stop_at: float) -> None:
+    """Poll GetStatus once a second: what `autolfads status --watch` costs."""
     while time.monotonic() < stop_at:
         status = await rec.call("GetStatus", stub.GetStatus, pb.GetStatusRequest(), 60.0)
-        if status is not None:
-            if status.generation != last:
-                marks.append((time.monotonic(), status.generation))
-                last = status.generation
-            if status.state != pb.SEARCH_STATE_RUNNING:
-                marks.append((time.monotonic(), "end"))
-                return
+        if status is not None and status.state != pb.SEARCH_STATE_RUNNING:
+            return
         await asyncio.sleep(1.0)
 
 
@@ -229,16 +239,23 @@ async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, l
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     start = time.monotonic()
     stop_at = start + args.time_limit
-    marks: list = [(start, "start")]
     tasks = [
         asyncio.create_task(worker(f"w{i:05d}", stubs[i % len(stubs)], rec, args, stop_at))
         for i in range(args.workers)
     ]
-    tasks.append(asyncio.create_task(watch_generations(stubs[0], rec, stop_at, marks)))
+    # The watcher stops with the workers: a coordinator that has told every
+    # worker DONE exits, maybe before the watcher's next poll saw the end.
+    watcher = asyncio.create_task(watch_status(stubs[0], rec, stop_at))
     if args.timeline:
         tasks.append(asyncio.create_task(loop_lag(rec.lags, list(tasks))))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - start
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    marks: list = [(start, "start"), *sorted((t, g) for g, t in rec.opened.items())]
+    if rec.first_done is not None:
+        marks.append((rec.first_done, "end"))
     for c in channels:
         await c.close()
     return rec, elapsed, marks
@@ -290,6 +307,12 @@ def main() -> None:
     p.add_argument("--epoch-s", type=float, default=0.5, help="simulated seconds per epoch")
     p.add_argument("--channels", type=int, default=32, help="gRPC connections the workers share")
     p.add_argument("--rpc-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=20.0,
+        help="RequestWork long-poll hold (the trainer's WORK_WAIT_S); 0 polls on WAIT hints",
+    )
     p.add_argument("--time-limit", type=float, default=300.0, help="stop the load after this")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--pythonpath", help="PYTHONPATH of the coordinator process (another version)")
@@ -298,6 +321,7 @@ def main() -> None:
         type=Path,
         help="also measure each call's wait before its handler; write the details here",
     )
+    p.add_argument("--calls", type=Path, help="also write every call's start and latency (s) here")
     args = p.parse_args()
 
     cfg = bench_config(args.population, args.generations, args.mode)
@@ -338,6 +362,8 @@ def main() -> None:
             1e3 * cpu_s / max(1, sum(map(len, rec.latency.values()))), 3
         ),
         "replies": dict(rec.replies),
+        "held_calls": len(rec.held),
+        "held_s_p50": round(float(np.percentile(rec.held, 50)), 3) if rec.held else 0.0,
         "errors": dict(rec.errors),
         "rpc": summarise(rec, elapsed),
     }
@@ -347,6 +373,22 @@ def main() -> None:
             float(np.percentile(rec.lags, 99)) * 1e3, 1
         )
         args.timeline.write_text(json.dumps(details, indent=1))
+    if args.calls:
+        t0 = marks[0][0]
+        args.calls.write_text(
+            json.dumps(
+                {
+                    "marks_s": result["generation_marks_s"],
+                    "calls": {
+                        method: [
+                            [round(t - t0, 4), round(x, 4)]
+                            for t, x in zip(rec.started[method], latencies, strict=True)
+                        ]
+                        for method, latencies in rec.latency.items()
+                    },
+                }
+            )
+        )
     print(json.dumps(result, indent=1))
     if rec.errors:
         print("coordinator log tail:\n" + log_tail, file=sys.stderr)

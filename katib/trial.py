@@ -49,7 +49,14 @@ class TrialClient:
         self.report_sent: SegmentReport | None = None
         self._handed_out = False
 
-    def request_work(self, worker_id: str, max_leases: int) -> WorkReply:
+    def request_work(
+        self,
+        worker_id: str,
+        max_leases: int = 1,
+        *,
+        wait_s: float = 0.0,
+        cancel: threading.Event | None = None,
+    ) -> WorkReply:
         if self._handed_out:
             return WorkReply("done", search_state="running")
         self._handed_out = True
@@ -91,7 +98,7 @@ def run_trial(
     from autolfads.trainer.worker import EXIT_TERMINATED, Worker
 
     client = TrialClient(store, trial, records.get_lease(store, trial))
-    worker = Worker(client, store, worker_id, cache_dir=cache_dir, device=device, stop=stop)  # type: ignore[arg-type]
+    worker = Worker(client, store, worker_id, cache_dir=cache_dir, device=device, stop=stop)
     code = worker.run()
     report = client.report_sent
     if code == EXIT_TERMINATED or report is None or report.outcome == "abandoned":

@@ -78,9 +78,13 @@ class WorkerClock:
         self.totals["start"] = time.time() - self.process_start
         self.emit("started")
 
-    def add(self, name: str, since: float) -> None:
-        """Charge `name` with the seconds since `since` (a `time.perf_counter()`)."""
-        self.totals[name] += time.perf_counter() - since
+    def add(self, name: str, since: float, held_s: float = 0.0) -> None:
+        """Charge `name` with the seconds since `since` (a `time.perf_counter()`),
+        less `held_s` of them, which go to "wait" (a long poll's hold)."""
+        elapsed = time.perf_counter() - since
+        held_s = min(max(held_s, 0.0), elapsed)
+        self.totals[name] += elapsed - held_s
+        self.totals["wait"] += held_s
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -2,7 +2,9 @@
 
 The loop reads top to bottom:
 
-    ask for up to N leases            (WAIT: sleep retry_after; DONE: exit 0)
+    ask for up to N leases            (held by the coordinator until there
+                                       is work; WAIT: sleep retry_after;
+                                       DONE: exit 0)
     for each lease: fetch config + data (cached by content hash), load the
         start checkpoint (verified SHA-256; a corrupt one falls back to the
         next start point and is reported) into an idle training session of
@@ -34,6 +36,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -45,10 +48,15 @@ from autolfads.coordinator.search.errors import (
     StaleLease,
     UnknownLease,
 )
-from autolfads.coordinator.search.messages import Lease, SegmentReport, WorkReply
+from autolfads.coordinator.search.messages import (
+    HeartbeatReply,
+    Lease,
+    ReportAck,
+    SegmentReport,
+    WorkReply,
+)
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.state import StartPoint
-from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.errors import AutolfadsError
 from autolfads.storage import (
     ChecksumMismatch,
@@ -75,12 +83,35 @@ EXIT_DONE = 0
 EXIT_TERMINATED = 143
 # A WAIT's retry_after is capped so a worker notices new work promptly.
 MAX_WAIT_S = 10.0
+# RequestWork is a long poll: with nothing to do, the coordinator holds the
+# call up to this long and answers the moment a generation opens (a
+# coordinator without long polls answers WAIT at once). SIGTERM ends a hold
+# within `client.CANCEL_CHECK_S`.
+WORK_WAIT_S = 20.0
+
+
+class CoordinatorLink(Protocol):
+    """The calls a worker makes: `CoordinatorClient` (gRPC), or a Katib
+    trial's stand-in that serves one lease from storage (`katib.trial`)."""
+
+    def request_work(
+        self,
+        worker_id: str,
+        max_leases: int = 1,
+        *,
+        wait_s: float = 0.0,
+        cancel: threading.Event | None = None,
+    ) -> WorkReply: ...
+
+    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply: ...
+
+    def report(self, report: SegmentReport) -> ReportAck: ...
 
 
 class Worker:
     def __init__(
         self,
-        client: CoordinatorClient,
+        client: CoordinatorLink,
         store: Store,
         worker_id: str,
         *,
@@ -134,8 +165,10 @@ class Worker:
             self._publisher.check()  # a failed upload or report ends the worker
             asked = time.perf_counter()
             reply = self._next_reply()
-            # A request that got work is a lease round trip; a WAIT is waiting.
-            self.clock.add("rpc" if reply and reply.action == "train" else "wait", asked)
+            # A request that got work is a lease round trip, but for the time
+            # the coordinator held it waiting for work; a WAIT is waiting.
+            phase = "rpc" if reply and reply.action == "train" else "wait"
+            self.clock.add(phase, asked, held_s=reply.held_s if reply else 0.0)
             if reply is None:
                 log.info("the stored state of run %s says the search has ended", self.run_name)
                 return EXIT_DONE
@@ -152,6 +185,9 @@ class Worker:
                 with self.clock.phase("wait"):
                     self.stop.wait(min(max(reply.retry_after_s, 0.05), MAX_WAIT_S))
                 continue
+            if self.stop.is_set():  # granted as SIGTERM ended the hold: hand back
+                self._abandon([LeasedSegment(lease) for lease in reply.leases])
+                break
             self.train(list(reply.leases))
             self.clock.emit("segment")
         return EXIT_TERMINATED
@@ -188,7 +224,9 @@ class Worker:
         deadline = time.monotonic() + self.unavailable_wait_s
         while True:
             try:
-                return self.client.request_work(self.worker_id, self.max_leases)
+                return self.client.request_work(
+                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self.stop
+                )
             except CoordinatorUnavailable:
                 if self.run_name and search_ended(self.store, self.run_name):
                     return None

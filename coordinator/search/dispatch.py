@@ -11,6 +11,10 @@ Derived from the state, never persisted, rebuilt whenever in doubt:
 - the workers told to WAIT recently, to scale the retry hint: with more idle
   workers than the server should answer per second, each is asked to wait
   longer, keeping the WAIT traffic near `WAIT_CALLS_PER_S` in total.
+
+Whenever the queue may have grown (it was dropped for a rebuild, or a
+segment was inserted) the dispatch rings its `bell`, so RequestWork calls
+held for work (long polls) are woken without polling.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
+from collections.abc import Callable
 
 from autolfads.coordinator.search.state import LeaseRecord, SearchState, Segment
 
@@ -32,8 +37,9 @@ CROWD_GROWTH = 1.25
 
 
 class Dispatch:
-    def __init__(self, base_retry_after_s: float) -> None:
+    def __init__(self, base_retry_after_s: float, bell: Callable[[], None] = lambda: None) -> None:
         self.base_retry_after_s = base_retry_after_s
+        self._bell = bell  # called with the service lock held: must not block
         self._queue: list[str] | None = None  # None: rebuild from the state
         self._held: Counter[str] | None = None
         self._next_expiry = -math.inf
@@ -48,6 +54,7 @@ class Dispatch:
         deadlines, never bring one forward.)"""
         self._queue = None
         self._held = None
+        self._bell()
 
     def reset(self) -> None:
         """The state was replaced (resume, rollback): rebuild everything."""
@@ -98,6 +105,7 @@ class Dispatch:
             order = (segment.generation, segment.member)
             at = bisect.bisect(self._queue, order, key=lambda m: (state.segments[m].generation, m))
             self._queue.insert(at, segment.member)
+            self._bell()
 
     def ended(self, lease: LeaseRecord) -> None:
         """`lease` was active and has ended; the queue is unchanged."""

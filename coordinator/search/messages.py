@@ -48,6 +48,7 @@ class WorkReply:
     leases: tuple[Lease, ...] = ()
     retry_after_s: float = 0.0
     search_state: str = "running"
+    held_s: float = 0.0  # how long the coordinator held the call for work
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,8 @@ class CoordinatorService:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._draining = False
-        self._dispatch = Dispatch(retry_after_s)
+        self._work_listeners: tuple[Callable[[], None], ...] = ()
+        self._dispatch = Dispatch(retry_after_s, bell=self._ring_work)
         # `recovered`: what `state` was read from (None for a new search).
         writer = JournalWriter(
             self.layout,
@@ -195,6 +196,7 @@ class CoordinatorService:
         with self._lock:
             self._draining = True
             self._changed.notify_all()
+            self._ring_work()
         self.flush()
         self._commit.flush_views()
         log.info("state written %d times for %d changes", self._commit.writes, self._commit.changes)
@@ -274,8 +276,10 @@ class CoordinatorService:
         with self._lock:
             reply = self._request_work(worker_id, max_leases, request_id)
             ticket = self._commit.latest
-        # A grant's leases (or a retry's) must be on record before the reply.
-        return reply, (ticket if reply.action == "train" else None)
+        # A grant's leases (or a retry's) must be on record before the reply,
+        # and so must the end of the search before a DONE: if that write
+        # were lost, the search would go on without the workers told to exit.
+        return reply, (ticket if reply.action in ("train", "done") else None)
 
     def _request_work(self, worker_id: str, max_leases: int, request_id: str) -> WorkReply:
         self._seen(worker_id)
@@ -380,6 +384,34 @@ class CoordinatorService:
         changes are written or lost: for callers that wait without a thread.
         Returns the function that stops it."""
         return self._commit.on_settled(listener)
+
+    def on_work(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` (from any thread, maybe with the lock held; it
+        must not block) whenever leases may have become grantable, the search
+        may have ended, or the service started draining: for RequestWork
+        calls held until there is work (`work_ready` says how many).
+        Returns the function that stops it."""
+        with self._lock:
+            self._work_listeners += (listener,)
+
+        def stop() -> None:
+            with self._lock:
+                self._work_listeners = tuple(x for x in self._work_listeners if x != listener)
+
+        return stop
+
+    def work_ready(self) -> int | None:
+        """How many leases could be granted now (the queued segments), or
+        None when every held request should be answered now: the search has
+        ended or the service is draining."""
+        with self._lock:
+            if self._state.terminal or self._draining:
+                return None
+            return self._dispatch.queued_count(self._state)
+
+    def _ring_work(self) -> None:
+        for listener in self._work_listeners:
+            listener()
 
     def _report(self, report: SegmentReport) -> ReportAck:
         self._seen(report.worker_id)

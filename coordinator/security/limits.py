@@ -6,6 +6,7 @@ threads. The bounds, and where each is enforced:
 
     request size        4 MiB        grpc.max_receive_message_length (server)
     concurrent RPCs     4096         grpc.aio.server(maximum_concurrent_rpcs=...)
+    held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
     WatchStatus streams 16           `RequestGuard` (each waits on an executor thread)
     undecodable bytes   refused      `RequestGuard` -> INVALID_ARGUMENT
     report payload      see validation.py (epochs, metric names, strings)
@@ -31,6 +32,9 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Beyond this many calls in flight (running or waiting for a write) grpc
 # refuses new ones with RESOURCE_EXHAUSTED; clients retry those briefly.
 DEFAULT_MAX_CONCURRENT_RPCS = 4096
+# RequestWork calls held for work (long polls) at once; the rest of the
+# concurrent-call limit stays free for heartbeats, reports and status.
+DEFAULT_MAX_HELD_CALLS = 3072
 # WatchStatus streams open at once: each waits for the next change on a
 # thread of the event loop's default executor.
 DEFAULT_MAX_STREAMS = 16

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 10.0
+# A held RequestWork (long poll) looks at its `cancel` event this often.
+CANCEL_CHECK_S = 0.2
 DEFAULT_UNAVAILABLE_WAIT_S = 300.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -129,12 +133,36 @@ class CoordinatorClient:
 
     # ------------------------------------------------------------ protocol
 
-    def request_work(self, worker_id: str, max_leases: int = 1) -> WorkReply:
-        """Leases (action "train"), "wait" (see retry_after_s) or "done"."""
+    def request_work(
+        self,
+        worker_id: str,
+        max_leases: int = 1,
+        *,
+        wait_s: float = 0.0,
+        cancel: threading.Event | None = None,
+    ) -> WorkReply:
+        """Leases (action "train"), "wait" (see retry_after_s) or "done".
+
+        `wait_s` > 0 is a long poll: with nothing to do now, the coordinator
+        may hold the call that long and answer as soon as there is work (the
+        deadline grows by `wait_s`; a coordinator that predates long polls
+        answers WAIT at once). Setting `cancel` ends the wait early; the
+        request is then asked again without waiting, so that a lease granted
+        meanwhile comes back to the caller instead of being lost.
+        """
         # One id for all retries of this request: the server replays its answer.
         request = pb.RequestWorkRequest(
-            worker_id=worker_id, max_leases=max_leases, request_id=uuid.uuid4().hex
+            worker_id=worker_id,
+            max_leases=max_leases,
+            request_id=uuid.uuid4().hex,
+            wait_s=wait_s,
         )
+        if wait_s > 0 and math.isfinite(wait_s):  # others: the server names the problem
+            timeout_s = self.timeout_s + wait_s
+            held = self._retrying(lambda: self._held_call(request, timeout_s, cancel))
+            if held is not None:
+                return convert.work_from_proto(held)
+            request.wait_s = 0.0
         return convert.work_from_proto(self._call(self._stub.RequestWork, request))
 
     def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
@@ -184,11 +212,30 @@ class CoordinatorClient:
     # ------------------------------------------------------------ plumbing
 
     def _call(self, method: Callable[..., T], request: Any) -> T:
+        return self._retrying(
+            lambda: method(request, timeout=self.timeout_s, metadata=self._metadata)
+        )
+
+    def _held_call(
+        self, request: pb.RequestWorkRequest, timeout_s: float, cancel: threading.Event | None
+    ) -> pb.RequestWorkResponse | None:
+        """A long-poll RequestWork; None if `cancel` was set before its answer."""
+        call = self._stub.RequestWork.future(request, timeout=timeout_s, metadata=self._metadata)
+        if cancel is None:
+            return call.result()
+        answered = threading.Event()
+        call.add_done_callback(lambda _: answered.set())
+        while not answered.wait(CANCEL_CHECK_S):
+            if cancel.is_set() and call.cancel():
+                return None
+        return call.result()
+
+    def _retrying(self, send: Callable[[], T]) -> T:
         start = time.monotonic()
         delay = 0.2
         while True:
             try:
-                return method(request, timeout=self.timeout_s, metadata=self._metadata)
+                return send()
             except grpc.RpcError as err:
                 waited = time.monotonic() - start
                 if self._tls_failure(err):

@@ -158,6 +158,7 @@ def work_to_proto(r: WorkReply) -> pb.RequestWorkResponse:
         leases=[lease_to_proto(g) for g in r.leases],
         retry_after_s=r.retry_after_s,
         search_state=_SEARCH_STATES[r.search_state],
+        held_s=r.held_s,
     )
 
 
@@ -167,6 +168,7 @@ def work_from_proto(m: pb.RequestWorkResponse) -> WorkReply:
         leases=tuple(lease_from_proto(x) for x in m.leases),
         retry_after_s=m.retry_after_s,
         search_state=_lookup(_invert(_SEARCH_STATES), m.search_state, "search state"),
+        held_s=m.held_s,
     )
 
 

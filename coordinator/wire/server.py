@@ -34,11 +34,13 @@ from autolfads.coordinator.security.exposure import ServerSecurity
 from autolfads.coordinator.security.interceptors import LoggingInterceptor, RpcMetrics
 from autolfads.coordinator.security.limits import (
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_HELD_CALLS,
     DEFAULT_MAX_STREAMS,
     RequestGuard,
     server_options,
 )
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
+from autolfads.coordinator.wire.held_calls import HeldCalls
 from autolfads.coordinator.wire.servicer import CoordinatorServicer
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
@@ -79,6 +81,7 @@ class CoordinatorServer:
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.bridge: CommitBridge | None = None
+        self.held: HeldCalls | None = None
         self._stop_lock = threading.Lock()
         self._stopped = False
 
@@ -106,6 +109,8 @@ class CoordinatorServer:
                     self.run(self.server.stop(grace))
                 self.run(self.loop.shutdown_default_executor())
             finally:  # whatever failed above, no thread is left behind
+                if self.held is not None:
+                    self.held.close()
                 if self.bridge is not None:
                     self.bridge.close()
                 self.loop.call_soon_threadsafe(self.loop.stop)
@@ -122,6 +127,7 @@ def create_server(
     max_streams: int = DEFAULT_MAX_STREAMS,
     security: ServerSecurity | None = None,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    max_held_calls: int = DEFAULT_MAX_HELD_CALLS,
 ) -> tuple[CoordinatorServer, int]:
     """Build, bind and start the server; return it and the bound port.
 
@@ -137,7 +143,14 @@ def create_server(
     chain.append(RequestGuard(max_streams=max_streams))
     credentials = None if security.tls is None else security.tls.credentials()
     holder = CoordinatorServer(max_streams)
-    start = _start(holder, addr, service, [*chain, *interceptors], max_concurrent_rpcs, credentials)
+    start = _start(
+        holder,
+        addr,
+        service,
+        [*chain, *interceptors],
+        (max_concurrent_rpcs, max_held_calls),
+        credentials,
+    )
     try:
         port = holder.run(start)
     except BaseException:
@@ -151,17 +164,21 @@ async def _start(
     addr: str,
     service: CoordinatorService,
     interceptors: list[grpc.aio.ServerInterceptor],
-    max_concurrent_rpcs: int,
+    limits: tuple[int, int],
     credentials: grpc.ServerCredentials | None,
 ) -> int:
+    max_concurrent_rpcs, max_held_calls = limits
     server = grpc.aio.server(
         interceptors=interceptors,
         options=server_options(),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     holder.server = server
-    holder.bridge = CommitBridge(service, asyncio.get_running_loop())
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service, holder.bridge), server)
+    loop = asyncio.get_running_loop()
+    holder.bridge = CommitBridge(service, loop)
+    holder.held = HeldCalls(service, loop, max_held_calls)
+    servicer = CoordinatorServicer(service, holder.bridge, holder.held)
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     holder.health = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(holder.health, server)
     for name in ("", SERVICE_NAME):

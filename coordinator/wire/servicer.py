@@ -10,14 +10,18 @@ the service lock, so they run right there: under load, handing each call to
 a pool thread and passing the GIL among the pool's threads cost more than
 the calls. A change is answered once a journal entry covering it is
 written, which the call awaits (`CommitBridge`) instead of holding a
-thread. Only calls that may block for long (WatchStatus's wait for the next
-change, CancelSearch's flush) run on the loop's executor.
+thread. A RequestWork that asks to wait (`wait_s`, a long poll) and finds
+nothing to do is held on the loop until there is (`HeldCalls`). Only calls
+that may block for long (WatchStatus's wait for the next change,
+CancelSearch's flush) run on the loop's executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -26,6 +30,7 @@ import grpc
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.wire import convert
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
+from autolfads.coordinator.wire.held_calls import HeldCalls, hold_budget
 from autolfads.coordinator.wire.status_codes import ERROR_KIND_KEY, to_status
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
@@ -48,10 +53,15 @@ async def _abort(context: Any, err: Exception) -> NoReturn:
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(
-        self, service: CoordinatorService, bridge: CommitBridge, watch_poll_s: float = WATCH_POLL_S
+        self,
+        service: CoordinatorService,
+        bridge: CommitBridge,
+        held: HeldCalls,
+        watch_poll_s: float = WATCH_POLL_S,
     ) -> None:
         self._service = service
         self._bridge = bridge
+        self._held = held
         self._watch_poll_s = watch_poll_s
         self._members = convert.MemberProtos()
 
@@ -59,11 +69,26 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.RequestWorkRequest, context: Any
     ) -> pb.RequestWorkResponse:
         try:
-            reply, ticket = self._service.request_work_staged(
-                request.worker_id, request.max_leases, request.request_id
-            )
+            budget = hold_budget(request.wait_s, context.time_remaining())
+            start = time.monotonic()
+            held_s = 0.0
+            while True:
+                reply, ticket = self._service.request_work_staged(
+                    request.worker_id, request.max_leases, request.request_id
+                )
+                left = start + budget - time.monotonic()
+                if reply.action != "wait" or left <= 0 or self._held.full:
+                    break
+                if self._service.draining:  # stopping: hold nobody
+                    break
+                # No await between the check above and joining the waiters.
+                since = time.monotonic()
+                await self._held.hold(left)
+                held_s += time.monotonic() - since
             if ticket is not None:
                 await self._bridge.written(ticket)
+            if held_s:
+                reply = dataclasses.replace(reply, held_s=held_s)
             return convert.work_to_proto(reply)
         except Exception as err:  # mapped to a status code; nothing escapes raw
             await _abort(context, err)

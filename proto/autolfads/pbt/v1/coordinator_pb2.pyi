@@ -24,17 +24,19 @@ SEARCH_STATE_CANCELLED: SearchState
 SEARCH_STATE_FAILED: SearchState
 
 class RequestWorkRequest(_message.Message):
-    __slots__ = ("worker_id", "max_leases", "request_id")
+    __slots__ = ("worker_id", "max_leases", "request_id", "wait_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_LEASES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     max_leases: int
     request_id: str
-    def __init__(self, worker_id: _Optional[str] = ..., max_leases: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., max_leases: _Optional[int] = ..., request_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class RequestWorkResponse(_message.Message):
-    __slots__ = ("action", "leases", "retry_after_s", "search_state")
+    __slots__ = ("action", "leases", "retry_after_s", "search_state", "held_s")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACTION_UNSPECIFIED: _ClassVar[RequestWorkResponse.Action]
@@ -49,11 +51,13 @@ class RequestWorkResponse(_message.Message):
     LEASES_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     SEARCH_STATE_FIELD_NUMBER: _ClassVar[int]
+    HELD_S_FIELD_NUMBER: _ClassVar[int]
     action: RequestWorkResponse.Action
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     retry_after_s: float
     search_state: SearchState
-    def __init__(self, action: _Optional[_Union[RequestWorkResponse.Action, str]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., search_state: _Optional[_Union[SearchState, str]] = ...) -> None: ...
+    held_s: float
+    def __init__(self, action: _Optional[_Union[RequestWorkResponse.Action, str]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., search_state: _Optional[_Union[SearchState, str]] = ..., held_s: _Optional[float] = ...) -> None: ...
 
 class CheckpointRef(_message.Message):
     __slots__ = ("key", "sha256", "member", "generation")
