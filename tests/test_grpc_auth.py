@@ -109,8 +109,8 @@ def test_refusals_are_logged_once_without_the_token(served, local_store, caplog)
         with client(target, TOKENS.worker) as c, pytest.raises(PermissionDenied, match="operator"):
             c.cancel("a worker tries")
     assert persisted(local_store) == before
-    assert metrics.count("RequestWork", "UNAUTHENTICATED") == 20
-    assert metrics.count("CancelSearch", "PERMISSION_DENIED") == 1
+    assert metrics.wait_for("RequestWork", "UNAUTHENTICATED", 20, timeout_s=30) == 20
+    assert metrics.wait_for("CancelSearch", "PERMISSION_DENIED", 1, timeout_s=30) == 1
     text = caplog.text
     assert "refused /autolfads.pbt.v1.Coordinator/RequestWork from ipv4:127.0.0.1" in text
     assert BOGUS not in text and TOKENS.worker not in text

@@ -29,9 +29,11 @@ answering made every trainer of the next generation wait. One leader at a
 time writes them (the others hand theirs over), newest render per key, so a
 document never goes back to an older version; a few at a time, giving way
 whenever a change waits to be written (the next leader, or the server's
-tick, carries on). A batch that ends the search writes every pending view
-before its entry (readers of a finished run find them complete), and a
-resumed search rewrites all of them (a crash may have lost some).
+tick, carries on). The batch that ends the search is no exception: its
+callers (the last reports, and every worker told DONE) do not wait for
+1024 histories; its leader writes every pending view right after answering
+them (`flush_views`, as a stopping coordinator's drain does), and a resumed
+search rewrites all of them (a crash may have lost some).
 
 If a write fails, the state is rebuilt from the image of the last finished
 write and every change not covered by it is lost: its caller gets an error
@@ -60,6 +62,9 @@ log = logging.getLogger(__name__)
 # generation of 1024 members rewrites 1024 history files; local writes
 # fsync, S3 writes are round trips, so they overlap well).
 WRITE_THREADS = 8
+# A stopping coordinator tries its pending views this many times (a failed
+# one is logged; a resumed search rewrites every history).
+FLUSH_ATTEMPTS = 3
 
 
 @dataclass
@@ -111,10 +116,7 @@ class _Batch:
     docs: list[tuple[str, bytes]]
     deletes: list[str]
     views: dict[str, bytes]  # written after the callers are answered
-    # The search's last batch: pending views (`carried`) and its own are in
-    # `docs`, written before the entry once no view writer is running.
-    flush_views: bool
-    carried: dict[str, bytes]
+    ends_search: bool  # then every pending view follows at once (`flush_views`)
 
 
 class GroupCommit:
@@ -217,14 +219,25 @@ class GroupCommit:
                 snapshot = self._snapshot_job() if error is None else None
             if snapshot is not None:
                 self._write_snapshot(snapshot)
-            self._write_views()
+            if batch.ends_search and error is None:
+                self.flush_views()  # its callers are answered; readers come next
+            else:
+                self._write_views()
         if ticket.error is not None:
             raise ticket.error
 
     def flush_views(self) -> None:
-        """Return once every view rendered so far is written (or failed and
-        logged); for a graceful stop. Call without holding the lock."""
-        self._write_views(yield_to_changes=False, wait=True)
+        """Return once every view rendered so far is written (or has failed
+        `FLUSH_ATTEMPTS` times, logged); for a graceful stop, after which a
+        run's histories must be complete. Call without holding the lock."""
+        for _ in range(FLUSH_ATTEMPTS):
+            self._write_views(yield_to_changes=False, wait=True)
+            with self._cond:
+                if not self._views:
+                    return
+        log.error(
+            "%d member histories not written; a resumed search rewrites them", len(self._views)
+        )
 
     def write_views(self) -> None:
         """Write views left pending while changes came first: one round
@@ -242,14 +255,8 @@ class GroupCommit:
         deletes = list(self.outbox.deletes)
         state = self._current()
         journal = self.writer.take(state, self._encoded, deletes)
-        flush = state.terminal
-        carried: dict[str, bytes] = {}
-        if flush:  # every view before the entry that ends the search
-            carried, self._views = self._views, {}
-            docs += list({**carried, **views}.items())
-            views = {}
         batch = _Batch(
-            self._pending[-1].revision, journal, docs + journal.docs, deletes, views, flush, carried
+            self._pending[-1].revision, journal, docs + journal.docs, deletes, views, state.terminal
         )
         self.outbox.clear()
         self._writing = True
@@ -258,10 +265,6 @@ class GroupCommit:
         return batch
 
     def _write(self, batch: _Batch) -> BaseException | None:
-        if batch.flush_views:  # a view writer's older renders must land first
-            with self._cond:
-                while self._viewing:
-                    self._cond.wait()
         try:
             _put_all(self.store, batch.docs)
             self.store.put_bytes(
@@ -279,11 +282,6 @@ class GroupCommit:
             self._entry_bytes += len(batch.journal.entry)
             self._persisted = batch.journal.image
             self._views.update(batch.views)
-            if batch.flush_views:
-                # It wrote the newest render of these; an older one a view
-                # writer failed to write and handed back must not follow it.
-                written = {key for key, _ in batch.docs}
-                self._views = {k: v for k, v in self._views.items() if k not in written}
             for t in self._pending:
                 if t.revision <= batch.revision:
                     t.done = True
@@ -292,7 +290,6 @@ class GroupCommit:
             log.error("coordinator state not saved, changes rolled back: %s", error)
             self.outbox.clear()
             # Views of written states stay due; the failed batch's own are not.
-            self._views = {**batch.carried, **self._views}
             if self._persisted is not None:
                 self._persisted = self._rebuild(self._persisted)
                 self._encoded = self._persisted

@@ -28,7 +28,7 @@ class RpcMetrics:
     """Calls per (method, status code) and total handler seconds per method."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.calls: Counter[tuple[str, str]] = Counter()
         self.seconds: dict[str, float] = {}
 
@@ -36,9 +36,18 @@ class RpcMetrics:
         with self._lock:
             self.calls[(method, code)] += 1
             self.seconds[method] = self.seconds.get(method, 0.0) + seconds
+            self._lock.notify_all()
 
     def count(self, method: str, code: str = "OK") -> int:
         with self._lock:
+            return self.calls[(method, code)]
+
+    def wait_for(self, method: str, code: str, count: int, timeout_s: float) -> int:
+        """The count of (`method`, `code`) once it reaches `count` (or after
+        `timeout_s`). A refused call's status can reach its client before
+        the call is counted here: gRPC sends an abort's status first."""
+        with self._lock:
+            self._lock.wait_for(lambda: self.calls[(method, code)] >= count, timeout_s)
             return self.calls[(method, code)]
 
 
