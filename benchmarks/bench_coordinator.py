@@ -65,6 +65,8 @@ class Recorder:
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     started: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: Counter[str] = field(default_factory=Counter)
+    # When each failed call was sent (monotonic), by "method:code"
+    failed_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     replies: Counter[str] = field(default_factory=Counter)
     # --timeline: (key, method, monotonic send time, latency) of tagged calls
     sent: list[tuple[str, str, float, float]] | None = None
@@ -85,6 +87,7 @@ class Recorder:
             return reply
         except grpc.aio.AioRpcError as err:
             self.errors[f"{method}:{err.code().name}"] += 1
+            self.failed_at[f"{method}:{err.code().name}"].append(sent_at)
             return None
         finally:
             held = getattr(reply, "held_s", 0.0)
@@ -365,6 +368,11 @@ def main() -> None:
         "held_calls": len(rec.held),
         "held_s_p50": round(float(np.percentile(rec.held, 50)), 3) if rec.held else 0.0,
         "errors": dict(rec.errors),
+        # When the failed calls were sent: first and last, s from the start
+        "errors_sent_s": {
+            key: [round(min(ts) - marks[0][0], 2), round(max(ts) - marks[0][0], 2)]
+            for key, ts in rec.failed_at.items()
+        },
         "rpc": summarise(rec, elapsed),
     }
     if args.timeline:

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,9 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def uv() -> str:
-    found = shutil.which("uv")
+    # Installed beside the interpreter running the tests (a virtual
+    # environment's python may be run without its bin/ on PATH).
+    found = shutil.which("uv", path=sysconfig.get_path("scripts")) or shutil.which("uv")
     assert found, "uv is in the dev extra: run ./scripts/test.sh"
     return found
 

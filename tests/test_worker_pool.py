@@ -113,6 +113,16 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def environ_of(pid: int) -> list[bytes]:
+    """A live process's environment. While it is in the middle of exec, the
+    kernel shows an empty one for an instant: read again until it is not."""
+    deadline = time.monotonic() + 60
+    while not (environ := Path(f"/proc/{pid}/environ").read_bytes()):
+        assert time.monotonic() < deadline and not gone(pid)
+        time.sleep(0.01)
+    return environ.split(b"\0")
+
+
 def gone(pid: int) -> bool:
     """No such process, or a zombie (dead, not yet reaped by its parent)."""
     try:
@@ -149,7 +159,6 @@ def test_a_dead_template_loses_no_trainer_and_starts_no_duplicate(tmp_path: Path
     try:
         (new_pid,) = later.pids().values()
         assert new_pid is not None and parent_of(new_pid) == os.getpid()
-        environ = Path(f"/proc/{new_pid}/environ").read_bytes().split(b"\0")
-        assert b"POOL_TEST_MARK=given" in environ
+        assert b"POOL_TEST_MARK=given" in environ_of(new_pid)
     finally:
         later.stop(timeout_s=120)

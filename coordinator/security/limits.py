@@ -7,6 +7,8 @@ threads. The bounds, and where each is enforced:
     request size        4 MiB        grpc.max_receive_message_length (server)
     concurrent RPCs     4096         grpc.aio.server(maximum_concurrent_rpcs=...)
     held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
+    calls not accepted  4096 a       grpc.server.max_pending_requests (past it
+                        method       gRPC core drops calls at random, all at 8192)
     WatchStatus streams 16           `RequestGuard` (each waits on an executor thread)
     undecodable bytes   refused      `RequestGuard` -> INVALID_ARGUMENT
     report payload      see validation.py (epochs, metric names, strings)
@@ -14,8 +16,8 @@ threads. The bounds, and where each is enforced:
     population          1024         RunConfig (pbt.population)
 
 Everything over a bound is refused with RESOURCE_EXHAUSTED or
-INVALID_ARGUMENT before the service looks at the request, so it changes
-nothing.
+INVALID_ARGUMENT (CANCELLED for calls gRPC's core drops) before the service
+looks at the request, so it changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ DEFAULT_MAX_CONCURRENT_RPCS = 4096
 # RequestWork calls held for work (long polls) at once; the rest of the
 # concurrent-call limit stays free for heartbeats, reports and status.
 DEFAULT_MAX_HELD_CALLS = 3072
+# Calls of one method that gRPC's core holds until the server accepts them
+# (grpc.aio accepts one call per method per turn of its loop). Past the soft
+# limit core fails new calls with CANCELLED at random, more of them as the
+# queue grows, and all of them at the hard limit. Core's defaults, 1000 and
+# 3000, made a fleet of 2,000 trainers that asks for work at the same instant
+# lose 80-150 of those calls; a fleet sends about one call per trainer at a
+# time, so the limits are sized to the concurrent-call bound.
+MAX_PENDING_CALLS = 4096
+MAX_PENDING_CALLS_HARD = 8192
 # WatchStatus streams open at once: each waits for the next change on a
 # thread of the event loop's default executor.
 DEFAULT_MAX_STREAMS = 16
@@ -47,6 +58,8 @@ def server_options() -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ("grpc.max_send_message_length", MAX_REPLY_BYTES),
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
     ]
 
 
