@@ -274,3 +274,49 @@ def test_a_burst_of_calls_waiting_to_be_accepted_is_not_dropped(local_store):
         blocker.join(60)
         server.stop(0)
     assert codes == {grpc.StatusCode.NOT_FOUND: 2900}  # each one answered
+
+
+class DropCalls(grpc.aio.ServerInterceptor):
+    """Ends the first `count` calls of `method` with CANCELLED: before the
+    handler, as gRPC's core drops calls it has not accepted, or after it (the
+    answer is lost on the way, e.g. by a proxy)."""
+
+    def __init__(self, method: str, count: int, after_handler: bool) -> None:
+        self.method, self.left, self.after_handler = method, count, after_handler
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if not details.method.endswith("/" + self.method) or self.left == 0:
+            return handler
+        self.left -= 1
+
+        async def drop(request, context):
+            if self.after_handler:
+                await handler.unary_unary(request, context)
+            await context.abort(grpc.StatusCode.CANCELLED, "dropped")
+
+        return grpc.unary_unary_rpc_method_handler(
+            drop,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@pytest.mark.parametrize("after_handler", [False, True])
+@pytest.mark.parametrize("wait_s", [0.0, 5.0])
+def test_a_dropped_call_is_retried_and_grants_once(local_store, wait_s, after_handler):
+    # Six drops: more than the channel's five quick attempts, so the
+    # client's own retry loop takes over.
+    service = open_service(local_store)
+    drops = DropCalls("RequestWork", 6, after_handler)
+    server, port = create_server("127.0.0.1:0", service, interceptors=[drops])
+    try:
+        target = f"127.0.0.1:{port}"
+        with CoordinatorClient(target, timeout_s=10, sleep=lambda s: None) as client:
+            reply = client.request_work("w0", 1, wait_s=wait_s)
+    finally:
+        server.stop(0)
+    assert drops.left == 0 and reply.action == "train"
+    (lease,) = reply.leases
+    leases = service.snapshot().leases
+    assert list(leases) == [lease.lease_id] and leases[lease.lease_id].worker_id == "w0"

@@ -6,9 +6,11 @@
 
 Every call has a deadline. Every RPC of the protocol is idempotent
 (RequestWork through its request_id), so every call is retried on
-UNAVAILABLE: quickly by the channel's retry policy, then by a slower loop
-with backoff until `unavailable_wait_s` has passed in total, which rides out
-a coordinator restart. After that `CoordinatorUnavailable` is raised. Other
+UNAVAILABLE, and on a CANCELLED that this client did not cause (gRPC drops
+calls a server has not accepted yet when too many wait, or have waited too
+long): quickly by the channel's retry policy, then by a slower loop with
+backoff until `unavailable_wait_s` has passed in total, which rides out a
+coordinator restart. After that `CoordinatorUnavailable` is raised. Other
 failures come back as the domain exceptions of `coordinator.errors`.
 
 Security (`ClientSecurity`): the bearer token goes with every call as
@@ -56,7 +58,11 @@ DEFAULT_TIMEOUT_S = 10.0
 # A held RequestWork (long poll) looks at its `cancel` event this often.
 CANCEL_CHECK_S = 0.2
 DEFAULT_UNAVAILABLE_WAIT_S = 300.0
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,  # never our own: a cancelled long poll returns None
+)
 
 # Fast, transparent retries inside one call (gRPC caps maxAttempts at 5).
 SERVICE_CONFIG = {
@@ -68,8 +74,9 @@ SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                # RESOURCE_EXHAUSTED: the server's concurrent-RPC cap (a burst).
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                # RESOURCE_EXHAUSTED: the server's concurrent-RPC cap (a burst);
+                # CANCELLED: a call dropped before the server accepted it.
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"],
             },
         }
     ]
@@ -108,6 +115,7 @@ class CoordinatorClient:
         self.target = target
         self.timeout_s = timeout_s
         self.unavailable_wait_s = unavailable_wait_s
+        self._closed = False
         self._sleep = sleep
         self._metadata = bearer_metadata(security.token) if security.token else None
         self._tls = security.tls is not None
@@ -129,6 +137,7 @@ class CoordinatorClient:
         self.close()
 
     def close(self) -> None:
+        self._closed = True  # calls it cancels are not retried
         self._channel.close()
 
     # ------------------------------------------------------------ protocol
@@ -240,6 +249,8 @@ class CoordinatorClient:
                 waited = time.monotonic() - start
                 if self._tls_failure(err):
                     raise self._failure(err) from None
+                if self._closed:
+                    raise from_rpc_error(err, self.target) from None
                 if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s:
                     failure = from_rpc_error(err, self.target)
                     if err.code() in _RETRYABLE:
