@@ -64,7 +64,6 @@ class Recorder:
 
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     started: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    errors: Counter[str] = field(default_factory=Counter)
     # When each failed call was sent (monotonic), by "method:code"
     failed_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     replies: Counter[str] = field(default_factory=Counter)
@@ -77,6 +76,10 @@ class Recorder:
     opened: dict[int, float] = field(default_factory=dict)
     first_done: float | None = None
 
+    @property
+    def errors(self) -> dict[str, int]:
+        return {key: len(sent) for key, sent in self.failed_at.items()}
+
     async def call(self, method: str, rpc, request, timeout_s: float, key: str = ""):
         tagged = bool(key) and self.sent is not None
         metadata = ((timeline.KEY, key),) if tagged else None
@@ -86,7 +89,6 @@ class Recorder:
             reply = await rpc(request, timeout=timeout_s, metadata=metadata)
             return reply
         except grpc.aio.AioRpcError as err:
-            self.errors[f"{method}:{err.code().name}"] += 1
             self.failed_at[f"{method}:{err.code().name}"].append(sent_at)
             return None
         finally:

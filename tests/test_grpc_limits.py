@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
@@ -16,7 +17,7 @@ import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state
 
 from autolfads.config import parse_config
-from autolfads.coordinator.search.errors import InvalidRequest, Overloaded
+from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest, Overloaded
 from autolfads.coordinator.search.service import MAX_TRACKED_WORKERS, CoordinatorService
 from autolfads.coordinator.search.state import SearchState
 from autolfads.coordinator.search.validation import MAX_EPOCH_METRICS
@@ -320,3 +321,34 @@ def test_a_dropped_call_is_retried_and_grants_once(local_store, wait_s, after_ha
     (lease,) = reply.leases
     leases = service.snapshot().leases
     assert list(leases) == [lease.lease_id] and leases[lease.lease_id].worker_id == "w0"
+
+
+class ParkStatus(grpc.aio.ServerInterceptor):
+    """GetStatus never answers (until the server stops): a call in flight."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+
+    async def intercept_service(self, continuation, details):
+        if details.method.endswith("/GetStatus"):
+            self.entered.set()
+            await asyncio.get_running_loop().create_future()
+        return await continuation(details)
+
+
+def test_closing_a_client_ends_its_call_in_flight_without_a_retry(local_store):
+    # Closing cancels the call (CANCELLED), which is retryable when the
+    # server drops a call; here it must end the call instead.
+    park = ParkStatus()
+    server, port = create_server("127.0.0.1:0", open_service(local_store), interceptors=[park])
+    client = CoordinatorClient(f"127.0.0.1:{port}", timeout_s=60, unavailable_wait_s=600)
+    pool = ThreadPoolExecutor(1)
+    try:
+        status = pool.submit(client.status)
+        assert park.entered.wait(30)
+        client.close()
+        with pytest.raises(CoordinatorError, match="Channel closed"):
+            status.result(timeout=30)
+    finally:
+        server.stop(0)
+        pool.shutdown()

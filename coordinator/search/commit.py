@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 # generation of 1024 members rewrites 1024 history files; local writes
 # fsync, S3 writes are round trips, so they overlap well).
 WRITE_THREADS = 8
-# A stopping coordinator tries its pending views this many times (a failed
-# one is logged; a resumed search rewrites every history).
+# After the search's last write, and when the coordinator stops, pending
+# views are tried this many times (then logged; a resumed search rewrites
+# every history).
 FLUSH_ATTEMPTS = 3
 
 

@@ -72,16 +72,15 @@ class HeldCalls:
         held calls cannot use up the server's concurrent-call limit."""
         return len(self._waiting) >= self.max_held
 
-    async def hold(self, timeout_s: float) -> bool:
-        """Wait until woken (True) or `timeout_s` passes (False). Call it in
-        the same loop step as the check that found no work."""
+    async def hold(self, timeout_s: float) -> None:
+        """Wait until woken or `timeout_s` passes (the caller asks again
+        either way). Call it in the same loop step as the check that found
+        no work."""
         future = self._loop.create_future()
         self._waiting[future] = None
         try:
-            await asyncio.wait_for(future, timeout_s)
-            return True
-        except TimeoutError:
-            return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout_s)
         finally:  # woken, timed out, or the call was cancelled
             self._waiting.pop(future, None)
 

@@ -77,9 +77,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     request.worker_id, request.max_leases, request.request_id
                 )
                 left = start + budget - time.monotonic()
-                if reply.action != "wait" or left <= 0 or self._held.full:
-                    break
-                if self._service.draining:  # stopping: hold nobody
+                # Stopping (draining): hold nobody.
+                if reply.action != "wait" or left <= 0 or self._held.full or self._service.draining:
                     break
                 # No await between the check above and joining the waiters.
                 since = time.monotonic()
