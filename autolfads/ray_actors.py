@@ -148,8 +148,10 @@ class CoordinatorActor:
         lease_timeout_s: float,
     ) -> None:
         from autolfads.coordinator.search.staging import load_run
+        from autolfads.coordinator.wire.collector import settle_collector
         from autolfads.storage import RunLayout
 
+        settle_collector()  # this actor's process serves the search and nothing else
         _configure_logging(spec.env)
         store = spec.open_store(storage_url)
         cfg, _, _ = load_run(store, run)

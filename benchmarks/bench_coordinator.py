@@ -17,6 +17,9 @@ as the `autolfads` package) against the same load, for interleaved
 before/after runs. `--timeline` serves the coordinator through
 `timeline_coordinator.py` instead, and reports how long each call waited
 before its handler ran (and the load generator's own loop lag).
+`--floor` serves the same load from `floor_coordinator.py` instead: the
+protocol with no storage and no PBT, i.e. what the gRPC runtime and the
+load generator alone cost on this machine.
 
     python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
 
@@ -128,6 +131,7 @@ def start_coordinator(
     log_path: Path,
     pythonpath: str | None = None,
     arrivals: Path | None = None,
+    floor: bool = False,
 ) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
@@ -144,6 +148,10 @@ def start_coordinator(
     if arrivals is not None:  # the same coordinator, noting when calls arrive
         script = Path(timeline.__file__).resolve()
         cmd = [sys.executable, str(script), str(root / "store"), RUN, str(port_file), str(arrivals)]
+    if floor:  # not the coordinator: the least a Python gRPC server can do
+        script = Path(__file__).with_name("floor_coordinator.py")
+        cmd = [sys.executable, str(script), str(cfg.pbt.population), str(cfg.pbt.max_generations)]
+        cmd.append(str(port_file))
     # `pythonpath`: run another version of the coordinator (e.g. an export of
     # an older commit laid out as the `autolfads` package) against this load.
     env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
@@ -296,10 +304,16 @@ def state_size(root: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process so far (Linux /proc)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far."""
+    return sum(cpu_times(pid))
 
 
 def main() -> None:
@@ -326,6 +340,11 @@ def main() -> None:
         type=Path,
         help="also measure each call's wait before its handler; write the details here",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="serve the load from floor_coordinator.py (in memory, no PBT, no storage) instead",
+    )
     p.add_argument("--calls", type=Path, help="also write every call's start and latency (s) here")
     args = p.parse_args()
 
@@ -334,12 +353,14 @@ def main() -> None:
         root = Path(tmp)
         arrivals = root / "arrivals.json" if args.timeline else None
         proc, port = start_coordinator(
-            root, cfg, root / "coordinator.log", args.pythonpath, arrivals
+            root, cfg, root / "coordinator.log", args.pythonpath, arrivals, args.floor
         )
         try:
-            cpu_start = cpu_seconds(proc.pid)
+            user_start, sys_start = cpu_times(proc.pid)
             rec, elapsed, marks = asyncio.run(drive(port, args))
-            cpu_s = cpu_seconds(proc.pid) - cpu_start
+            user_end, sys_end = cpu_times(proc.pid)
+            user_s, sys_s = user_end - user_start, sys_end - sys_start
+            cpu_s = user_s + sys_s
             size = state_size(root)
         finally:
             proc.terminate()
@@ -352,7 +373,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": os.getloadavg(),
-        "coordinator": args.pythonpath or "this checkout",
+        "coordinator": "floor_coordinator.py" if args.floor else args.pythonpath or "this checkout",
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
@@ -361,6 +382,9 @@ def main() -> None:
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
         "state_bytes": size,
         "server_cpu_s": round(cpu_s, 2),
+        # System time: the kernel's share (file writes and fsyncs, sockets,
+        # threads waking each other).
+        "server_cpu_sys_s": round(sys_s, 2),
         # All of the server's CPU (gRPC, interceptors, logic, state writes)
         # divided by the RPCs it answered while the load ran.
         "server_cpu_ms_per_rpc": round(
@@ -378,6 +402,7 @@ def main() -> None:
         "rpc": summarise(rec, elapsed),
     }
     if args.timeline:
+        result["gc_pauses_ms"] = details["gc_pauses_ms"]
         result["before_handler_ms"] = details["before_handler_ms"]
         result["load_generator_loop_lag_p99_ms"] = round(
             float(np.percentile(rec.lags, 99)) * 1e3, 1

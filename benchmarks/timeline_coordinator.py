@@ -7,13 +7,16 @@ when each tagged call reaches the interceptors, i.e. once gRPC has
 accepted it and just before the handler runs. Both sides read
 `time.monotonic()`, the same clock for every process on a Linux machine,
 so "arrival - sent" is the time a call waited in the client, on the wire
-and in the server's gRPC before any of our code saw it.
+and in the server's gRPC before any of our code saw it. It also times every
+garbage collection in the coordinator process (`gc.callbacks`): each one
+stops the event loop, whichever thread runs it.
 
     python benchmarks/timeline_coordinator.py STORE_DIR RUN PORT_FILE ARRIVALS_JSON
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -44,26 +47,49 @@ class ArrivalLog(grpc.aio.ServerInterceptor):
         return await continuation(details)
 
 
+class CollectionLog:
+    """(generation, seconds) of every garbage collection while installed."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+
 def serve_with_arrivals(store_dir: str, run: str, port_file: str, out: str) -> int:
     from autolfads.coordinator.search.service import CoordinatorService
     from autolfads.coordinator.search.staging import load_run
     from autolfads.coordinator.wire.server import serve
     from autolfads.storage import LocalStore
 
+    try:  # as `autolfads coordinator` does; an export of an older commit has none
+        from autolfads.coordinator.wire.collector import settle_collector
+    except ImportError:
+        pass
+    else:
+        settle_collector()
+    collections = CollectionLog()
     store = LocalStore(Path(store_dir))
     cfg, data_key, data_sha = load_run(store, run, None)
     service = CoordinatorService.open_search(cfg, store, data_key, data_sha, lease_timeout_s=600)
     log = ArrivalLog()
     code = serve(service, "127.0.0.1:0", port_file=Path(port_file), interceptors=[log])
-    Path(out).write_text(json.dumps(log.arrivals))
+    Path(out).write_text(json.dumps({"arrivals": log.arrivals, "gc": collections.pauses}))
     return code
 
 
-def join(sent: list[tuple[str, str, float, float]], arrivals: list[tuple[str, float]]) -> dict:
+def join(sent: list[tuple[str, str, float, float]], served: dict[str, Any]) -> dict:
     """Per method: how long calls waited before the handler, against their
-    whole latency (ms); and per 200 ms window of sending, each method's
-    median wait, where some method waited over 100 ms."""
-    arrived = dict(arrivals)
+    whole latency (ms); per 200 ms window of sending, each method's median
+    wait, where some method waited over 100 ms; and the coordinator's
+    garbage collections per generation (count, total and longest ms)."""
+    arrived = dict(served["arrivals"])
     start = min(t for _, _, t, _ in sent)
     waits: dict[str, list[float]] = defaultdict(list)
     totals: dict[str, list[float]] = defaultdict(list)
@@ -79,7 +105,14 @@ def join(sent: list[tuple[str, str, float, float]], arrivals: list[tuple[str, fl
     def pct(values: list[float]) -> dict[str, float]:
         return {p: round(float(np.percentile(values, q)), 1) for p, q in (("p50", 50), ("p99", 99))}
 
+    pauses: dict[int, list[float]] = defaultdict(list)
+    for generation, seconds in served["gc"]:
+        pauses[generation].append(seconds * 1e3)
     return {
+        "gc_pauses_ms": {
+            f"generation {g}": {"count": len(v), "total": round(sum(v)), "max": round(max(v), 1)}
+            for g, v in sorted(pauses.items())
+        },
         "before_handler_ms": {m: pct(v) for m, v in sorted(waits.items())},
         "latency_ms": {m: pct(v) for m, v in sorted(totals.items())},
         "median_wait_by_window_ms": {

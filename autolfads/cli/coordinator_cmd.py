@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
     from autolfads.coordinator.search.service import CoordinatorService
     from autolfads.coordinator.search.staging import load_run
+    from autolfads.coordinator.wire.collector import settle_collector
     from autolfads.coordinator.wire.server import serve
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
+
+    settle_collector()  # imports done; the search state is not frozen
 
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")

@@ -1,0 +1,61 @@
+"""benchmarks/bench_coordinator.py on a tiny search: the load generator runs
+the protocol to its end against the real coordinator and against
+`floor_coordinator.py`, and both answer it the same way. The README's
+comparison of the two rests on that (the figures themselves are not
+measured here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_coordinator.py"
+POPULATION, WORKERS, GENERATIONS, HEARTBEATS = 3, 5, 2, 2
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable, str(SCRIPT), "--population", str(POPULATION),
+        "--workers", str(WORKERS), "--generations", str(GENERATIONS),
+        "--heartbeats", str(HEARTBEATS), "--epoch-s", "0.02", "--channels", "2",
+        "--time-limit", "120", "--json", str(out), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("floor", [False, True], ids=["coordinator", "floor"])
+def test_the_load_runs_the_search_to_its_end(tmp_path: Path, floor: bool) -> None:
+    result = run_bench(tmp_path, *(["--floor"] if floor else []))
+    assert result["coordinator"] == ("floor_coordinator.py" if floor else "this checkout")
+    segments = POPULATION * GENERATIONS
+    assert result["errors"] == {}
+    # Every segment leased once and every worker told DONE once: long polls,
+    # so no WAIT and no other RequestWork.
+    assert result["replies"] == {"TRAIN": segments, "DONE": WORKERS}
+    rpc = result["rpc"]
+    assert rpc["RequestWork"]["calls"] == segments + WORKERS
+    assert rpc["Heartbeat"]["calls"] == segments * HEARTBEATS
+    assert rpc["ReportResult"]["calls"] == segments
+    # Generation 0, generation 1, then the end, in that order.
+    marks = [mark for _, mark in result["generation_marks_s"]]
+    assert marks == ["start", 0, 1, "end"]
+    assert result["server_cpu_s"] >= result["server_cpu_sys_s"] >= 0
+
+
+def test_the_timeline_sees_every_method_arrive(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--timeline", str(tmp_path / "timeline.json"))
+    assert result["errors"] == {}
+    waits = result["before_handler_ms"]
+    assert set(waits) >= {"RequestWork", "Heartbeat", "ReportResult"}
+    assert all(0 <= w["p50"] <= w["p99"] for w in waits.values())
+    # The coordinator's collections, by generation: counts and pauses.
+    for pauses in result["gc_pauses_ms"].values():
+        assert pauses["count"] >= 1 and pauses["max"] <= pauses["total"] + 1
