@@ -151,7 +151,7 @@ class CoordinatorActor:
         from autolfads.coordinator.wire.collector import settle_collector
         from autolfads.storage import RunLayout
 
-        settle_collector()  # this actor's process serves the search and nothing else
+        settle_collector()  # this actor's process hosts the coordinator
         _configure_logging(spec.env)
         store = spec.open_store(storage_url)
         cfg, _, _ = load_run(store, run)

@@ -347,6 +347,11 @@ def main() -> None:
     )
     p.add_argument("--calls", type=Path, help="also write every call's start and latency (s) here")
     args = p.parse_args()
+    if args.floor and (args.timeline or args.pythonpath or args.mode != "sync"):
+        p.error(
+            "--floor serves the sync protocol from this checkout only: "
+            "drop --timeline, --pythonpath and --mode async, or --floor"
+        )
 
     cfg = bench_config(args.population, args.generations, args.mode)
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
@@ -361,7 +366,7 @@ def main() -> None:
             user_end, sys_end = cpu_times(proc.pid)
             user_s, sys_s = user_end - user_start, sys_end - sys_start
             cpu_s = user_s + sys_s
-            size = state_size(root)
+            size = None if args.floor else state_size(root)  # the floor stores nothing
         finally:
             proc.terminate()
             proc.wait(timeout=60)

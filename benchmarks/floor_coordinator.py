@@ -34,14 +34,17 @@ from typing import Any
 import grpc
 
 from autolfads.coordinator.security.limits import server_options
+from autolfads.coordinator.wire.held_calls import MAX_HOLD_S
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
-HPARAMS = {"lr_init": 1e-3}
-MAX_HOLD_S = 60.0
+HPARAMS = {"lr_init": 1e-3}  # what the load generator's fake metric reads
 
 
 class FloorCoordinator(pb_grpc.CoordinatorServicer):
+    """A synchronous search of `population` members and `generations`
+    generations, in memory, on the server's event loop (module doc)."""
+
     def __init__(self, population: int, generations: int) -> None:
         self.members = [f"m{i:04d}" for i in range(population)]
         self.max_generations = generations
@@ -72,9 +75,12 @@ class FloorCoordinator(pb_grpc.CoordinatorServicer):
     def _wake(self, count: int) -> None:
         for future in list(self.held)[:count]:
             del self.held[future]
-            future.set_result(None)
+            if not future.done():  # done: its hold timed out or its call ended
+                future.set_result(None)
 
-    async def RequestWork(self, request: pb.RequestWorkRequest, context: Any) -> Any:
+    async def RequestWork(
+        self, request: pb.RequestWorkRequest, context: Any
+    ) -> pb.RequestWorkResponse:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         held_s = 0.0
@@ -88,7 +94,7 @@ class FloorCoordinator(pb_grpc.CoordinatorServicer):
             since = time.monotonic()
             try:
                 await asyncio.wait_for(future, left)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass
             finally:
                 self.held.pop(future, None)
@@ -98,12 +104,14 @@ class FloorCoordinator(pb_grpc.CoordinatorServicer):
         reply.held_s = held_s
         return reply
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> Any:
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         if request.lease_id not in self.leases:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown lease")
         return pb.HeartbeatResponse(action=pb.HeartbeatResponse.CONTINUE)
 
-    async def ReportResult(self, request: pb.ReportResultRequest, context: Any) -> Any:
+    async def ReportResult(
+        self, request: pb.ReportResultRequest, context: Any
+    ) -> pb.ReportResultResponse:
         if request.lease_id not in self.leases:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown lease")
         self.leases.discard(request.lease_id)
@@ -119,7 +127,7 @@ class FloorCoordinator(pb_grpc.CoordinatorServicer):
                 self._wake(len(self.members))
         return pb.ReportResultResponse(accepted=True)
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> Any:
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.SearchStatus:
         state = pb.SEARCH_STATE_FINISHED if self.finished else pb.SEARCH_STATE_RUNNING
         return pb.SearchStatus(
             state=state, generation=self.generation, population=len(self.members)

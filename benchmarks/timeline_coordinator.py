@@ -55,6 +55,9 @@ class CollectionLog:
         self._start = 0.0
         gc.callbacks.append(self._note)
 
+    def close(self) -> None:
+        gc.callbacks.remove(self._note)
+
     def _note(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._start = time.perf_counter()

@@ -37,7 +37,11 @@ CHILD = textwrap.dedent(
     after.itself = after
     gone_after = weakref.ref(after)
     del after
-    gc.collect()
+    # No gc.collect(): as many new cyclic objects as the young threshold
+    # must set off a collection on their own.
+    for _ in range(YOUNG_THRESHOLD + 1000):
+        node = Node()
+        node.itself = node
     assert gone_after() is None, "a cycle made after the freeze was not collected"
     print("ok", frozen)
     """

@@ -60,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
 
-    settle_collector()  # imports done; the search state is not frozen
-
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
     # Security first: a refused --listen fails before storage is touched.
@@ -70,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.storage, create_bucket=False)  # the run exists
     given = load_config(args.config) if args.config is not None else None
     cfg, data_key, data_sha = load_run(store, args.run, given)
+    # Here, not earlier: a command refused above changes nothing in the
+    # calling process; and the search state loaded below is not frozen.
+    settle_collector()
     service = CoordinatorService.open_search(
         cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
     )

@@ -5,7 +5,9 @@ server        `create_server(addr) -> (server, port)`: a grpc.aio server on
               process main loop (lease ticks, SIGTERM, linger)
 servicer      proto -> domain -> `CoordinatorService` -> proto, on the loop
 commit_bridge changes answered on the loop once written (commit threads)
+held_calls    RequestWork long polls held on the loop until there is work
 convert       protobuf <-> domain messages, both directions
 status_codes  domain errors <-> gRPC status codes, the one table
 client        `CoordinatorClient`: deadlines, retries, domain errors back
+collector     garbage-collector settings of a process that serves a search
 """

@@ -79,7 +79,8 @@ class HeldCalls:
         future = self._loop.create_future()
         self._waiting[future] = None
         try:
-            with contextlib.suppress(TimeoutError):
+            # asyncio's own class: Python 3.10's is not the builtin TimeoutError.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(future, timeout_s)
         finally:  # woken, timed out, or the call was cancelled
             self._waiting.pop(future, None)
