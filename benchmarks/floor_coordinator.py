@@ -140,7 +140,10 @@ async def serve(population: int, generations: int, port_file: Path) -> None:
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    port_file.write_text(str(port))
+    # Whole or absent: the benchmark reads the port as soon as the file exists.
+    tmp = port_file.with_name(port_file.name + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(port_file)
     await server.wait_for_termination()  # SIGTERM from the benchmark
 
 

@@ -60,7 +60,7 @@ def test_the_timeline_sees_every_method_arrive(tmp_path: Path) -> None:
     waits = result["before_handler_ms"]
     assert set(waits) >= {"RequestWork", "Heartbeat", "ReportResult"}
     assert all(0 <= w["p50"] <= w["p99"] for w in waits.values())
-    assert isinstance(result["gc_pauses_ms"], dict)  # none, in a search this small
+    assert isinstance(result["gc_pauses_ms"], dict)  # often empty in a search this small
 
 
 def test_the_timeline_times_each_collection() -> None:

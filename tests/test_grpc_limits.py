@@ -261,7 +261,7 @@ def test_a_burst_of_calls_waiting_to_be_accepted_is_not_dropped(local_store):
     # A fleet that asks at the same instant queues its calls in gRPC's core
     # until the server accepts them. Past core's default backlog (1000 per
     # method) calls were dropped at random with CANCELLED: 80-150 of 2,000
-    # simulated trainers' first RequestWork, about 680 of these 2,900.
+    # simulated trainers' first RequestWork, 600-700 of these 2,900.
     gate = LoopGate()
     server, port = create_server("127.0.0.1:0", open_service(local_store), interceptors=[gate])
     target = f"127.0.0.1:{port}"
