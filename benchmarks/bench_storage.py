@@ -7,6 +7,9 @@ epoch (a few seconds). This times, per backend:
     put_bytes / get_bytes (verified)  of a torch state dict of that size
                                        (random bytes of the same size without torch)
     put_file / get_file (verified)    of a 64 MiB data file (the data-cache path)
+    put_bytes of small objects        2 KiB, each under its own folder, as the
+                                       coordinator's journal entries and member
+                                       histories are: wall and CPU per put
 
 Backends: a local directory (in a temp folder) and S3 on moto's server on
 loopback; or a real MinIO with --s3-url s3://bucket/prefix (endpoint and keys
@@ -110,6 +113,24 @@ def bench_store(name: str, store: Store, blob: bytes, data_file: Path, repeats: 
     return rows
 
 
+def small_puts(store: Store, rounds: int, count: int = 500) -> list[tuple]:
+    """Per put of a 2 KiB object (median of `rounds` rounds of `count`):
+    wall, user CPU and system CPU milliseconds. Local writes are where the
+    coordinator's write path spends its system time."""
+    data = os.urandom(2048)
+    per_round = []
+    for r in range(rounds + 1):  # the first round (folders made) is a warm-up
+        before, start = os.times(), time.perf_counter()
+        for i in range(count):
+            store.put_bytes(f"bench-run/members/m{i:04d}/history.jsonl", data)
+        wall, after = time.perf_counter() - start, os.times()
+        if r:
+            user, system = after.user - before.user, after.system - before.system
+            per_round.append((wall, user, system))
+    ms = [statistics.median(x[i] for x in per_round) / count * 1000 for i in range(3)]
+    return [("put 2 KiB object", *ms)]
+
+
 def start_moto() -> tuple[ThreadedMotoServer, str]:
     from moto.server import ThreadedMotoServer
 
@@ -124,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--s3-url", help="benchmark this S3/MinIO store instead of moto")
+    parser.add_argument("--small-rounds", type=int, default=5, help="rounds of 500 small puts")
     args = parser.parse_args(argv)
 
     blob, label = checkpoint_blob()
@@ -133,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         data_file.write_bytes(os.urandom(64 * MiB))
         local = open_store(str(Path(tmp) / "store"))
         rows += bench_store("local", local, blob, data_file, args.repeats)
+        small = small_puts(local, args.small_rounds)
         if args.s3_url:
             rows += bench_store(
                 "s3 (given)", open_store(args.s3_url), blob, data_file, args.repeats
@@ -157,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for backend, op, median, worst in rows:
         print(f"| {backend} | {op} | {median:.3f} | {worst:.3f} |")
+    print()
+    print("| backend | operation | wall ms | user CPU ms | system CPU ms |")
+    print("|---|---|---|---|---|")
+    for op, wall, user, system in small:
+        print(f"| local | {op} | {wall:.2f} | {user:.2f} | {system:.2f} |")
     return 0
 
 

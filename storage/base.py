@@ -14,12 +14,13 @@ Guarantees every backend keeps (tests/test_storage_contract.py checks them):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -110,21 +111,37 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def temp_path_beside(path: Path) -> Path:
-    """A fresh hidden temp file in the destination's folder, so that
-    `os.replace` onto the destination is an atomic same-filesystem rename."""
-    for attempt in range(3):
-        path.parent.mkdir(parents=True, exist_ok=True)
+def open_temp_beside(path: Path) -> tuple[int, Path]:
+    """Create a fresh hidden temp file in the destination's folder (made if
+    missing), so that `os.replace` onto the destination is an atomic
+    same-filesystem rename. Returns its open descriptor (write-only) and path.
+
+    The folder is made only when the first try finds it missing: most
+    writes go to a folder that exists, and on slow filesystems every
+    system call counts."""
+    # (Python opens every descriptor close-on-exec.)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    for attempt in range(4):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        except FileNotFoundError:
-            # A concurrent delete pruned the (empty) folder between the two calls.
-            if attempt == 2:
-                raise
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:  # a name clash (or a folder named so): try another
             continue
-        os.close(fd)
-        return Path(name)
-    raise AssertionError("unreachable")
+        except FileNotFoundError:
+            # The folder is missing, or a concurrent delete pruned it (empty)
+            # after it was made: make it and try again.
+            if attempt == 3:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+
+
+def temp_path_beside(path: Path) -> Path:
+    """`open_temp_beside` for a caller that opens the file itself."""
+    fd, tmp = open_temp_beside(path)
+    os.close(fd)
+    return tmp
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ callers' atomic renames alone keep data whole.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -22,14 +21,16 @@ except ImportError:  # pragma: no cover
 class FileLock:
     """`with FileLock(path):` exclusive; `FileLock(path, shared=True)` shared."""
 
-    def __init__(self, path: Path, *, shared: bool = False) -> None:
+    def __init__(self, path: Path, *, shared: bool = False, make_folder: bool = False) -> None:
         self.path = path
         self.shared = shared
+        # Exclusive (writer) locks may make their folder, on first use only.
+        self.make_folder = make_folder
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = self._open()
         except OSError:
             if not self.shared:
                 raise
@@ -43,6 +44,17 @@ class FileLock:
                 self._fd = None
                 raise
         return self
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT
+        try:
+            return os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            if not self.make_folder:
+                raise
+        # On a read-only store this fails, as the write would after it.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, flags, 0o644)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -70,10 +82,7 @@ class StripedLocks:
         return self.folder / f"{stripe:02x}.lock"
 
     def exclusive(self, name: str) -> FileLock:
-        # On a read-only store writes fail on their own, at the lock or after.
-        with contextlib.suppress(OSError):
-            self.folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.path_for(name))
+        return FileLock(self.path_for(name), make_folder=True)
 
     def shared(self, name: str) -> FileLock:
         return FileLock(self.path_for(name), shared=True)

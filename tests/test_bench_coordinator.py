@@ -7,10 +7,13 @@ measured here)."""
 from __future__ import annotations
 
 import gc
+import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,20 @@ def test_the_timeline_times_each_collection() -> None:
     assert any(generation == 2 and seconds > 0 for generation, seconds in log.pauses)
     gc.collect()  # after close: not noted
     assert len([g for g, _ in log.pauses if g == 2]) == 1
+
+
+def test_the_loop_thread_is_the_busiest_one_alive_throughout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    bench = importlib.import_module("bench_coordinator")
+    # Threads that started or ended between the readings are left out: their
+    # CPU is in the process's total, but none of them is the loop.
+    before = {1: 1.0, 2: 5.0, 3: 0.0}
+    after = {1: 1.5, 2: 5.2, 4: 9.0}
+    assert bench.busiest_thread_s(before, after) == pytest.approx(0.5)
+    assert bench.busiest_thread_s({}, after) == 0.0
+    # The live reading names this very thread, by its native id.
+    seconds = bench.thread_cpu(os.getpid())
+    assert threading.get_native_id() in seconds
+    assert all(s >= 0 for s in seconds.values())

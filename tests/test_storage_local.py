@@ -3,6 +3,7 @@ the data cache (content-addressed, verified, downloaded once)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -140,6 +141,54 @@ def test_disk_layout_mirrors_the_keys(local_store: LocalStore) -> None:
     local_store.delete(layout.best("report/index.html"))
     assert not (local_store.root / "chaotic-rnn-demo/best").exists()
     assert local_store.root.is_dir()
+
+
+def _files_under(root: Path) -> list[str]:
+    """Every file in the store's key folders, hidden ones included (the
+    lock folder aside)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".autolfads"]
+        found += [(Path(dirpath) / n).relative_to(root).as_posix() for n in filenames]
+    return sorted(found)
+
+
+def test_writes_leave_only_objects_and_their_sidecars(local_store: LocalStore) -> None:
+    # A new folder, an overwrite, and a folder a delete pruned in between.
+    local_store.put_bytes(KEY, b"first")
+    local_store.put_bytes(KEY, b"second")
+    local_store.delete(KEY)
+    local_store.put_bytes(KEY, b"third")
+    local_store.put_bytes("run/best/search.json", b"{}")
+    assert _files_under(local_store.root) == [
+        "run/best/.search.json.meta.json",
+        "run/best/search.json",
+        "run/members/m001/gen-0002/.checkpoint.pt.meta.json",
+        "run/members/m001/gen-0002/checkpoint.pt",
+    ]
+    assert local_store.get_bytes(KEY) == b"third"
+
+
+def test_a_write_that_fails_midway_leaves_the_old_object_and_no_temp_files(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_store.put_bytes(KEY, b"old checkpoint")
+    before = _files_under(local_store.root)
+    real_fsync = os.fsync
+    calls = []
+
+    def disk_full_at_sidecar(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:  # the data temp file is written; its sidecar fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_at_sidecar)
+    with pytest.raises(StorageError, match="no space left on device"):
+        local_store.put_bytes(KEY, b"new checkpoint")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert _files_under(local_store.root) == before
+    assert local_store.get_bytes(KEY) == b"old checkpoint"
 
 
 def test_object_and_folder_cannot_share_a_name(local_store: LocalStore) -> None:
