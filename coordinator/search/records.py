@@ -31,12 +31,12 @@ def _line(value: Any) -> str:
     """One compact line of sorted JSON.
 
     orjson, not json's C encoder: generation records and member histories
-    are rendered under the service lock when a generation closes, and
-    json spent most of that time formatting floats (1,024 members: 25-36 ms
-    of records and 18-22 ms of histories against 10-12 and 7-8 ms; the
-    calls that wait for the lock wait that much less). numpy scalars pass
-    as their values; a non-finite float becomes null (the documents never
-    hold one: `json_metric`)."""
+    are rendered under the service lock when a generation closes, most of
+    that time in the encoder. With orjson, taking a 1,024-member close's
+    batch holds the lock 61-129 ms instead of 110-206 ms
+    (benchmarks/bench_state_write.py, `close_under_the_lock_ms`). numpy
+    scalars pass as their values; a non-finite float becomes null (the
+    documents never hold one: `json_metric`)."""
     return orjson.dumps(value, option=_LINE_OPTIONS).decode()
 
 
