@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count, islice
 
@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 # Side documents of one batch are written by this many threads (a closing
 # generation of 1024 members rewrites 1024 history files; local writes
-# fsync, S3 writes are round trips, so they overlap well).
+# fsync, S3 writes are round trips, so they overlap well). The threads are
+# the process's, made once (`_writers`).
 WRITE_THREADS = 8
 # After the search's last write, and when the coordinator stops, pending
 # views are tried this many times (then logged; a resumed search rewrites
@@ -428,6 +429,10 @@ def _delete_all(store: Store, keys: list[str], what: str) -> None:
 
 
 def _put_all(store: Store, docs: list[tuple[str, bytes]]) -> None:
+    """Write `docs`, several at a time; return once every write has ended,
+    raising the first failure (none is left running: a later batch must not
+    race with an older render of the same key)."""
+
     def put(doc: tuple[str, bytes]) -> None:
         key, data = doc
         content_type = "application/json" if key.endswith(".json") else "application/x-ndjson"
@@ -437,6 +442,28 @@ def _put_all(store: Store, docs: list[tuple[str, bytes]]) -> None:
         for doc in docs:
             put(doc)
         return
-    with ThreadPoolExecutor(min(WRITE_THREADS, len(docs))) as pool:
-        for _ in pool.map(put, docs):  # re-raises the first failure
-            pass
+    futures: list[Future[None]] = [_writers().submit(put, doc) for doc in docs]
+    wait(futures)
+    for future in futures:
+        future.result()  # re-raises the first failure, in the batch's order
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _writers() -> ThreadPoolExecutor:
+    """The process's writer threads, shared by its searches and made once
+    (like asyncio's default executor: idle, they wait on the pool's queue,
+    and they end with the process; no coordinator owns them, so a stopped
+    server leaves none of its own threads behind).
+
+    A pool per batch started and joined WRITE_THREADS threads for every
+    round of views: about 1,000 threads per close of a 1024-member
+    generation, each one a clone, a stack mapping and a join. Nothing a
+    writer runs waits on another batch, so sharing cannot deadlock."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="autolfads-write")
+        return _pool
