@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -111,6 +112,29 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _temp_tag() -> str:
+    """This process's part of temp-file names: its pid and 3 random bytes
+    (the pid alone may be an earlier process's whose temp file a crash left)."""
+    return f"{os.getpid():x}-{secrets.token_hex(3)}"
+
+
+# A temp name is the tag and a counter, not fresh random bytes: each of
+# those was a getrandom system call per file, two per local write. A
+# forked child takes a new tag; O_EXCL settles any clash left.
+_TAG = [_temp_tag()]
+_COUNTER = itertools.count()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _TAG.__setitem__(0, _temp_tag()))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to a raw descriptor (no file object: opening one
+    costs three system calls)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def open_temp_beside(path: Path) -> tuple[int, Path]:
     """Create a fresh hidden temp file in the destination's folder (made if
     missing), so that `os.replace` onto the destination is an atomic
@@ -123,7 +147,7 @@ def open_temp_beside(path: Path) -> tuple[int, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_BINARY", 0)
     for attempt in range(4):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        tmp = path.with_name(f".{path.name}.{_TAG[0]}-{next(_COUNTER):x}.part")
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:  # a name clash (or a folder named so): try another

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from autolfads.storage.base import ObjectInfo, Store, copy_hashing, open_temp_beside
+from autolfads.storage.base import ObjectInfo, Store, copy_hashing, open_temp_beside, write_all
 from autolfads.storage.errors import BucketNotFound, InvalidKey, ObjectNotFound, StorageError
 from autolfads.storage.keys import validate_key
 from autolfads.storage.locks import StripedLocks
@@ -94,14 +94,16 @@ class LocalStore(Store):
 
     # ---- writing -----------------------------------------------------------
 
-    def _write(self, key: str, fill: Callable[[BinaryIO], dict]) -> ObjectInfo:
-        """Let `fill(fh)` write a temp file beside the key's path (and return
-        its sidecar dict), then publish both.
+    def _write(self, key: str, fill: Callable[[int], dict]) -> ObjectInfo:
+        """Let `fill(fd)` write a temp file beside the key's path through its
+        raw descriptor (and return its sidecar dict), then publish both.
 
         Every write of the coordinator's journal goes through here, so it
-        makes no system call it can do without (29 per put, from 45): folders
+        makes no system call it can do without (18 per put, from 45): folders
         are made only when missing, the size and time come from the open
-        file, and temp files are removed only when they were not published."""
+        file, bytes go to raw descriptors (a file object costs three calls
+        to open), temp names need no random bytes from the kernel, and temp
+        files are removed only when they were not published."""
         path = self._path(key)
         if path.is_dir():
             raise InvalidKey(f"{self.location(key)}: is a folder of other objects, not an object")
@@ -109,16 +111,18 @@ class LocalStore(Store):
         published = False
         try:
             fd, tmp = self._temp_beside(key, path)
-            with open(fd, "wb") as fh:
-                meta = fill(fh)
-                fh.flush()
+            try:
+                meta = fill(fd)
                 os.fsync(fd)
                 st = os.fstat(fd)  # a rename keeps the size and modification time
+            finally:
+                os.close(fd)
             fd, meta_tmp = self._temp_beside(key, self._meta_path(path))
-            with open(fd, "wb") as fh:
-                fh.write(json.dumps(meta, sort_keys=True).encode("utf-8"))
-                fh.flush()
+            try:
+                write_all(fd, json.dumps(meta, sort_keys=True).encode("utf-8"))
                 os.fsync(fd)
+            finally:
+                os.close(fd)
             with self._locks.exclusive(key):
                 os.replace(meta_tmp, self._meta_path(path))
                 os.replace(tmp, path)
@@ -142,8 +146,8 @@ class LocalStore(Store):
     def _put_bytes(
         self, key: str, data: bytes, sha256: str, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        def fill(fh: BinaryIO) -> dict:
-            fh.write(data)
+        def fill(fd: int) -> dict:
+            write_all(fd, data)
             return _meta(sha256, len(data), content_type, metadata)
 
         return self._write(key, fill)
@@ -151,10 +155,10 @@ class LocalStore(Store):
     def _put_file(
         self, key: str, path: Path, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        def fill(fh: BinaryIO) -> dict:
+        def fill(fd: int) -> dict:
             # One pass: the checksum is of exactly the bytes written.
-            with open(path, "rb") as src:
-                sha256, size = copy_hashing(src, fh)
+            with open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                sha256, size = copy_hashing(src, dst)
             return _meta(sha256, size, content_type, metadata)
 
         return self._write(key, fill)

@@ -27,6 +27,7 @@ from autolfads.storage import (
     open_store,
     upload_data,
 )
+from autolfads.storage.base import open_temp_beside, write_all
 
 # A child process that writes one object and hangs at a chosen point of the
 # write, so the test can SIGKILL it exactly there (a real crash, mid-write).
@@ -189,6 +190,49 @@ def test_a_write_that_fails_midway_leaves_the_old_object_and_no_temp_files(
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert _files_under(local_store.root) == before
     assert local_store.get_bytes(KEY) == b"old checkpoint"
+
+
+def test_a_forked_child_names_its_temp_files_apart_from_its_parent(tmp_path: Path) -> None:
+    # Temp names come from a per-process tag and a counter, both copied by a
+    # fork: were the tag kept, a parent and its child writing the same key
+    # would try the very same names in lockstep.
+    open_temp_beside(tmp_path / "x")  # the parent has used the counter
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next temp name, then leave at once
+        try:
+            fd, name = open_temp_beside(tmp_path / "x")
+            os.close(fd)
+            os.write(write_end, f"{os.getpid()} {name.name}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        child_pid, child_name = fh.read().split()
+    os.waitpid(pid, 0)
+    fd, parent_name = open_temp_beside(tmp_path / "x")
+    os.close(fd)
+    assert child_name.startswith(f".x.{int(child_pid):x}-")
+    assert parent_name.name.startswith(f".x.{os.getpid():x}-")
+
+
+def test_write_all_writes_every_byte_through_short_writes() -> None:
+    # A pipe takes 64 KiB at a time: os.write returns short counts.
+    data = os.urandom(1 << 20)
+    read_end, write_end = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:
+        with os.fdopen(read_end, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    write_all(write_end, data)
+    os.close(write_end)
+    reader.join()
+    assert bytes(received) == data
 
 
 def test_object_and_folder_cannot_share_a_name(local_store: LocalStore) -> None:
