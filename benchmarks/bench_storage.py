@@ -146,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--s3-url", help="benchmark this S3/MinIO store instead of moto")
     parser.add_argument("--small-rounds", type=int, default=5, help="rounds of 500 small puts")
+    parser.add_argument(
+        "--small-only", action="store_true", help="only the small puts (local backend)"
+    )
     args = parser.parse_args(argv)
+    if args.small_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_small(small_puts(open_store(str(Path(tmp) / "store")), args.small_rounds))
+        return 0
 
     blob, label = checkpoint_blob()
     rows: list[tuple] = []
@@ -181,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     for backend, op, median, worst in rows:
         print(f"| {backend} | {op} | {median:.3f} | {worst:.3f} |")
     print()
+    print_small(small)
+    return 0
+
+
+def print_small(small: list[tuple]) -> None:
     print("| backend | operation | wall ms | user CPU ms | system CPU ms |")
     print("|---|---|---|---|---|")
     for op, wall, user, system in small:
         print(f"| local | {op} | {wall:.2f} | {user:.2f} | {system:.2f} |")
-    return 0
 
 
 if __name__ == "__main__":
