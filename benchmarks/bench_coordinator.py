@@ -38,6 +38,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -324,6 +325,43 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
+class ThreadCpuSampler:
+    """`thread_cpu` of a process read every `interval_s` on a thread of its
+    own, keeping each thread's first and latest reading. A single reading
+    after the load can miss the event loop thread: a coordinator whose
+    search has ended may already have exited (a zombie lists its main
+    thread only)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+        self.pid = pid
+        self.first = thread_cpu(pid)
+        self.latest = dict(self.first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thread-cpu", daemon=True)
+        self._interval_s = interval_s
+
+    def start(self) -> ThreadCpuSampler:
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        """One reading; a thread no longer listed keeps its last one."""
+        with contextlib.suppress(OSError):  # the process is gone
+            self.latest.update(thread_cpu(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling; the busiest thread's CPU seconds (`busiest_thread_s`)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.sample()
+        return busiest_thread_s(self.first, self.latest)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.sample()
+
+
 def busiest_thread_s(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds of the thread that used the most between two `thread_cpu`
     readings (of those alive at both: the server's event loop thread)."""
@@ -381,10 +419,10 @@ def main() -> None:
         )
         try:
             user_start, sys_start = cpu_times(proc.pid)
-            threads_start = thread_cpu(proc.pid)
+            threads = ThreadCpuSampler(proc.pid).start()
             rec, elapsed, marks = asyncio.run(drive(port, args))
             user_end, sys_end = cpu_times(proc.pid)
-            busiest_s = busiest_thread_s(threads_start, thread_cpu(proc.pid))
+            busiest_s = threads.stop()
             user_s, sys_s = user_end - user_start, sys_end - sys_start
             cpu_s = user_s + sys_s
             size = None if args.floor else state_size(root)  # the floor stores nothing

@@ -97,3 +97,39 @@ def test_the_loop_thread_is_the_busiest_one_alive_throughout(
     seconds = bench.thread_cpu(os.getpid())
     assert threading.get_native_id() in seconds
     assert all(s >= 0 for s in seconds.values())
+
+
+def test_the_thread_readings_outlive_a_server_that_exits_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A coordinator whose search has ended may exit before the load
+    # generator's last call returns. Until it is waited for it is a zombie,
+    # which lists its main thread only: a reading taken then lost the loop
+    # thread (0.01 s reported once).
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    bench = importlib.import_module("bench_coordinator")
+    busy = (  # a thread alive from the start that burns 0.3 s of CPU when told
+        "import sys, threading, time\n"
+        "def burn():\n"
+        "    sys.stdin.readline()\n"
+        "    while time.thread_time() < 0.3: pass\n"
+        "    print('burnt', flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "t = threading.Thread(target=burn); t.start()\n"
+        "print('started', flush=True); t.join()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", busy], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdout.readline() == "started\n"
+    sampler = bench.ThreadCpuSampler(child.pid, interval_s=3600)  # sampled by hand below
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "burnt\n"
+    sampler.sample()
+    child.stdin.close()  # the thread ends, then the process
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    assert bench.busiest_thread_s(sampler.first, bench.thread_cpu(child.pid)) < 0.25
+    assert sampler.stop() >= 0.25
+    child.wait()
