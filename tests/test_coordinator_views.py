@@ -226,5 +226,8 @@ def test_histories_are_written_by_the_same_few_threads_at_every_close(tmp_path):
     assert state.status == "finished"
     for member in state.members:
         assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
-    assert 1 < len(store.threads) <= WRITE_THREADS
+    # How many of the pool's threads take a round's writes depends on which
+    # idle ones wake first, so only the bound is checked, and that every
+    # history went through the pool.
+    assert 0 < len(store.threads) <= WRITE_THREADS
     assert all(name.startswith("autolfads-write") for name in store.threads)
