@@ -137,9 +137,9 @@ def test_cached_encoding_tracks_every_change(local_store):
     assert any(h.checkpoint_deleted for hs in service._state.history.values() for h in hs)
 
 
-def _reference_text(value) -> str:
-    """The records' JSON as the format defines it, built independently:
-    dataclasses.asdict, non-finite floats as {"$float": repr}, compact."""
+def _reference_doc(value):
+    """A record as the format defines it, built independently:
+    dataclasses.asdict, non-finite floats as {"$float": repr}."""
 
     def floats(v):
         if isinstance(v, float) and not math.isfinite(v):
@@ -150,23 +150,48 @@ def _reference_text(value) -> str:
             return [floats(x) for x in v]
         return float(v) if isinstance(v, float) else v
 
-    return json.dumps(floats(asdict(value)), separators=(",", ":"), allow_nan=False)
+    return floats(asdict(value))
 
 
-def test_record_texts_keep_the_format_byte_for_byte(local_store):
-    """Journal entries written by one version are read by the next, and
-    unchanged records are recognised by their text: the fast encoder must
-    give exactly the format's bytes, non-finite and numpy floats included."""
+def _same_json(a, b) -> bool:
+    """Equal as parsed JSON, floats bit for bit (no tolerance)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return type(a) is type(b) and a.hex() == b.hex()
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def test_record_texts_hold_the_format_and_one_spelling_per_record(local_store):
+    """A record's journal text parses back to exactly its fields in the
+    format (fields in order, every float bit for bit, non-finite ones as
+    {"$float": ...}, numpy floats as plain ones), whichever way it was
+    encoded: orjson on the record, or the Python walk that records holding
+    a non-finite or numpy float take. Both give the same bytes for the same
+    record, so a record never changes its text by changing path. Entries
+    spelled by json's encoder (versions before orjson) still load."""
     import numpy as np
+
+    from autolfads.coordinator.search.tracked import dumps
 
     state = _state_after_two_generations(local_store)
     segment = next(iter(state.segments.values()))
     segment.hparams = {"lr_init": np.float64(0.004), "dropout_rate": math.inf, "cd_rate": -math.inf}
     segment.result = SegmentResult(math.nan, "", "", 0, "l1", "w0", "failed")
+    small = list(state.segments.values())[1]
+    small.hparams = {"kl_ic_scale": 5.217545943649553e-05, "lr_init": 1e-07, "cd_rate": 1e22}
     entries = [h for hs in state.history.values() for h in hs]
     records = [*state.segments.values(), *state.leases.values(), *state.requests.values(), *entries]
     assert any(math.isnan(h.metric) for h in entries)
     for record in records:
-        assert record.encoded() == _reference_text(record)
+        text = record.encoded()
+        assert _same_json(json.loads(text), _reference_doc(record)), text
+        assert text == dumps(record)  # the walk's bytes
+    assert json.loads(segment.encoded())["hparams"]["lr_init"] == 0.004
     assert state.best is not None
     assert SearchState.from_json(state.to_json()).to_json() == state.to_json()
+    old = {"format": STATE_FORMAT, **_reference_doc(state)}
+    spelled_by_json = json.dumps(old, separators=(",", ":"), allow_nan=False)
+    assert SearchState.from_json(spelled_by_json).to_json() == state.to_json()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import random
+from typing import Any
 
 import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
@@ -21,7 +22,7 @@ from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.journal import RECORD_KINDS
 from autolfads.coordinator.search.state import HistoryEntry, LeaseRecord
-from autolfads.coordinator.search.tracked import HistoryMap, RecordMap
+from autolfads.coordinator.search.tracked import Encoded, HistoryMap, RecordMap, dumps
 from autolfads.coordinator.search.views import status_view
 from autolfads.coordinator.wire.convert import MemberProtos, status_to_proto
 from autolfads.storage import FaultyStore, LocalStore
@@ -30,6 +31,51 @@ from autolfads.storage.errors import StorageError
 
 def _lease(lease_id: str) -> LeaseRecord:
     return LeaseRecord(lease_id, "m000", 0, "w0", 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class _Loose(Encoded):
+    """A record whose floats the encoder cannot find from the types."""
+
+    name: str
+    extra: Any
+    pair: int | float
+
+
+@dataclasses.dataclass
+class _Typed(Encoded):
+    name: str
+    scores: dict[str, float]
+    best: float | None = None
+    seen: tuple[float, ...] = ()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _Loose("a", {"x": math.nan}, 1),
+        _Loose("b", [math.inf], -math.inf),
+        _Typed("c", {"x": 1.5, "y": math.nan}),
+        _Typed("d", {}, -math.inf),
+        _Typed("e", {}, None, (0.5, math.nan)),
+    ],
+)
+def test_a_non_finite_float_is_never_written_as_null(record):
+    """orjson writes NaN as null and would lose a diverged member's metric:
+    a record holding one anywhere (a typed field, a dict, a tuple, a field
+    typed Any or a union the checks cannot tell apart) is encoded by the
+    walk, which keeps the format's {"$float": ...}."""
+    text = record.encoded()
+    assert text == dumps(record)  # the walk's text
+    assert '{"$float":"' in text
+
+
+def test_a_record_of_finite_floats_is_spelled_alike_by_both_encoders():
+    record = _Typed("f", {"x": 5e-05, "y": 1e22}, 0.1, (2.5e-06,))
+    assert record.encoded() == dumps(record)
+    assert json.loads(record.encoded()) == {
+        "name": "f", "scores": {"x": 5e-05, "y": 1e22}, "best": 0.1, "seen": [2.5e-06]
+    }  # fmt: skip
 
 
 def test_every_way_of_changing_a_map_marks_the_key():
