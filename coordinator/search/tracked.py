@@ -168,8 +168,8 @@ def dumps(value: Any) -> str:
 def _record_text(record: Any) -> str:
     """`dumps(record)`, in one call to orjson when the record's floats are
     all finite and plain: a closing 1,024-member generation encodes about
-    2,000 records under the service lock, and walking each in Python
-    (`_plain`) cost ten times the encoding itself. orjson writes a
+    2,000 records under the service lock, and walking a segment record in
+    Python (`_plain`) took 11.7 us against 0.7 us here. orjson writes a
     dataclass's fields in order and skips the private attributes (the
     cache), exactly as `_plain` then orjson do; it writes a non-finite
     float as null and refuses a numpy scalar, so records holding either
