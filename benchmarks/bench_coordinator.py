@@ -19,7 +19,9 @@ before/after runs. `--timeline` serves the coordinator through
 before its handler ran (and the load generator's own loop lag).
 `--floor` serves the same load from `floor_coordinator.py` instead: the
 protocol with no storage and no PBT, i.e. what the gRPC runtime and the
-load generator alone cost on this machine.
+load generator alone cost on this machine. `--store-dir DIR` makes the
+run's temp folder, and so the coordinator's store, in DIR (e.g. /dev/shm);
+each result names the store's file system (`store_filesystem`).
 
     python benchmarks/bench_coordinator.py --population 1024 --workers 2000 --generations 2
 
@@ -298,6 +300,31 @@ def summarise(rec: Recorder, elapsed: float) -> dict[str, dict[str, float]]:
     return out
 
 
+def filesystem_of(path: Path, mounts: str | None = None) -> str:
+    """The file system holding `path` (absolute, without links) as "TYPE at
+    MOUNT_POINT": the deepest mount above it in /proc/self/mounts
+    (`mounts`: that file's text); "unknown" without one. The store's file
+    system changes the coordinator's CPU per
+    RPC (benchmarks/README.md, part 10), so every result names it."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return "unknown"
+    target = str(path)
+    best, kind = "", "unknown"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Spaces and tabs in mount points are octal escapes there.
+        point = fields[1].encode().decode("unicode_escape")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return f"{kind} at {best}" if best else "unknown"
+
+
 def state_size(root: Path) -> int:
     """Bytes of what a reader must load to rebuild the state (the whole
     coordinator/ folder: state.json, or the snapshot and journal)."""
@@ -403,6 +430,12 @@ def main() -> None:
         help="serve the load from floor_coordinator.py (in memory, no PBT, no storage) instead",
     )
     p.add_argument("--calls", type=Path, help="also write every call's start and latency (s) here")
+    p.add_argument(
+        "--store-dir",
+        type=Path,
+        help="make the run's temp folder (the coordinator's local store) in this folder "
+        "instead of the system's temp folder, e.g. /dev/shm",
+    )
     args = p.parse_args()
     if args.floor and (args.timeline or args.pythonpath or args.mode != "sync"):
         p.error(
@@ -411,7 +444,9 @@ def main() -> None:
         )
 
     cfg = bench_config(args.population, args.generations, args.mode)
-    with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
+    if args.store_dir is not None and not args.store_dir.is_dir():
+        p.error(f"--store-dir {args.store_dir}: not an existing folder")
+    with tempfile.TemporaryDirectory(prefix="bench-coordinator-", dir=args.store_dir) as tmp:
         root = Path(tmp)
         arrivals = root / "arrivals.json" if args.timeline else None
         proc, port = start_coordinator(
@@ -445,6 +480,7 @@ def main() -> None:
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
         "state_bytes": size,
+        "store_filesystem": filesystem_of(root.resolve()),
         "server_cpu_s": round(cpu_s, 2),
         # System time: the kernel's share (file writes and fsyncs, sockets,
         # threads waking each other).

@@ -40,8 +40,12 @@ def run_bench(tmp_path: Path, *args: str) -> dict:
 
 @pytest.mark.parametrize("floor", [False, True], ids=["coordinator", "floor"])
 def test_the_load_runs_the_search_to_its_end(tmp_path: Path, floor: bool) -> None:
-    result = run_bench(tmp_path, *(["--floor"] if floor else []))
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    result = run_bench(tmp_path, "--store-dir", str(stores), *(["--floor"] if floor else []))
     assert result["coordinator"] == ("floor_coordinator.py" if floor else "this checkout")
+    assert result["store_filesystem"] == _bench().filesystem_of(stores.resolve())
+    assert list(stores.iterdir()) == []  # the run's temp folder was there, and is gone
     segments = POPULATION * GENERATIONS
     assert result["errors"] == {}
     # Every segment leased once and every worker told DONE once: long polls,
@@ -55,6 +59,37 @@ def test_the_load_runs_the_search_to_its_end(tmp_path: Path, floor: bool) -> Non
     marks = [mark for _, mark in result["generation_marks_s"]]
     assert marks == ["start", 0, 1, "end"]
     assert result["server_cpu_s"] >= result["server_cpu_sys_s"] >= 0
+
+
+def _bench():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        return importlib.import_module("bench_coordinator")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def test_each_result_names_the_file_system_its_store_was_on() -> None:
+    mounts = (
+        "/dev/vda / ext4 rw,relatime 0 0\n"
+        "tmpfs /dev/shm tmpfs rw 0 0\n"
+        "/dev/loop0 /mnt/my\\040disk ext4 rw 0 0\n"
+        "tmpfs /dev/shmem tmpfs rw 0 0\n"
+    )
+    fs = _bench().filesystem_of
+    assert fs(Path("/dev/shm/bench-x"), mounts) == "tmpfs at /dev/shm"
+    assert fs(Path("/dev/shmx"), mounts) == "ext4 at /"  # a prefix of a name is not a parent
+    assert fs(Path("/mnt/my disk/a"), mounts) == "ext4 at /mnt/my disk"
+    assert fs(Path("/tmp"), "") == "unknown"
+
+
+def test_a_store_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    cmd = [sys.executable, str(SCRIPT), "--store-dir", str(missing)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--store-dir {missing}: not an existing folder" in proc.stderr
+    assert not missing.exists()
 
 
 def test_the_timeline_sees_every_method_arrive(tmp_path: Path) -> None:
