@@ -182,6 +182,9 @@ def test_record_texts_hold_the_format_and_one_spelling_per_record(local_store):
     segment.result = SegmentResult(math.nan, "", "", 0, "l1", "w0", "failed")
     small = list(state.segments.values())[1]
     small.hparams = {"kl_ic_scale": 5.217545943649553e-05, "lr_init": 1e-07, "cd_rate": 1e22}
+    # A diverged member: finite hyperparameters, NaN only in the nested result.
+    diverged = list(state.segments.values())[2]
+    diverged.result = SegmentResult(math.nan, "", "", 0, "l2", "w0", "failed")
     entries = [h for hs in state.history.values() for h in hs]
     records = [*state.segments.values(), *state.leases.values(), *state.requests.values(), *entries]
     assert any(math.isnan(h.metric) for h in entries)
@@ -190,6 +193,7 @@ def test_record_texts_hold_the_format_and_one_spelling_per_record(local_store):
         assert _same_json(json.loads(text), _reference_doc(record)), text
         assert text == dumps(record)  # the walk's bytes
     assert json.loads(segment.encoded())["hparams"]["lr_init"] == 0.004
+    assert '"result":{"metric":{"$float":"nan"}' in diverged.encoded()
     assert state.best is not None
     assert SearchState.from_json(state.to_json()).to_json() == state.to_json()
     old = {"format": STATE_FORMAT, **_reference_doc(state)}
