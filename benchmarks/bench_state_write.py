@@ -14,7 +14,11 @@ every write fsynced) for a number of single reports and times, interleaved:
   64 entries, off the callers' path).
 
 It also times, in memory, the two parts of each generation's closing
-report that hold the service lock (`close_under_the_lock_ms`, sync mode).
+report that hold the service lock (`close_under_the_lock_ms`, sync mode),
+and at the end the encoding of one segment record
+(`segment_record_encode_us`): as the journal encodes a changed record
+(`encoded()` after a field assignment) against the Python walk every
+record took before (`tracked.dumps`).
 
     python benchmarks/bench_state_write.py --population 1024 --generations 40 --at 1 40
     python benchmarks/bench_state_write.py --mode async --generations 4 --at 99  (in-memory only)
@@ -40,6 +44,7 @@ from autolfads.config import RunConfig
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.messages import SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.tracked import dumps
 from autolfads.storage import LocalStore, MemoryStore, Store, WrapperStore
 from autolfads.storage.base import ObjectInfo
 
@@ -152,6 +157,29 @@ def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples:
     }
 
 
+def encode_us(service: CoordinatorService, rounds: int = 20) -> dict:
+    """Microseconds per segment record, the fastest of `rounds` passes over
+    the live segments (the least disturbed by other work on the machine):
+    `encoded()` right after a field assignment (which drops the record's
+    remembered text, as any change does) against the walk (`dumps`)."""
+    segments = list(service._state.segments.values())
+
+    def per_record(encode) -> float:
+        passes = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for segment in segments:
+                encode(segment)
+            passes.append((time.perf_counter() - start) / len(segments))
+        return round(min(passes) * 1e6, 2)
+
+    def changed(segment) -> str:
+        segment.attempts = segment.attempts  # a field assignment: the text is stale
+        return segment.encoded()
+
+    return {"encoded_after_a_change": per_record(changed), "walk": per_record(dumps)}
+
+
 def ms(seconds) -> dict:
     values = np.asarray(list(seconds)) * 1e3
     return {"p50": round(float(np.median(values)), 2), "max": round(float(values.max()), 2)}
@@ -184,6 +212,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "generations": results,
         "in_memory_s_per_generation": per_generation,
         "close_under_the_lock_ms": closes.closes,
+        "segment_record_encode_us": encode_us(service),
     }
 
 
