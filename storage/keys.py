@@ -185,11 +185,13 @@ class RunLayout:
         validate_key(name, kind="file name")
         return f"{self.generation_prefix(member, generation)}{name}"
 
+    # (The two names below are valid file names: no check per call. Every
+    # lease granted builds both.)
     def checkpoint(self, member: str, generation: int) -> str:
-        return self.member_file(member, generation, self.CHECKPOINT)
+        return f"{self.generation_prefix(member, generation)}{self.CHECKPOINT}"
 
     def member_metrics(self, member: str, generation: int) -> str:
-        return self.member_file(member, generation, self.METRICS)
+        return f"{self.generation_prefix(member, generation)}{self.METRICS}"
 
     def history(self, member: str) -> str:
         return f"{self.member_dir(member)}history.jsonl"

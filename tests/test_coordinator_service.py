@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import threading
@@ -14,6 +15,7 @@ from dataclasses import asdict, replace
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
 
+from autolfads.coordinator.search import ids as ids_module
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import (
     InvalidRequest,
@@ -369,3 +371,25 @@ def test_idle_workers_are_asked_to_wait_longer(local_store):
     clock.advance(2.0)  # and once a second from all who waited lately
     crowd = service.request_work("idle-0", 1)
     assert crowd.action == "wait" and 4.0 <= crowd.retry_after_s <= 10.0
+
+
+def test_lease_ids_are_random_hex_read_from_the_os_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(ids_module.os, "urandom", counted)
+    ids = ids_module.RandomIds()
+    drawn = [ids.next() for _ in range(600)]
+    assert len(set(drawn)) == 600
+    assert all(len(x) == 32 and int(x, 16) >= 0 and x == x.lower() for x in drawn)
+    assert len(reads) == 3  # 256 ids per read
+    # A forked child reads afresh rather than hand out its parent's ids.
+    monkeypatch.setattr(ids_module.os, "getpid", lambda: -7)
+    ids.next()
+    assert len(reads) == 4

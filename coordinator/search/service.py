@@ -35,7 +35,6 @@ import copy
 import logging
 import math
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +51,7 @@ from autolfads.coordinator.search.errors import (
     UnknownLease,
 )
 from autolfads.coordinator.search.generations import Progress
+from autolfads.coordinator.search.ids import RandomIds
 from autolfads.coordinator.search.journal import DEFAULT_SNAPSHOT_EVERY, JournalWriter
 from autolfads.coordinator.search.messages import (
     HeartbeatReply,
@@ -148,6 +148,7 @@ class CoordinatorService:
         # only used to linger after the end until workers have heard of it).
         self._last_seen: dict[str, float] = {}
         self._told_done: set[str] = set()
+        self._lease_ids = RandomIds()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -604,7 +605,7 @@ class CoordinatorService:
     def _grant(self, segment: Segment, worker_id: str) -> LeaseRecord:
         now = self.clock.now()
         lease = LeaseRecord(
-            lease_id=uuid.uuid4().hex,
+            lease_id=self._lease_ids.next(),
             member=segment.member,
             generation=segment.generation,
             worker_id=worker_id,

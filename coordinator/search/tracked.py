@@ -37,16 +37,21 @@ _OWNER = "_owner"  # (map, key) of the map holding the record
 
 class Encoded:
     """Mixin for the state's mutable records: remembers its JSON text until
-    one of its fields is assigned (and tells the map holding it, if any)."""
+    one of its fields is assigned (and tells the map holding it, if any).
+    Subclasses are plain dataclasses: assignments go straight into the
+    instance's __dict__ (no properties with setters, no slots)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
-        d.pop(_CACHE, None)
-        d.pop(_DERIVED, None)
-        owner = d.get(_OWNER)
-        if owner is not None:
-            owner[0].touch(owner[1])
-        object.__setattr__(self, name, value)
+        # A record being built (its dataclass __init__ sets every field) has
+        # nothing cached and no map yet: a few thousand per generation close.
+        if _CACHE in d or _DERIVED in d or _OWNER in d:
+            d.pop(_CACHE, None)
+            d.pop(_DERIVED, None)
+            owner = d.get(_OWNER)
+            if owner is not None:
+                owner[0].touch(owner[1])
+        d[name] = value  # plain fields: what object.__setattr__ does
 
     def encoded(self) -> str:
         text = self.__dict__.get(_CACHE)

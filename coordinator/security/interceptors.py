@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ class RpcMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
+        self._waiters = 0  # `wait_for` callers: only they need a notify
         self.calls: Counter[tuple[str, str]] = Counter()
         self.seconds: dict[str, float] = {}
 
@@ -36,7 +37,8 @@ class RpcMetrics:
         with self._lock:
             self.calls[(method, code)] += 1
             self.seconds[method] = self.seconds.get(method, 0.0) + seconds
-            self._lock.notify_all()
+            if self._waiters:
+                self._lock.notify_all()
 
     def count(self, method: str, code: str = "OK") -> int:
         with self._lock:
@@ -47,29 +49,42 @@ class RpcMetrics:
         `timeout_s`). A refused call's status can reach its client before
         the call is counted here: gRPC sends an abort's status first."""
         with self._lock:
-            self._lock.wait_for(lambda: self.calls[(method, code)] >= count, timeout_s)
+            self._waiters += 1
+            try:
+                self._lock.wait_for(lambda: self.calls[(method, code)] >= count, timeout_s)
+            finally:
+                self._waiters -= 1
             return self.calls[(method, code)]
 
 
-# A guard: called with (request, context), returns an async context manager
-# that the wrapped behaviour runs inside (it may abort the call on entry).
+# A behaviour: the coroutine function that serves one unary call.
+Behaviour = Callable[[Any, Any], Awaitable[Any]]
+# Wraps a unary behaviour in another (made once per method, see `WrapCache`).
+# Unary calls are the hot path (thousands a second under load), so their
+# wrapper is one plain coroutine: an `asynccontextmanager` around each call
+# cost an async generator, its context manager and two more awaits per
+# interceptor per call.
+UnaryWrap = Callable[[Behaviour], Behaviour]
+# A guard for server-streaming calls: called with (request, context), returns
+# an async context manager that the stream runs inside (it may abort the
+# call on entry).
 Guard = Callable[[Any, Any], AbstractAsyncContextManager[None]]
 
 
 def rewrap(
     handler: grpc.RpcMethodHandler,
     *,
-    unary: Guard | None = None,
+    unary: UnaryWrap | None = None,
     stream: Guard | None = None,
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """`handler` with its unary-unary behaviour run inside `unary(request,
-    context)`, or its unary-stream one inside `stream(...)`; client-streaming
-    handlers unchanged."""
+    """`handler` with its unary-unary behaviour replaced by `unary(behaviour)`,
+    or its unary-stream one run inside `stream(request, context)`;
+    client-streaming handlers unchanged."""
     deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary is not None and unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            guarded_unary(handler.unary_unary, unary),
+            unary(handler.unary_unary),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -80,14 +95,6 @@ def rewrap(
             response_serializer=handler.response_serializer,
         )
     return handler
-
-
-def guarded_unary(behaviour: Callable, guard: Guard) -> Callable:
-    async def unary(request: Any, context: Any) -> Any:
-        async with guard(request, context):
-            return await behaviour(request, context)
-
-    return unary
 
 
 def guarded_stream(behaviour: Callable, guard: Guard) -> Callable:
@@ -152,13 +159,38 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         return self._cache.get(path, handler, lambda: self._wrap(_short(path), handler))
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def timed(request: Any, context: Any) -> Any:
+                start, outcome = time.perf_counter(), "UNKNOWN"
+                try:
+                    reply = await behaviour(request, context)
+                    outcome = "OK"
+                    return reply
+                except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                    outcome = "CANCELLED"
+                    raise
+                finally:
+                    self._done(method, context, outcome, start)
+
+            return timed
+
         def guard(request: Any, context: Any) -> AbstractAsyncContextManager[None]:
             return self._timed(method, context)
 
-        return rewrap(handler, unary=guard, stream=guard)
+        return rewrap(handler, unary=unary, stream=guard)
+
+    def _done(self, method: str, context: Any, outcome: str, start: float) -> None:
+        code = context.code()
+        name = code.name if code is not None else outcome
+        elapsed = time.perf_counter() - start
+        self.metrics.record(method, name, elapsed)
+        if name != "OK" or log.isEnabledFor(logging.DEBUG):
+            level = logging.DEBUG if name == "OK" else logging.INFO
+            log.log(level, "%s %s %.1f ms", method, name, elapsed * 1e3)
 
     @asynccontextmanager
     async def _timed(self, method: str, context: Any) -> AsyncIterator[None]:
+        """The same record for a server-streaming call (once it ends)."""
         start, outcome = time.perf_counter(), "UNKNOWN"
         try:
             yield
@@ -167,9 +199,4 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             outcome = "CANCELLED"
             raise
         finally:
-            code = context.code()
-            name = code.name if code is not None else outcome
-            elapsed = time.perf_counter() - start
-            self.metrics.record(method, name, elapsed)
-            level = logging.DEBUG if name == "OK" else logging.INFO
-            log.log(level, "%s %s %.1f ms", method, name, elapsed * 1e3)
+            self._done(method, context, outcome, start)

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from autolfads.coordinator.security.interceptors import WrapCache, rewrap
+from autolfads.coordinator.security.interceptors import Behaviour, WrapCache, rewrap
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Beyond this many calls in flight (running or waiting for a write) grpc
@@ -112,9 +112,17 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         return self._cache.get(path, handler, lambda: self._wrap(_method(path), handler))
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def checked(request: Any, context: Any) -> Any:
+                if isinstance(request, _Undecodable):  # (no coroutine for the others)
+                    await self._check(method, request, context)
+                return await behaviour(request, context)
+
+            return checked
+
         return rewrap(
             handler,
-            unary=lambda request, context: self._unary(method, request, context),
+            unary=unary,
             stream=lambda request, context: self._stream(method, request, context),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
@@ -126,11 +134,6 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method}: the request bytes are not a valid message ({request.reason})",
             )
-
-    @asynccontextmanager
-    async def _unary(self, method: str, request: Any, context: Any) -> AsyncIterator[None]:
-        await self._check(method, request, context)
-        yield
 
     @asynccontextmanager
     async def _stream(self, method: str, request: Any, context: Any) -> AsyncIterator[None]:

@@ -46,7 +46,8 @@ class CommitBridge:
         if not ticket.settled:
             future = self._loop.create_future()
             self._waiting.append((ticket, future))
-            self._kick.set()
+            if not self._kick.is_set():  # set() takes a lock and notifies each time
+                self._kick.set()
             await future
         if ticket.error is not None:
             raise ticket.error

@@ -62,6 +62,15 @@ def _invert(table: dict) -> dict:
     return {v: k for k, v in table.items()}
 
 
+# Proto value -> domain name, built once (every report and reply reads one).
+_WORK_ACTION_NAMES = _invert(_WORK_ACTIONS)
+_SEARCH_STATE_NAMES = _invert(_SEARCH_STATES)
+_HB_ACTION_NAMES = _invert(_HB_ACTIONS)
+_STOP_REASON_NAMES = _invert(_STOP_REASONS)
+_OUTCOME_NAMES = _invert(_OUTCOMES)
+_PHASE_NAMES = _invert(_PHASES)
+
+
 def _lookup(table: dict, value: object, what: str) -> str:
     try:
         return table[value]
@@ -70,9 +79,8 @@ def _lookup(table: dict, value: object, what: str) -> str:
 
 
 def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(round(seconds * 1e9)))
-    return ts
+    whole, nanos = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def _seconds(ts: Timestamp) -> float:
@@ -164,10 +172,10 @@ def work_to_proto(r: WorkReply) -> pb.RequestWorkResponse:
 
 def work_from_proto(m: pb.RequestWorkResponse) -> WorkReply:
     return WorkReply(
-        action=_lookup(_invert(_WORK_ACTIONS), m.action, "work action"),  # type: ignore[arg-type]
+        action=_lookup(_WORK_ACTION_NAMES, m.action, "work action"),  # type: ignore[arg-type]
         leases=tuple(lease_from_proto(x) for x in m.leases),
         retry_after_s=m.retry_after_s,
-        search_state=_lookup(_invert(_SEARCH_STATES), m.search_state, "search state"),
+        search_state=_lookup(_SEARCH_STATE_NAMES, m.search_state, "search state"),
         held_s=m.held_s,
     )
 
@@ -185,8 +193,8 @@ def heartbeat_to_proto(r: HeartbeatReply) -> pb.HeartbeatResponse:
 
 def heartbeat_from_proto(m: pb.HeartbeatResponse) -> HeartbeatReply:
     return HeartbeatReply(
-        action=_lookup(_invert(_HB_ACTIONS), m.action, "heartbeat action"),  # type: ignore[arg-type]
-        reason=_invert(_STOP_REASONS).get(m.reason, ""),
+        action=_lookup(_HB_ACTION_NAMES, m.action, "heartbeat action"),  # type: ignore[arg-type]
+        reason=_STOP_REASON_NAMES.get(m.reason, ""),
         deadline=_seconds(m.deadline),
     )
 
@@ -218,7 +226,7 @@ def report_from_proto(m: pb.ReportResultRequest) -> SegmentReport:
         worker_id=m.worker_id,
         member=m.member,
         generation=m.generation,
-        outcome=_lookup(_invert(_OUTCOMES), m.outcome, "report outcome"),  # type: ignore[arg-type]
+        outcome=_lookup(_OUTCOME_NAMES, m.outcome, "report outcome"),  # type: ignore[arg-type]
         hparams=dict(m.hparams),
         epochs=tuple((e.epoch, dict(e.values)) for e in m.epochs),
         fitness=m.fitness,
@@ -246,7 +254,7 @@ def search_state_to_proto(state: str) -> int:
 
 
 def search_state_from_proto(value: int) -> str:
-    return _lookup(_invert(_SEARCH_STATES), value, "search state")
+    return _lookup(_SEARCH_STATE_NAMES, value, "search state")
 
 
 def member_to_proto(m: MemberView) -> pb.MemberStatus:
@@ -328,7 +336,7 @@ def status_from_proto(m: pb.SearchStatus) -> StatusView:
             hparams=dict(x.hparams),
             metric=x.metric,
             parent=x.parent,
-            phase=_lookup(_invert(_PHASES), x.phase, "member phase"),  # type: ignore[arg-type]
+            phase=_lookup(_PHASE_NAMES, x.phase, "member phase"),  # type: ignore[arg-type]
             worker_id=x.worker_id,
             checkpoint_key=x.checkpoint_key,
             lineage=tuple(
