@@ -138,7 +138,8 @@ async def measure(population: int, calls: int, repeats: int) -> dict[str, float]
             ]
             start = time.process_time()
             for i in range(calls):
-                await heartbeat(beats[i % population], Context())
+                beat = await heartbeat(beats[i % population], Context())
+            assert beat.action == pb.HeartbeatResponse.CONTINUE
             keep("Heartbeat", cpu_us(start, calls))
 
             ask = pb.RequestWorkRequest(worker_id="idle", max_leases=1)

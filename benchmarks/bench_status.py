@@ -15,6 +15,7 @@ Older versions (an export of their commit on PYTHONPATH) are timed the way
 their servicer worked.
 
     python benchmarks/bench_status.py --population 1024 --generations 41 --at 1 10 40
+    python benchmarks/bench_status.py --population 1024 --generations 3 --at 1 --changes 256
 
 Results go in benchmarks/README.md, section "Coordinator capacity".
 """
@@ -43,18 +44,31 @@ def to_proto():
     return convert.status_to_proto
 
 
-def measure(service: CoordinatorService, convert_view, samples: int) -> dict:
+def grant(service: CoordinatorService, count: int) -> list[tuple[str, object]]:
+    """`count` members leased (changed) since the last view, 16 per worker:
+    (worker, lease) pairs."""
+    grants: list[tuple[str, object]] = []
+    while len(grants) < count:
+        worker = f"probe{len(grants) // 16}"
+        got = service.request_work(worker, min(16, count - len(grants))).leases
+        if not got:
+            break
+        grants += [(worker, lease) for lease in got]
+    return grants
+
+
+def measure(service: CoordinatorService, convert_view, samples: int, changes: int) -> dict:
     view_s, proto_s, size = [], [], 0
     for _ in range(samples):
-        grants = service.request_work("probe", 1).leases  # one change: a new revision
+        grants = grant(service, changes)  # a new revision, `changes` members changed
         start = time.perf_counter()
         view = service.status()
         view_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         size = len(convert_view(view).SerializeToString())
         proto_s.append(time.perf_counter() - start)
-        for grant in grants:
-            report(service, grant, "probe")
+        for worker, lease in grants:
+            report(service, lease, worker)
     return {
         "view_ms": round(min(view_s) * 1e3, 1),
         "proto_ms": round(min(proto_s) * 1e3, 1),
@@ -68,6 +82,12 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=41)
     p.add_argument("--at", type=int, nargs="+", default=[1, 10, 40])
     p.add_argument("--samples", type=int, default=5)
+    p.add_argument(
+        "--changes",
+        type=int,
+        default=1,
+        help="members that change between two views (a poll under load sees hundreds)",
+    )
     args = p.parse_args()
     cfg = bench_config(args.population, args.generations + 1)
     service = CoordinatorService.open_search(
@@ -84,7 +104,7 @@ def main() -> None:
         reported = sum(s.phase == "reported" for s in state.segments.values())
         if generation in pending and reported >= args.population // 2:
             pending.discard(generation)
-            results[generation] = measure(service, convert_view, args.samples)
+            results[generation] = measure(service, convert_view, args.samples, args.changes)
             print(generation, json.dumps(results[generation]), flush=True)
     print(json.dumps({"load_average": os.getloadavg(), "population": args.population,
                       "generations": results}, indent=1))  # fmt: skip

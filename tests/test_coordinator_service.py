@@ -389,7 +389,20 @@ def test_lease_ids_are_random_hex_read_from_the_os_in_batches(
     assert len(set(drawn)) == 600
     assert all(len(x) == 32 and int(x, 16) >= 0 and x == x.lower() for x in drawn)
     assert len(reads) == 3  # 256 ids per read
-    # A forked child reads afresh rather than hand out its parent's ids.
-    monkeypatch.setattr(ids_module.os, "getpid", lambda: -7)
-    ids.next()
-    assert len(reads) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_hand_out_its_parents_lease_ids() -> None:
+    ids = ids_module.RandomIds()
+    ids.next()  # the buffer holds 255 more
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without pytest's teardown
+        os.write(write, ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != ids.next()  # without a fresh read, both would be the same

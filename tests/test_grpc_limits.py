@@ -217,6 +217,8 @@ def test_a_flood_of_bogus_calls_does_not_starve_a_real_worker(served, local_stor
         grpc.StatusCode.NOT_FOUND,
     }
     assert metrics.count("RequestWork", "UNAUTHENTICATED") > 10
+    # Garbage bytes are refused before the servicer and still counted.
+    assert metrics.wait_for("ReportResult", "INVALID_ARGUMENT", 10, timeout_s=30) >= 10
     SearchState.from_json(persisted(local_store))
 
 

@@ -7,6 +7,7 @@ without losing a lease granted meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -21,7 +22,9 @@ from coordinator_helpers import fake_train, open_tiny_search, tiny_config
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import InvalidRequest
 from autolfads.coordinator.search.messages import SegmentReport, WorkReply
+from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.held_calls import HeldCalls
 from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
@@ -46,7 +49,10 @@ class Search:
         extra = {} if max_held is None else {"max_held_calls": max_held}
         self.service = open_tiny_search(self.store, **kwargs)
         self.server: CoordinatorServer
-        self.server, port = create_server("127.0.0.1:0", self.service, **extra)
+        self.metrics = RpcMetrics()
+        self.server, port = create_server(
+            "127.0.0.1:0", self.service, metrics=self.metrics, **extra
+        )
         self.target = f"127.0.0.1:{port}"
         self.pool = ThreadPoolExecutor(4)
         self.pool_futures: list[Future[WorkReply]] = []
@@ -234,6 +240,8 @@ def test_cancel_ends_a_hold_and_keeps_a_lease_granted_meanwhile(search):
     waiting = search.ask("b", cancel=stop)
     stop.set()  # the worker's SIGTERM
     assert waiting.result(timeout=30).action == "wait"  # asked again, nothing yet
+    # The held call the worker dropped is counted as cancelled.
+    assert search.metrics.wait_for("RequestWork", "CANCELLED", 1, timeout_s=30) == 1
     # A grant that races the cancel is not lost: the re-ask (same request
     # id) replays it. Here the unit is queued before the re-ask.
     report_all(search, grants)
@@ -275,3 +283,46 @@ def test_a_fleet_that_waits_makes_one_call_per_generation(tmp_path):
         search.close()
     # 2 generations of 2 units: 4 grants and 4 DONEs; no WAIT answers at all.
     assert sorted(r.action for r in calls) == ["done"] * 4 + ["train"] * 4
+
+
+@pytest.mark.parametrize("woken_first", [False, True])
+def test_a_call_cancelled_as_work_arrives_passes_the_wake_on(tmp_path, woken_first):
+    """Two held calls, one lease handed back, and the older call cancelled
+    by its client just before the wake pass reaches it, or just after it
+    was woken and before it could ask: the work goes to the other call,
+    which must not sit out its hold with work queued."""
+    store = LocalStore(tmp_path)
+    service = open_tiny_search(store)
+    grants = service.request_work("a", 4).leases  # nothing left queued
+    first = grants[0]
+
+    async def scenario() -> None:
+        held = HeldCalls(service, asyncio.get_running_loop(), max_held=8)
+        try:
+            older = asyncio.ensure_future(held.hold(HOLD_S))
+            younger = asyncio.ensure_future(held.hold(HOLD_S))
+            await asyncio.sleep(0)  # both held
+            assert len(held) == 2
+            # Hand the lease back: the service rings, and the ring's pass is
+            # scheduled (run in the next step); the older call's client then
+            # cancels in this one, before the pass runs.
+            service.report(
+                SegmentReport(
+                    lease_id=first.lease_id,
+                    worker_id="a",
+                    member=first.member,
+                    generation=first.generation,
+                    outcome="abandoned",
+                )  # fmt: skip
+            )
+            await asyncio.sleep(0)  # the ring reaches the loop: a pass is due
+            if woken_first:
+                await asyncio.sleep(0)  # the pass wakes the older call
+            older.cancel()
+            done, _ = await asyncio.wait([younger], timeout=30)
+            assert younger in done, "the wake was spent on the cancelled call"
+            assert older.cancelled()
+        finally:
+            held.close()
+
+    asyncio.run(scenario())

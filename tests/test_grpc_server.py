@@ -226,3 +226,22 @@ def test_client_gives_up_after_the_bounded_wait():
         with pytest.raises(CoordinatorUnavailable):
             c.status()
         assert time.monotonic() - start < 10
+
+
+def test_metrics_wake_a_waiter_as_soon_as_its_count_is_reached():
+    """`record` notifies only while someone waits (it runs for every call on
+    the server's loop); a waiter must still hear the record it waits for
+    at once, not at its timeout."""
+    metrics = RpcMetrics()
+
+    def record_while_waited_for() -> None:
+        while metrics._waiters == 0:  # white-box: until the waiter is waiting
+            time.sleep(0.001)
+        metrics.record("Heartbeat", "OK", 0.001)
+
+    recorder = threading.Thread(target=record_while_waited_for)
+    recorder.start()
+    start = time.monotonic()
+    assert metrics.wait_for("Heartbeat", "OK", 1, timeout_s=60) == 1
+    assert time.monotonic() - start < 30  # woken, not timed out
+    recorder.join()

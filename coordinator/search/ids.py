@@ -14,6 +14,18 @@ import os
 
 _ID_BYTES = 16
 _BATCH = 256
+_forks = 0  # forks survived by this process, counted in the child
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+# A forked child must not hand out ids its parent also holds (no check per id:
+# os.getpid() is a system call).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class RandomIds:
@@ -23,14 +35,13 @@ class RandomIds:
     def __init__(self) -> None:
         self._buffer = b""
         self._at = 0
-        self._pid = -1
+        self._forks = _forks
 
     def next(self) -> str:
-        # A forked child must not hand out its parent's remaining ids.
-        if self._at >= len(self._buffer) or self._pid != os.getpid():
+        if self._at >= len(self._buffer) or self._forks != _forks:
             self._buffer = os.urandom(_ID_BYTES * _BATCH)
             self._at = 0
-            self._pid = os.getpid()
+            self._forks = _forks
         start = self._at
         self._at = start + _ID_BYTES
         return self._buffer[start : self._at].hex()

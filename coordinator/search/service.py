@@ -76,7 +76,12 @@ from autolfads.coordinator.search.validation import (
     check_report_shape,
     check_worker_id,
 )
-from autolfads.coordinator.search.views import LineageCache, lease_view, status_view
+from autolfads.coordinator.search.views import (
+    LineageCache,
+    MemberViews,
+    lease_view,
+    status_view,
+)
 from autolfads.storage.base import Store
 from autolfads.storage.keys import RunLayout
 
@@ -144,6 +149,7 @@ class CoordinatorService:
         self._pruned_generation = -1
         self._status_cache: tuple[int, StatusView] | None = None
         self._lineages = LineageCache()
+        self._member_views = MemberViews()
         # Which workers were seen, and which were told DONE (not persisted:
         # only used to linger after the end until workers have heard of it).
         self._last_seen: dict[str, float] = {}
@@ -473,7 +479,12 @@ class CoordinatorService:
             if self._status_cache is None or self._status_cache[0] != revision:
                 self._status_cache = (
                     revision,
-                    status_view(self._state, self.cfg.pbt.max_generations, self._lineages),
+                    status_view(
+                        self._state,
+                        self.cfg.pbt.max_generations,
+                        self._lineages,
+                        self._member_views,
+                    ),
                 )
             return self._status_cache[1]
 
@@ -544,6 +555,7 @@ class CoordinatorService:
         self._dispatch.reset()
         self._status_cache = None
         self._lineages.clear()
+        self._member_views.clear()
         self._changed.notify_all()
 
     def _bound_state(self) -> None:

@@ -292,7 +292,9 @@ class MemberProtos:
     def get(self, m: MemberView) -> pb.MemberStatus:
         with self._lock:
             hit = self._protos.get(m.member)
-            if hit is not None and hit[0] == m:
+            # The service reuses an unchanged member's view object (identity
+            # first: comparing 1024 views field by field is not free).
+            if hit is not None and (hit[0] is m or hit[0] == m):
                 return hit[1]
         proto = member_to_proto(m)
         with self._lock:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 
 from autolfads.coordinator.search.errors import InvalidRequest
@@ -84,6 +83,13 @@ class HeldCalls:
         timer = self._loop.call_later(timeout_s, _end_wait, future)
         try:
             await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # Woken, then cancelled before it could ask: the work it was
+                # woken for goes to the next held call.
+                self._waiting.pop(future, None)
+                self._schedule()
+            raise
         finally:  # woken, timed out, or the call was cancelled
             timer.cancel()
             self._waiting.pop(future, None)
@@ -109,9 +115,16 @@ class HeldCalls:
             return
         ready = self._service.work_ready()
         count = len(self._waiting) if ready is None else min(ready, len(self._waiting))
-        for future in list(itertools.islice(self._waiting, count)):
+        woken = 0
+        for future in list(self._waiting):
+            if woken == count:
+                break
             del self._waiting[future]
-            _end_wait(future)
+            # A call cancelled in this loop step (its future cancelled, its
+            # task not yet run) takes no work: it must not use up a wake.
+            if not future.done():
+                future.set_result(None)
+                woken += 1
 
 
 def _end_wait(future: asyncio.Future[None]) -> None:
