@@ -19,6 +19,7 @@ docs/storage.md) is the same in a MinIO bucket and in a local directory:
 
 from __future__ import annotations
 
+import functools
 import re
 
 from autolfads.config import NAME_PATTERN
@@ -122,7 +123,14 @@ def split_checkpoint_key(key: str) -> tuple[str, str, int] | None:
     '<run path>/members/m003/gen-0007/checkpoint.pt' -> ('<run path>', 'm003', 7),
     where the run path may carry a store prefix; None for any other key.
     Only the canonical spelling counts: 'gen-00007' is not generation 7."""
-    parts = key.split("/") if isinstance(key, str) else []
+    return _split_checkpoint_key(key) if isinstance(key, str) else None
+
+
+# Retention parses every live checkpoint key at each generation's close
+# (2,000 at 1024 members), mostly the same keys as at the last close.
+@functools.lru_cache(maxsize=1 << 14)
+def _split_checkpoint_key(key: str) -> tuple[str, str, int] | None:
+    parts = key.split("/")
     if len(parts) < 5 or parts[-4] != "members" or parts[-1] != CHECKPOINT_NAME:
         return None
     member, gen = parts[-3], parts[-2]
