@@ -13,7 +13,9 @@ again; if another call took the work first it is held again at the back.
 No wakeup is lost: a call checks for work and, finding none, joins the
 waiters in the same step on the loop, and a ring always reaches the loop
 after that step (`call_soon_threadsafe`), so the pass it schedules sees the
-new waiter.
+new waiter. Nor is one spent on a call its client dropped: a pass skips a
+call cancelled before the pass reached it, and a call cancelled after being
+woken, before it could ask, schedules another pass.
 """
 
 from __future__ import annotations
