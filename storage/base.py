@@ -174,9 +174,19 @@ class StoreCapabilities:
 
     presigned_urls: `presigned_url()` hands out time-limited browser links
     (S3/MinIO); elsewhere it raises `Unsupported`.
+    parallel_writes: how many puts are worth running at once from threads of
+    one process. Round trips (S3) overlap, so many pay off; a local disk's
+    writes are system calls that the kernel serialises on its journal, and
+    every extra writer thread only contends for the GIL with the caller's
+    other threads (the coordinator's event loop), so one writes them all.
     """
 
     presigned_urls: bool = False
+    parallel_writes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.parallel_writes < 1:
+            raise ValueError(f"parallel_writes must be at least 1, got {self.parallel_writes}")
 
 
 class Store(ABC):

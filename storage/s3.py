@@ -135,7 +135,9 @@ def is_transient(err: BaseException) -> bool:
 class S3Store(Store):
     """Objects under `s3://<bucket>/<prefix>` on a MinIO or S3 server."""
 
-    capabilities = StoreCapabilities(presigned_urls=True)
+    # Eight puts in flight: each is mostly a wait on the server (the
+    # coordinator's member histories, 1024 of them at a generation's close).
+    capabilities = StoreCapabilities(presigned_urls=True, parallel_writes=8)
 
     def __init__(self, bucket: str, prefix: str, settings: S3Settings) -> None:
         if prefix:

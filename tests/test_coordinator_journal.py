@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import threading
+from dataclasses import replace
 
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
@@ -74,8 +75,16 @@ def drive_until_crash(store, cfg=SMALL) -> tuple[CoordinatorService | None, dict
     return service, acked
 
 
-def coordinator_changes(tmp_path) -> int:
-    store = FaultyStore(LocalStore(tmp_path / "count"))
+def faulty(root, parallel_writes: int = 1) -> FaultyStore:
+    """A local store that fails on demand, written `parallel_writes` at a
+    time by the coordinator (as S3 is, eight; a local disk one)."""
+    store = FaultyStore(LocalStore(root))
+    store.capabilities = replace(store.capabilities, parallel_writes=parallel_writes)
+    return store
+
+
+def coordinator_changes(tmp_path, parallel_writes: int) -> int:
+    store = faulty(tmp_path / "count", parallel_writes)
     service, _ = drive_until_crash(store)
     assert service is not None and service.terminal
     # The sequence has it all: snapshots, compactions, archives, late deletions.
@@ -85,15 +94,17 @@ def coordinator_changes(tmp_path) -> int:
     return store.count("change", COORDINATOR)
 
 
-def test_a_crash_at_every_write_recovers_the_acknowledged_state(tmp_path):
+# Eight: a batch's documents go out in parallel, in no fixed order.
+@pytest.mark.parametrize("parallel_writes", [1, 8])
+def test_a_crash_at_every_write_recovers_the_acknowledged_state(tmp_path, parallel_writes):
     reference = LocalStore(tmp_path / "ref")
     run_search(open_service(reference, SMALL), reference)
     expected = outcome(reference, generations=5)
-    total = coordinator_changes(tmp_path)
+    total = coordinator_changes(tmp_path, parallel_writes)
     assert total > 20
     for k in range(total):
-        inner = LocalStore(tmp_path / f"crash-{k}")
-        store = FaultyStore(inner)
+        store = faulty(tmp_path / f"crash-{k}", parallel_writes)
+        inner = store.inner
         # From the k-th put or delete of the coordinator's own objects on,
         # nothing reaches storage: what a kill -9 at that point leaves.
         store.inject("change", COORDINATOR, fail="crash", after=k, times=None)

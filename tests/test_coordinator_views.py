@@ -1,9 +1,11 @@
 """Member histories (history.jsonl) are views written after the callers are
 answered: a failed write fails no report and is retried, the search's end
 is answered before them and then writes every one of them, a resumed
-search rewrites what a crash lost, and
-they give way to changes waiting to be written, yet progress under a steady
-stream of them, written by the same few threads at every close."""
+search rewrites what a crash lost, and they give way to changes waiting
+to be written, yet progress under a steady stream of them, written as many
+at a time as the store writes in parallel: by the same few threads at
+every close, or by the writing thread itself when the store gains nothing
+from parallel writes (a local disk)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import TypeVar
 
+import pytest
 from coordinator_helpers import tiny_config
 from test_coordinator_service import LAYOUT, open_service, run_search
 
 from autolfads.coordinator.search.commit import WRITE_THREADS
 from autolfads.coordinator.search.records import history_doc
-from autolfads.storage import FaultyStore, LocalStore, WrapperStore
+from autolfads.storage import FaultyStore, LocalStore, Store, WrapperStore
 
 # Two members, four generations; two reports close a generation.
 CFG = tiny_config(population=2, max_generations=4, stop_patience_generations=10)
@@ -120,6 +124,16 @@ def test_histories_still_due_when_the_search_ends_are_written_despite_a_failure(
         assert [e["generation"] for e in history(store, member)][:2] == [0, 1]
 
 
+S = TypeVar("S", bound=Store)
+
+
+def writing(store: S, parallel_writes: int) -> S:
+    """`store`, telling its users that it writes `parallel_writes` at once
+    (as S3 does eight; a local disk one)."""
+    store.capabilities = replace(store.capabilities, parallel_writes=parallel_writes)
+    return store
+
+
 class HookedStore(WrapperStore):
     """Records the keys put, in order, and calls `hook` once, at the first
     put of a member history."""
@@ -137,10 +151,11 @@ class HookedStore(WrapperStore):
         return super()._put_bytes(key, data, sha256, content_type, metadata)
 
 
-def test_histories_give_way_to_a_change_waiting_to_be_written(tmp_path):
+@pytest.mark.parametrize("parallel_writes", [1, 4])
+def test_histories_give_way_to_a_change_waiting_to_be_written(tmp_path, parallel_writes):
     # A closing generation of 12 members leaves 12 histories to write.
     cfg = tiny_config(population=12, max_generations=3, stop_patience_generations=10)
-    store = HookedStore(LocalStore(tmp_path / "store"))
+    store = writing(HookedStore(LocalStore(tmp_path / "store")), parallel_writes)
     service = open_service(store, cfg)
 
     def another_caller_changes_something() -> None:
@@ -152,7 +167,7 @@ def test_histories_give_way_to_a_change_waiting_to_be_written(tmp_path):
     store.hook = another_caller_changes_something
     run_search(service, store, stop_after=12)  # the 12th report closes generation 0
     written = [k for k in store.puts if k.endswith("history.jsonl")]
-    assert len(written) == WRITE_THREADS < 12  # one round, then the change comes first
+    assert len(written) == parallel_writes  # one round, then the change comes first
 
     service.tick()  # writes the change, then the rest of the histories
     rest = store.puts[store.puts.index(written[-1]) + 1 :]
@@ -179,9 +194,10 @@ class JournalHookedStore(WrapperStore):
         return super()._put_bytes(key, data, sha256, content_type, metadata)
 
 
-def test_histories_progress_under_a_steady_stream_of_changes(tmp_path):
+@pytest.mark.parametrize("parallel_writes", [1, 4])
+def test_histories_progress_under_a_steady_stream_of_changes(tmp_path, parallel_writes):
     cfg = tiny_config(population=12, max_generations=3, stop_patience_generations=10)
-    store = JournalHookedStore(LocalStore(tmp_path / "store"))
+    store = writing(JournalHookedStore(LocalStore(tmp_path / "store")), parallel_writes)
     service = open_service(store, cfg)
     run_search(service, store, stop_after=11)
 
@@ -219,7 +235,7 @@ def test_histories_are_written_by_the_same_few_threads_at_every_close(tmp_path):
     # per round showed new threads in every round (~1,000 per close of a
     # 1024-member generation).
     cfg = tiny_config(population=12, max_generations=4, stop_patience_generations=10)
-    store = ThreadNamesStore(LocalStore(tmp_path / "store"))
+    store = writing(ThreadNamesStore(LocalStore(tmp_path / "store")), WRITE_THREADS)
     service = open_service(store, cfg)
     run_search(service, store)
     state = service.snapshot()
@@ -231,3 +247,18 @@ def test_histories_are_written_by_the_same_few_threads_at_every_close(tmp_path):
     # history went through the pool.
     assert 0 < len(store.threads) <= WRITE_THREADS
     assert all(name.startswith("autolfads-write") for name in store.threads)
+
+
+def test_a_local_store_s_histories_are_written_by_the_writing_thread_alone(tmp_path):
+    # A local disk gains nothing from parallel writes, and writer threads
+    # contend for the GIL with the server's event loop: none is used.
+    assert LocalStore(tmp_path / "store").capabilities.parallel_writes == 1
+    cfg = tiny_config(population=12, max_generations=4, stop_patience_generations=10)
+    store = ThreadNamesStore(LocalStore(tmp_path / "store"))
+    service = open_service(store, cfg)
+    run_search(service, store)
+    state = service.snapshot()
+    assert state.status == "finished"
+    for member in state.members:
+        assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
+    assert store.threads == {threading.current_thread().name}

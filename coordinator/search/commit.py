@@ -27,7 +27,8 @@ after the entry and after the batch's callers are answered: a sync
 generation's close rewrites one per member, and writing 1024 of them before
 answering made every trainer of the next generation wait. One leader at a
 time writes them (the others hand theirs over), newest render per key, so a
-document never goes back to an older version; a few at a time, giving way
+document never goes back to an older version; a round at a time (as many
+as the store writes at once: one on a local disk, eight on S3), giving way
 whenever a change waits to be written (the next leader, or the server's
 tick, carries on). The batch that ends the search is no exception: its
 callers (the last reports, and every worker told DONE) do not wait for
@@ -58,11 +59,19 @@ from autolfads.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-# Side documents of one batch are written by this many threads (a closing
-# generation of 1024 members rewrites 1024 history files; local writes
-# fsync, S3 writes are round trips, so they overlap well). The threads are
-# the process's, made once (`_writers`).
+# Side documents of one batch are written `store.capabilities.parallel_writes`
+# at a time, by at most this many threads (a closing generation of 1024
+# members rewrites 1024 history files: S3 writes are round trips, so they
+# overlap well). The threads are the process's, made once (`_writers`). A
+# store that gains nothing from parallel writes (a local disk) is written
+# by the leader's own thread: at 1024 members and 2000 workers, eight
+# writer threads of a local store cost 12-18 % more of the coordinator's
+# CPU than one (benchmarks/README.md, part 12), for no faster drain.
 WRITE_THREADS = 8
+# The server's tick (once a second) writes at least this many pending views
+# whatever waits, so that they progress under a steady stream of changes
+# too (a 1024-member close in about two minutes at worst).
+TICK_VIEWS = 8
 # After the search's last write, and when the coordinator stops, pending
 # views are tried this many times (then logged; a resumed search rewrites
 # every history).
@@ -169,6 +178,8 @@ class GroupCommit:
         self._entry_bytes_snapshotted = 0  # of those, the ones the snapshot in flight covers
         self._snapshot_bytes = 0  # size of the last snapshot (unknown after a restart)
         self._listeners: list[Callable[[], None]] = []
+        # Views per round: as many as the store writes at once.
+        self._view_round = min(store.capabilities.parallel_writes, WRITE_THREADS)
 
     @property
     def latest(self) -> Ticket:
@@ -242,11 +253,11 @@ class GroupCommit:
         )
 
     def write_views(self) -> None:
-        """Write views left pending while changes came first: one round
+        """Write views left pending while changes came first: `TICK_VIEWS`
         whatever waits, then more while nothing does (the server's tick,
         so that they progress under a steady stream of changes too). Lock
         not held."""
-        self._write_views(at_least=1)
+        self._write_views(at_least=-(-TICK_VIEWS // self._view_round))  # rounds, rounded up
 
     # ------------------------------------------------------------ internals
 
@@ -325,7 +336,7 @@ class GroupCommit:
                     busy = self._writing or self._pending
                     if yield_to_changes and busy and round_ >= at_least:
                         return
-                    views = self._take_views(WRITE_THREADS if yield_to_changes else None)
+                    views = self._take_views(self._view_round if yield_to_changes else None)
                 if not views:
                     return
                 try:
@@ -429,41 +440,44 @@ def _delete_all(store: Store, keys: list[str], what: str) -> None:
 
 
 def _put_all(store: Store, docs: list[tuple[str, bytes]]) -> None:
-    """Write `docs`, several at a time; return once every write has ended,
-    raising the first failure (none is left running: a later batch must not
-    race with an older render of the same key)."""
-
-    def put(doc: tuple[str, bytes]) -> None:
-        key, data = doc
-        content_type = "application/json" if key.endswith(".json") else "application/x-ndjson"
-        store.put_bytes(key, data, content_type=content_type)
-
-    if len(docs) <= 1:
+    """Write `docs`, as many at a time as the store writes in parallel (in
+    order on this thread if one); return once every write has ended,
+    raising the first failure (none is left running: a later batch must
+    not race with an older render of the same key)."""
+    width = min(store.capabilities.parallel_writes, WRITE_THREADS)
+    if width == 1 or len(docs) <= 1:
         for doc in docs:
-            put(doc)
+            _put(store, doc)
         return
-    futures: list[Future[None]] = [_writers().submit(put, doc) for doc in docs]
+    pool = _writers(width)
+    futures: list[Future[None]] = [pool.submit(_put, store, doc) for doc in docs]
     wait(futures)
     for future in futures:
         future.result()  # re-raises the first failure, in the batch's order
 
 
-_pool: ThreadPoolExecutor | None = None
+def _put(store: Store, doc: tuple[str, bytes]) -> None:
+    key, data = doc
+    content_type = "application/json" if key.endswith(".json") else "application/x-ndjson"
+    store.put_bytes(key, data, content_type=content_type)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
 
 
-def _writers() -> ThreadPoolExecutor:
-    """The process's writer threads, shared by its searches and made once
-    (like asyncio's default executor: idle, they wait on the pool's queue,
-    and they end with the process; no coordinator owns them, so a stopped
-    server leaves none of its own threads behind).
+def _writers(width: int) -> ThreadPoolExecutor:
+    """The process's `width` writer threads, shared by its searches and made
+    once (like asyncio's default executor: idle, they wait on the pool's
+    queue, and they end with the process; no coordinator owns them, so a
+    stopped server leaves none of its own threads behind).
 
-    A pool per batch started and joined WRITE_THREADS threads for every
+    A pool per batch started and joined eight threads for every
     round of views: about 1,000 threads per close of a 1024-member
     generation, each one a clone, a stack mapping and a join. Nothing a
     writer runs waits on another batch, so sharing cannot deadlock."""
-    global _pool
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="autolfads-write")
-        return _pool
+        pool = _pools.get(width)
+        if pool is None:
+            pool = _pools[width] = ThreadPoolExecutor(width, thread_name_prefix="autolfads-write")
+        return pool
