@@ -159,6 +159,9 @@ def test_one_trainer_gives_the_same_result(reference, config_path, tmp_path):
     coordinator = search.coordinator()
     assert finish(search.trainer("solo"), coordinator) == [0, 0]
     assert search.result()[0] == reference[0]
+    # Development on loopback without tokens: said once, not per check.
+    log = (tmp_path / "coordinator.log").read_text()
+    assert log.count("no tokens configured") == 1, log
 
 
 @pytest.fixture

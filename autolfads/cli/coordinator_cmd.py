@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
-    # Security first: a refused --listen fails before storage is touched.
+    # Security first: a refused --listen fails before storage is touched
+    # (the server's own check then warns of what is allowed but risky).
     security = server_security(args)
-    security.check(args.listen)
+    security.check(args.listen, warn=False)
     store = open_store(args.storage, create_bucket=False)  # the run exists
     given = load_config(args.config) if args.config is not None else None
     cfg, data_key, data_sha = load_run(store, args.run, given)

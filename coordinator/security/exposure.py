@@ -75,11 +75,13 @@ class ServerSecurity:
     def authenticated(self) -> bool:
         return not self.tokens.empty
 
-    def check(self, listen: str) -> None:
-        """Raise ConfigError if serving on `listen` this way would be unsafe."""
+    def check(self, listen: str, *, warn: bool = True) -> None:
+        """Raise ConfigError if serving on `listen` this way would be unsafe;
+        log what is allowed but risky unless `warn` is false (a command that
+        checks early, before the server checks again, says it only once)."""
         host = listen_host(listen)
         if is_loopback_host(host):
-            if not self.authenticated:
+            if not self.authenticated and warn:
                 log.warning(
                     "no tokens configured: any local user can call the coordinator on %s "
                     "(fine for development; see docs/protocol.md, Authentication)",
@@ -97,7 +99,7 @@ class ServerSecurity:
                 f"refusing plaintext gRPC on {listen}: give --tls-cert and --tls-key "
                 "(or --tls-dir), listen on 127.0.0.1, or pass --allow-plaintext"
             )
-        if not self.authenticated:
+        if not self.authenticated and warn:
             log.warning("--insecure-no-auth: anyone who reaches %s controls the search", listen)
 
 
