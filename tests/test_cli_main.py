@@ -37,3 +37,17 @@ def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 141
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_a_spawned_child_of_python_m_autolfads_runs_no_second_command():
+    # multiprocessing's `spawn` re-imports the parent's main module in the
+    # child under the name `__mp_main__` (runpy, as below): an unguarded
+    # `python -m autolfads` would run its command again there.
+    code = (
+        "import runpy; runpy.run_module('autolfads', run_name='__mp_main__', alter_sys=True);"
+        " print('imported')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "imported"), done.stderr
