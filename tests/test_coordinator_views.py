@@ -230,35 +230,35 @@ class ThreadNamesStore(WrapperStore):
         return super()._put_bytes(key, data, sha256, content_type, metadata)
 
 
-def test_histories_are_written_by_the_same_few_threads_at_every_close(tmp_path):
-    # Four closes of 12 members: eight rounds of histories. A pool started
-    # per round showed new threads in every round (~1,000 per close of a
-    # 1024-member generation).
+def threads_writing_histories(store: ThreadNamesStore) -> set[str]:
+    """Run a search of four closes of 12 members (eight rounds of histories
+    when eight are written at once) and return the threads that wrote its
+    histories, once every history is checked."""
     cfg = tiny_config(population=12, max_generations=4, stop_patience_generations=10)
-    store = writing(ThreadNamesStore(LocalStore(tmp_path / "store")), WRITE_THREADS)
     service = open_service(store, cfg)
     run_search(service, store)
     state = service.snapshot()
     assert state.status == "finished"
     for member in state.members:
         assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
+    return store.threads
+
+
+def test_histories_are_written_by_the_same_few_threads_at_every_close(tmp_path):
+    # A pool started per round showed new threads in every round (~1,000
+    # per close of a 1024-member generation).
+    store = writing(ThreadNamesStore(LocalStore(tmp_path / "store")), WRITE_THREADS)
+    threads = threads_writing_histories(store)
     # How many of the pool's threads take a round's writes depends on which
     # idle ones wake first, so only the bound is checked, and that every
     # history went through the pool.
-    assert 0 < len(store.threads) <= WRITE_THREADS
-    assert all(name.startswith("autolfads-write") for name in store.threads)
+    assert 0 < len(threads) <= WRITE_THREADS
+    assert all(name.startswith("autolfads-write") for name in threads)
 
 
 def test_a_local_store_s_histories_are_written_by_the_writing_thread_alone(tmp_path):
     # A local disk gains nothing from parallel writes, and writer threads
     # contend for the GIL with the server's event loop: none is used.
     assert LocalStore(tmp_path / "store").capabilities.parallel_writes == 1
-    cfg = tiny_config(population=12, max_generations=4, stop_patience_generations=10)
-    store = ThreadNamesStore(LocalStore(tmp_path / "store"))
-    service = open_service(store, cfg)
-    run_search(service, store)
-    state = service.snapshot()
-    assert state.status == "finished"
-    for member in state.members:
-        assert store.get_bytes(LAYOUT.history(member)) == history_doc(state, member)
-    assert store.threads == {threading.current_thread().name}
+    threads = threads_writing_histories(ThreadNamesStore(LocalStore(tmp_path / "store")))
+    assert threads == {threading.current_thread().name}
