@@ -11,7 +11,10 @@ every write fsynced) for a number of single reports and times, interleaved:
 - **state.json** (the previous version): encoding the whole state with
   `SearchState.to_json` (record texts cached, as before) and writing it;
 - **snapshot**: rendering and writing one snapshot of the live state (every
-  64 entries, off the callers' path).
+  64 entries, off the callers' path);
+- **take**: taking each of those reports' batch for its write (the journal
+  entry's diff and encoding, under the service lock; `take_us`), which
+  should not grow with the population either.
 
 It also times, in memory, the two parts of each generation's closing
 report that hold the service lock (`close_under_the_lock_ms`, sync mode),
@@ -123,7 +126,9 @@ class CloseTimer:
             }
 
 
-def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples: int) -> dict:
+def measure(
+    service: CoordinatorService, store: TimedStore, disk: Path, samples: int, closes: CloseTimer
+) -> dict:
     """`samples` single reports on the local disk, each followed by the
     previous version's whole-state write of the same state (interleaved)."""
     memory = store.inner
@@ -132,6 +137,7 @@ def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples:
     before_s, before_bytes = [], 0
     grants = service.request_work("probe", samples).leases
     store.puts.clear()
+    closes.takes.clear()
     for grant in grants:
         report(service, grant, "probe")
         start = time.perf_counter()
@@ -140,6 +146,7 @@ def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples:
         before_s.append(time.perf_counter() - start)
         before_bytes = len(text)
     entries = [(s, n) for k, s, n in store.puts if "/coordinator/journal/" in k]
+    takes = list(closes.takes)
     image = service._commit.image
     snap_start = time.perf_counter()
     key, data = service._commit.writer.snapshot(image)
@@ -153,6 +160,10 @@ def measure(service: CoordinatorService, store: TimedStore, disk: Path, samples:
         "state_json_bytes": before_bytes,
         "snapshot_ms": round(snapshot_s * 1e3, 1),
         "snapshot_bytes": len(data),
+        "take_us": {
+            "p50": round(float(np.median(takes)) * 1e6, 1),
+            "max": round(max(takes) * 1e6, 1),
+        },
         "archived_through": image.archived_through,
     }
 
@@ -205,7 +216,9 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         wall[generation] += time.perf_counter() - start
         half = sum(1 for s in service._state.segments.values() if s.phase == "reported")
         if generation in args.at and generation not in results and half >= args.population // 2:
-            results[generation] = measure(service, store, root / f"g{generation}", args.samples)
+            results[generation] = measure(
+                service, store, root / f"g{generation}", args.samples, closes
+            )
             print(generation, json.dumps(results[generation]), flush=True)
     per_generation = {g: round(s, 2) for g, s in wall.items()}
     return {

@@ -30,7 +30,8 @@ memory so a write is a diff (of the keys the state's record maps saw
 change, `tracked.RecordMap`; record texts are cached by the records, so an
 unchanged record is recognised by identity) and a failed write can be rolled
 back without reading storage. Images are never mutated: each batch makes a
-new one (shallow copies).
+new one, sharing what did not change with the last (`layered.Layered`), so
+a write costs what changed, not the size of the population.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
 from autolfads.coordinator.search.errors import CoordinatorError
+from autolfads.coordinator.search.layered import Layered
 from autolfads.coordinator.search.state import RECORD_MAPS, SearchState, encode_value
 from autolfads.storage.keys import RunLayout
 
@@ -88,7 +90,9 @@ def prime(state: SearchState, base: Image) -> Image:
     """The image of `state`, which storage holds as `base` (after recovery or
     a rollback): same content, but texts shared with the state's records so
     the next diff recognises unchanged records by identity."""
-    records = {k: {key: r.encoded() for key, r in getattr(state, k).items()} for k in RECORD_KINDS}
+    records = {
+        k: Layered({key: r.encoded() for key, r in getattr(state, k).items()}) for k in RECORD_KINDS
+    }
     history = {
         member: {e.generation: e.encoded() for e in entries if e.generation > base.archived_through}
         for member, entries in state.history.items()
@@ -97,7 +101,7 @@ def prime(state: SearchState, base: Image) -> Image:
         base,
         fields=_fields(state),
         records=records,
-        history={m: h for m, h in history.items() if h},
+        history=Layered({m: h for m, h in history.items() if h}),
         event_refs=tuple(state.events),
         event_texts=tuple(encode_value(e) for e in state.events),
         best_history=tuple(state.best_history),
@@ -186,13 +190,15 @@ class JournalWriter:
         seq = base.seq + 1
         fields = _fields(state)
         parts: list[str] = [f'"seq":{seq}', f'"fields":{fields}']
-        records = {k: dict(base.records[k]) for k in RECORD_KINDS}
+        records: dict[str, Layered[str, str]] = {}
         maps = [getattr(state, kind) for kind in RECORD_KINDS]
         for kind, live in zip(RECORD_KINDS, maps, strict=True):
             # Only the keys touched since the last take can differ from `base`
             # (it is that take's image), unless nothing was written yet.
             keys = None if base.seq == 0 else live.touched
-            put, drop = _diff(live, records[kind], keys)
+            written = Layered.of(base.records[kind])
+            put, drop = _diff(live, written, keys)
+            records[kind] = written.changed(put, drop)
             parts.append(f'"put_{kind}":{_join(put.items())}')
             parts.append(f'"drop_{kind}":{json.dumps(drop)}')
         # Only the touched members' entries can differ, unless nothing was
@@ -299,11 +305,10 @@ def _best_delta(written: tuple[float, ...], live: Sequence[float]) -> tuple[int,
 
 
 def _diff(
-    live: Mapping[str, Any], written: dict[str, str], keys: Collection[str] | None
+    live: Mapping[str, Any], written: Mapping[str, str], keys: Collection[str] | None
 ) -> tuple[dict[str, str], list[str]]:
-    """Records whose text differs from `written` (updated in place), and the
-    keys `live` no longer has (removed from `written`). `keys`: the only keys
-    that can differ (None: any)."""
+    """Records whose text differs from `written`, and the keys `live` no
+    longer has. `keys`: the only keys that can differ (None: any)."""
     if keys is not None:
         return _diff_keys(live, written, keys)
     put: dict[str, str] = {}
@@ -311,17 +316,14 @@ def _diff(
         text = record.encoded()
         if written.get(key) is not text:
             put[key] = text
-    written.update(put)
     drop: list[str] = []
-    if len(written) != len(live):  # only then can a key have gone
-        drop = [key for key in written if key not in live]
-        for key in drop:
-            del written[key]
+    if len(written) + sum(1 for key in put if key not in written) != len(live):
+        drop = [key for key in written if key not in live]  # only then can a key have gone
     return put, drop
 
 
 def _diff_keys(
-    live: Mapping[str, Any], written: dict[str, str], keys: Collection[str]
+    live: Mapping[str, Any], written: Mapping[str, str], keys: Collection[str]
 ) -> tuple[dict[str, str], list[str]]:
     put: dict[str, str] = {}
     drop: list[str] = []
@@ -330,10 +332,9 @@ def _diff_keys(
         if record is not None:
             text = record.encoded()
             if written.get(key) is not text:
-                put[key] = written[key] = text
+                put[key] = text
         elif key in written:
             drop.append(key)
-            del written[key]
     return put, drop
 
 
@@ -343,17 +344,15 @@ def _diff_history(
     through: int,
     members: Collection[str] | None,
     archiving: bool,
-) -> tuple[dict[str, Mapping[int, str]], dict[str, dict[int, str]]]:
+) -> tuple[Layered[str, Mapping[int, str]], dict[str, dict[int, str]]]:
     """The open history (generations > `through`) and what changed in it.
     `members`: the only members whose entries can differ (None: any).
     `archiving`: generations up to `through` just closed for good, so every
     member's open history loses them. A member with no change keeps its
-    written dict (no copy)."""
-    if members is None or archiving:
-        history: dict[str, Mapping[int, str]] = {}
-        members = state.history
-    else:
-        history = dict(written)
+    written dict (no copy), and so does the map when only a few changed."""
+    whole = members is None or archiving
+    history: dict[str, Mapping[int, str]] = {}  # whole: all of it; else the members changed
+    members = state.history if members is None or archiving else members
     changed: dict[str, dict[int, str]] = {}
     for member in members:
         old = written.get(member, {})
@@ -372,9 +371,11 @@ def _diff_history(
             merged.update(diff)
             if merged:
                 history[member] = merged
-        elif old:
+        elif old and whole:
             history[member] = old
-    return history, changed
+    if whole:
+        return Layered(history), changed
+    return Layered.of(written).changed(history, ()), changed
 
 
 def _event_delta(written: tuple[Any, ...], live: list[Any]) -> tuple[int, list[Any]]:
