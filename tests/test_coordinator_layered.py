@@ -49,6 +49,7 @@ def test_a_layered_map_is_taken_as_is_and_a_dict_is_copied():
     base["b"] = "2"  # the caller's dict changes later
     assert dict(copied.items()) == {"a": "1"}
     assert Layered.of(copied) is copied
+    assert copied.changed({}, []) is copied  # no empty layers to walk or copy
 
 
 def test_older_layers_are_freed_once_copied_into_one():

@@ -87,6 +87,23 @@ def test_a_resumed_search_rewrites_the_histories_a_crash_lost(tmp_path):
         assert all(line["next_parent"] for line in lines[:-1])
 
 
+@pytest.mark.parametrize("parallel_writes", [1, 4])
+def test_a_history_that_cannot_be_written_holds_back_no_other(tmp_path, caplog, parallel_writes):
+    # One member's history fails every time (its folder unwritable, say):
+    # every other one is still written, at each close and at the end, and
+    # only that one is reported missing.
+    store = writing(FaultyStore(LocalStore(tmp_path / "store")), parallel_writes)
+    store.inject("put", r"/members/m000/history\.jsonl$", fail="permission denied", times=None)
+    service = open_service(store, CFG)
+    with caplog.at_level(logging.WARNING):
+        run_search(service, store)
+    state = service.snapshot()
+    assert state.status == "finished"
+    assert not store.exists(LAYOUT.history("m000"))
+    assert store.get_bytes(LAYOUT.history("m001")) == history_doc(state, "m001")
+    assert "1 member histories not written; a resumed search rewrites them" in caplog.text
+
+
 def fresh_line(entry) -> dict:
     return {**asdict(entry), "metric": entry.metric}
 

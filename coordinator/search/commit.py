@@ -339,12 +339,18 @@ class GroupCommit:
                     views = self._take_views(self._view_round if yield_to_changes else None)
                 if not views:
                     return
-                try:
-                    _put_all(self.store, list(views.items()))
-                except Exception as err:  # a view is never worth failing an answered call
-                    log.warning("member histories not written yet (retried later): %s", err)
-                    with self._cond:  # a newer render of a key supersedes the failed one
-                        self._views = {**views, **self._views}
+                # A view is never worth failing an answered call: the ones
+                # that failed stay pending (a newer render of a key
+                # supersedes the failed one), the others are done.
+                failed = _put_each(self.store, list(views.items()))
+                if failed:
+                    log.warning(
+                        "%d member histories not written yet (retried later): %s",
+                        len(failed),
+                        failed[0][1],
+                    )
+                    with self._cond:
+                        self._views = {**{key: views[key] for key, _ in failed}, **self._views}
                     return
         finally:
             with self._cond:
@@ -440,20 +446,36 @@ def _delete_all(store: Store, keys: list[str], what: str) -> None:
 
 
 def _put_all(store: Store, docs: list[tuple[str, bytes]]) -> None:
-    """Write `docs`, as many at a time as the store writes in parallel (in
-    order on this thread if one); return once every write has ended,
-    raising the first failure (none is left running: a later batch must
-    not race with an older render of the same key)."""
+    """`_put_each`, raising the first failure in the batch's order."""
+    failed = _put_each(store, docs)
+    if failed:
+        raise failed[0][1]
+
+
+def _put_each(store: Store, docs: list[tuple[str, bytes]]) -> list[tuple[str, Exception]]:
+    """Try every one of `docs`, as many at a time as the store writes in
+    parallel (in order on this thread if one); return once every write has
+    ended (none is left running: a later batch must not race with an older
+    render of the same key), with the keys that failed and why, in order."""
     width = min(store.capabilities.parallel_writes, WRITE_THREADS)
+    failed: list[tuple[str, Exception]] = []
     if width == 1 or len(docs) <= 1:
         for doc in docs:
-            _put(store, doc)
-        return
+            try:
+                _put(store, doc)
+            except Exception as err:  # the others are still tried
+                failed.append((doc[0], err))
+        return failed
     pool = _writers(width)
     futures: list[Future[None]] = [pool.submit(_put, store, doc) for doc in docs]
     wait(futures)
-    for future in futures:
-        future.result()  # re-raises the first failure, in the batch's order
+    for (key, _), future in zip(docs, futures, strict=True):
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt and the like are not a failed write
+            failed.append((key, error))
+    return failed
 
 
 def _put(store: Store, doc: tuple[str, bytes]) -> None:

@@ -50,6 +50,8 @@ class Layered(Mapping[K, V], Generic[K, V]):
     def changed(self, put: Mapping[K, V], drop: Iterable[K]) -> Layered[K, V]:
         """This map with `put` set and `drop` removed (a key in both is
         dropped); this map is left as it was."""
+        if not put and not drop:
+            return self  # no empty layer, and no copy every 16th of them
         top: dict[K, object] = dict(put)
         size = self._len + sum(1 for key in put if key not in self)
         for key in dict.fromkeys(drop):
@@ -72,6 +74,15 @@ class Layered(Mapping[K, V], Generic[K, V]):
                 return value  # type: ignore[return-value]
             layer = layer._below
         raise KeyError(key)
+
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        layer: Layered[K, V] | None = self
+        while layer is not None:
+            value = layer._top.get(key, _ABSENT)
+            if value is not _ABSENT:
+                return default if value is _GONE else value  # type: ignore[return-value]
+            layer = layer._below
+        return default
 
     def __contains__(self, key: object) -> bool:
         layer: Layered[K, V] | None = self
