@@ -179,7 +179,7 @@ class GroupCommit:
         self._snapshot_bytes = 0  # size of the last snapshot (unknown after a restart)
         self._listeners: list[Callable[[], None]] = []
         # Views per round: as many as the store writes at once.
-        self._view_round = min(store.capabilities.parallel_writes, WRITE_THREADS)
+        self._view_round = _width(store)
 
     @property
     def latest(self) -> Ticket:
@@ -457,7 +457,7 @@ def _put_each(store: Store, docs: list[tuple[str, bytes]]) -> list[tuple[str, Ex
     parallel (in order on this thread if one); return once every write has
     ended (none is left running: a later batch must not race with an older
     render of the same key), with the keys that failed and why, in order."""
-    width = min(store.capabilities.parallel_writes, WRITE_THREADS)
+    width = _width(store)
     failed: list[tuple[str, Exception]] = []
     if width == 1 or len(docs) <= 1:
         for doc in docs:
@@ -476,6 +476,11 @@ def _put_each(store: Store, docs: list[tuple[str, bytes]]) -> list[tuple[str, Ex
                 raise error  # KeyboardInterrupt and the like are not a failed write
             failed.append((key, error))
     return failed
+
+
+def _width(store: Store) -> int:
+    """How many of `store`'s writes run at once (see WRITE_THREADS)."""
+    return min(store.capabilities.parallel_writes, WRITE_THREADS)
 
 
 def _put(store: Store, doc: tuple[str, bytes]) -> None:

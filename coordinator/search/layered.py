@@ -65,33 +65,28 @@ class Layered(Mapping[K, V], Generic[K, V]):
         return Layered(layer._flat()) if layer._depth >= MAX_DEPTH else layer
 
     def __getitem__(self, key: K) -> V:
-        layer: Layered[K, V] | None = self
-        while layer is not None:
-            value = layer._top.get(key, _ABSENT)
-            if value is not _ABSENT:
-                if value is _GONE:
-                    break
-                return value  # type: ignore[return-value]
-            layer = layer._below
-        raise KeyError(key)
+        value = self._find(key)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value  # type: ignore[return-value]
 
     def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        value = self._find(key)
+        return default if value is _ABSENT else value  # type: ignore[return-value]
+
+    def __contains__(self, key: object) -> bool:
+        return self._find(key) is not _ABSENT  # type: ignore[arg-type]
+
+    def _find(self, key: K) -> object:
+        """The value of `key`, newest layer first; `_ABSENT` if it has none
+        (never set, or dropped since)."""
         layer: Layered[K, V] | None = self
         while layer is not None:
             value = layer._top.get(key, _ABSENT)
             if value is not _ABSENT:
-                return default if value is _GONE else value  # type: ignore[return-value]
+                return _ABSENT if value is _GONE else value
             layer = layer._below
-        return default
-
-    def __contains__(self, key: object) -> bool:
-        layer: Layered[K, V] | None = self
-        while layer is not None:
-            value = layer._top.get(key, _ABSENT)  # type: ignore[arg-type]
-            if value is not _ABSENT:
-                return value is not _GONE
-            layer = layer._below
-        return False
+        return _ABSENT
 
     def __len__(self) -> int:
         return self._len
