@@ -56,7 +56,7 @@ from autolfads.config import DataConfig, PbtConfig, RunConfig, TrainingConfig
 from autolfads.coordinator.search.staging import stage_run
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
-from autolfads.storage import LocalStore
+from autolfads.storage import LocalStore, RunLayout
 from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_synthetic
 
@@ -332,6 +332,19 @@ def state_size(root: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def state_writes(root: Path) -> int:
+    """State writes so far: the journal's newest sequence number (each
+    group commit writes one entry, numbered from 1 since the run began)."""
+    layout = RunLayout(RUN)
+    store = LocalStore(root / "store")
+    seqs = [
+        layout.parse_sequence_key(prefix, info.key) or 0
+        for prefix in (layout.journal_prefix(), layout.snapshot_prefix())
+        for info in store.list(prefix)
+    ]
+    return max(seqs, default=0)
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a live process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -461,6 +474,7 @@ def main() -> None:
             user_s, sys_s = user_end - user_start, sys_end - sys_start
             cpu_s = user_s + sys_s
             size = None if args.floor else state_size(root)  # the floor stores nothing
+            writes = None if args.floor else state_writes(root)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -480,6 +494,8 @@ def main() -> None:
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],
         "state_bytes": size,
+        # Group commit: how many writes covered the run's changes.
+        "state_writes": writes,
         "store_filesystem": filesystem_of(root.resolve()),
         "server_cpu_s": round(cpu_s, 2),
         # System time: the kernel's share (file writes and fsyncs, sockets,

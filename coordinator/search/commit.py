@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 # overlap well). The threads are the process's, made once (`_writers`). A
 # store that gains nothing from parallel writes (a local disk) is written
 # by the leader's own thread: at 1024 members and 2000 workers, eight
-# writer threads of a local store cost 12-18 % more of the coordinator's
+# writer threads of a local store cost 12-26 % more of the coordinator's
 # CPU than one (benchmarks/README.md, part 12), for no faster drain.
 WRITE_THREADS = 8
 # The server's tick (once a second) writes at least this many pending views
