@@ -40,8 +40,13 @@ print(",".join(k for k in d["project"]["optional-dependencies"] if k != "dev"))'
 "$PY" -m ruff check --quiet .
 "$PY" -m ruff format --check --quiet .
 "$PY" -m mypy
+# Two workers, each taking whole test files (a file's module fixtures, such as
+# its Ray cluster or finished search, are then made once): most end-to-end
+# tests wait on subprocesses and sockets about as much as they compute, so two
+# at a time fit two cores. AUTOLFADS_TEST_WORKERS=0 runs in this process alone.
+workers=${AUTOLFADS_TEST_WORKERS:-2}
 set +e
-"$PY" -m pytest "$@"
+"$PY" -m pytest -n "$workers" --dist loadfile "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no tests: treat that as a failure to notice.
