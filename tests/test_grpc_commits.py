@@ -8,6 +8,7 @@ twice."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -17,8 +18,9 @@ from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_
 
 from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.commit_bridge import CommitBridge
 from autolfads.coordinator.wire.server import create_server
-from autolfads.storage import FaultyStore, LocalStore, RunLayout
+from autolfads.storage import FaultyStore, LocalStore, RunLayout, WrapperStore
 
 JOURNAL = f"^{re.escape(RunLayout('search').journal_prefix())}"
 
@@ -128,3 +130,50 @@ def test_a_report_whose_answer_a_stop_cut_off_is_neither_lost_nor_counted_twice(
         server.stop(0)
     assert ack.accepted and ack.duplicate
     assert len(saved_state(store, "search").history[grant.member]) == 1
+
+
+class _Announcing(WrapperStore):
+    """Sets `started` when a journal write begins."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.started = threading.Event()
+        self.journal_puts = 0
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        if re.search(JOURNAL, key):
+            self.journal_puts += 1
+            self.started.set()
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def test_calls_that_run_in_one_turn_of_the_loop_share_one_write(tmp_path):
+    """The commit threads are woken once the loop's turn is over, so every
+    change staged in that turn (the held calls woken at a generation's
+    boundary all run in one) goes out in one write, and no thread takes
+    the service lock between them."""
+    store = _Announcing(LocalStore(tmp_path))
+    service = open_tiny_search(store)
+    store.started.clear()
+    before = store.journal_puts
+
+    async def grant(bridge: CommitBridge, worker: str, first: bool) -> None:
+        if not first:
+            # Still the same turn: give a woken commit thread every chance
+            # to start writing the first grant alone.
+            store.started.wait(0.5)
+        reply, ticket = service.request_work_staged(worker, 1)
+        assert reply.action == "train" and ticket is not None
+        await bridge.written(ticket)
+
+    async def main() -> None:
+        bridge = CommitBridge(service, asyncio.get_running_loop())
+        try:
+            await asyncio.gather(grant(bridge, "w0", True), grant(bridge, "w1", False))
+        finally:
+            bridge.close()
+
+    asyncio.run(main())
+    assert store.journal_puts == before + 1
+    leases = saved_state(store, "search").leases.values()
+    assert sorted(x.worker_id for x in leases) == ["w0", "w1"]

@@ -4,9 +4,10 @@ returns once the ticket's change is written (and raises if it was lost).
 The service applies a change in memory on the loop's thread and stages it
 (`CoordinatorService.report_staged` and friends); storage must not block
 the loop, so `COMMIT_THREADS` threads lead the writes (`service.flush`),
-woken whenever a call starts to wait. Whichever thread finishes a write
-(one of these, or the server's tick) tells the loop through the service's
-`on_written` listener, and the loop settles every call the write covered.
+woken at the end of each turn of the loop in which a call started to wait.
+Whichever thread finishes a write (one of these, or the server's tick)
+tells the loop through the service's `on_written` listener, and the loop
+settles every call the write covered.
 Under load one write answers many calls, and a call costs one future, not
 a thread handoff.
 """
@@ -32,6 +33,7 @@ class CommitBridge:
         self._loop = loop
         self._waiting: list[tuple[Ticket, asyncio.Future[None]]] = []
         self._kick = threading.Event()
+        self._kick_due = False
         self._closed = False
         self._unlisten = service.on_written(self._notify)
         self._threads = [
@@ -46,11 +48,22 @@ class CommitBridge:
         if not ticket.settled:
             future = self._loop.create_future()
             self._waiting.append((ticket, future))
-            if not self._kick.is_set():  # set() takes a lock and notifies each time
-                self._kick.set()
+            # The commit threads are woken once this turn of the loop is over:
+            # the calls that run in the same turn (every held call woken at a
+            # generation's boundary) stage their changes first, and one write
+            # takes them all, instead of the threads taking the lock between
+            # them.
+            if not self._kick_due:
+                self._kick_due = True
+                self._loop.call_soon(self._kick_threads)
             await future
         if ticket.error is not None:
             raise ticket.error
+
+    def _kick_threads(self) -> None:
+        self._kick_due = False
+        if not self._kick.is_set():  # set() takes a lock and notifies each time
+            self._kick.set()
 
     def close(self) -> None:
         """Stop the commit threads (once the server takes no more calls)."""
