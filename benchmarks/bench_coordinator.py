@@ -81,6 +81,7 @@ class Recorder:
     # (monotonic): the generations' boundaries as the fleet saw them.
     opened: dict[int, float] = field(default_factory=dict)
     first_done: float | None = None
+    connections: int = 0  # to the coordinator, the most seen open at once
 
     @property
     def errors(self) -> dict[str, int]:
@@ -231,10 +232,12 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
     )
 
 
-async def watch_status(stub, rec: Recorder, stop_at: float) -> None:
-    """Poll GetStatus once a second: what `autolfads status --watch` costs."""
+async def watch_status(stub, rec: Recorder, stop_at: float, port: int) -> None:
+    """Poll GetStatus once a second: what `autolfads status --watch` costs.
+    Also counts the connections open to the coordinator each time."""
     while time.monotonic() < stop_at:
         status = await rec.call("GetStatus", stub.GetStatus, pb.GetStatusRequest(), 60.0)
+        rec.connections = max(rec.connections, connections_to(port))
         if status is not None and status.state != pb.SEARCH_STATE_RUNNING:
             return
         await asyncio.sleep(1.0)
@@ -249,9 +252,36 @@ async def loop_lag(lags: list[float], done: list[asyncio.Task]) -> None:
         lags.append(time.perf_counter() - start - 0.01)
 
 
+# Channels to one address with the same options share one TCP connection
+# (gRPC's process-wide subchannel pool): without this option every
+# simulated worker's call went down a single connection, whatever
+# `--channels` said. A fleet's trainers are processes, one connection each.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections to `port` on this machine, counted from
+    their client ends (Linux /proc/net/tcp and tcp6)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                count += remote_port == port and fields[3] == "01"  # ESTABLISHED
+    return count
+
+
+def open_channels(port: int, count: int) -> list[grpc.aio.Channel]:
+    """`count` channels to the coordinator, each on a connection of its own."""
+    return [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(count)
+    ]
+
+
 async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, list]:
     rec = Recorder(sent=[] if args.timeline else None)
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(args.channels)]
+    channels = open_channels(port, args.channels)
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     start = time.monotonic()
     stop_at = start + args.time_limit
@@ -261,7 +291,7 @@ async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, l
     ]
     # The watcher stops with the workers: a coordinator that has told every
     # worker DONE exits, maybe before the watcher's next poll saw the end.
-    watcher = asyncio.create_task(watch_status(stubs[0], rec, stop_at))
+    watcher = asyncio.create_task(watch_status(stubs[0], rec, stop_at, port))
     if args.timeline:
         tasks.append(asyncio.create_task(loop_lag(rec.lags, list(tasks))))
     await asyncio.gather(*tasks)
@@ -421,7 +451,12 @@ def main() -> None:
     p.add_argument("--mode", choices=["sync", "async"], default="sync")
     p.add_argument("--heartbeats", type=int, default=2, help="heartbeats (epochs) per segment")
     p.add_argument("--epoch-s", type=float, default=0.5, help="simulated seconds per epoch")
-    p.add_argument("--channels", type=int, default=32, help="gRPC connections the workers share")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=32,
+        help="gRPC connections (one channel each) the workers share",
+    )
     p.add_argument("--rpc-timeout", type=float, default=60.0)
     p.add_argument(
         "--wait-s",
@@ -490,6 +525,7 @@ def main() -> None:
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
+        "client_connections": rec.connections,
         "mode": args.mode,
         "elapsed_s": elapsed,
         "generation_marks_s": [(round(t - marks[0][0], 2), g) for t, g in marks],

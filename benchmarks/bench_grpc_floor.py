@@ -37,7 +37,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from bench_coordinator import bench_config, cpu_seconds
+from bench_coordinator import bench_config, cpu_seconds, open_channels
 from bench_state_write import FAKE_SHA, RUN, report
 
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -103,7 +103,7 @@ def serve(threads: int) -> None:
 
 
 async def drive(port: int, calls: Sequence[Call], concurrency: int) -> None:
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(32)]
+    channels = open_channels(port, 32)
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     left = list(calls)
 

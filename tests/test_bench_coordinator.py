@@ -59,6 +59,8 @@ def test_the_load_runs_the_search_to_its_end(tmp_path: Path, floor: bool) -> Non
     marks = [mark for _, mark in result["generation_marks_s"]]
     assert marks == ["start", 0, 1, "end"]
     assert result["server_cpu_s"] >= result["server_cpu_sys_s"] >= 0
+    # `--channels 2` is two connections, not two channels on one.
+    assert result["client_connections"] == 2
     # Group commit: a write covers one change or more (each segment's grant
     # and report, and the search's start), and the floor writes nothing.
     if floor:
