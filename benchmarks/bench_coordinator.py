@@ -81,7 +81,7 @@ class Recorder:
     # (monotonic): the generations' boundaries as the fleet saw them.
     opened: dict[int, float] = field(default_factory=dict)
     first_done: float | None = None
-    connections: int = 0  # to the coordinator, the most seen open at once
+    connections: int = 0  # open to the coordinator once every channel was ready
 
     @property
     def errors(self) -> dict[str, int]:
@@ -232,12 +232,10 @@ async def train_segment(worker_id, stub, rec: Recorder, args, lease) -> None:
     )
 
 
-async def watch_status(stub, rec: Recorder, stop_at: float, port: int) -> None:
-    """Poll GetStatus once a second: what `autolfads status --watch` costs.
-    Also counts the connections open to the coordinator each time."""
+async def watch_status(stub, rec: Recorder, stop_at: float) -> None:
+    """Poll GetStatus once a second: what `autolfads status --watch` costs."""
     while time.monotonic() < stop_at:
         status = await rec.call("GetStatus", stub.GetStatus, pb.GetStatusRequest(), 60.0)
-        rec.connections = max(rec.connections, connections_to(port))
         if status is not None and status.state != pb.SEARCH_STATE_RUNNING:
             return
         await asyncio.sleep(1.0)
@@ -282,6 +280,10 @@ def open_channels(port: int, count: int) -> list[grpc.aio.Channel]:
 async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, list]:
     rec = Recorder(sent=[] if args.timeline else None)
     channels = open_channels(port, args.channels)
+    # Connected before the clock starts, as a fleet's trainers are when
+    # they first ask (and so that all of them can be counted).
+    await asyncio.gather(*(c.channel_ready() for c in channels))
+    rec.connections = connections_to(port)
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     start = time.monotonic()
     stop_at = start + args.time_limit
@@ -291,7 +293,7 @@ async def drive(port: int, args: argparse.Namespace) -> tuple[Recorder, float, l
     ]
     # The watcher stops with the workers: a coordinator that has told every
     # worker DONE exits, maybe before the watcher's next poll saw the end.
-    watcher = asyncio.create_task(watch_status(stubs[0], rec, stop_at, port))
+    watcher = asyncio.create_task(watch_status(stubs[0], rec, stop_at))
     if args.timeline:
         tasks.append(asyncio.create_task(loop_lag(rec.lags, list(tasks))))
     await asyncio.gather(*tasks)
