@@ -330,6 +330,48 @@ def test_failed_state_write_rolls_back_and_the_retry_counts_once(tmp_path):
     assert len(persisted(store).history[grant.member]) == 1
 
 
+def test_a_write_that_fails_in_the_tick_is_logged_and_the_tick_goes_on(tmp_path, caplog):
+    # The server calls tick() every second; a storage hiccup in the write it
+    # leads must not stop the server (before: the error escaped serve()).
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_service(store)
+    reply, ticket = service.request_work_staged("w0", 1, "r0")  # nobody waits for it yet
+    assert reply.action == "train" and ticket is not None and not ticket.settled
+    store.inject("put", STATE_KEY, fail="503 SlowDown", times=1)
+    service.tick()  # leads the write, which fails
+    assert ticket.settled and isinstance(ticket.error, StorageError)  # the caller's error
+    assert "not saved this tick" in caplog.text
+    # Rolled back, and the service goes on: the worker asks again and is granted.
+    assert service.snapshot().leases == {}
+    service.tick()
+    assert service.request_work("w0", 1, "r1").action == "train"
+    assert len(persisted(store).leases) == 1
+
+
+def test_after_a_lost_write_what_is_on_record_is_not_given_its_error(tmp_path):
+    # A lost change is rolled back; a caller whose own change is on record
+    # (a flush, a resent report) must not get that loss's error, nor the
+    # server's tick, which then writes the histories still pending.
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_service(store, tiny_config(population=2, mode="async"))  # histories at once
+    first, second = (service.request_work(w, 1).leases[0] for w in ("w0", "w1"))
+    report = fake_train(store, first, "w0")
+    # Its history fails twice: after its answer, and after the lost write below.
+    store.inject("put", r"history\.jsonl$", fail="slow disk", times=2)
+    assert service.report(report).accepted
+    history = LAYOUT.history(first.member)
+    assert not store.exists(history)
+    store.inject("put", STATE_KEY, fail="503 SlowDown", times=1)
+    with pytest.raises(StorageError, match="not saved"):
+        service.report(fake_train(store, second, "w1"))  # lost: its caller retries
+    service.flush()  # nothing is pending
+    ack = service.report(report)  # the first worker resends (its ack was lost)
+    assert ack.accepted and ack.duplicate
+    assert not store.exists(history)
+    service.tick()
+    assert store.exists(history)
+
+
 def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
     # No plateau stop: the test needs all six generations whatever the fake metrics do.
     cfg = tiny_config(max_generations=6, stop_patience_generations=10)

@@ -423,6 +423,14 @@ class GroupCommit:
             if lost(t):
                 t.error = _lost(error)
         self._pending = [t for t in self._pending if t.error is None]
+        if self._latest.error is not None:
+            # What callers wait for when their own change is already on
+            # record (a flush, a resent report, a replayed grant): the newest
+            # change still to be written, or nothing. A rolled-back change is
+            # not in memory any more, so none of them can depend on it; left
+            # here, its error would come back to each of them until the next
+            # change was staged.
+            self._latest = self._pending[-1] if self._pending else Ticket(-1, done=True)
         self._cond.notify_all()
         self._settled()
 

@@ -83,6 +83,7 @@ from autolfads.coordinator.search.views import (
     status_view,
 )
 from autolfads.storage.base import Store
+from autolfads.storage.errors import StorageError
 from autolfads.storage.keys import RunLayout
 
 log = logging.getLogger(__name__)
@@ -510,10 +511,19 @@ class CoordinatorService:
 
     def tick(self) -> None:
         """Expire overdue leases and write any change nobody waits for, then
-        views left pending (the server calls this every second)."""
+        views left pending (the server calls this every second).
+
+        A write that fails here is logged, not raised: it was rolled back,
+        the callers that waited for it got its error and retry, and the
+        next tick expires the same leases again. One failed write (a
+        storage hiccup) must not stop the server that calls this."""
         with self._lock:
             self._sweep()
-        self.flush()
+        try:
+            self.flush()
+        except StorageError as err:
+            log.warning("coordinator state not saved this tick (retried at the next): %s", err)
+            return
         self._commit.write_views()
 
     # ------------------------------------------------------------ internals
