@@ -5,14 +5,13 @@ answered call, so a kill -9 loses nothing a restart cannot rebuild."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from grpc_health.v1 import health
 
 from autolfads.katib.servicer import create_suggestion_server
 from autolfads.katib.suggestion import KatibSuggestion
+from autolfads.signals import StopEvent, stop_on_signals
 from autolfads.storage import Store
 
 log = logging.getLogger(__name__)
@@ -27,10 +26,8 @@ def serve(store: Store, listen: str, *, port_file: Path | None = None) -> int:
         tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{port}\n")
         tmp.replace(port_file)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
+    stop = StopEvent()  # SIGTERM / SIGINT set it (from the main thread)
+    stop_on_signals(stop)
     stop.wait()
     health_servicer.enter_graceful_shutdown()
     server.stop(5.0).wait()

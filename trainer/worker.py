@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +57,7 @@ from autolfads.coordinator.search.messages import (
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.state import StartPoint
 from autolfads.errors import AutolfadsError
+from autolfads.signals import StopEvent, stop_on_signals
 from autolfads.storage import (
     ChecksumMismatch,
     DataCache,
@@ -476,8 +476,6 @@ def configure_torch(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def install_sigterm(stop: threading.Event) -> None:
+def install_sigterm(stop: StopEvent) -> None:
     """SIGTERM/SIGINT set `stop`; the loop abandons its leases between epochs."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
+    stop_on_signals(stop)

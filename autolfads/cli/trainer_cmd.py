@@ -70,10 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import threading
-
     from autolfads.coordinator.wire.client import CoordinatorClient
     from autolfads.errors import ConfigError
+    from autolfads.signals import StopEvent
     from autolfads.storage import default_cache_dir, open_store, validate_identifier
     from autolfads.trainer.worker import Worker, configure_torch, default_threads, install_sigterm
 
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.katib_trial is not None:
         return _run_katib_trial(args)
     security = client_security(args, "work")
-    stop = threading.Event()
+    stop = StopEvent()
     install_sigterm(stop)
     configure_torch(args.threads or default_threads())
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -112,11 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_katib_trial(args: argparse.Namespace) -> int:
-    import threading
-
     from autolfads.errors import ConfigError
     from autolfads.katib.names import parse_trial_name
     from autolfads.katib.trial import run_trial
+    from autolfads.signals import StopEvent
     from autolfads.storage import default_cache_dir, open_store
     from autolfads.trainer.worker import configure_torch, default_threads, install_sigterm
 
@@ -125,7 +123,7 @@ def _run_katib_trial(args: argparse.Namespace) -> int:
     if args.max_leases != 1 or args.run is not None:
         raise ConfigError("--katib-trial trains one segment: drop --max-leases and --run")
     parse_trial_name(args.katib_trial)  # a bad name fails before storage is touched
-    stop = threading.Event()
+    stop = StopEvent()
     install_sigterm(stop)
     configure_torch(args.threads or default_threads())
     return run_trial(

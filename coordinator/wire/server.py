@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -44,6 +43,7 @@ from autolfads.coordinator.wire.held_calls import HeldCalls
 from autolfads.coordinator.wire.servicer import CoordinatorServicer
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+from autolfads.signals import StopEvent, restore_signals, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,8 @@ def serve(
         tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{port}\n")
         tmp.replace(port_file)
-    stop = threading.Event()
-    previous = _install_signal_handlers(stop)
+    stop = StopEvent()  # SIGTERM / SIGINT set it (from the main thread)
+    previous = stop_on_signals(stop)
     try:
         while not stop.is_set() and not service.terminal:
             service.tick()
@@ -268,7 +268,7 @@ def serve(
             _linger(service, stop, linger_s if linger_s is not None else service.lease_timeout_s)
     finally:
         server.graceful_stop()
-        _restore_signal_handlers(previous)
+        restore_signals(previous)
     status = service.exit_status
     log.info("coordinator stopped; search %s", status)
     if status in ("finished", "cancelled"):
@@ -282,17 +282,3 @@ def _linger(service: CoordinatorService, stop: threading.Event, linger_s: float)
     while time.monotonic() < end and service.workers_not_told_done(window):
         if stop.wait(0.2):
             return
-
-
-def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous: dict[int, object] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    return previous
-
-
-def _restore_signal_handlers(previous: dict[int, object]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)  # type: ignore[arg-type]
