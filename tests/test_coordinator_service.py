@@ -372,6 +372,22 @@ def test_after_a_lost_write_what_is_on_record_is_not_given_its_error(tmp_path):
     assert store.exists(history)
 
 
+def test_a_retry_whose_leases_have_expired_is_answered_afresh(local_store):
+    # A client retries a RequestWork with the same request_id until it hears
+    # back. While its first answer's leases live, a retry gets them again;
+    # once they have expired, it must be served like a new request (it was
+    # answered WAIT, and held, with that very work queued).
+    clock = ManualClock()
+    service = open_service(local_store, clock=clock, lease_timeout_s=10)
+    first = service.request_work("y", 1, "R").leases
+    assert service.request_work("y", 1, "R").leases == first  # its answer was lost: again
+    clock.advance(11)
+    service.tick()  # expired: queued again
+    retry = service.request_work("y", 1, "R")
+    assert retry.action == "train" and retry.leases[0].lease_id != first[0].lease_id
+    assert service.request_work("y", 1, "R").leases == retry.leases  # and that one replays
+
+
 def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
     # No plateau stop: the test needs all six generations whatever the fake metrics do.
     cfg = tiny_config(max_generations=6, stop_patience_generations=10)

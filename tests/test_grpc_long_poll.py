@@ -299,8 +299,8 @@ def test_a_call_cancelled_as_work_arrives_passes_the_wake_on(tmp_path, woken_fir
     async def scenario() -> None:
         held = HeldCalls(service, asyncio.get_running_loop(), max_held=8)
         try:
-            older = asyncio.ensure_future(held.hold(HOLD_S))
-            younger = asyncio.ensure_future(held.hold(HOLD_S))
+            older = asyncio.ensure_future(held.hold(HOLD_S, "x"))
+            younger = asyncio.ensure_future(held.hold(HOLD_S, "y"))
             await asyncio.sleep(0)  # both held
             assert len(held) == 2
             # Hand the lease back: the service rings, and the ring's pass is
@@ -322,6 +322,40 @@ def test_a_call_cancelled_as_work_arrives_passes_the_wake_on(tmp_path, woken_fir
             done, _ = await asyncio.wait([younger], timeout=30)
             assert younger in done, "the wake was spent on the cancelled call"
             assert older.cancelled()
+        finally:
+            held.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_passes_over_a_worker_that_holds_all_the_leases_it_may(tmp_path):
+    """A worker at its lease limit asks for its next lease early (the
+    trainer does, in its last epoch) and is held; a lease handed back must
+    wake a call that can take it, not be spent on that worker's call, which
+    is woken once its own report gives it room."""
+    store = LocalStore(tmp_path)
+    service = open_tiny_search(store, max_leases_per_request=1)
+    grants = {w: service.request_work(w, 1).leases[0] for w in "abcd"}  # nothing left queued
+
+    def hand_back(worker: str) -> None:
+        x = grants[worker]
+        service.report(SegmentReport(x.lease_id, worker, x.member, x.generation, "abandoned"))
+
+    async def scenario() -> None:
+        held = HeldCalls(service, asyncio.get_running_loop(), max_held=8)
+        try:
+            at_limit = asyncio.ensure_future(held.hold(HOLD_S, "a"))  # holds its one lease
+            idle = asyncio.ensure_future(held.hold(HOLD_S, "x"))
+            await asyncio.sleep(0)  # both held
+            hand_back("d")  # one unit queued
+            done, _ = await asyncio.wait([idle], timeout=30)
+            assert idle in done, "the wake was spent on the worker at its limit"
+            assert not at_limit.done() and len(held) == 1
+            # Its segment is done (nothing new queued): room again, with the
+            # handed-back unit still queued.
+            service.report(fake_train(store, grants["a"], "a"))
+            done, _ = await asyncio.wait([at_limit], timeout=30)
+            assert at_limit in done, "not woken when its report gave it room"
         finally:
             held.close()
 

@@ -298,7 +298,11 @@ class CoordinatorService:
             return WorkReply("done", search_state=state.status)
         previous = state.requests.get(worker_id)
         if request_id and previous is not None and previous.request_id == request_id:
-            return self._replay(worker_id, previous)
+            replayed = self._replay(previous)
+            if replayed is not None:
+                return replayed
+            # None of its leases is live any more (a retry whose first
+            # answer was lost, after those leases expired): answered afresh.
         allowed = 0
         if not self._draining and self._dispatch.has_queued(state):
             held = self._dispatch.held(state, worker_id)
@@ -384,6 +388,12 @@ class CoordinatorService:
         check_report_shape(report)
         with self._lock:
             ack = self._report(report)
+            state = self._state
+            held = self._dispatch.held(state, report.worker_id)
+            if held == self.max_leases_per_request - 1 and self._dispatch.has_queued(state):
+                # Its worker was at the limit, so a pass may have left its
+                # held RequestWork waiting (`has_room`); now it has room.
+                self._ring_work()
             # A duplicate waits too: the first copy's change may not be written yet.
             return ack, self._commit.latest
 
@@ -416,6 +426,13 @@ class CoordinatorService:
             if self._state.terminal or self._draining:
                 return None
             return self._dispatch.queued_count(self._state)
+
+    def has_room(self, worker_id: str) -> bool:
+        """Whether `worker_id` holds fewer leases than one request may: a
+        held RequestWork woken for queued work must be one that can take it
+        (a worker asking for its next lease while at the limit cannot)."""
+        with self._lock:
+            return self._dispatch.held(self._state, worker_id) < self.max_leases_per_request
 
     def _ring_work(self) -> None:
         for listener in self._work_listeners:
@@ -640,16 +657,15 @@ class CoordinatorService:
         segment.attempts += 1
         return lease
 
-    def _replay(self, worker_id: str, previous: WorkerRequest) -> WorkReply:
+    def _replay(self, previous: WorkerRequest) -> WorkReply | None:
+        """The first answer again, if any of its leases is still live."""
         leases = [self._state.leases[i] for i in previous.lease_ids if i in self._state.leases]
         live = tuple(
             lease_view(self._state, x, self.layout, self.lease_timeout_s)
             for x in leases
             if x.status == "active"
         )
-        if not live:
-            return self._wait_reply(worker_id)
-        return WorkReply("train", live)
+        return WorkReply("train", live) if live else None
 
     def _lease_of(self, lease_id: str, worker_id: str) -> LeaseRecord:
         lease = self._state.leases.get(lease_id)

@@ -59,8 +59,9 @@ class HeldCalls:
         self._service = service
         self._loop = loop
         self.max_held = max_held
-        # An ordered set: waking takes the oldest, a timeout removes its own.
-        self._waiting: dict[asyncio.Future[None], None] = {}
+        # Oldest first, with each call's worker: waking takes the oldest that
+        # can take work, a timeout removes its own.
+        self._waiting: dict[asyncio.Future[None], str] = {}
         self._pass_due = False
         self._unlisten = service.on_work(self._ring)
 
@@ -73,12 +74,12 @@ class HeldCalls:
         held calls cannot use up the server's concurrent-call limit."""
         return len(self._waiting) >= self.max_held
 
-    async def hold(self, timeout_s: float) -> None:
+    async def hold(self, timeout_s: float, worker_id: str) -> None:
         """Wait until woken or `timeout_s` passes (the caller asks again
         either way). Call it in the same loop step as the check that found
         no work."""
         future = self._loop.create_future()
-        self._waiting[future] = None
+        self._waiting[future] = worker_id
         # A timer that ends the wait, not `asyncio.wait_for`: that wraps the
         # future in a second one and a task step per call, for thousands of
         # held calls at a generation's boundary.
@@ -118,15 +119,22 @@ class HeldCalls:
         ready = self._service.work_ready()
         count = len(self._waiting) if ready is None else min(ready, len(self._waiting))
         woken = 0
-        for future in list(self._waiting):
+        for future, worker_id in list(self._waiting.items()):
             if woken == count:
                 break
-            del self._waiting[future]
             # A call cancelled in this loop step (its future cancelled, its
             # task not yet run) takes no work: it must not use up a wake.
-            if not future.done():
-                future.set_result(None)
-                woken += 1
+            if future.done():
+                del self._waiting[future]
+                continue
+            # Nor may a call whose worker holds all the leases it may: it
+            # would be held again, and the work would wait for the next ring.
+            # It stays (the report that gives it room rings).
+            if ready is not None and not self._service.has_room(worker_id):
+                continue
+            del self._waiting[future]
+            future.set_result(None)
+            woken += 1
 
 
 def _end_wait(future: asyncio.Future[None]) -> None:

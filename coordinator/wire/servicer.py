@@ -82,7 +82,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     break
                 # No await between the check above and joining the waiters.
                 since = time.monotonic()
-                await self._held.hold(left)
+                await self._held.hold(left, request.worker_id)
                 held_s += time.monotonic() - since
             if ticket is not None:
                 await self._bridge.written(ticket)
