@@ -388,6 +388,29 @@ def test_a_retry_whose_leases_have_expired_is_answered_afresh(local_store):
     assert service.request_work("y", 1, "R").leases == retry.leases  # and that one replays
 
 
+def test_best_search_json_appears_only_once_the_end_is_on_record(tmp_path):
+    # Finalize takes best/search.json as the end of the search: a cancel
+    # whose write is lost must not leave one behind, and an end whose
+    # result could not be written gets it from the resumed coordinator.
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_service(store)
+    for grant in service.request_work("w0", 4).leases:  # generation 0 closes: a best exists
+        service.report(fake_train(store, grant, "w0"))
+    result = LAYOUT.best("search.json")
+    store.inject("put", STATE_KEY, fail="503 SlowDown", times=1)
+    with pytest.raises(StorageError, match="not saved"):
+        service.cancel("operator")
+    assert persisted(store).status == "running" and not store.exists(result)
+    store.inject("put", re.escape(result), fail="disk full", times=None)
+    assert service.cancel("operator") == "cancelled"  # on record; its result is not
+    assert persisted(store).status == "cancelled" and not store.exists(result)
+    del service  # "kill -9"
+    store.clear()
+    resumed = open_service(store)
+    resumed.drain()
+    assert store.get_json(result)["status"] == "cancelled"
+
+
 def test_state_is_pruned_and_a_pruned_state_resumes_exactly(tmp_path):
     # No plateau stop: the test needs all six generations whatever the fake metrics do.
     cfg = tiny_config(max_generations=6, stop_patience_generations=10)

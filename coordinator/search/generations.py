@@ -193,8 +193,15 @@ class Progress:
         state.events.append(
             {"kind": f"search_{status}", "generation": state.generation, "message": message}
         )
-        self._put(self.layout.best("search.json"), partial(records.best_doc, state))
+        self.view_result(state)
         log.info("search %s: %s", status, message)
+
+    def view_result(self, state: SearchState) -> None:
+        """Write best/search.json (how the search ended, and its best) as a
+        view: after the end is on record. Finalize takes the file as the end
+        of the search; written before the state, a crash or a failed write
+        in between left it saying so while the recorded search ran on."""
+        self.outbox.view(self.layout.best("search.json"), partial(records.best_doc, state))
 
     def view_history(self, state: SearchState, member: str) -> None:
         """Rewrite `member`'s history.jsonl after the change is answered (a view)."""

@@ -193,9 +193,12 @@ class CoordinatorService:
             for lease in self._active_leases():
                 lease.deadline = deadline
             self._event("coordinator_resumed", generation=self._state.generation)
-            # The histories are written after answering; a crash may have lost some.
+            # The histories are written after answering; a crash may have lost
+            # some, or the result of a search that had ended.
             for member in self._state.history:
                 self._progress.view_history(self._state, member)
+            if self._state.terminal:
+                self._progress.view_result(self._state)
             if self._state.mode == "sync" and not self._state.terminal:
                 self._progress.advance_sync(self._state)
 
