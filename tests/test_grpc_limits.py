@@ -15,6 +15,7 @@ from dataclasses import replace
 import grpc
 import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.config import parse_config
 from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest, Overloaded
@@ -161,6 +162,29 @@ def test_streams_cannot_take_every_thread(served):
     finally:
         for c in streams:
             c.close()
+
+
+def test_health_watches_take_no_watcher_slot(served):
+    # A load balancer or monitor watching health (async, no thread) must
+    # neither fill the watchers' slots nor be refused for them.
+    _, target, _ = served  # at most 2 WatchStatus streams
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        probes = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(3)]
+        try:
+            for probe in probes:
+                assert next(probe).status == health_pb2.HealthCheckResponse.SERVING
+            observer = ClientSecurity(token=TOKENS.observer)
+            streams = [CoordinatorClient(target, security=observer) for _ in range(2)]
+            try:
+                watches = [c.watch(timeout_s=30) for c in streams]
+                assert next(watches[0]).run == next(watches[1]).run == "search"
+            finally:
+                for c in streams:
+                    c.close()
+        finally:
+            for probe in probes:
+                probe.cancel()
 
 
 def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> None:

@@ -85,6 +85,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
 def _method(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -93,7 +96,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
     """Undecodable requests -> INVALID_ARGUMENT (not INTERNAL), and at most
     `max_streams` server-streaming calls at once (RESOURCE_EXHAUSTED beyond),
     so watchers cannot crowd out the workers (each waits on a thread of the
-    loop's executor between updates)."""
+    loop's executor between updates); the health service's Watch aside."""
 
     def __init__(self, max_streams: int) -> None:
         if max_streams < 1:
@@ -109,9 +112,11 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         path = handler_call_details.method
-        return self._cache.get(path, handler, lambda: self._wrap(_method(path), handler))
+        return self._cache.get(path, handler, lambda: self._wrap(path, handler))
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = _method(path)
+
         def unary(behaviour: Behaviour) -> Behaviour:
             async def checked(request: Any, context: Any) -> Any:
                 if isinstance(request, _Undecodable):  # (no coroutine for the others)
@@ -120,10 +125,14 @@ class RequestGuard(grpc.aio.ServerInterceptor):
 
             return checked
 
+        # The health service's Watch waits on the loop, not on a thread: a
+        # load balancer's or monitor's watches must not take the watchers'
+        # slots (nor be refused for them).
+        limited = not path.startswith(HEALTH_PREFIX)
         return rewrap(
             handler,
             unary=unary,
-            stream=lambda request, context: self._stream(method, request, context),
+            stream=lambda request, context: self._stream(method, request, context, limited),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
 
@@ -136,8 +145,13 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             )
 
     @asynccontextmanager
-    async def _stream(self, method: str, request: Any, context: Any) -> AsyncIterator[None]:
+    async def _stream(
+        self, method: str, request: Any, context: Any, limited: bool
+    ) -> AsyncIterator[None]:
         await self._check(method, request, context)
+        if not limited:
+            yield
+            return
         if self._open_streams >= self.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
