@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -117,8 +118,17 @@ def _http_client(settings: S3Settings) -> urllib3.PoolManager:
     )
 
 
+def tls_failure(err: BaseException) -> bool:
+    """A failed TLS handshake (a wrong scheme or certificate): no retry mends it."""
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
+        err = err.reason
+    return isinstance(err, urllib3.exceptions.SSLError | ssl.SSLError)
+
+
 def is_transient(err: BaseException) -> bool:
     """Worth retrying: the network or the server hiccuped, not our request."""
+    if tls_failure(err):  # (urllib3's SSLError is one of its HTTPErrors)
+        return False
     if isinstance(err, S3Error):
         return err.code in _TRANSIENT_CODES or err.response.status >= 500
     if isinstance(err, ServerError):
@@ -221,7 +231,8 @@ class S3Store(Store):
             return StorageError(
                 f"{op} {where}: the server rejected our clock; sync the system time"
             )
-        message = redact(one_line(err.message or "", 160), self.settings.secrets())
+        # Redacted before it is shortened: a secret cut in two would not match.
+        message = one_line(redact(err.message or "", self.settings.secrets()), 160)
         return StorageError(f"{op} {where}: {code} (HTTP {err.response.status}): {message}")
 
     def _map_other(self, op: str, where: str, err: BaseException) -> StorageError:
@@ -230,8 +241,8 @@ class S3Store(Store):
             return StorageAuthError(
                 f"{op} {where}: the server refused the request ({self._describe(err)})"
             )
-        if isinstance(err, urllib3.exceptions.SSLError):
-            return StorageUnavailable(
+        if tls_failure(err):
+            return StorageError(
                 f"{op} {where}: TLS handshake with {self.settings.endpoint_url} failed; "
                 "check the certificate (SSL_CERT_FILE) or use http:// for a plain-HTTP server"
             )

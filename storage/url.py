@@ -80,6 +80,8 @@ def parse_endpoint(endpoint: str, secure_default: bool, source: str) -> tuple[st
         host, secure = parts.netloc, parts.scheme == "https"
     else:
         host, secure = endpoint, secure_default
+    if "@" in host:  # user:secret@host without a scheme: never echoed
+        raise StorageError(f"{source}: credentials are not accepted in the endpoint")
     if not _HOSTPORT.fullmatch(host):
         raise StorageError(f"{source}: endpoint host {host!r} is not host[:port]")
     return host, secure

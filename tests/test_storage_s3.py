@@ -336,12 +336,38 @@ def test_bad_settings_are_one_line_errors(env, match) -> None:
         "s3://bucket/prefix?secret_key=sEnTiNeL/secret+99",
         "s3://bucket/prefix?access_key=AKSENTINELACCESS42",
         "s3://bucket/prefix?endpoint=http://AKSENTINELACCESS42:sEnTiNeL@127.0.0.1:1",
+        "s3://bucket/prefix?endpoint=AKSENTINELACCESS42:sEnTiNeL@127.0.0.1:1",  # no scheme
     ],
 )
 def test_credentials_in_urls_are_refused_without_echoing_them(url) -> None:
     with pytest.raises(StorageError, match="credentials are not accepted") as caught:
         open_store(url, env={})
     _assert_no_secret(str(caught.value))
+
+
+def test_credentials_in_an_endpoint_variable_are_refused_without_echoing_them() -> None:
+    env = {"MINIO_ENDPOINT": "AKSENTINELACCESS42:sEnTiNeL/secret+99@127.0.0.1:9000"}
+    with pytest.raises(StorageError, match="credentials are not accepted") as caught:
+        s3_settings_from_env(env)
+    _assert_no_secret(str(caught.value))
+
+
+def test_a_failed_tls_handshake_is_not_retried(s3_server, s3_bucket) -> None:
+    # https:// to a plain-HTTP server: a wrong scheme, which no retry mends
+    # (it was retried through the whole budget as if the server were down).
+    if not s3_server.endpoint_url.startswith("http://"):
+        pytest.skip("needs a plain-HTTP server")
+    host = s3_server.endpoint_url.split("://", 1)[1]
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_REGION": s3_server.region,
+    }
+    patient = RetryPolicy(max_attempts=50, base_delay_s=5.0, max_delay_s=5.0)
+    with pytest.raises(StorageError, match="TLS handshake") as caught:
+        open_store(f"s3://{s3_bucket}/run?endpoint=https://{host}", env=env, retry=patient)
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert "attempts" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
