@@ -33,9 +33,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -78,6 +80,7 @@ from autolfads.trainer.publisher import Publisher
 from autolfads.trainer.timing import WorkerClock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_DONE = 0
 EXIT_TERMINATED = 143
@@ -149,7 +152,14 @@ class Worker:
         """Lease, train, report until DONE (exit 0) or SIGTERM (143)."""
         self.clock.started()
         try:
-            code = self._loop()
+            try:
+                code = self._loop()
+            except BaseException:
+                # A lease granted in advance must not wait out its timeout
+                # with a dead worker (a sync generation would stall on it).
+                self.stop.set()  # ends that request's long poll
+                self._hand_back_asked()
+                raise
             self._hand_back_asked()
             # Every finished segment is stored and reported before the worker ends.
             with self.clock.phase("ckpt_save"):
@@ -215,18 +225,31 @@ class Worker:
                 self._abandon([LeasedSegment(lease) for lease in reply.leases])
 
     def _request_work(self) -> WorkReply | None:
-        """The coordinator's answer, or None once storage says the search ended.
+        """The coordinator's answer, or None once storage says the search
+        ended; WAIT if stopped while the coordinator was unreachable (the
+        loop then ends: 143)."""
+        try:
+            return self._riding_out(
+                lambda: self.client.request_work(
+                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self.stop
+                )
+            )
+        except CoordinatorUnavailable:
+            if self.stop.is_set():
+                return WorkReply("wait")
+            raise
 
-        Each client call rides out a coordinator restart for its own bounded
-        wait; between calls the run's stored state is checked, for at most
-        `unavailable_wait_s` in total.
-        """
+    def _riding_out(self, call: Callable[[], T]) -> T | None:
+        """`call()` through a coordinator restart: each client call has its
+        own bounded wait; between calls the run's stored state is checked
+        (None once it says the search ended), for at most
+        `unavailable_wait_s` in total, and not once the worker is stopping.
+        Leases, heartbeats and reports alike: a report is idempotent, and
+        a finished segment's report must not be lost to a restart."""
         deadline = time.monotonic() + self.unavailable_wait_s
         while True:
             try:
-                return self.client.request_work(
-                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self.stop
-                )
+                return call()
             except CoordinatorUnavailable:
                 if self.run_name and search_ended(self.store, self.run_name):
                     return None
@@ -251,8 +274,12 @@ class Worker:
                     with self.clock.phase("train"):
                         self._train_epoch(seg)
             if self.stop.is_set():
-                self._abandon(segs)
-                return
+                # Segments still training go back; finished ones are published.
+                unfinished = [seg for seg in segs if seg.training]
+                self._abandon(unfinished)
+                for seg in unfinished:
+                    seg.stopped = True
+                break
             interval = min(seg.lease.heartbeat_interval_s for seg in segs)
             if time.monotonic() - last_beat >= interval or not any(seg.training for seg in segs):
                 self._heartbeat(segs)
@@ -287,10 +314,16 @@ class Worker:
         for seg in segs:
             if seg.stopped:
                 continue
+            beat = partial(
+                self.client.heartbeat, seg.lease.lease_id, self.worker_id, len(seg.epochs)
+            )
             try:
-                reply = self.client.heartbeat(seg.lease.lease_id, self.worker_id, len(seg.epochs))
+                reply = self._riding_out(beat)
             except UnknownLease as err:
                 log.warning("dropping lease: %s", err)
+                seg.stopped = True
+                continue
+            if reply is None:  # the stored state says the search ended
                 seg.stopped = True
                 continue
             if reply.action == "stop":
@@ -420,10 +453,13 @@ class Worker:
 
     def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
-            ack = self.client.report(report)
+            ack = self._riding_out(lambda: self.client.report(report))
         except (StaleLease, UnknownLease, SearchFinished) as err:
             # Someone else owns the unit now (or the search ended): drop it.
             log.warning("report of %s not counted: %s", seg.lease.member, err)
+            return
+        if ack is None:
+            log.warning("report of %s not sent: the search has ended", seg.lease.member)
             return
         log.info(
             "%s generation %d reported (metric %s%s)",

@@ -168,11 +168,17 @@ class CoordinatorClient:
         )
         if wait_s > 0 and math.isfinite(wait_s):  # others: the server names the problem
             timeout_s = self.timeout_s + wait_s
-            held = self._retrying(lambda: self._held_call(request, timeout_s, cancel))
+            held = self._retrying(lambda: self._held_call(request, timeout_s, cancel), cancel)
             if held is not None:
                 return convert.work_from_proto(held)
             request.wait_s = 0.0
-        return convert.work_from_proto(self._call(self._stub.RequestWork, request))
+        reply = self._retrying(
+            lambda: self._stub.RequestWork(
+                request, timeout=self.timeout_s, metadata=self._metadata
+            ),
+            cancel,
+        )
+        return convert.work_from_proto(reply)
 
     def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
         request = pb.HeartbeatRequest(
@@ -239,7 +245,10 @@ class CoordinatorClient:
                 return None
         return call.result()
 
-    def _retrying(self, send: Callable[[], T]) -> T:
+    def _retrying(self, send: Callable[[], T], cancel: threading.Event | None = None) -> T:
+        """`send()`, retried while the coordinator is unreachable, for at
+        most `unavailable_wait_s`; setting `cancel` ends the retries (a
+        stopping worker must not wait out an outage)."""
         start = time.monotonic()
         delay = 0.2
         while True:
@@ -251,7 +260,8 @@ class CoordinatorClient:
                     raise self._failure(err) from None
                 if self._closed:
                     raise from_rpc_error(err, self.target) from None
-                if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s:
+                stopping = cancel is not None and cancel.is_set()
+                if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s or stopping:
                     failure = from_rpc_error(err, self.target)
                     if err.code() in _RETRYABLE:
                         raise CoordinatorUnavailable(
@@ -265,7 +275,11 @@ class CoordinatorClient:
                     err.code().name,
                     delay,
                 )
-                self._sleep(min(delay, max(self.unavailable_wait_s - waited, 0.0)))
+                pause = min(delay, max(self.unavailable_wait_s - waited, 0.0))
+                if cancel is not None:
+                    cancel.wait(pause)
+                else:
+                    self._sleep(pause)
                 delay = min(delay * 2, 5.0)
 
     def _plaintext_hint(self, err: grpc.RpcError) -> str:

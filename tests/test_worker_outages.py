@@ -1,0 +1,135 @@
+"""A trainer across coordinator outages, in process: a real coordinator on
+loopback, the real worker training a tiny model on CPU.
+
+A restart longer than one client call's wait must cost the search nothing
+(the worker rides it out for `unavailable_wait_s`, reports included), and a
+stop during an outage must end the worker at once (143), not after the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_helpers import write_tiny_config
+
+from autolfads.config import load_config
+from autolfads.coordinator.search.errors import CoordinatorUnavailable
+from autolfads.coordinator.search.messages import SegmentReport
+from autolfads.coordinator.search.recovery import read_state
+from autolfads.coordinator.search.service import CoordinatorService
+from autolfads.coordinator.search.staging import load_run, stage_run
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import CoordinatorServer, create_server
+from autolfads.signals import StopEvent
+from autolfads.storage import LocalStore
+from autolfads.trainer.data.config_data import load_config_data
+from autolfads.trainer.worker import EXIT_TERMINATED, Worker
+
+pytestmark = pytest.mark.slow  # trains a tiny model
+RUN = "outage"
+
+
+def staged(root: Path) -> LocalStore:
+    cfg = load_config(write_tiny_config(root, RUN, population=2, max_generations=1))
+    data_path, _ = load_config_data(cfg)
+    store = LocalStore(root / "runs")
+    stage_run(store, cfg, data_path)
+    return store
+
+
+def serve(store: LocalStore, port: int = 0) -> tuple[CoordinatorServer, int]:
+    cfg, key, sha = load_run(store, RUN)
+    return create_server(f"127.0.0.1:{port}", CoordinatorService.open_search(cfg, store, key, sha))
+
+
+class RestartAtFirstReport:
+    """The worker's link to the coordinator, passed through, except that the
+    coordinator goes down as the first report is sent and comes back only
+    once that call has given up (the client's `unavailable_wait_s`)."""
+
+    def __init__(
+        self, client: CoordinatorClient, store: LocalStore, first: CoordinatorServer
+    ) -> None:
+        self.client, self.store, self.first = client, store, first
+        self.port = int(client.target.rsplit(":", 1)[1])
+        self.restarted: CoordinatorServer | None = None
+        self.gave_up = 0
+
+    def request_work(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.request_work(*args, **kwargs)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.heartbeat(*args, **kwargs)
+
+    def report(self, report: SegmentReport) -> Any:
+        if self.restarted is None:
+            self.first.stop(0)
+            try:
+                return self.client.report(report)
+            except CoordinatorUnavailable:
+                self.gave_up += 1
+                self.restarted, _ = serve(self.store, self.port)  # the restarted pod
+                raise
+        return self.client.report(report)
+
+
+def test_a_restart_longer_than_a_call_loses_no_report(tmp_path: Path) -> None:
+    store = staged(tmp_path)
+    first, port = serve(store)
+    with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=0.3) as client:
+        link = RestartAtFirstReport(client, store, first)
+        worker = Worker(
+            link, store, "w1", cache_dir=tmp_path / "cache", run=RUN, unavailable_wait_s=120
+        )
+        try:
+            assert worker.run() == 0  # the search ended: DONE
+        finally:
+            first.stop(0)
+            if link.restarted is not None:
+                link.restarted.stop(0)
+    assert link.gave_up == 1  # the outage outlasted the client's own wait
+    state = read_state(store, RUN)
+    assert state is not None and state.status == "finished"
+    assert sorted(state.history) == ["m000", "m001"]  # both segments counted
+
+
+def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = StopEvent()
+
+    class StopAtFirstRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                stop.set()  # SIGTERM, while the client waits to retry
+
+    handler = StopAtFirstRetry()
+    client_log = logging.getLogger("autolfads.coordinator.wire.client")
+    client_log.addHandler(handler)
+    old_level = client_log.level
+    client_log.setLevel(logging.INFO)
+    result: list[int] = []
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=3600) as client:
+            worker = Worker(
+                client,
+                LocalStore(tmp_path / "runs"),
+                "w1",
+                cache_dir=tmp_path / "cache",
+                stop=stop,
+                unavailable_wait_s=3600,
+            )
+            thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+            thread.start()
+            thread.join(60)  # an hour before the change
+            assert not thread.is_alive(), "the stop waited out the outage"
+    finally:
+        client_log.removeHandler(handler)
+        client_log.setLevel(old_level)
+    assert result == [EXIT_TERMINATED]
