@@ -80,6 +80,10 @@ def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidMetadata(
                 f"invalid value for metadata {name!r}: use at most 1024 printable ASCII characters"
             )
+        if value != value.strip(" "):  # HTTP drops them: S3 would store another value
+            raise InvalidMetadata(
+                f"invalid value for metadata {name!r}: remove the spaces at its start or end"
+            )
         clean[name] = value
     return clean
 

@@ -107,6 +107,7 @@ def upload_data(store: Store, layout: RunLayout, path: str | Path) -> tuple[str,
 
 
 def _ascii_name(name: str) -> str:
-    """The original file name as metadata S3 can carry (printable ASCII)."""
-    clean = "".join(ch if 0x20 <= ord(ch) < 0x7F else "_" for ch in name)[:200]
+    """The original file name as metadata S3 can carry (printable ASCII, no
+    spaces at the ends)."""
+    clean = "".join(ch if 0x20 <= ord(ch) < 0x7F else "_" for ch in name)[:200].strip(" ")
     return clean or hashlib.sha256(name.encode()).hexdigest()[:16]

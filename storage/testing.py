@@ -268,7 +268,10 @@ class StoreContract:
         assert not (tmp_path / "escape.bin").exists()
 
     def test_bad_metadata_rejected(self, store: Store) -> None:
-        for metadata in ({"Upper": "x"}, {"sha256": "x"}, {"ok": "caf\u00e9"}, {"ok": "a\nb"}):
+        # (Spaces at a value's ends: HTTP drops them, so S3 would read back
+        # another value than a local store.)
+        bad = ({"Upper": "x"}, {"sha256": "x"}, {"ok": "caf\u00e9"}, {"ok": "a\nb"}, {"ok": " x "})
+        for metadata in bad:
             with pytest.raises(InvalidMetadata):
                 store.put_bytes("m.bin", b"x", metadata=metadata)
         assert not store.exists("m.bin")

@@ -282,6 +282,15 @@ def test_upload_data_is_content_addressed(local_store: LocalStore, dataset) -> N
     assert local_store.stat(key).metadata == {"source-name": "session.h5"}
 
 
+def test_a_file_name_with_spaces_at_its_ends_uploads(local_store: LocalStore, tmp_path) -> None:
+    # Metadata values may not start or end with a space (S3 drops them);
+    # the recorded source name is trimmed instead of refused.
+    src = tmp_path / " session 2.h5 "
+    src.write_bytes(b"rates")
+    key, _ = upload_data(local_store, RunLayout("demo"), src)
+    assert local_store.stat(key).metadata == {"source-name": "session 2.h5"}
+
+
 def test_cache_downloads_once_then_hits(local_store: LocalStore, dataset, tmp_path) -> None:
     key, sha, data = dataset
     cache = DataCache(local_store, tmp_path / "cache")
