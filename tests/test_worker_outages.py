@@ -133,3 +133,24 @@ def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None
         client_log.removeHandler(handler)
         client_log.setLevel(old_level)
     assert result == [EXIT_TERMINATED]
+
+
+def test_a_failed_loop_leaves_the_callers_stop_unset(tmp_path: Path) -> None:
+    # A Ray trainer actor runs a new worker with the same stop event after
+    # one fails: the failure must not read as a stop there.
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = StopEvent()
+    with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=0.2) as client:
+        worker = Worker(
+            client,
+            LocalStore(tmp_path / "runs"),
+            "w1",
+            cache_dir=tmp_path / "cache",
+            stop=stop,
+            unavailable_wait_s=0.2,
+        )
+        with pytest.raises(CoordinatorUnavailable):
+            worker.run()
+    assert not stop.is_set()

@@ -136,6 +136,10 @@ class Worker:
         self.max_leases = max_leases
         self.device = device
         self.stop = stop or threading.Event()
+        # What lease requests and retries watch: the stop, or this loop failing
+        # (the caller's stop event is never set here: a Ray actor runs a new
+        # worker with it after one fails).
+        self._halt = _Halt(self.stop)
         self._cache = DataCache(store, cache_dir)
         # Caches, not state: configs by key, datasets by content hash.
         self._configs: dict[str, RunConfig] = {}
@@ -157,7 +161,7 @@ class Worker:
             except BaseException:
                 # A lease granted in advance must not wait out its timeout
                 # with a dead worker (a sync generation would stall on it).
-                self.stop.set()  # ends that request's long poll
+                self._halt.set()  # ends that request's long poll and retries
                 self._hand_back_asked()
                 raise
             self._hand_back_asked()
@@ -231,11 +235,11 @@ class Worker:
         try:
             return self._riding_out(
                 lambda: self.client.request_work(
-                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self.stop
+                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self._halt
                 )
             )
         except CoordinatorUnavailable:
-            if self.stop.is_set():
+            if self._halt.is_set():
                 return WorkReply("wait")
             raise
 
@@ -253,7 +257,7 @@ class Worker:
             except CoordinatorUnavailable:
                 if self.run_name and search_ended(self.store, self.run_name):
                     return None
-                if time.monotonic() >= deadline or self.stop.is_set():
+                if time.monotonic() >= deadline or self._halt.is_set():
                     raise
 
     # ------------------------------------------------------------ one round
@@ -487,6 +491,27 @@ class Worker:
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)
+
+
+class _Halt(threading.Event):
+    """Set once the worker's `stop` is, or once `set()` is called here (its
+    loop failed), without touching `stop`. `wait` waits on `stop` (a failure
+    is seen at the latest when that wait ends: the client pauses at most 5 s
+    between retries and looks every 0.2 s during a long poll)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self._stop = stop
+        self._failed = False
+
+    def is_set(self) -> bool:
+        return self._failed or self._stop.is_set()
+
+    def set(self) -> None:
+        self._failed = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.is_set() or self._stop.wait(timeout) or self._failed
 
 
 def search_ended(store: Store, run: str) -> bool:
