@@ -47,6 +47,25 @@ def serve(store: LocalStore, port: int = 0) -> tuple[CoordinatorServer, int]:
     return create_server(f"127.0.0.1:{port}", CoordinatorService.open_search(cfg, store, key, sha))
 
 
+def unreachable_worker(
+    tmp_path: Path, stop: StopEvent, wait_s: float
+) -> tuple[CoordinatorClient, Worker]:
+    """A client (both waits `wait_s`) and worker for a port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=wait_s)
+    worker = Worker(
+        client,
+        LocalStore(tmp_path / "runs"),
+        "w1",
+        cache_dir=tmp_path / "cache",
+        stop=stop,
+        unavailable_wait_s=wait_s,
+    )
+    return client, worker
+
+
 class RestartAtFirstReport:
     """The worker's link to the coordinator, passed through, except that the
     coordinator goes down as the first report is sent and comes back only
@@ -99,9 +118,6 @@ def test_a_restart_longer_than_a_call_loses_no_report(tmp_path: Path) -> None:
 
 
 def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     stop = StopEvent()
 
     class StopAtFirstRetry(logging.Handler):
@@ -115,21 +131,14 @@ def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None
     old_level = client_log.level
     client_log.setLevel(logging.INFO)
     result: list[int] = []
+    client, worker = unreachable_worker(tmp_path, stop, wait_s=3600)
     try:
-        with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=3600) as client:
-            worker = Worker(
-                client,
-                LocalStore(tmp_path / "runs"),
-                "w1",
-                cache_dir=tmp_path / "cache",
-                stop=stop,
-                unavailable_wait_s=3600,
-            )
-            thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
-            thread.start()
-            thread.join(60)  # an hour before the change
-            assert not thread.is_alive(), "the stop waited out the outage"
+        thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+        thread.start()
+        thread.join(60)  # an hour before the change
+        assert not thread.is_alive(), "the stop waited out the outage"
     finally:
+        client.close()
         client_log.removeHandler(handler)
         client_log.setLevel(old_level)
     assert result == [EXIT_TERMINATED]
@@ -138,19 +147,8 @@ def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None
 def test_a_failed_loop_leaves_the_callers_stop_unset(tmp_path: Path) -> None:
     # A Ray trainer actor runs a new worker with the same stop event after
     # one fails: the failure must not read as a stop there.
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     stop = StopEvent()
-    with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=0.2) as client:
-        worker = Worker(
-            client,
-            LocalStore(tmp_path / "runs"),
-            "w1",
-            cache_dir=tmp_path / "cache",
-            stop=stop,
-            unavailable_wait_s=0.2,
-        )
-        with pytest.raises(CoordinatorUnavailable):
-            worker.run()
+    client, worker = unreachable_worker(tmp_path, stop, wait_s=0.2)
+    with client, pytest.raises(CoordinatorUnavailable):
+        worker.run()
     assert not stop.is_set()
