@@ -172,13 +172,7 @@ class CoordinatorClient:
             if held is not None:
                 return convert.work_from_proto(held)
             request.wait_s = 0.0
-        reply = self._retrying(
-            lambda: self._stub.RequestWork(
-                request, timeout=self.timeout_s, metadata=self._metadata
-            ),
-            cancel,
-        )
-        return convert.work_from_proto(reply)
+        return convert.work_from_proto(self._call(self._stub.RequestWork, request, cancel))
 
     def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
         request = pb.HeartbeatRequest(
@@ -226,9 +220,11 @@ class CoordinatorClient:
 
     # ------------------------------------------------------------ plumbing
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
+    def _call(
+        self, method: Callable[..., T], request: Any, cancel: threading.Event | None = None
+    ) -> T:
         return self._retrying(
-            lambda: method(request, timeout=self.timeout_s, metadata=self._metadata)
+            lambda: method(request, timeout=self.timeout_s, metadata=self._metadata), cancel
         )
 
     def _held_call(
