@@ -5,8 +5,9 @@ A polling fleet costs the coordinator one call per worker per retry hint,
 and a worker hears that a generation has opened only at its next poll. A
 held call costs one future on the loop and is answered the moment work
 exists. The service rings (`CoordinatorService.on_work`) whenever the queue
-may have grown; one wake pass per loop iteration then asks how many leases
-are grantable and wakes that many held calls, oldest first, or every one
+may have grown, or a worker at its lease limit gets room; one wake pass per
+loop iteration then asks how many leases are grantable and wakes that many
+held calls, oldest first, passing over workers at their limit, or every one
 once the search has ended or the service is draining. A woken call asks
 again; if another call took the work first it is held again at the back.
 
