@@ -82,6 +82,75 @@ def test_oversized_requests_are_refused_and_change_nothing(served, local_store):
     assert persisted(local_store) == before
 
 
+def test_a_request_over_the_size_bound_is_not_retried(served, local_store):
+    # Retrying cannot make it fit: the client raises at once instead of
+    # waiting out its unavailable_wait_s as for a busy coordinator.
+    _, target, metrics = served
+    pauses: list[float] = []
+    client = CoordinatorClient(
+        target,
+        unavailable_wait_s=60,
+        sleep=pauses.append,
+        security=ClientSecurity(token=TOKENS.worker),
+    )
+    with client:
+        grant = client.request_work("w0", 1).leases[0]
+        report = fake_train(local_store, grant, "w0")
+        with pytest.raises(Overloaded, match="larger than max"):
+            client.report(replace(report, message="x" * (MAX_REQUEST_BYTES + 1)))
+        assert pauses == []
+        assert client.report(report).accepted
+
+
+def test_a_busy_coordinator_refuses_as_overloaded_and_clients_wait_it_out(local_store):
+    service = open_service(local_store)
+    metrics = RpcMetrics()
+    server, port = create_server(
+        "127.0.0.1:0",
+        service,
+        metrics=metrics,
+        max_concurrent_rpcs=1,
+        security=ServerSecurity(tokens=TOKENS),
+    )
+    target = f"127.0.0.1:{port}"
+    assert TOKENS.observer is not None  # generate() makes a token for every role
+    try:
+        with grpc.insecure_channel(target) as channel:
+            # One stream open takes the one call in flight the server allows.
+            probe = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=60
+            )
+            assert next(probe).status == health_pb2.HealthCheckResponse.SERVING
+            stub = pb_grpc.CoordinatorStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetStatus(
+                    pb.GetStatusRequest(), timeout=10, metadata=bearer_metadata(TOKENS.observer)
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            trailing = dict(refused.value.trailing_metadata() or ())
+            assert trailing["autolfads-error"] == "Overloaded"
+            assert 200 <= int(trailing["grpc-retry-pushback-ms"]) <= 800
+
+            # The client retries a busy coordinator like an unreachable one;
+            # here the slot frees up during its first pause.
+            pauses: list[float] = []
+
+            def pause(seconds: float) -> None:
+                pauses.append(seconds)
+                probe.cancel()
+                time.sleep(seconds)
+
+            observer = ClientSecurity(token=TOKENS.observer)
+            with CoordinatorClient(
+                target, unavailable_wait_s=60, sleep=pause, security=observer
+            ) as client:
+                assert client.status().run == "search"
+            assert pauses
+            assert metrics.wait_for("GetStatus", "RESOURCE_EXHAUSTED", 2, timeout_s=10) >= 2
+    finally:
+        server.stop(0)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

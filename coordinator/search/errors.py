@@ -45,7 +45,8 @@ class PermissionDenied(CoordinatorError):
 
 
 class Overloaded(CoordinatorError):
-    """A resource limit refused the call (too many streams, request too large)."""
+    """A resource limit refused the call: busy (too many calls or streams at
+    once; the client retries those) or a request over the size bound."""
 
 
 class TlsError(CoordinatorError):

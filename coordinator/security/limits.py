@@ -5,7 +5,9 @@ A misbehaving or hostile client must not exhaust the coordinator's memory or
 threads. The bounds, and where each is enforced:
 
     request size        4 MiB        grpc.max_receive_message_length (server)
-    concurrent RPCs     4096         grpc.aio.server(maximum_concurrent_rpcs=...)
+    calls in flight     4096         `RequestGuard` (marked Overloaded: retry later)
+                                     (+256 for the unguarded streaming calls:
+                                     grpc.aio.server(maximum_concurrent_rpcs=...))
     held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
     calls not accepted  4096 a       grpc.server.max_pending_requests (past it
                         method       gRPC core drops calls at random, all at 8192)
@@ -17,23 +19,40 @@ threads. The bounds, and where each is enforced:
 
 Everything over a bound is refused with RESOURCE_EXHAUSTED or
 INVALID_ARGUMENT (CANCELLED for calls gRPC's core drops) before the service
-looks at the request, so it changes nothing.
+looks at the request, so it changes nothing. Refusals that mean "busy, ask
+again later" (too many calls or streams at once) carry the `Overloaded`
+error kind in their trailing metadata, which clients retry; a request over
+the size bound is refused by gRPC's core without it, and retrying it would
+not help.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
+from autolfads.coordinator.search.errors import Overloaded
 from autolfads.coordinator.security.interceptors import Behaviour, WrapCache, rewrap
 
+# The trailing-metadata key that names the domain error of a failed call
+# (`wire.status_codes` maps it back on the client).
+ERROR_KIND_KEY = "autolfads-error"
+
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-# Beyond this many calls in flight (running or waiting for a write) grpc
-# refuses new ones with RESOURCE_EXHAUSTED; clients retry those briefly.
+# Beyond this many calls in flight (running, waiting for a write or held for
+# work) `RequestGuard` refuses new ones as Overloaded; clients retry them.
 DEFAULT_MAX_CONCURRENT_RPCS = 4096
+# gRPC's own cap sits this far above ours, for the calls the guard does not
+# wrap (reflection's bidirectional stream): its refusal carries no error
+# kind, so it must not be the one a worker's call meets.
+UNGUARDED_CALLS = 256
+# The refused client's channel waits this long (jittered) before its own
+# retry (gRPC's server pushback), so a burst does not come straight back.
+PUSHBACK_MS = (200, 800)
 # RequestWork calls held for work (long polls) at once; the rest of the
 # concurrent-call limit stays free for heartbeats, reports and status.
 DEFAULT_MAX_HELD_CALLS = 3072
@@ -92,17 +111,33 @@ def _method(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-class RequestGuard(grpc.aio.ServerInterceptor):
-    """Undecodable requests -> INVALID_ARGUMENT (not INTERNAL), and at most
-    `max_streams` server-streaming calls at once (RESOURCE_EXHAUSTED beyond),
-    so watchers cannot crowd out the workers (each waits on a thread of the
-    loop's executor between updates); the health service's Watch aside."""
+def overloaded_metadata() -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of a "busy, retry later" refusal: its error kind,
+    and how long the client's channel should wait before retrying."""
+    pushback = random.randint(*PUSHBACK_MS)  # load spreading, not search state
+    return ((ERROR_KIND_KEY, Overloaded.__name__), ("grpc-retry-pushback-ms", str(pushback)))
 
-    def __init__(self, max_streams: int) -> None:
+
+class RequestGuard(grpc.aio.ServerInterceptor):
+    """Undecodable requests -> INVALID_ARGUMENT (not INTERNAL); at most
+    `max_calls` calls in flight and `max_streams` server-streaming calls at
+    once (RESOURCE_EXHAUSTED beyond, marked Overloaded), so watchers cannot
+    crowd out the workers (each waits on a thread of the loop's executor
+    between updates); the health service's Watch aside from the streams'
+    bound. The bound on calls is counted here rather than left to gRPC's
+    `maximum_concurrent_rpcs`, whose refusal a client cannot tell from a
+    request that is too large."""
+
+    def __init__(self, max_streams: int, max_calls: int = DEFAULT_MAX_CONCURRENT_RPCS) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams {max_streams} must be >= 1")
+        if max_calls < 1:
+            raise ValueError(f"max_calls {max_calls} must be >= 1")
         self.max_streams = max_streams
-        self._open_streams = 0  # only touched on the event loop's thread
+        self.max_calls = max_calls
+        # Only touched on the event loop's thread.
+        self._open_streams = 0
+        self._calls = 0
         self._cache = WrapCache()
 
     async def intercept_service(
@@ -121,7 +156,13 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             async def checked(request: Any, context: Any) -> Any:
                 if isinstance(request, _Undecodable):  # (no coroutine for the others)
                     await self._check(method, request, context)
-                return await behaviour(request, context)
+                if self._calls >= self.max_calls:
+                    await self._refuse(method, context)
+                self._calls += 1
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    self._calls -= 1
 
             return checked
 
@@ -144,22 +185,31 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 f"{method}: the request bytes are not a valid message ({request.reason})",
             )
 
+    async def _refuse(self, method: str, context: Any) -> None:
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{method}: the coordinator has {self.max_calls} calls in flight; retry shortly",
+            trailing_metadata=overloaded_metadata(),
+        )
+
     @asynccontextmanager
     async def _stream(
         self, method: str, request: Any, context: Any, limited: bool
     ) -> AsyncIterator[None]:
         await self._check(method, request, context)
-        if not limited:
-            yield
-            return
-        if self._open_streams >= self.max_streams:
+        if self._calls >= self.max_calls:
+            await self._refuse(method, context)
+        if limited and self._open_streams >= self.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{method}: {self.max_streams} streams are open already; "
                 "poll GetStatus instead or retry later",
+                trailing_metadata=overloaded_metadata(),
             )
-        self._open_streams += 1
+        self._calls += 1
+        self._open_streams += limited
         try:
             yield
         finally:
-            self._open_streams -= 1
+            self._calls -= 1
+            self._open_streams -= limited

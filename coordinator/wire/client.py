@@ -6,10 +6,11 @@
 
 Every call has a deadline. Every RPC of the protocol is idempotent
 (RequestWork through its request_id), so every call is retried on
-UNAVAILABLE, and on a CANCELLED that this client did not cause (gRPC drops
+UNAVAILABLE, on a CANCELLED that this client did not cause (gRPC drops
 calls a server has not accepted yet when too many wait, or have waited too
-long): quickly by the channel's retry policy, then by a slower loop with
-backoff until `unavailable_wait_s` has passed in total, which rides out a
+long) and on a refusal the server marks Overloaded (too many calls in
+flight; a request over the size bound is not retried): quickly by the
+channel's retry policy, then by a slower loop with backoff until `unavailable_wait_s` has passed in total, which rides out a
 coordinator restart. After that `CoordinatorUnavailable` is raised. Other
 failures come back as the domain exceptions of `coordinator.errors`.
 
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from autolfads.coordinator.search.errors import CoordinatorUnavailable, TlsError
+from autolfads.coordinator.search.errors import CoordinatorUnavailable, Overloaded, TlsError
 from autolfads.coordinator.search.messages import (
     HeartbeatReply,
     ReportAck,
@@ -47,7 +48,7 @@ from autolfads.coordinator.security.exposure import ClientSecurity
 from autolfads.coordinator.security.limits import MAX_REPLY_BYTES
 from autolfads.coordinator.wire import convert
 from autolfads.coordinator.wire.server import SERVICE_NAME
-from autolfads.coordinator.wire.status_codes import from_rpc_error
+from autolfads.coordinator.wire.status_codes import error_kind, from_rpc_error
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -64,6 +65,17 @@ _RETRYABLE = (
     grpc.StatusCode.CANCELLED,  # never our own: a cancelled long poll returns None
 )
 
+
+def _transient(err: grpc.RpcError) -> bool:
+    """Worth asking again: the coordinator is unreachable, or said it is
+    busy (RESOURCE_EXHAUSTED marked Overloaded). An unmarked
+    RESOURCE_EXHAUSTED is a message over the size bound: permanent."""
+    code = err.code()
+    if code in _RETRYABLE:
+        return True
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_kind(err) == Overloaded.__name__
+
+
 # Fast, transparent retries inside one call (gRPC caps maxAttempts at 5).
 SERVICE_CONFIG = {
     "methodConfig": [
@@ -74,7 +86,8 @@ SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                # RESOURCE_EXHAUSTED: the server's concurrent-RPC cap (a burst);
+                # RESOURCE_EXHAUSTED: the server's concurrent-call cap (a burst;
+                # its refusal sets how long to wait, gRPC's server pushback);
                 # CANCELLED: a call dropped before the server accepted it.
                 "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"],
             },
@@ -257,9 +270,10 @@ class CoordinatorClient:
                 if self._closed:
                     raise from_rpc_error(err, self.target) from None
                 stopping = cancel is not None and cancel.is_set()
-                if err.code() not in _RETRYABLE or waited >= self.unavailable_wait_s or stopping:
+                transient = _transient(err)
+                if not transient or waited >= self.unavailable_wait_s or stopping:
                     failure = from_rpc_error(err, self.target)
-                    if err.code() in _RETRYABLE:
+                    if transient:
                         raise CoordinatorUnavailable(
                             f"coordinator {self.target} unreachable for {waited:.0f} s: "
                             f"{failure}{self._plaintext_hint(err)}"

@@ -35,6 +35,7 @@ from autolfads.coordinator.security.limits import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_HELD_CALLS,
     DEFAULT_MAX_STREAMS,
+    UNGUARDED_CALLS,
     RequestGuard,
     server_options,
 )
@@ -140,7 +141,7 @@ def create_server(
     chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics)]
     if security.authenticated:
         chain.append(AuthInterceptor(security.tokens))
-    chain.append(RequestGuard(max_streams=max_streams))
+    chain.append(RequestGuard(max_streams=max_streams, max_calls=max_concurrent_rpcs))
     credentials = None if security.tls is None else security.tls.credentials()
     holder = CoordinatorServer(max_streams)
     start = _start(
@@ -171,7 +172,8 @@ async def _start(
     server = grpc.aio.server(
         interceptors=interceptors,
         options=server_options(),
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        # A backstop for the calls the guard does not wrap (see UNGUARDED_CALLS).
+        maximum_concurrent_rpcs=max_concurrent_rpcs + UNGUARDED_CALLS,
     )
     holder.server = server
     loop = asyncio.get_running_loop()

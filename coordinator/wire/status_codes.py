@@ -22,10 +22,11 @@ from autolfads.coordinator.search.errors import (
     Unauthenticated,
     UnknownLease,
 )
+from autolfads.coordinator.security.limits import ERROR_KIND_KEY
 from autolfads.errors import AutolfadsError
 from autolfads.storage.errors import StorageError
 
-ERROR_KIND_KEY = "autolfads-error"
+__all__ = ["ERROR_KIND_KEY", "STATUS_CODES", "error_kind", "from_rpc_error", "to_status"]
 
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,14 +76,18 @@ def to_status(err: Exception) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}", ""
 
 
+def error_kind(err: grpc.RpcError) -> str:
+    """The error class our server named in the call's trailing metadata ("" if none)."""
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_KIND_KEY:
+            return str(value)
+    return ""
+
+
 def from_rpc_error(err: grpc.RpcError, target: str) -> CoordinatorError:
     """The domain exception for a failed call (message prefixed by the target)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(code)
-    kind = ""
-    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == ERROR_KIND_KEY:
-            kind = value
-    cls = _BY_NAME.get(kind) or _BY_CODE.get(code, CoordinatorError)
+    cls = _BY_NAME.get(error_kind(err)) or _BY_CODE.get(code, CoordinatorError)
     return cls(f"coordinator {target}: {details}")
