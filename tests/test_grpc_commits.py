@@ -21,6 +21,7 @@ from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
 from autolfads.coordinator.wire.server import create_server
 from autolfads.storage import FaultyStore, LocalStore, RunLayout
+from autolfads.storage.errors import StorageError
 
 JOURNAL = f"^{re.escape(RunLayout('search').journal_prefix())}"
 
@@ -175,3 +176,59 @@ def test_calls_that_run_in_one_turn_of_the_loop_share_one_write(tmp_path):
     assert store.count("put", JOURNAL) == before + 1
     leases = saved_state(store, "search").leases.values()
     assert sorted(x.worker_id for x in leases) == ["w0", "w1"]
+
+
+@pytest.mark.parametrize("fail, shown", [(None, "cancelled"), ("disk full", "running")])
+def test_a_status_shows_only_what_is_written(tmp_path, fail, shown):
+    """GetStatus and WatchStatus answer once the changes they show are
+    written: a reader told "cancelled" (or "finished") must not see the
+    search running again after a crash that lost the write; if the write
+    fails, they show the state as it was rolled back."""
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_tiny_search(store)
+    server, port = create_server("127.0.0.1:0", service)
+    target = f"127.0.0.1:{port}"
+    gate = threading.Event()
+    # The cancel's write waits for the gate (then fails, if `fail`).
+    held = store.inject("put", JOURNAL, hold=gate, fail=fail)
+    cancelled: list[BaseException | str] = []
+
+    def cancel() -> None:
+        try:
+            cancelled.append(service.cancel("by the test"))
+        except StorageError as err:
+            cancelled.append(err)
+
+    seen: list[tuple[str, str, bool]] = []
+
+    def get_status() -> None:
+        with CoordinatorClient(target, timeout_s=30) as client:
+            status = client.status()
+        seen.append(("GetStatus", status.state, gate.is_set()))
+
+    def watch_status() -> None:
+        with CoordinatorClient(target, timeout_s=30) as client:
+            status = next(client.watch(timeout_s=30))
+        seen.append(("WatchStatus", status.state, gate.is_set()))
+
+    canceller = threading.Thread(target=cancel)
+    readers = [threading.Thread(target=get_status), threading.Thread(target=watch_status)]
+    try:
+        canceller.start()
+        deadline = time.monotonic() + 30
+        while held.hits == 0 and time.monotonic() < deadline:  # the write has begun
+            time.sleep(0.01)
+        assert held.hits == 1 and service.status().state == "cancelled"  # in memory
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            # Time for a reader that would answer from memory to do so.
+            reader.join(0.5)
+        gate.set()
+        for thread in (canceller, *readers):
+            thread.join(30)
+    finally:
+        gate.set()
+        server.stop(0)
+    assert sorted(seen) == [("GetStatus", shown, True), ("WatchStatus", shown, True)]
+    assert len(cancelled) == 1 and isinstance(cancelled[0], str if fail is None else StorageError)

@@ -492,6 +492,14 @@ class CoordinatorService:
         return ReportAck(accepted=True)
 
     def status(self) -> StatusView:
+        """The current view, including changes not written yet (in-process
+        displays); a remote reader gets `status_staged`'s, once written."""
+        return self.status_staged()[0]
+
+    def status_staged(self) -> tuple[StatusView, Ticket]:
+        """The current view, and the ticket of the newest change it shows:
+        answer with it only once that ticket is written, so that no reader
+        sees a state (an ended search above all) that a crash could undo."""
         with self._lock:
             self._sweep()
             # Status polls are frequent and a view of 1024 members is not
@@ -507,7 +515,7 @@ class CoordinatorService:
                         self._member_views,
                     ),
                 )
-            return self._status_cache[1]
+            return self._status_cache[1], self._commit.latest
 
     def wait_for_change(self, revision: int, timeout_s: float) -> int:
         """Block until the state revision exceeds `revision` (or timeout/drain)."""

@@ -11,7 +11,8 @@ a pool thread and passing the GIL among the pool's threads cost more than
 the calls. A change is answered once a journal entry covering it is
 written, which the call awaits (`CommitBridge`) instead of holding a
 thread. A RequestWork that asks to wait (`wait_s`, a long poll) and finds
-nothing to do is held on the loop until there is (`HeldCalls`). Only calls
+nothing to do is held on the loop until there is (`HeldCalls`). A status
+is answered once the changes it shows are written, like a change. Only calls
 that may block for long (WatchStatus's wait for the next change,
 CancelSearch's flush) run on the loop's executor.
 """
@@ -27,6 +28,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from autolfads.coordinator.search.messages import StatusView
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.wire import convert
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
@@ -34,11 +36,15 @@ from autolfads.coordinator.wire.held_calls import HeldCalls, hold_budget
 from autolfads.coordinator.wire.status_codes import ERROR_KIND_KEY, to_status
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
+from autolfads.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 # WatchStatus re-checks the client and the search at least this often.
 WATCH_POLL_S = 1.0
+# A status waits for the write of what it shows; after this many lost
+# writes in a row it fails (UNAVAILABLE) and the client asks again.
+STATUS_WRITE_ATTEMPTS = 3
 
 
 async def _abort(context: Any, err: Exception) -> NoReturn:
@@ -113,7 +119,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.SearchStatus:
         try:
-            return convert.status_to_proto(self._service.status(), self._members)
+            return convert.status_to_proto(await self._written_status(), self._members)
         except Exception as err:
             await _abort(context, err)
 
@@ -124,7 +130,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         revision = -1
         while True:
             try:
-                status = self._service.status()
+                status = await self._written_status()
             except Exception as err:
                 await _abort(context, err)
             if status.revision != revision:
@@ -135,6 +141,22 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             await loop.run_in_executor(
                 None, self._service.wait_for_change, revision, self._watch_poll_s
             )
+
+    async def _written_status(self) -> StatusView:
+        """The status once every change it shows is written: a reader must
+        not see a state (say, the search ended) that a crash would undo. A
+        lost write rolled those changes back: view the state again (a few
+        times; then the storage error goes to the caller, who retries)."""
+        for attempt in range(STATUS_WRITE_ATTEMPTS):
+            status, ticket = self._service.status_staged()
+            try:
+                await self._bridge.written(ticket)
+            except StorageError:
+                if attempt + 1 == STATUS_WRITE_ATTEMPTS:
+                    raise
+                continue
+            return status
+        raise AssertionError("unreachable")
 
     async def CancelSearch(
         self, request: pb.CancelSearchRequest, context: Any
