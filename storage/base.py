@@ -165,6 +165,24 @@ def open_temp_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's: the renames in it) contents to disk.
+    Not every filesystem allows it on a folder; that is left as is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
 def temp_path_beside(path: Path) -> Path:
     """`open_temp_beside` for a caller that opens the file itself."""
     fd, tmp = open_temp_beside(path)
@@ -304,7 +322,14 @@ class Store(ABC):
                 info, actual = self._download(key, tmp)
                 if verify:
                     self._verify(key, actual, info.sha256, expected_sha256)
-                os.replace(tmp, dest)
+                # On disk before it has its name: after a power loss a cache
+                # must not find a file that exists but is incomplete.
+                try:
+                    fsync_path(tmp)
+                    os.replace(tmp, dest)
+                except OSError as err:
+                    raise StorageError(f"cannot write {dest}: {err.strerror or err}") from None
+                fsync_path(dest.parent)
                 return info
             except ChecksumMismatch:
                 if attempt:

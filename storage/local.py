@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from autolfads.storage.base import ObjectInfo, Store, copy_hashing, open_temp_beside, write_all
+from autolfads.storage.base import (
+    ObjectInfo,
+    Store,
+    copy_hashing,
+    fsync_path,
+    open_temp_beside,
+    write_all,
+)
 from autolfads.storage.errors import BucketNotFound, InvalidKey, ObjectNotFound, StorageError
 from autolfads.storage.keys import validate_key
 from autolfads.storage.locks import StripedLocks
@@ -34,20 +41,6 @@ log = logging.getLogger(__name__)
 
 _META_SUFFIX = ".meta.json"
 _INTERNAL = ".autolfads"
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the renames themselves durable; not every filesystem allows it.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _meta(sha256: str, size: int, content_type: str, metadata: dict[str, str]) -> dict:
@@ -127,7 +120,7 @@ class LocalStore(Store):
                 os.replace(meta_tmp, self._meta_path(path))
                 os.replace(tmp, path)
             published = True
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
         except OSError as err:
             raise self._io_error(key, err) from None
         finally:

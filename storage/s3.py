@@ -36,6 +36,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities, sha256_file
 from autolfads.storage.errors import (
     BucketNotFound,
+    ChecksumMismatch,
     ObjectNotFound,
     StorageAuthError,
     StorageError,
@@ -140,6 +141,30 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(
         err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError | socket.timeout
     )
+
+
+class _HashingReader:
+    """A file opened for an upload that hashes what the upload reads."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n)
+        self._digest.update(data)
+        self.size += len(data)
+        return data
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> _HashingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 class S3Store(Store):
@@ -315,13 +340,28 @@ class S3Store(Store):
     def _put_file(
         self, key: str, path: Path, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        # The checksum goes in the request headers, so it is computed first
-        # (a second read of the file; do not modify it while uploading).
+        # The checksum goes in the request headers, so it is computed first,
+        # and the upload reads the file a second time. What it sends is
+        # hashed too: a file changed in between would be stored under a
+        # checksum it does not have, and every later download would fail.
         try:
             sha256, size = sha256_file(path)
         except OSError as err:
             raise StorageError(f"cannot read {path}: {err.strerror or err}") from None
-        return self._put_stream(key, lambda: open(path, "rb"), size, sha256, content_type, metadata)
+        sent: list[_HashingReader] = []
+
+        def open_stream() -> _HashingReader:
+            sent.append(_HashingReader(path))
+            return sent[-1]
+
+        info = self._put_stream(key, open_stream, size, sha256, content_type, metadata)
+        if sent[-1].size != size or sent[-1].sha256() != sha256:
+            self._delete(key)
+            raise ChecksumMismatch(
+                f"{path} changed while it was being uploaded to {self.location(key)}; "
+                "the object was removed: upload the file again once it is complete"
+            )
+        return info
 
     # ---- reading -----------------------------------------------------------
 

@@ -21,9 +21,11 @@ needs pytest (a test dependency, not a runtime one).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +122,51 @@ class StoreContract:
         store.put_bytes("run/data/x.h5", b"v2")
         store.get_file("run/data/x.h5", dest)
         assert dest.read_bytes() == b"v2"
+
+    def test_a_downloaded_file_is_on_disk_before_it_has_its_name(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # After a power loss, a file under its final name (which a data
+        # cache takes as complete) must hold all its bytes: the temp file
+        # is fsynced before the rename, and the folder after it.
+        store.put_bytes("run/data/x.h5", b"payload")
+        dest = tmp_path / "out" / "x.h5"
+        dest.parent.mkdir()
+        events: list[tuple[str, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def replace(src: Any, dst: Any) -> None:
+            events.append(("rename", f"{src} -> {dst}"))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        store.get_file("run/data/x.h5", dest)
+        monkeypatch.undo()
+        renames = [i for i, (what, _) in enumerate(events) if what == "rename"]
+        assert len(renames) == 1 and events[renames[0]][1].endswith(f" -> {dest}")
+        tmp = events[renames[0]][1].split(" -> ")[0]
+        assert ("fsync", tmp) in events[: renames[0]]
+        assert ("fsync", str(dest.parent)) in events[renames[0] :]
+        assert dest.read_bytes() == b"payload"
+
+    @pytest.mark.skipif(not os.path.isfile("/proc/self/io"), reason="Linux's /proc/self/io")
+    def test_a_file_that_changes_while_it_uploads_is_never_stored_inconsistent(
+        self, store: Store
+    ) -> None:
+        # /proc/self/io differs at every read, like a file still being
+        # written. Whatever a backend does (store what it read, or refuse),
+        # the object must never fail its own checksum afterwards.
+        try:
+            info = store.put_file("run/data/changing.h5", Path("/proc/self/io"))
+        except StorageError:
+            assert not store.exists("run/data/changing.h5")
+            return
+        assert sha(store.get_bytes("run/data/changing.h5")) == info.sha256
 
     def test_put_file_missing_source_is_clear(self, store: Store, tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="not an existing file"):

@@ -80,6 +80,26 @@ def test_large_object_round_trips_with_multipart(make_s3_store, s3_server, tmp_p
     assert got.size == len(data) and (tmp_path / "back.h5").read_bytes() == data
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/io"), reason="needs Linux's /proc/self/io")
+def test_a_file_that_changes_while_it_uploads_is_not_stored_under_a_wrong_checksum(
+    make_s3_store, tmp_path
+) -> None:
+    # /proc/self/io is a file whose bytes differ at every read (it counts
+    # the bytes this process has read), like a data file still being
+    # written: the checksum (first read) and the upload (second read) see
+    # different contents.
+    store = make_s3_store("changing")
+    store.put_bytes("run/data/x.h5", b"an older version")
+    with pytest.raises(StorageError, match="changed while it was being uploaded"):
+        store.put_file("run/data/x.h5", Path("/proc/self/io"))
+    # Not left behind with a checksum that its bytes do not have.
+    assert not store.exists("run/data/x.h5")
+    src = tmp_path / "steady.h5"
+    src.write_bytes(b"complete")
+    assert store.put_file("run/data/x.h5", src).sha256 == hashlib.sha256(b"complete").hexdigest()
+    assert store.get_bytes("run/data/x.h5") == b"complete"
+
+
 # ---- outages and retries -----------------------------------------------------
 
 
