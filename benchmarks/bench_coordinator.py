@@ -136,6 +136,7 @@ def start_coordinator(
     pythonpath: str | None = None,
     arrivals: Path | None = None,
     floor: bool = False,
+    relays: int = 0,
 ) -> tuple[subprocess.Popen, int]:
     store = LocalStore(root / "store")
     data = root / "bench.h5"
@@ -149,6 +150,8 @@ def start_coordinator(
         "--storage", str(root / "store"), "--run", RUN,
         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--lease-timeout", "600",
     ]  # fmt: skip
+    if relays:
+        cmd += ["--relays", str(relays)]
     if arrivals is not None:  # the same coordinator, noting when calls arrive
         script = Path(timeline.__file__).resolve()
         cmd = [sys.executable, str(script), str(root / "store"), RUN, str(port_file), str(arrivals)]
@@ -440,6 +443,21 @@ def busiest_thread_s(before: dict[int, float], after: dict[int, float]) -> float
     return max((after[t] - before[t] for t in before.keys() & after.keys()), default=0.0)
 
 
+def tree_cpu_times(pid: int) -> dict[int, tuple[float, float]]:
+    """`cpu_times` of a process and of each process it started (with
+    `--relays`, the coordinator's fronts), by pid."""
+    times = {pid: cpu_times(pid)}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):  # the child ended
+                times.update(tree_cpu_times(int(child)))
+    return times
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process so far."""
     return sum(cpu_times(pid))
@@ -481,12 +499,20 @@ def main() -> None:
     )
     p.add_argument("--calls", type=Path, help="also write every call's start and latency (s) here")
     p.add_argument(
+        "--relays",
+        type=int,
+        default=0,
+        help="run the coordinator with --relays N (gRPC in N front processes)",
+    )
+    p.add_argument(
         "--store-dir",
         type=Path,
         help="make the run's temp folder (the coordinator's local store) in this folder "
         "instead of the system's temp folder, e.g. /dev/shm",
     )
     args = p.parse_args()
+    if args.relays and (args.floor or args.timeline):
+        p.error("--relays runs `autolfads coordinator`: drop --floor and --timeline")
     if args.floor and (args.timeline or args.pythonpath or args.mode != "sync"):
         p.error(
             "--floor serves the sync protocol from this checkout only: "
@@ -500,15 +526,22 @@ def main() -> None:
         root = Path(tmp)
         arrivals = root / "arrivals.json" if args.timeline else None
         proc, port = start_coordinator(
-            root, cfg, root / "coordinator.log", args.pythonpath, arrivals, args.floor
+            root, cfg, root / "coordinator.log", args.pythonpath, arrivals, args.floor, args.relays
         )
         try:
-            user_start, sys_start = cpu_times(proc.pid)
+            start_times = tree_cpu_times(proc.pid)
             threads = ThreadCpuSampler(proc.pid).start()
             rec, elapsed, marks = asyncio.run(drive(port, args))
-            user_end, sys_end = cpu_times(proc.pid)
+            end_times = tree_cpu_times(proc.pid)
             busiest_s = threads.stop()
-            user_s, sys_s = user_end - user_start, sys_end - sys_start
+            # Each process's share (the coordinator first), while the load ran.
+            by_process = [
+                (end_times[pid][0] - start_times[pid][0], end_times[pid][1] - start_times[pid][1])
+                for pid in end_times
+                if pid in start_times
+            ]
+            user_s = sum(user for user, _ in by_process)
+            sys_s = sum(system for _, system in by_process)
             cpu_s = user_s + sys_s
             size = None if args.floor else state_size(root)  # the floor stores nothing
             writes = None if args.floor else state_writes(root)
@@ -524,6 +557,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": os.getloadavg(),
         "coordinator": "floor_coordinator.py" if args.floor else args.pythonpath or "this checkout",
+        "relays": args.relays,
         "population": args.population,
         "workers": args.workers,
         "generations_target": args.generations,
@@ -536,11 +570,14 @@ def main() -> None:
         "state_writes": writes,
         "store_filesystem": filesystem_of(root.resolve()),
         "server_cpu_s": round(cpu_s, 2),
+        # The coordinator's own process, then each relay front's (--relays).
+        "server_cpu_by_process_s": [round(user + system, 2) for user, system in by_process],
         # System time: the kernel's share (file writes and fsyncs, sockets,
         # threads waking each other).
         "server_cpu_sys_s": round(sys_s, 2),
-        # Of it, the busiest thread's: the event loop that runs every call
-        # (the rest: state writes, histories, gRPC's own threads).
+        # Of it, the busiest thread's in the coordinator's process: the event
+        # loop that runs every call (the rest: state writes, histories,
+        # gRPC's own threads; with --relays, gRPC's work is in the fronts).
         "server_cpu_loop_thread_s": round(busiest_s, 2),
         # All of the server's CPU (gRPC, interceptors, logic, state writes)
         # divided by the RPCs it answered while the load ran.

@@ -38,12 +38,19 @@ def run_bench(tmp_path: Path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("floor", [False, True], ids=["coordinator", "floor"])
-def test_the_load_runs_the_search_to_its_end(tmp_path: Path, floor: bool) -> None:
+VARIANTS = {"coordinator": [], "floor": ["--floor"], "relays": ["--relays", "2"]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_load_runs_the_search_to_its_end(tmp_path: Path, variant: str) -> None:
+    floor = variant == "floor"
     stores = tmp_path / "stores"
     stores.mkdir()
-    result = run_bench(tmp_path, "--store-dir", str(stores), *(["--floor"] if floor else []))
+    result = run_bench(tmp_path, "--store-dir", str(stores), *VARIANTS[variant])
     assert result["coordinator"] == ("floor_coordinator.py" if floor else "this checkout")
+    # The server's CPU counts every process of it: with relays, the fronts too.
+    processes = 3 if variant == "relays" else 1
+    assert len(result["server_cpu_by_process_s"]) == processes
     assert result["store_filesystem"] == _bench().filesystem_of(stores.resolve())
     assert list(stores.iterdir()) == []  # the run's temp folder was there, and is gone
     segments = POPULATION * GENERATIONS

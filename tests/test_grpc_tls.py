@@ -248,7 +248,9 @@ def test_bad_pem_files_are_one_line_errors(tmp_path, pki, files, message):
 # ---------------------------------------------------------------- the command
 
 
-def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki):
+@pytest.mark.parametrize("relays", [0, 2])
+def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki, relays):
+    # With relays, the certificate and tokens reach the front processes.
     store = LocalStore(tmp_path / "store")
     data = tmp_path / "data.h5"
     write_lfads_h5(
@@ -269,7 +271,7 @@ def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki):
         [sys.executable, "-m", "autolfads", "coordinator", "--storage", str(tmp_path / "store"),
          "--run", "search", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
          "--tls-dir", str(folder), "--worker-token-file", str(tmp_path / "worker.token"),
-         "--observer-token-file", str(tmp_path / "observer.token")],
+         "--observer-token-file", str(tmp_path / "observer.token"), "--relays", str(relays)],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None

@@ -47,8 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a lease without heartbeats for this long is re-queued (default 300)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    p.add_argument(
+        "--relays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve gRPC from N processes that relay calls to this one, on the same port, "
+        "so that a large fleet's calls use more cores (default 0: one process)",
+    )
     add_server_flags(p)
     p.set_defaults(func=run)
+
+
+# More relay processes than cores only share the same cores.
+MAX_RELAYS = 64
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
+    if not 0 <= args.relays <= MAX_RELAYS:
+        raise ConfigError(
+            f"--relays {args.relays} must be between 0 and {MAX_RELAYS} "
+            "(about one per core beyond the first)"
+        )
     # Security first: a refused --listen fails before storage is touched
     # (the server's own check then warns of what is allowed but risky).
     security = server_security(args)
@@ -75,4 +92,6 @@ def run(args: argparse.Namespace) -> int:
     service = CoordinatorService.open_search(
         cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
     )
-    return serve(service, args.listen, port_file=args.port_file, security=security)
+    return serve(
+        service, args.listen, port_file=args.port_file, security=security, relays=args.relays
+    )

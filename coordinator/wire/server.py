@@ -9,12 +9,15 @@ for "" and the coordinator's full name; NOT_SERVING once shutting down);
 open; every coordinator RPC needs a bearer token once `security` holds
 tokens (`auth`), TLS is used when it holds a certificate (`tls`), and the
 exposure rules of `security.ServerSecurity.check` run before binding.
+With `relays=N` the gRPC servers run in N front processes on the same
+port, relaying calls to this process, which keeps the search (`relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -40,8 +43,11 @@ from autolfads.coordinator.security.limits import (
     server_options,
 )
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
+from autolfads.coordinator.wire.fronts import Fronts
 from autolfads.coordinator.wire.held_calls import HeldCalls
+from autolfads.coordinator.wire.relay import RelayOwner, security_config
 from autolfads.coordinator.wire.servicer import CoordinatorServicer
+from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.signals import StopEvent, restore_signals, stop_on_signals
@@ -83,6 +89,7 @@ class CoordinatorServer:
         self.health: health.aio.HealthServicer | None = None
         self.bridge: CommitBridge | None = None
         self.held: HeldCalls | None = None
+        self.fronts: Fronts | None = None  # with relays: the gRPC servers' processes
         self._stop_lock = threading.Lock()
         self._stopped = False
 
@@ -95,7 +102,12 @@ class CoordinatorServer:
         with self._stop_lock:
             if self.health is not None and not self._stopped:
                 self.run(self.health.enter_graceful_shutdown())
-        self.stop(grace_s)
+        self.stop(grace_s)  # fronts go NOT_SERVING themselves
+
+    def tend(self) -> None:
+        """Restart any relay front that died (the main loop calls this)."""
+        if self.fronts is not None and not self._stopped:
+            self.run(self.fronts.restart_dead())
 
     def stop(self, grace: float | None) -> None:
         """Stop taking calls, give running ones `grace` seconds, end the loop.
@@ -108,6 +120,8 @@ class CoordinatorServer:
             try:
                 if self.server is not None:
                     self.run(self.server.stop(grace))
+                if self.fronts is not None:
+                    self.run(self.fronts.stop(grace or 0.0))
                 self.run(self.loop.shutdown_default_executor())
             finally:  # whatever failed above, no thread is left behind
                 if self.held is not None:
@@ -129,35 +143,93 @@ def create_server(
     security: ServerSecurity | None = None,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_held_calls: int = DEFAULT_MAX_HELD_CALLS,
+    relays: int = 0,
 ) -> tuple[CoordinatorServer, int]:
     """Build, bind and start the server; return it and the bound port.
 
     Interceptors, outermost first: logging, authentication (if `security`
     has tokens), request limits, then `interceptors`. Raises ConfigError if
     `security` forbids `addr`, CoordinatorError if it cannot be bound.
+
+    `relays` > 0: the gRPC servers run in that many front processes that
+    relay calls to this one (`relay`); the bounds on calls and streams are
+    shared among them, `metrics` and `interceptors` are not available
+    there.
     """
     security = security or ServerSecurity()
     security.check(addr)
-    chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics)]
-    if security.authenticated:
-        chain.append(AuthInterceptor(security.tokens))
-    chain.append(RequestGuard(max_streams=max_streams, max_calls=max_concurrent_rpcs))
-    credentials = None if security.tls is None else security.tls.credentials()
+    if relays < 0:
+        raise ValueError(f"relays {relays} must be >= 0")
+    if relays and (metrics is not None or interceptors):
+        raise ValueError("metrics and extra interceptors live in the relay fronts' processes")
+    if relays and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--relays needs SO_REUSEPORT (Linux, macOS); serve without it here")
     holder = CoordinatorServer(max_streams)
-    start = _start(
-        holder,
-        addr,
-        service,
-        [*chain, *interceptors],
-        (max_concurrent_rpcs, max_held_calls),
-        credentials,
-    )
+    if relays:
+        config = {
+            **security_config(security),
+            "max_streams": max(1, max_streams // relays),
+            "max_calls": max(1, max_concurrent_rpcs // relays),
+            "log_level": logging.getLogger("autolfads").getEffectiveLevel(),
+        }
+        start = _start_relays(holder, addr, service, config, relays, max_held_calls)
+    else:
+        chain = interceptor_chain(security, metrics, max_streams, max_concurrent_rpcs)
+        credentials = None if security.tls is None else security.tls.credentials()
+        start = _start(
+            holder,
+            addr,
+            service,
+            [*chain, *interceptors],
+            (max_concurrent_rpcs, max_held_calls),
+            credentials,
+        )
     try:
         port = holder.run(start)
     except BaseException:
         holder.stop(0)
         raise
     return holder, port
+
+
+async def _start_relays(
+    holder: CoordinatorServer,
+    addr: str,
+    service: CoordinatorService,
+    config: dict[str, Any],
+    relays: int,
+    max_held_calls: int,
+) -> int:
+    loop = asyncio.get_running_loop()
+    holder.bridge = CommitBridge(service, loop)
+    holder.held = HeldCalls(service, loop, max_held_calls)
+    owner = RelayOwner(CoordinatorServicer(service, holder.bridge, holder.held))
+    holder.fronts = Fronts(owner, config, relays)
+    return await holder.fronts.start(addr)
+
+
+def interceptor_chain(
+    security: ServerSecurity, metrics: RpcMetrics | None, max_streams: int, max_calls: int
+) -> list[grpc.aio.ServerInterceptor]:
+    """Logging, authentication (if `security` has tokens), request limits."""
+    chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics)]
+    if security.authenticated:
+        chain.append(AuthInterceptor(security.tokens))
+    chain.append(RequestGuard(max_streams=max_streams, max_calls=max_calls))
+    return chain
+
+
+async def add_health_and_reflection(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """The standard health service (SERVING for "" and the coordinator's
+    name) and server reflection, on `server`."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return servicer
 
 
 async def _start(
@@ -181,13 +253,7 @@ async def _start(
     holder.held = HeldCalls(service, loop, max_held_calls)
     servicer = CoordinatorServicer(service, holder.bridge, holder.held)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
-    holder.health = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(holder.health, server)
-    for name in ("", SERVICE_NAME):
-        await holder.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    holder.health = await add_health_and_reflection(server)
     port = add_port(server, addr, credentials)
     await server.start()
     return port
@@ -239,6 +305,7 @@ def serve(
     linger_s: float | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     security: ServerSecurity | None = None,
+    relays: int = 0,
 ) -> int:
     """Run until the search ends (exit 0) or SIGTERM/SIGINT (143 unless ended).
 
@@ -246,14 +313,17 @@ def serve(
     told DONE (at most `linger_s`, default one lease timeout), so trainers exit
     cleanly instead of waiting for a coordinator that is gone.
     """
-    server, port = create_server(listen, service, interceptors=interceptors, security=security)
+    server, port = create_server(
+        listen, service, interceptors=interceptors, security=security, relays=relays
+    )
     host = listen.rsplit(":", 1)[0]
     log.info(
-        "coordinator for run %s listening on %s:%d (%s)",
+        "coordinator for run %s listening on %s:%d (%s%s)",
         service.layout.run,
         host,
         port,
         describe(security or ServerSecurity()),
+        f"; gRPC in {relays} relay processes" if relays else "",
     )
     if port_file is not None:
         tmp = port_file.with_name(port_file.name + ".tmp")
@@ -264,6 +334,7 @@ def serve(
     try:
         while not stop.is_set() and not service.terminal:
             service.tick()
+            server.tend()
             stop.wait(tick_s)
         service.drain()
         if service.terminal:

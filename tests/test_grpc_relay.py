@@ -1,0 +1,226 @@
+"""A coordinator whose gRPC servers run in relay front processes
+(`--relays N`): real front processes on one loopback port, relaying to the
+search in this process. The protocol must not change: searches finish,
+errors keep their kinds, refusals happen at the front, long polls and
+streams are released when their clients go, a dead front is replaced, and
+no front outlives its coordinator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
+
+from autolfads.coordinator.search.errors import (
+    CoordinatorError,
+    CoordinatorUnavailable,
+    InvalidRequest,
+    Unauthenticated,
+)
+from autolfads.coordinator.search.staging import stage_run
+from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
+from autolfads.coordinator.security.tokens import TokenSet
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
+from autolfads.storage import LocalStore
+from autolfads.trainer.data.lfads_h5 import write_lfads_h5
+from autolfads.trainer.data.synth import make_chaotic_rnn
+
+TOKENS = TokenSet.generate()
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SO_REUSEPORT")
+
+
+@pytest.fixture
+def staged_run(tmp_path) -> tuple[str, str]:
+    """(store URL, run name) of a run staged for `autolfads coordinator`."""
+    store = LocalStore(tmp_path / "store")
+    data = tmp_path / "data.h5"
+    write_lfads_h5(
+        make_chaotic_rnn(seed=0, n_conditions=4, n_replications=4, n_neurons=8, n_heldout=2,
+                         n_bins=10, n_fp_bins=2),
+        data,
+    )  # fmt: skip
+    stage_run(store, tiny_config(), data)
+    return str(tmp_path / "store"), "search"
+
+
+@pytest.fixture
+def relayed(local_store):
+    service = open_tiny_search(local_store)
+    server, port = create_server(
+        "127.0.0.1:0", service, security=ServerSecurity(tokens=TOKENS), relays=2
+    )
+    yield service, server, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def client(target: str, token: str | None = TOKENS.worker, **kwargs) -> CoordinatorClient:
+    return CoordinatorClient(target, security=ClientSecurity(token=token), **kwargs)
+
+
+def front_pids(server) -> list[int]:
+    return [process.pid for process in server.fronts.processes]
+
+
+def until(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_search_runs_to_its_end_through_relay_fronts(relayed, local_store):
+    service, server, target = relayed
+    assert len(set(front_pids(server))) == 2
+
+    def work(name: str) -> None:
+        with client(target, timeout_s=30) as c:
+            while (reply := c.request_work(name, 1, wait_s=5)).action != "done":
+                for grant in reply.leases:
+                    assert c.report(fake_train(local_store, grant, name)).accepted
+
+    # Several connections, so that both fronts serve some.
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    state = saved_state(local_store, "search")
+    assert state.status == "finished"
+    assert all(len(h) == 3 for h in state.history.values())
+    with client(target, TOKENS.observer) as c:
+        assert c.status().state == "finished"
+        assert c.health() == "SERVING"
+
+
+def test_errors_keep_their_kinds_and_refusals_happen_at_the_front(relayed):
+    _, _, target = relayed
+    with client(target, unavailable_wait_s=1) as c, pytest.raises(InvalidRequest, match="max"):
+        c.request_work("w0", 99)
+    with client(target, token=None, unavailable_wait_s=1) as c:
+        with pytest.raises(Unauthenticated):
+            c.status()
+        assert c.health() == "SERVING"  # probes need no token
+
+
+def test_a_cancelled_long_poll_is_released_at_the_owner(relayed):
+    service, server, target = relayed
+    with client(target) as c:
+        assert len(c.request_work("w0", 4).leases) == 4  # all of generation 0
+    cancel = threading.Event()
+    answers = []
+
+    def ask() -> None:
+        with client(target, timeout_s=10) as c:
+            answers.append(c.request_work("w1", 1, wait_s=60, cancel=cancel))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    until(lambda: len(server.held) == 1, "the long poll to be held at the owner")
+    cancel.set()
+    asker.join(30)
+    assert [a.action for a in answers] == ["wait"]
+    until(lambda: len(server.held) == 0, "the owner to release the held call")
+
+
+def test_a_status_stream_follows_the_search_through_a_front(relayed, local_store):
+    _, _, target = relayed
+    with client(target, TOKENS.observer) as watcher, client(target) as worker:
+        updates = watcher.watch(timeout_s=60)
+        first = next(updates)
+        grant = worker.request_work("w0", 1).leases[0]
+        assert next(updates).revision > first.revision
+        worker.report(fake_train(local_store, grant, "w0"))
+        assert next(updates).members != first.members
+        updates.close()
+
+
+def test_a_dead_front_is_replaced_and_calls_go_on(relayed):
+    _, server, target = relayed
+    victim = front_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    until(lambda: server.fronts.processes[0].poll() is not None, "the front to die")
+    server.tend()
+    pids = front_pids(server)
+    assert victim not in pids and len(set(pids)) == 2
+    for _ in range(4):  # new connections, whichever front takes them
+        with client(target) as c:
+            assert c.request_work("w0", 1).action in ("train", "wait")
+
+
+def test_fronts_stop_with_the_server(local_store):
+    service = open_tiny_search(local_store)
+    server, port = create_server("127.0.0.1:0", service, relays=2)
+    assert server.fronts is not None
+    fronts = server.fronts.processes
+    server.stop(0)
+    assert all(process.poll() is not None for process in fronts)
+    with (
+        pytest.raises(CoordinatorUnavailable),
+        CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=0.5) as c,
+    ):
+        c.status()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_no_front_outlives_a_killed_coordinator(tmp_path, staged_run):
+    store_url, run = staged_run
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autolfads", "coordinator", "--storage", store_url, "--run", run,
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--relays", "2"],
+    )  # fmt: skip
+    try:
+        until(lambda: port_file.exists() or proc.poll() is not None, "the coordinator")
+        assert proc.poll() is None
+        # (Children of any of its threads: the event loop's thread starts them.)
+        tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+        fronts = [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+        assert len(fronts) == 2 and all(_alive(pid) for pid in fronts)
+    finally:
+        proc.kill()
+        proc.wait()
+    until(lambda: not any(_alive(pid) for pid in fronts), "the fronts to exit")
+
+
+def test_relays_must_be_a_sensible_count(tmp_path, staged_run):
+    store_url, run = staged_run
+    result = subprocess.run(
+        [sys.executable, "-m", "autolfads", "coordinator", "--storage", store_url, "--run", run,
+         "--relays", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--relays -1 must be between 0 and 64" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_front_that_cannot_bind_is_one_clear_error(local_store):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            CoordinatorError, match=f"cannot start a relay front on 127.0.0.1:{port}"
+        ):
+            create_server(f"127.0.0.1:{port}", open_tiny_search(local_store), relays=2)
+    finally:
+        taken.close()
