@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from pathlib import Path
 from typing import Any
 
 from autolfads.config import RunConfig, parse_config
@@ -19,7 +21,7 @@ from autolfads.coordinator.search.messages import Lease, SegmentReport
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.state import SearchState, StartPoint
-from autolfads.storage import ChecksumMismatch, Store
+from autolfads.storage import ChecksumMismatch, LocalStore, Store
 
 
 def tiny_config(**pbt: object) -> RunConfig:
@@ -101,3 +103,30 @@ def fake_train(
         checkpoint_size=len(blob),
         corrupt=tuple(corrupt),
     )
+
+
+def stage_tiny_run(root: Path) -> LocalStore:
+    """A local store under `root` holding the run "search" of `tiny_config()`
+    over a small synthetic data file, staged for `autolfads coordinator`."""
+    from autolfads.coordinator.search.staging import stage_run
+    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
+    from autolfads.trainer.data.synth import make_chaotic_rnn
+
+    store = LocalStore(root / "store")
+    data = root / "data.h5"
+    write_lfads_h5(
+        make_chaotic_rnn(seed=0, n_conditions=4, n_replications=4, n_neurons=8, n_heldout=2,
+                         n_bins=10, n_fp_bins=2),
+        data,
+    )  # fmt: skip
+    stage_run(store, tiny_config(), data)
+    return store
+
+
+def run_threads(threads: list[threading.Thread], timeout_s: float) -> None:
+    """Start `threads` and wait for them all; fail if one is still running."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+    assert not any(thread.is_alive() for thread in threads)

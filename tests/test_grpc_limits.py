@@ -28,7 +28,7 @@ from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.security.limits import MAX_REQUEST_BYTES
 from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
-from autolfads.coordinator.wire.server import create_server
+from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
@@ -40,18 +40,20 @@ def open_service(store, **kwargs) -> CoordinatorService:
     return open_tiny_search(store, **kwargs)
 
 
-@pytest.fixture
-def served(local_store):
-    service = open_service(local_store)
+def serve_limited(store, **limits) -> tuple[CoordinatorService, CoordinatorServer, str, RpcMetrics]:
+    """A tiny search served with tokens and the given bounds."""
+    service = open_service(store)
     metrics = RpcMetrics()
     server, port = create_server(
-        "127.0.0.1:0",
-        service,
-        metrics=metrics,
-        max_streams=2,
-        security=ServerSecurity(tokens=TOKENS),
+        "127.0.0.1:0", service, metrics=metrics, security=ServerSecurity(tokens=TOKENS), **limits
     )
-    yield service, f"127.0.0.1:{port}", metrics
+    return service, server, f"127.0.0.1:{port}", metrics
+
+
+@pytest.fixture
+def served(local_store):
+    service, server, target, metrics = serve_limited(local_store, max_streams=2)
+    yield service, target, metrics
     server.stop(0)
 
 
@@ -103,16 +105,7 @@ def test_a_request_over_the_size_bound_is_not_retried(served, local_store):
 
 
 def test_a_busy_coordinator_refuses_as_overloaded_and_clients_wait_it_out(local_store):
-    service = open_service(local_store)
-    metrics = RpcMetrics()
-    server, port = create_server(
-        "127.0.0.1:0",
-        service,
-        metrics=metrics,
-        max_concurrent_rpcs=1,
-        security=ServerSecurity(tokens=TOKENS),
-    )
-    target = f"127.0.0.1:{port}"
+    _, server, target, metrics = serve_limited(local_store, max_concurrent_rpcs=1)
     assert TOKENS.observer is not None  # generate() makes a token for every role
     try:
         with grpc.insecure_channel(target) as channel:

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search, tiny_config
+from coordinator_helpers import fake_train, open_tiny_search, run_threads, tiny_config
 
 from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.errors import InvalidRequest
@@ -273,12 +273,7 @@ def test_a_fleet_that_waits_makes_one_call_per_generation(tmp_path):
             calls.append(reply)
 
     try:
-        threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
+        run_threads([threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)], 60)
     finally:
         search.close()
     # 2 generations of 2 units: 4 grants and 4 DONEs; no WAIT answers at all.

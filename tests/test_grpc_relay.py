@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import fake_train, open_tiny_search, saved_state, tiny_config
+from coordinator_helpers import (
+    fake_train,
+    open_tiny_search,
+    run_threads,
+    saved_state,
+    stage_tiny_run,
+)
 
 from autolfads.coordinator.search.errors import (
     CoordinatorError,
@@ -25,14 +31,10 @@ from autolfads.coordinator.search.errors import (
     InvalidRequest,
     Unauthenticated,
 )
-from autolfads.coordinator.search.staging import stage_run
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
-from autolfads.storage import LocalStore
-from autolfads.trainer.data.lfads_h5 import write_lfads_h5
-from autolfads.trainer.data.synth import make_chaotic_rnn
 
 TOKENS = TokenSet.generate()
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SO_REUSEPORT")
@@ -41,14 +43,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SO_REUSEPORT")
 @pytest.fixture
 def staged_run(tmp_path) -> tuple[str, str]:
     """(store URL, run name) of a run staged for `autolfads coordinator`."""
-    store = LocalStore(tmp_path / "store")
-    data = tmp_path / "data.h5"
-    write_lfads_h5(
-        make_chaotic_rnn(seed=0, n_conditions=4, n_replications=4, n_neurons=8, n_heldout=2,
-                         n_bins=10, n_fp_bins=2),
-        data,
-    )  # fmt: skip
-    stage_run(store, tiny_config(), data)
+    stage_tiny_run(tmp_path)
     return str(tmp_path / "store"), "search"
 
 
@@ -88,12 +83,7 @@ def test_a_search_runs_to_its_end_through_relay_fronts(relayed, local_store):
                     assert c.report(fake_train(local_store, grant, name)).accepted
 
     # Several connections, so that both fronts serve some.
-    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads)
+    run_threads([threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)], 120)
     state = saved_state(local_store, "search")
     assert state.status == "finished"
     assert all(len(h) == 3 for h in state.history.values())

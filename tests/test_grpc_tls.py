@@ -14,23 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import fake_train, tiny_config
+from coordinator_helpers import fake_train, stage_tiny_run, tiny_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from autolfads.coordinator.search.errors import CoordinatorError, CoordinatorUnavailable, TlsError
-from autolfads.coordinator.search.staging import stage_run
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.tls import ClientTls, ServerTls
 from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
-from autolfads.storage import LocalStore
-from autolfads.trainer.data.lfads_h5 import write_lfads_h5
-from autolfads.trainer.data.synth import make_chaotic_rnn
 
 TOKENS = TokenSet.generate()
 
@@ -251,14 +247,7 @@ def test_bad_pem_files_are_one_line_errors(tmp_path, pki, files, message):
 @pytest.mark.parametrize("relays", [0, 2])
 def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki, relays):
     # With relays, the certificate and tokens reach the front processes.
-    store = LocalStore(tmp_path / "store")
-    data = tmp_path / "data.h5"
-    write_lfads_h5(
-        make_chaotic_rnn(seed=0, n_conditions=4, n_replications=4, n_neurons=8, n_heldout=2,
-                         n_bins=10, n_fp_bins=2),
-        data,
-    )  # fmt: skip
-    stage_run(store, tiny_config(), data)
+    stage_tiny_run(tmp_path)
     cert, key = pki["server"]
     folder = write_dir(tmp_path / "tls", {"tls.crt": cert, "tls.key": key})
     for role in ("worker", "observer"):
