@@ -197,7 +197,10 @@ async def serve_front(fd: int) -> int:
         lambda: FrameProtocol(front.on_frame, front.on_owner_lost), sock=socket.socket(fileno=fd)
     )
     front.owner = owner
-    config = await front.config
+    try:
+        config = await front.config
+    except ConnectionError:  # the coordinator went away before it configured us
+        return 1
     logging.basicConfig(
         level=int(config.get("log_level", logging.WARNING)),
         format="%(asctime)s %(levelname)s front %(process)d %(name)s: %(message)s",
