@@ -64,6 +64,7 @@ def test_coordinator_and_trainer_meet_at_the_service_port(spec: dict[str, Any]) 
     coordinator = parse(argv_of(spec, "coordinator"))
     trainer = parse(argv_of(spec, "trainer"))
     assert coordinator.listen == "0.0.0.0:50051"
+    assert coordinator.relays == 0  # one process unless coordinator-relays says otherwise
     assert trainer.coordinator == "autolfads-autolfads-x7k2p.autolfads.svc:50051"
     assert coordinator.storage == trainer.storage == "s3://autolfads/runs"
     assert coordinator.run == "autolfads"
@@ -144,6 +145,20 @@ def test_render_gpus_selects_the_cuda_image_and_device(tmp_path: Path) -> None:
     assert params["stage"] == "false" and "config" not in params
 
 
+def test_render_sizes_the_coordinator(tmp_path: Path, spec: dict[str, Any]) -> None:
+    cfg = load_config(write_config(tmp_path))
+    opts = RenderOptions(coordinator_relays=3, coordinator_cpu="4")
+    params = params_of(render_workflow(cfg, opts))
+    assert (params["coordinator-relays"], params["coordinator-cpu"]) == ("3", "4")
+    # The template passes them on: --relays to the command, the CPU to the pod.
+    coordinator = templates_by_name(spec)["coordinator"]
+    relays = coordinator["container"]["args"].index("--relays")
+    assert (
+        coordinator["container"]["args"][relays + 1] == "{{workflow.parameters.coordinator-relays}}"
+    )
+    assert "{{workflow.parameters.coordinator-cpu}}" in coordinator["podSpecPatch"]
+
+
 def test_render_inline_is_self_contained(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path))
     workflow = render_workflow(cfg, RenderOptions(inline=True, parallelism=5, name="wf-1"))
@@ -161,6 +176,9 @@ def test_render_inline_is_self_contained(tmp_path: Path) -> None:
         (["--storage", "file:///tmp/x"], "Argo runs need an s3://bucket/prefix URL"),
         (["--n-trainers", "0"], "--n-trainers 0: must be at least 1"),
         (["--memory", "lots"], "--memory 'lots': not a Kubernetes quantity"),
+        (["--coordinator-cpu", "lots"], "--coordinator-cpu 'lots': not a Kubernetes quantity"),
+        (["--coordinator-relays", "-1"], "--coordinator-relays -1: must be 0 or more"),
+        (["--coordinator-relays", "65"], "--coordinator-relays 65: at most 64"),
         (["--namespace", "Bad_NS"], "not a valid namespace name"),
         (["--stage", "--storage", "s3://bk1/p"], "only works for generated data"),
     ],

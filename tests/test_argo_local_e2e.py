@@ -173,6 +173,8 @@ def test_rendered_workflow_runs_to_a_finished_search(
         coordinator.args[7],
         "--lease-timeout",
         "4",
+        "--relays",
+        "0",
     ]
     assert coordinator.args[7].startswith("127.0.0.1:")
     assert trainers[0].args[trainers[0].args.index("--coordinator") + 1] == coordinator.args[7]

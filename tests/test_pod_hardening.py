@@ -320,7 +320,7 @@ REGRESSIONS: dict[str, tuple[Callable[[], dict], Callable[[dict], Any], str]] = 
     "no coordinator resources": (
         _wt,
         lambda d: _tmpl(d, "coordinator")["container"].pop("resources"),
-        "resources.requests.cpu",
+        "resources.limits.memory",
     ),
     "no trainer patch": (
         _wt,

@@ -25,6 +25,7 @@ from autolfads.argo.manifests import (
 )
 from autolfads.argo.validate import validate_object
 from autolfads.config import RunConfig
+from autolfads.coordinator.security.limits import MAX_RELAYS
 from autolfads.errors import ConfigError
 
 # Where the in-cluster stage step writes synthetic data (the pod's emptyDir).
@@ -56,6 +57,8 @@ class RenderOptions:
     trainer_threads: int | None = None
     trainer_retries: int | None = None
     coordinator_retries: int | None = None
+    coordinator_relays: int | None = None
+    coordinator_cpu: str | None = None
     lease_timeout: int | None = None
     # None: stage in the cluster only when the config generates its data.
     stage: bool | None = None
@@ -130,10 +133,20 @@ def _check_options(opts: RenderOptions) -> None:
         "--gpus": opts.trainer_gpus,
         "--trainer-retries": opts.trainer_retries,
         "--coordinator-retries": opts.coordinator_retries,
+        "--coordinator-relays": opts.coordinator_relays,
     }.items():
         if value is not None and value < 0:
             raise ConfigError(f"{flag} {value}: must be 0 or more")
-    quantities: dict[str, str | None] = {"--cpu": opts.trainer_cpu, "--memory": opts.trainer_memory}
+    if opts.coordinator_relays is not None and opts.coordinator_relays > MAX_RELAYS:
+        raise ConfigError(
+            f"--coordinator-relays {opts.coordinator_relays}: at most {MAX_RELAYS} "
+            "(about one per core of the coordinator's pod beyond the first)"
+        )
+    quantities: dict[str, str | None] = {
+        "--cpu": opts.trainer_cpu,
+        "--memory": opts.trainer_memory,
+        "--coordinator-cpu": opts.coordinator_cpu,
+    }
     for flag, quantity in quantities.items():
         if quantity is not None and not _QUANTITY.match(quantity):
             raise ConfigError(f"{flag} {quantity!r}: not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
@@ -188,6 +201,8 @@ def workflow_parameters(
         "trainer-gpus": gpus,
         "trainer-retries": opts.trainer_retries,
         "coordinator-retries": opts.coordinator_retries,
+        "coordinator-relays": opts.coordinator_relays,
+        "coordinator-cpu": opts.coordinator_cpu,
         "lease-timeout": opts.lease_timeout,
         "pod-deadline-seconds": opts.deadline_seconds,
         "grpc-credentials": opts.grpc_credentials,

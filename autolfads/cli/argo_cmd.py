@@ -100,6 +100,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainer-image", help="trainer container image")
     parser.add_argument("--trainer-retries", type=int, help="retries per trainer pod (default: 5)")
     parser.add_argument("--coordinator-retries", type=int, help="coordinator restarts (default: 5)")
+    parser.add_argument(
+        "--coordinator-relays",
+        type=int,
+        help="gRPC front processes of the coordinator (default: 0, one process)",
+    )
+    parser.add_argument("--coordinator-cpu", help="CPU request of the coordinator (default: 500m)")
     parser.add_argument("--lease-timeout", type=int, help="seconds before a silent lease expires")
     parser.add_argument(
         "--deadline-seconds", type=int, help="activeDeadlineSeconds of the workflow and its pods"
@@ -145,6 +151,8 @@ def render_options(args: argparse.Namespace) -> Any:
         trainer_image=args.trainer_image,
         trainer_retries=args.trainer_retries,
         coordinator_retries=args.coordinator_retries,
+        coordinator_relays=args.coordinator_relays,
+        coordinator_cpu=args.coordinator_cpu,
         lease_timeout=args.lease_timeout,
         deadline_seconds=args.deadline_seconds,
         parallelism=args.parallelism,

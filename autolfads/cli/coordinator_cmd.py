@@ -59,14 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# More relay processes than cores only share the same cores.
-MAX_RELAYS = 64
-
-
 def run(args: argparse.Namespace) -> int:
     from autolfads.config import load_config
     from autolfads.coordinator.search.service import CoordinatorService
     from autolfads.coordinator.search.staging import load_run
+    from autolfads.coordinator.security.limits import MAX_RELAYS
     from autolfads.coordinator.wire.collector import settle_collector
     from autolfads.coordinator.wire.server import serve
     from autolfads.errors import ConfigError

@@ -15,6 +15,7 @@ threads. The bounds, and where each is enforced:
     undecodable bytes   refused      `RequestGuard` -> INVALID_ARGUMENT
     report payload      see validation.py (epochs, metric names, strings)
     leases per worker   16 active    CoordinatorService.max_leases_per_request
+    relay processes     64           `autolfads coordinator --relays`
     population          1024         RunConfig (pbt.population)
 
 Everything over a bound is refused with RESOURCE_EXHAUSTED or
@@ -68,6 +69,8 @@ MAX_PENDING_CALLS_HARD = 8192
 # WatchStatus streams open at once: each waits for the next change on a
 # thread of the event loop's default executor.
 DEFAULT_MAX_STREAMS = 16
+# Relay front processes (`--relays`): more than cores only share the same cores.
+MAX_RELAYS = 64
 # Replies (a status with 1024 members and their lineage) may exceed 4 MiB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
