@@ -165,20 +165,27 @@ def open_temp_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or a folder's: the renames in it) contents to disk.
-    Not every filesystem allows it on a folder; that is left as is."""
+def fsync_file(path: Path) -> None:
+    """Flush a file's contents to disk (opened for writing: Windows fsyncs
+    only such descriptors)."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in a folder durable; not every platform or
+    filesystem allows it (Windows cannot open a folder), which is left as is."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        if path.is_dir():
-            return
-        raise
+        return
     try:
         os.fsync(fd)
     except OSError:
-        if not path.is_dir():
-            raise
+        pass
     finally:
         os.close(fd)
 
@@ -325,11 +332,11 @@ class Store(ABC):
                 # On disk before it has its name: after a power loss a cache
                 # must not find a file that exists but is incomplete.
                 try:
-                    fsync_path(tmp)
+                    fsync_file(tmp)
                     os.replace(tmp, dest)
                 except OSError as err:
                     raise StorageError(f"cannot write {dest}: {err.strerror or err}") from None
-                fsync_path(dest.parent)
+                fsync_dir(dest.parent)
                 return info
             except ChecksumMismatch:
                 if attempt:

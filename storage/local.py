@@ -29,7 +29,7 @@ from autolfads.storage.base import (
     ObjectInfo,
     Store,
     copy_hashing,
-    fsync_path,
+    fsync_dir,
     open_temp_beside,
     write_all,
 )
@@ -120,7 +120,7 @@ class LocalStore(Store):
                 os.replace(meta_tmp, self._meta_path(path))
                 os.replace(tmp, path)
             published = True
-            fsync_path(path.parent)
+            fsync_dir(path.parent)
         except OSError as err:
             raise self._io_error(key, err) from None
         finally:

@@ -7,6 +7,7 @@ no front outlives its coordinator."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -34,7 +35,23 @@ from autolfads.coordinator.search.errors import (
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.commit_bridge import CommitBridge
+from autolfads.coordinator.wire.held_calls import HeldCalls
+from autolfads.coordinator.wire.relay import (
+    ACK,
+    CALL,
+    CANCEL,
+    DEADLINE,
+    METHODS,
+    REPLY,
+    FrameProtocol,
+    RelayOwner,
+)
 from autolfads.coordinator.wire.server import create_server
+from autolfads.coordinator.wire.servicer import CoordinatorServicer
+from autolfads.errors import ConfigError
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.storage import LocalStore
 
 TOKENS = TokenSet.generate()
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SO_REUSEPORT")
@@ -208,9 +225,76 @@ def test_a_front_that_cannot_bind_is_one_clear_error(local_store):
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        with pytest.raises(
-            CoordinatorError, match=f"cannot start a relay front on 127.0.0.1:{port}"
-        ):
+        with pytest.raises(CoordinatorError, match=f"cannot listen on 127.0.0.1:{port}"):
             create_server(f"127.0.0.1:{port}", open_tiny_search(local_store), relays=2)
     finally:
         taken.close()
+
+
+def test_a_second_coordinator_cannot_share_the_fronts_port(relayed, local_store, tmp_path):
+    # The fronts share their port among themselves only: another search on
+    # the same address would take a share of the trainers.
+    _, _, target = relayed
+    other = open_tiny_search(LocalStore(tmp_path / "other"))
+    with pytest.raises(CoordinatorError, match="another server holds the port"):
+        create_server(target, other, relays=1)
+    with pytest.raises(CoordinatorError, match="cannot listen"):
+        create_server(target, other)  # nor can one without relays
+
+
+def test_relays_need_a_tcp_address(local_store, tmp_path):
+    with pytest.raises(ConfigError, match="--relays shares a TCP port"):
+        create_server(
+            f"unix:{tmp_path}/coordinator.sock",
+            open_tiny_search(local_store),
+            relays=2,
+        )
+
+
+def test_a_relayed_stream_sends_its_next_message_only_once_the_last_went_out(local_store):
+    """A watcher that stops reading must cost the owner nothing: the owner
+    makes a stream's next message once the front says the last one went
+    out (ACK), as a stream served in one process waits for gRPC. Played
+    here by the test on the front's end of a real socketpair."""
+    service = open_tiny_search(local_store)
+
+    async def main() -> tuple[int, int, int, int]:
+        loop = asyncio.get_running_loop()
+        bridge, held = CommitBridge(service, loop), HeldCalls(service, loop, 8)
+        owner = RelayOwner(CoordinatorServicer(service, bridge, held))
+        frames: asyncio.Queue[tuple[int, int, bytes]] = asyncio.Queue()
+        mine, theirs = socket.socketpair()
+        await loop.create_unix_connection(lambda: FrameProtocol(owner.on_frame), sock=mine)
+        _, front = await loop.create_unix_connection(
+            lambda: FrameProtocol(
+                lambda _, cid, kind, m, payload: frames.put_nowait((cid, kind, payload))
+            ),
+            sock=theirs,
+        )
+        watch = [i for i, (name, _, _) in enumerate(METHODS) if name == "WatchStatus"][0]
+        try:
+            front.send(
+                7, CALL, watch, DEADLINE.pack(30.0) + pb.WatchStatusRequest().SerializeToString()
+            )
+            call_id, kind, payload = await frames.get()
+            assert (call_id, kind) == (7, REPLY)
+            first = pb.SearchStatus.FromString(payload).revision
+            for i in range(5):  # five changes the watcher has not read
+                await loop.run_in_executor(None, service.request_work, f"w{i}", 1)
+            # Nothing more comes until the front acknowledges the first.
+            await asyncio.sleep(0.3)
+            pending = frames.qsize()
+            front.send(7, ACK, watch)
+            call_id, kind, payload = await frames.get()
+            assert (call_id, kind) == (7, REPLY)
+            front.send(7, CANCEL, watch)
+            now = service.status().revision
+            return first, pending, pb.SearchStatus.FromString(payload).revision, now
+        finally:
+            held.close()
+            bridge.close()
+
+    first, pending, second, now = asyncio.run(main())
+    assert pending == 0
+    # The state as it is when the watcher is ready, not the next revision in line.
+    assert first + 1 < second == now

@@ -28,13 +28,15 @@ from typing import Any, NoReturn
 
 import grpc
 
-from autolfads.coordinator.security.limits import ERROR_KIND_KEY, server_options
+from autolfads.coordinator.security.limits import ERROR_KIND_KEY, UNGUARDED_CALLS, server_options
 from autolfads.coordinator.wire.relay import (
+    ACK,
     CALL,
     CANCEL,
     CONTROL,
     DEADLINE,
     END,
+    MAX_CALL_ID,
     METHODS,
     REPLY,
     FrameProtocol,
@@ -106,15 +108,16 @@ class Front:
 
     def _send_call(self, method: int, raw: bytes, context: Any) -> int:
         assert self.owner is not None  # set before the server starts
-        call_id = next(self._ids)
+        call_id = next(self._ids) % MAX_CALL_ID + 1
         remaining = context.time_remaining()
         deadline = DEADLINE.pack(-1.0 if remaining is None else remaining)
         self.owner.send(call_id, CALL, method, deadline + raw)
         return call_id
 
-    def _cancel(self, call_id: int, method: int) -> None:
+    def _tell(self, call_id: int, kind: int, method: int) -> None:
+        """An ACK or CANCEL for the owner, if it is still there."""
         if self.owner is not None and not self._gone:
-            self.owner.send(call_id, CANCEL, method)
+            self.owner.send(call_id, kind, method)
 
     async def unary(self, method: int, raw: bytes, context: Any) -> bytes:
         if self._gone:
@@ -126,7 +129,7 @@ class Front:
             kind, payload = await future
         except asyncio.CancelledError:  # the client went away, or its deadline passed
             if self._unary.pop(call_id, None) is not None:
-                self._cancel(call_id, method)
+                self._tell(call_id, CANCEL, method)
             raise
         if kind == REPLY:
             return payload
@@ -143,7 +146,8 @@ class Front:
             while True:
                 kind, payload = await queue.get()
                 if kind == REPLY:
-                    yield payload
+                    yield payload  # returns once gRPC has taken it for the client
+                    self._tell(call_id, ACK, method)
                 elif kind == END:
                     ended = True
                     return
@@ -153,7 +157,7 @@ class Front:
         finally:
             self._streams.pop(call_id, None)
             if not ended:
-                self._cancel(call_id, method)
+                self._tell(call_id, CANCEL, method)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         """Each relayed method, request and reply as bytes (never decoded here)."""
@@ -228,7 +232,9 @@ async def _start(front: Front, config: dict[str, Any]) -> tuple[grpc.aio.Server,
     # The other fronts bind the same port: the kernel spreads connections.
     options = [(k, v) for k, v in server_options() if k != "grpc.so_reuseport"]
     options.append(("grpc.so_reuseport", 1))
-    server = grpc.aio.server(interceptors=chain, options=options)
+    # The guard bounds the calls it wraps; gRPC's cap, above it, the rest.
+    calls = int(config["max_calls"]) + UNGUARDED_CALLS
+    server = grpc.aio.server(interceptors=chain, options=options, maximum_concurrent_rpcs=calls)
     server.add_generic_rpc_handlers((front.handlers(),))
     health = await add_health_and_reflection(server)
     credentials = None if security.tls is None else security.tls.credentials()

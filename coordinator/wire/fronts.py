@@ -55,6 +55,7 @@ class Fronts:
     async def start(self, listen: str) -> int:
         """Start every front; the port they serve."""
         self._host = listen.rsplit(":", 1)[0]
+        check_free(listen)
         try:
             front, self.port = await self._spawn(listen)
             self._fronts.append(front)
@@ -139,3 +140,30 @@ class Fronts:
             await loop.run_in_executor(None, process.wait)
             raise CoordinatorError(f"cannot start a relay front on {listen}: {reply['failed']}")
         return _Front(process, link), int(reply["ready"])
+
+
+def check_free(listen: str) -> None:
+    """Refuse an address that another server holds. The fronts bind with
+    SO_REUSEPORT to share the port among themselves; without this check a
+    second coordinator started with --relays on the same address would join
+    them, and the kernel would split the trainers between two searches. A
+    socket bound without SO_REUSEPORT cannot share the port with anyone."""
+    host, _, port = listen.rpartition(":")
+    if port == "0":
+        return  # the kernel picks a free port
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return  # the first front names the problem
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                raise CoordinatorError(
+                    f"cannot listen on {listen}: {err.strerror or err} "
+                    "(another server holds the port)"
+                ) from None

@@ -18,6 +18,9 @@ order) and a payload:
 
     front -> owner   CALL    deadline (seconds left, -1: none) + request bytes
                      CANCEL  (the client went away: the owner cancels the call)
+                     ACK     (a stream's message went out to its client: the
+                             owner computes the next one only then, as a
+                             stream served in one process does)
     owner -> front   REPLY   reply bytes (a stream sends one REPLY per message)
                      END     (a stream is over)
                      ERROR   status code, error kind, details
@@ -54,7 +57,10 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!IBBI")  # call id, kind, method, payload length
 DEADLINE = struct.Struct("!d")
-CALL, CANCEL, REPLY, END, ERROR, CONTROL = range(1, 7)
+CALL, CANCEL, REPLY, END, ERROR, CONTROL, ACK = range(1, 8)
+# Call ids are 32 bits on the wire; a front's count wraps (after about four
+# billion calls, long after the call that had an id before has ended).
+MAX_CALL_ID = 0xFFFFFFFF
 # The relayed methods, by their index in frames: (name, request type, streams).
 METHODS: tuple[tuple[str, type[Any], bool], ...] = (
     ("RequestWork", pb.RequestWorkRequest, False),
@@ -171,6 +177,8 @@ class RelayOwner:
     def __init__(self, servicer: Any) -> None:
         self._handlers = [getattr(servicer, name) for name, _, _ in METHODS]
         self._calls: dict[tuple[int, int], asyncio.Task[None]] = {}
+        # Streams whose last message waits for the front's ACK.
+        self._acks: dict[tuple[int, int], asyncio.Future[None]] = {}
 
     def on_frame(
         self, front: FrameProtocol, call_id: int, kind: int, method: int, payload: bytes
@@ -182,6 +190,10 @@ class RelayOwner:
             self._calls[key] = asyncio.get_running_loop().create_task(
                 run(front, call_id, method, payload)
             )
+        elif kind == ACK:
+            sent = self._acks.pop(key, None)
+            if sent is not None and not sent.done():
+                sent.set_result(None)
         elif kind == CANCEL:
             running = self._calls.pop(key, None)
             if running is not None:
@@ -191,9 +203,10 @@ class RelayOwner:
 
     def cancel_all(self, front: FrameProtocol) -> None:
         """The front is gone: its calls have no one to answer."""
-        for (front_id, _), task in list(self._calls.items()):
-            if front_id == id(front):
-                task.cancel()
+        for key in [key for key in self._calls if key[0] == id(front)]:
+            # Popped here: a task cancelled before it first ran never gets to
+            # take itself off.
+            self._calls.pop(key).cancel()
 
     async def _unary(self, front: FrameProtocol, call_id: int, method: int, payload: bytes) -> None:
         try:
@@ -216,8 +229,14 @@ class RelayOwner:
         try:
             request, context = _decode(method, payload)
             messages: AsyncIterator[Any] = self._handlers[method](request, context)
+            key = (id(front), call_id)
             async for message in messages:
+                # The next message is made once this one is out: a watcher
+                # that stops reading holds one message, not every revision.
+                sent = asyncio.get_running_loop().create_future()
+                self._acks[key] = sent
                 front.send(call_id, REPLY, method, message.SerializeToString())
+                await sent
             front.send(call_id, END, method)
         except asyncio.CancelledError:
             return
@@ -228,6 +247,7 @@ class RelayOwner:
             front.send(call_id, ERROR, method, _internal(err))
         finally:
             self._calls.pop((id(front), call_id), None)
+            self._acks.pop((id(front), call_id), None)
 
 
 def _decode(method: int, payload: bytes) -> tuple[Any, RelayContext]:

@@ -156,6 +156,10 @@ def create_server(
     shared among them, `metrics` and `interceptors` are not available
     there.
     """
+    if relays and addr.startswith(("unix:", "unix-abstract:")):
+        raise ConfigError(
+            f"--relays shares a TCP port among processes; listen on HOST:PORT, not {addr}"
+        )
     security = security or ServerSecurity()
     security.check(addr)
     if relays < 0:
@@ -164,7 +168,9 @@ def create_server(
         raise ValueError("metrics and extra interceptors live in the relay fronts' processes")
     if relays and not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--relays needs SO_REUSEPORT (Linux, macOS); serve without it here")
-    holder = CoordinatorServer(max_streams)
+    # Each WatchStatus stream waits on a thread: with more fronts than the
+    # bound on streams, each front still allows one.
+    holder = CoordinatorServer(max(max_streams, relays))
     if relays:
         config = {
             **security_config(security),
