@@ -156,9 +156,9 @@ def test_a_dead_front_is_replaced_and_calls_go_on(relayed):
     victim = front_pids(server)[0]
     os.kill(victim, signal.SIGKILL)
     until(lambda: server.fronts.processes[0].poll() is not None, "the front to die")
-    server.tend()
-    pids = front_pids(server)
-    assert victim not in pids and len(set(pids)) == 2
+    server.tend()  # returns at once: the replacement starts in the background
+    until(lambda: victim not in front_pids(server), "a replacement front")
+    assert len(set(front_pids(server))) == 2
     for _ in range(4):  # new connections, whichever front takes them
         with client(target) as c:
             assert c.request_work("w0", 1).action in ("train", "wait")
@@ -298,3 +298,56 @@ def test_a_relayed_stream_sends_its_next_message_only_once_the_last_went_out(loc
     assert pending == 0
     # The state as it is when the watcher is ready, not the next revision in line.
     assert first + 1 < second == now
+
+
+def test_a_front_of_a_stuck_coordinator_is_not_serving(local_store):
+    # Probes must see a coordinator whose event loop is stuck, as they do
+    # when one process serves: the fronts stop saying SERVING.
+    service = open_tiny_search(local_store)
+    server, port = create_server("127.0.0.1:0", service, relays=1, owner_silent_s=1.0)
+    release = threading.Event()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as probe:
+            assert probe.health() == "SERVING"
+            server.loop.call_soon_threadsafe(release.wait, 30)  # the loop is stuck
+            until(lambda: probe.health() == "NOT_SERVING", "NOT_SERVING")
+            release.set()
+            until(lambda: probe.health() == "SERVING", "SERVING again")
+    finally:
+        release.set()
+        server.stop(0)
+
+
+def test_long_polls_never_fill_a_fronts_bound_on_calls(local_store):
+    # Held long polls are bounded where they are held (3 here), below each
+    # front's bound on calls in flight (4): heartbeats, reports and status
+    # calls always find room, whichever front their connection reached.
+    service = open_tiny_search(local_store)
+    server, port = create_server(
+        "127.0.0.1:0", service, relays=2, max_concurrent_rpcs=4, max_held_calls=3
+    )
+    target = f"127.0.0.1:{port}"
+    cancel = threading.Event()
+    askers = []
+    try:
+        with CoordinatorClient(target) as c:
+            assert len(c.request_work("w0", 4).leases) == 4  # nothing left to grant
+        for i in range(3):
+
+            def ask(name: str = f"v{i}") -> None:
+                with CoordinatorClient(target, timeout_s=10) as c:
+                    c.request_work(name, 1, wait_s=60, cancel=cancel)
+
+            askers.append(threading.Thread(target=ask))
+            askers[-1].start()
+        held = server.held
+        assert held is not None
+        until(lambda: len(held) == 3, "three held long polls")
+        for _ in range(8):  # new connections, spread over both fronts
+            with CoordinatorClient(target, unavailable_wait_s=0.5) as c:
+                assert c.status().population == 4
+    finally:
+        cancel.set()
+        for asker in askers:
+            asker.join(30)
+        server.stop(0)

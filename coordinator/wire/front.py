@@ -23,18 +23,22 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from autolfads.coordinator.security.limits import ERROR_KIND_KEY, UNGUARDED_CALLS, server_options
 from autolfads.coordinator.wire.relay import (
     ACK,
+    ALIVE_EVERY_S,
     CALL,
     CANCEL,
     CONTROL,
     DEADLINE,
+    DEFAULT_OWNER_SILENT_S,
     END,
     MAX_CALL_ID,
     METHODS,
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # The kind of the stand-in frame a call in flight gets when the owner is gone.
 _GONE = 255
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Front:
@@ -65,6 +71,7 @@ class Front:
         self._unary: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self._streams: dict[int, asyncio.Queue[tuple[int, bytes]]] = {}
         self.owner: FrameProtocol | None = None
+        self.owner_seen = time.monotonic()  # the owner's last ALIVE
         self._gone = False
         self.config: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.stopping: asyncio.Future[float] = loop.create_future()
@@ -86,6 +93,8 @@ class Front:
     def _control(self, document: dict[str, Any]) -> None:
         if not self.config.done():
             self.config.set_result(document)
+        elif "alive" in document:
+            self.owner_seen = time.monotonic()
         elif "stop" in document and not self.stopping.done():
             self.stopping.set_result(float(document["stop"]))
 
@@ -110,7 +119,8 @@ class Front:
         assert self.owner is not None  # set before the server starts
         call_id = next(self._ids) % MAX_CALL_ID + 1
         remaining = context.time_remaining()
-        deadline = DEADLINE.pack(-1.0 if remaining is None else remaining)
+        # Absolute: the owner may get to the call later than it was sent.
+        deadline = DEADLINE.pack(-1.0 if remaining is None else time.monotonic() + remaining)
         self.owner.send(call_id, CALL, method, deadline + raw)
         return call_id
 
@@ -218,12 +228,30 @@ async def serve_front(fd: int) -> int:
         owner.close()
         return 1
     owner.send_control({"ready": port})
+    silent_s = float(config.get("owner_silent_s", DEFAULT_OWNER_SILENT_S))
+    watch = asyncio.create_task(_watch_owner(front, health, silent_s))
     grace = await front.stopping
+    watch.cancel()
     if grace > 0:
         await health.enter_graceful_shutdown()
     await server.stop(grace)
     owner.close()
     return 0
+
+
+async def _watch_owner(front: Front, health: Any, silent_s: float) -> None:
+    """NOT_SERVING while the owner is silent (its loop stuck): the probes
+    that would see a stuck single-process coordinator must see this one."""
+    serving = True
+    while True:
+        await asyncio.sleep(ALIVE_EVERY_S)
+        alive = time.monotonic() - front.owner_seen < silent_s
+        if alive != serving:
+            serving = alive
+            status = SERVING if alive else NOT_SERVING
+            log.warning("the coordinator is %s", "back" if alive else "not answering")
+            for name in ("", SERVICE_NAME):
+                await health.set(name, status)
 
 
 async def _start(front: Front, config: dict[str, Any]) -> tuple[grpc.aio.Server, int, Any]:

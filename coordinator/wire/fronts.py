@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autolfads.coordinator.search.errors import CoordinatorError
-from autolfads.coordinator.wire.relay import CONTROL, FrameProtocol, RelayOwner
+from autolfads.coordinator.wire.relay import ALIVE_EVERY_S, CONTROL, FrameProtocol, RelayOwner
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Fronts:
         self._fronts: list[_Front] = []
         self._host = ""
         self.port = 0
+        self._restarting: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
@@ -65,11 +67,20 @@ class Fronts:
         except BaseException:
             await self.stop(0)
             raise
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
         return self.port
 
-    async def restart_dead(self) -> None:
+    def restart_soon(self) -> None:
+        """Loop thread: replace dead fronts in the background. A start takes
+        half a second or more, and the serve loop (lease expiry, SIGTERM)
+        must not wait for it."""
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart_dead())
+
+    async def _restart_dead(self) -> None:
         """Replace each front that has exited (its calls already failed to
-        their clients, who retry against the others)."""
+        their clients, who retry against the others). A front that cannot
+        be started is logged and tried again at the next call."""
         for i, front in enumerate(self._fronts):
             code = front.process.poll()
             if code is None:
@@ -78,13 +89,27 @@ class Fronts:
                 "relay front %d exited with code %s; starting another", front.process.pid, code
             )
             self._owner.cancel_all(front.link)
+            front.link.close()
             try:
                 self._fronts[i], _ = await self._spawn(f"{self._host}:{self.port}")
-            except CoordinatorError as err:
-                log.error("%s", err)
+            except Exception as err:  # fork refused, no memory, port taken: next time
+                log.error("cannot replace relay front %d: %s", front.process.pid, err)
+
+    async def _beat(self) -> None:
+        """ALIVE to every front once a second, from the owner's loop: a
+        front whose owner is stuck stops answering health checks SERVING."""
+        while True:
+            for front in self._fronts:
+                front.link.send_control({"alive": 1})
+            await asyncio.sleep(ALIVE_EVERY_S)
 
     async def stop(self, grace_s: float) -> None:
         """Fronts stop taking calls, finish what runs within `grace_s`, exit."""
+        for task in (self._beating, self._restarting):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for front in self._fronts:
             front.link.send_control({"stop": grace_s})
         loop = asyncio.get_running_loop()
@@ -99,14 +124,34 @@ class Fronts:
         self._fronts = []
 
     async def _spawn(self, listen: str) -> tuple[_Front, int]:
-        loop = asyncio.get_running_loop()
         mine, theirs = socket.socketpair()
         with theirs:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "autolfads.coordinator.wire.front", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+            try:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "autolfads.coordinator.wire.front",
+                        str(theirs.fileno()),
+                    ],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            except BaseException:
+                mine.close()
+                raise
+        try:
+            return await self._handshake(process, mine, listen)
+        except BaseException:  # failed, or cancelled by a stop: leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+            raise
+
+    async def _handshake(
+        self, process: subprocess.Popen[bytes], mine: socket.socket, listen: str
+    ) -> tuple[_Front, int]:
+        loop = asyncio.get_running_loop()
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         link: FrameProtocol | None = None
 
@@ -131,13 +176,10 @@ class Fronts:
         link.send_control({**self._config, "listen": listen})
         try:
             reply = await asyncio.wait_for(answer, START_TIMEOUT_S)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # (not the same class before 3.11)
             reply = {"failed": f"not serving after {START_TIMEOUT_S:.0f} s"}
         if "ready" not in reply:
             link.close()
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await loop.run_in_executor(None, process.wait)
             raise CoordinatorError(f"cannot start a relay front on {listen}: {reply['failed']}")
         return _Front(process, link), int(reply["ready"])
 

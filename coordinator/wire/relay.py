@@ -16,7 +16,9 @@ bytes or the error. There is still one copy of the search state.
 A frame is a header (call id, kind, method, payload length; network byte
 order) and a payload:
 
-    front -> owner   CALL    deadline (seconds left, -1: none) + request bytes
+    front -> owner   CALL    deadline (time.monotonic() value, the same clock
+                             in every process of the machine; -1: none) +
+                             request bytes
                      CANCEL  (the client went away: the owner cancels the call)
                      ACK     (a stream's message went out to its client: the
                              owner computes the next one only then, as a
@@ -26,8 +28,9 @@ order) and a payload:
                      ERROR   status code, error kind, details
     both             CONTROL a JSON document: the front's configuration
                              (owner -> front, first), READY with its port or
-                             FAILED (front -> owner), STOP with a grace period
-                             (owner -> front)
+                             FAILED (front -> owner), STOP with a grace period,
+                             and ALIVE once a second (owner -> front: a front
+                             whose owner stops answering says NOT_SERVING)
 
 The socket is one end of a socketpair handed to the front at its start, so
 no other process can reach it.
@@ -58,6 +61,10 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("!IBBI")  # call id, kind, method, payload length
 DEADLINE = struct.Struct("!d")
 CALL, CANCEL, REPLY, END, ERROR, CONTROL, ACK = range(1, 8)
+# The owner tells each front it is alive this often (see CONTROL); a front
+# says NOT_SERVING once it has heard nothing for DEFAULT_OWNER_SILENT_S.
+ALIVE_EVERY_S = 1.0
+DEFAULT_OWNER_SILENT_S = 10.0
 # Call ids are 32 bits on the wire; a front's count wraps (after about four
 # billion calls, long after the call that had an id before has ended).
 MAX_CALL_ID = 0xFFFFFFFF
@@ -252,8 +259,8 @@ class RelayOwner:
 
 def _decode(method: int, payload: bytes) -> tuple[Any, RelayContext]:
     name, request_type, _ = METHODS[method]
-    (seconds,) = DEADLINE.unpack_from(payload)
-    deadline = None if seconds < 0 else time.monotonic() + seconds
+    (when,) = DEADLINE.unpack_from(payload)
+    deadline = None if when < 0 else when
     try:
         request = request_type.FromString(payload[DEADLINE.size :])
     except DecodeError as err:

@@ -45,7 +45,11 @@ from autolfads.coordinator.security.limits import (
 from autolfads.coordinator.wire.commit_bridge import CommitBridge
 from autolfads.coordinator.wire.fronts import Fronts
 from autolfads.coordinator.wire.held_calls import HeldCalls
-from autolfads.coordinator.wire.relay import RelayOwner, security_config
+from autolfads.coordinator.wire.relay import (
+    DEFAULT_OWNER_SILENT_S,
+    RelayOwner,
+    security_config,
+)
 from autolfads.coordinator.wire.servicer import CoordinatorServicer
 from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
@@ -105,9 +109,10 @@ class CoordinatorServer:
         self.stop(grace_s)  # fronts go NOT_SERVING themselves
 
     def tend(self) -> None:
-        """Restart any relay front that died (the main loop calls this)."""
+        """Start replacing any relay front that died, in the background (the
+        main loop calls this every tick)."""
         if self.fronts is not None and not self._stopped:
-            self.run(self.fronts.restart_dead())
+            self.loop.call_soon_threadsafe(self.fronts.restart_soon)
 
     def stop(self, grace: float | None) -> None:
         """Stop taking calls, give running ones `grace` seconds, end the loop.
@@ -144,6 +149,7 @@ def create_server(
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_held_calls: int = DEFAULT_MAX_HELD_CALLS,
     relays: int = 0,
+    owner_silent_s: float = DEFAULT_OWNER_SILENT_S,
 ) -> tuple[CoordinatorServer, int]:
     """Build, bind and start the server; return it and the bound port.
 
@@ -152,9 +158,10 @@ def create_server(
     `security` forbids `addr`, CoordinatorError if it cannot be bound.
 
     `relays` > 0: the gRPC servers run in that many front processes that
-    relay calls to this one (`relay`); the bounds on calls and streams are
-    shared among them, `metrics` and `interceptors` are not available
-    there.
+    relay calls to this one (`relay`); each front has the bound on calls in
+    flight, the streams' bound is shared among them; `metrics` and
+    `interceptors` are not available there. A front answers health checks
+    NOT_SERVING once this process has been silent for `owner_silent_s`.
     """
     if relays and addr.startswith(("unix:", "unix-abstract:")):
         raise ConfigError(
@@ -175,8 +182,11 @@ def create_server(
         config = {
             **security_config(security),
             "max_streams": max(1, max_streams // relays),
-            "max_calls": max(1, max_concurrent_rpcs // relays),
+            # Per front, not shared: held long polls (bounded in this
+            # process, `max_held_calls`) must never fill one front's bound.
+            "max_calls": max_concurrent_rpcs,
             "log_level": logging.getLogger("autolfads").getEffectiveLevel(),
+            "owner_silent_s": owner_silent_s,
         }
         start = _start_relays(holder, addr, service, config, relays, max_held_calls)
     else:
