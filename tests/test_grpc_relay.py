@@ -351,3 +351,13 @@ def test_long_polls_never_fill_a_fronts_bound_on_calls(local_store):
         for asker in askers:
             asker.join(30)
         server.stop(0)
+
+
+def test_every_method_of_the_protocol_is_relayed():
+    # A method added to the .proto must reach the owner through the fronts.
+    service = pb.DESCRIPTOR.services_by_name["Coordinator"]
+    assert {name for name, _, _ in METHODS} == set(service.methods_by_name)
+    for name, request_type, streams in METHODS:
+        method = service.methods_by_name[name]
+        assert method.input_type.full_name == request_type.DESCRIPTOR.full_name
+        assert method.server_streaming == streams
