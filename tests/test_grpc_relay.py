@@ -219,7 +219,7 @@ def test_relays_must_be_a_sensible_count(tmp_path, staged_run):
     assert "Traceback" not in result.stderr
 
 
-def test_a_front_that_cannot_bind_is_one_clear_error(local_store):
+def test_an_address_in_use_is_one_clear_error(local_store):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -229,6 +229,28 @@ def test_a_front_that_cannot_bind_is_one_clear_error(local_store):
             create_server(f"127.0.0.1:{port}", open_tiny_search(local_store), relays=2)
     finally:
         taken.close()
+
+
+def test_a_front_that_cannot_start_is_one_clear_error_and_leaves_nothing(local_store):
+    # 203.0.113.1 (TEST-NET-3) is no address of this machine: the probe
+    # cannot tell (port 0), the front's bind fails and it says why.
+    security = ServerSecurity(tokens=TOKENS, allow_plaintext=True)
+    before = _children()
+    reason = "cannot start a relay front on 203.0.113.1:0: CoordinatorError: cannot listen on"
+    with pytest.raises(CoordinatorError, match=reason):
+        create_server("203.0.113.1:0", open_tiny_search(local_store), security=security, relays=2)
+    assert _children() <= before  # the front that failed is gone
+
+
+def _children() -> set[int]:
+    """Pids of this process's live children (any thread's)."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:  # the thread ended
+            continue
+    return {pid for pid in pids if _alive(pid)}
 
 
 def test_a_second_coordinator_cannot_share_the_fronts_port(relayed, local_store, tmp_path):

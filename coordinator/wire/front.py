@@ -223,8 +223,6 @@ async def serve_front(fd: int) -> int:
         server, port, health = await _start(front, config)
     except Exception as err:  # told to the owner, which names it and stops
         owner.send_control({"failed": f"{type(err).__name__}: {err}"})
-        await asyncio.sleep(0)  # the frame goes out at the end of this turn
-        await asyncio.sleep(0)
         owner.close()
         return 1
     owner.send_control({"ready": port})

@@ -129,6 +129,9 @@ class FrameProtocol(asyncio.Protocol):
         self._out.clear()
 
     def close(self) -> None:
+        """Send what is pending, then close (the transport writes its buffer
+        out before it closes)."""
+        self._flush()
         if self.transport is not None:
             self.transport.close()
 
