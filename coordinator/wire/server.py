@@ -216,12 +216,20 @@ async def _start_relays(
     relays: int,
     max_held_calls: int,
 ) -> int:
+    owner = RelayOwner(_servicer(holder, service, max_held_calls))
+    holder.fronts = Fronts(owner, config, relays)
+    return await holder.fronts.start(addr)
+
+
+def _servicer(
+    holder: CoordinatorServer, service: CoordinatorService, max_held_calls: int
+) -> CoordinatorServicer:
+    """The servicer on this loop, with its commit bridge and held calls
+    (kept on `holder`, which closes them when it stops)."""
     loop = asyncio.get_running_loop()
     holder.bridge = CommitBridge(service, loop)
     holder.held = HeldCalls(service, loop, max_held_calls)
-    owner = RelayOwner(CoordinatorServicer(service, holder.bridge, holder.held))
-    holder.fronts = Fronts(owner, config, relays)
-    return await holder.fronts.start(addr)
+    return CoordinatorServicer(service, holder.bridge, holder.held)
 
 
 def interceptor_chain(
@@ -264,11 +272,7 @@ async def _start(
         maximum_concurrent_rpcs=max_concurrent_rpcs + UNGUARDED_CALLS,
     )
     holder.server = server
-    loop = asyncio.get_running_loop()
-    holder.bridge = CommitBridge(service, loop)
-    holder.held = HeldCalls(service, loop, max_held_calls)
-    servicer = CoordinatorServicer(service, holder.bridge, holder.held)
-    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    pb_grpc.add_CoordinatorServicer_to_server(_servicer(holder, service, max_held_calls), server)
     holder.health = await add_health_and_reflection(server)
     port = add_port(server, addr, credentials)
     await server.start()
