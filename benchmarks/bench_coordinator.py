@@ -81,6 +81,11 @@ class Recorder:
     # (monotonic): the generations' boundaries as the fleet saw them.
     opened: dict[int, float] = field(default_factory=dict)
     first_done: float | None = None
+    # When each worker heard DONE, and when the last ReportResult was sent
+    # (monotonic): how long the fleet took to hear that the search ended,
+    # whatever a held call's `held_s` counts.
+    done_at: list[float] = field(default_factory=list)
+    last_report_sent: float = 0.0
     connections: int = 0  # open to the coordinator once every channel was ready
 
     @property
@@ -91,6 +96,8 @@ class Recorder:
         tagged = bool(key) and self.sent is not None
         metadata = ((timeline.KEY, key),) if tagged else None
         start, sent_at = time.perf_counter(), time.monotonic()
+        if method == "ReportResult":
+            self.last_report_sent = max(self.last_report_sent, sent_at)
         reply = None
         try:
             reply = await rpc(request, timeout=timeout_s, metadata=metadata)
@@ -201,6 +208,7 @@ async def worker(
         rec.replies[action] += 1
         if reply.action == pb.RequestWorkResponse.DONE:
             rec.first_done = rec.first_done or time.monotonic()
+            rec.done_at.append(time.monotonic())
             return
         if reply.action == pb.RequestWorkResponse.WAIT:
             # Jitter, as a real fleet would have, so WAITs do not come in waves.
@@ -333,6 +341,19 @@ def summarise(rec: Recorder, elapsed: float) -> dict[str, dict[str, float]]:
             "p99_after_start_ms": float(np.percentile(later, 99)) if len(later) else float("nan"),
         }
     return out
+
+
+def done_heard(rec: Recorder) -> dict[str, float]:
+    """p50, p99 and the last of the times from the last ReportResult sent
+    to each DONE heard, in ms (empty if no worker heard DONE)."""
+    if not rec.done_at or not rec.last_report_sent:
+        return {}
+    ms = (np.asarray(rec.done_at) - rec.last_report_sent) * 1e3
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p99": round(float(np.percentile(ms, 99)), 1),
+        "last": round(float(ms.max()), 1),
+    }
 
 
 def filesystem_of(path: Path, mounts: str | None = None) -> str:
@@ -585,6 +606,9 @@ def main() -> None:
             1e3 * cpu_s / max(1, sum(map(len, rec.latency.values()))), 3
         ),
         "replies": dict(rec.replies),
+        # From the search's last report sent to each worker hearing DONE:
+        # its answer, the write that ends the search, and every DONE.
+        "done_heard_ms": done_heard(rec),
         "held_calls": len(rec.held),
         "held_s_p50": round(float(np.percentile(rec.held, 50)), 3) if rec.held else 0.0,
         "errors": dict(rec.errors),

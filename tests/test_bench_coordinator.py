@@ -65,6 +65,9 @@ def test_the_load_runs_the_search_to_its_end(tmp_path: Path, variant: str) -> No
     # Generation 0, generation 1, then the end, in that order.
     marks = [mark for _, mark in result["generation_marks_s"]]
     assert marks == ["start", 0, 1, "end"]
+    # Every worker heard DONE after the last report was sent.
+    heard = result["done_heard_ms"]
+    assert 0 < heard["p50"] <= heard["p99"] <= heard["last"]
     assert result["server_cpu_s"] >= result["server_cpu_sys_s"] >= 0
     # `--channels 2` is two connections, not two channels on one.
     assert result["client_connections"] == 2

@@ -10,6 +10,8 @@ import random
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, replace
 
 import pytest
@@ -209,6 +211,42 @@ def test_cancel_stops_leases_and_workers(local_store):
         service.report(fake_train(local_store, grant, "w0"))
     stored = saved_state(local_store, "search")
     assert stored.status == "cancelled" and stored.message == "operator said so"
+
+
+@pytest.mark.parametrize("fail", [None, "disk full"])
+def test_an_all_or_nothing_request_hears_done_only_once_the_end_is_written(tmp_path, fail):
+    """`request_exactly` (Katib's GetSuggestions) answers DONE once the change
+    that ended the search is written, as RequestWork does: Katib told to
+    stop must not find the search running again after that write is lost."""
+    store = FaultyStore(LocalStore(tmp_path))
+    service = open_service(store)
+    gate = threading.Event()
+    held = store.inject("put", f"^{re.escape(LAYOUT.journal_prefix())}", hold=gate, fail=fail)
+    with ThreadPoolExecutor(2) as pool:
+        cancel = pool.submit(service.cancel, "by the test")
+        deadline = time.monotonic() + 30
+        while held.hits < 1:  # the write that ends the search has begun
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        asked = pool.submit(service.request_exactly, "katib", 1, "r1")
+        try:
+            # Not before the write lands (the old code answered DONE at once).
+            with pytest.raises(FutureTimeout):
+                asked.result(timeout=0.5)
+        finally:
+            gate.set()
+        if fail is None:
+            reply = asked.result(timeout=30)
+            assert reply is not None and reply.action == "done"
+            assert cancel.result(timeout=30) == "cancelled"
+            return
+        with pytest.raises(StorageError):
+            asked.result(timeout=30)
+        with pytest.raises(StorageError):
+            cancel.result(timeout=30)
+    # The end was rolled back: the search goes on, and the retry gets work.
+    reply = service.request_exactly("katib", 1, "r2")
+    assert reply is not None and reply.action == "train" and len(reply.leases) == 1
 
 
 def test_abandoned_lease_is_requeued_at_once(local_store):

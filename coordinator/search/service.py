@@ -105,6 +105,14 @@ MAX_EVENTS = 500
 ARCHIVE_SLACK = 2
 
 
+def _answer_waits_for_write(reply: WorkReply) -> bool:
+    """A grant's leases (or a retry's) must be on record before the reply,
+    and so must the end of the search before a DONE: were that write lost,
+    the search would go on without the workers (or the Katib experiment)
+    told to stop."""
+    return reply.action in ("train", "done")
+
+
 class CoordinatorService:
     """One PBT search. Thread-safe; construct with `open_search`."""
 
@@ -287,10 +295,7 @@ class CoordinatorService:
         with self._lock:
             reply = self._request_work(worker_id, max_leases, request_id)
             ticket = self._commit.latest
-        # A grant's leases (or a retry's) must be on record before the reply,
-        # and so must the end of the search before a DONE: if that write
-        # were lost, the search would go on without the workers told to exit.
-        return reply, (ticket if reply.action in ("train", "done") else None)
+        return reply, (ticket if _answer_waits_for_write(reply) else None)
 
     def _request_work(self, worker_id: str, max_leases: int, request_id: str) -> WorkReply:
         self._seen(worker_id)
@@ -345,7 +350,7 @@ class CoordinatorService:
                 return None
             reply = self._request_work(worker_id, count, request_id)
             ticket = self._commit.latest
-        if reply.action == "train":
+        if _answer_waits_for_write(reply):
             self._commit.wait(ticket)
         return reply
 
