@@ -143,6 +143,10 @@ def _parse_s3_url(url: str) -> tuple[str, str, dict[str, str]]:
             raise StorageError(
                 f"unknown store URL option {name!r}; allowed: {', '.join(sorted(_URL_OPTIONS))}"
             )
+        if not value.strip():
+            # `?endpoint=$MINIO` with the variable unset: an empty value would
+            # silently mean AWS, whatever the environment says.
+            raise StorageError(f"store URL option {name!r} is empty; give a value or drop it")
         options[lowered] = value
     bucket = parts.netloc
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:

@@ -86,3 +86,28 @@ def write_tiny_config(root: Path, run: str, **pbt: object) -> Path:
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def stage_tiny_search(root: Path, run: str, **pbt: object):
+    """`write_tiny_config`'s run staged in a local store under `root/runs`
+    (returns the store), for coordinators and workers run in process."""
+    from autolfads.config import load_config
+    from autolfads.coordinator.search.staging import stage_run
+    from autolfads.storage import LocalStore
+    from autolfads.trainer.data.config_data import load_config_data
+
+    cfg = load_config(write_tiny_config(root, run, **pbt))
+    data_path, _ = load_config_data(cfg)
+    store = LocalStore(root / "runs")
+    stage_run(store, cfg, data_path)
+    return store
+
+
+def serve_staged(store, run: str, port: int = 0):
+    """A coordinator on loopback for the staged `run`: (server, port)."""
+    from autolfads.coordinator.search.service import CoordinatorService
+    from autolfads.coordinator.search.staging import load_run
+    from autolfads.coordinator.wire.server import create_server
+
+    cfg, key, sha = load_run(store, run)
+    return create_server(f"127.0.0.1:{port}", CoordinatorService.open_search(cfg, store, key, sha))

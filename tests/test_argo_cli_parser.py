@@ -181,6 +181,18 @@ def test_render_inline_is_self_contained(tmp_path: Path) -> None:
         (["--coordinator-relays", "65"], "--coordinator-relays 65: at most 64"),
         (["--namespace", "Bad_NS"], "not a valid namespace name"),
         (["--stage", "--storage", "s3://bk1/p"], "only works for generated data"),
+        # What the pods would refuse, each of them after the Workflow started.
+        (["--storage", "s3://bk1/runs/.hidden"], "--storage: invalid prefix"),
+        (["--storage", "s3://bk1/runs/" + "x" * 201], "--storage: invalid prefix"),
+        (["--s3-endpoint", "minio:9000"], "--s3-endpoint: must start with http://"),
+        (["--s3-endpoint", "ftp://minio:9000"], "--s3-endpoint: must start with http://"),
+        (["--s3-endpoint", "http://minio:9000/path"], "without a path"),
+        # The coordinator's Service would be refused (autolfads-NAME, a DNS label).
+        (["--name", "search.v2"], "--name 'search.v2': use lowercase letters"),
+        (["--name", "Search-V2"], "--name 'Search-V2': use lowercase letters"),
+        (["--name", "s" * 54], "at most 53 characters"),
+        # One pod at a time: the coordinator would wait for a trainer forever.
+        (["--parallelism", "1"], "--parallelism 1: must be at least 2"),
     ],
 )
 def test_render_errors_are_one_line(

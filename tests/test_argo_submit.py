@@ -250,6 +250,17 @@ def test_submit_wait_fails_when_the_workflow_fails(
 # -- errors: each one line, and nothing uploaded when the cluster is unusable ----------
 
 
+@pytest.mark.parametrize("poll", ["-1", "0", "nan"])
+def test_a_bad_poll_interval_is_one_line_before_anything_is_created(
+    fake_kube: FakeKube, storage: str, config_path: Path, uploaded, capsys, poll: str
+) -> None:
+    argv = ["argo", "submit", str(config_path), "--storage", storage, "--wait"]
+    assert main([*argv, "--poll-seconds", poll]) == 2
+    assert "--poll-seconds" in one_error_line(capsys)
+    assert uploaded() == []
+    assert fake_kube.posts() == []
+
+
 def test_forbidden_is_one_line_and_uploads_nothing(
     fake_kube: FakeKube, storage: str, config_path: Path, uploaded, capsys
 ) -> None:

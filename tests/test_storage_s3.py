@@ -406,6 +406,15 @@ def test_bad_store_urls(url, error) -> None:
         open_store(url, env={})
 
 
+@pytest.mark.parametrize("option", ["endpoint", "region"])
+def test_an_empty_url_option_is_refused_not_read_as_aws(option) -> None:
+    # `?endpoint=$MINIO` with the variable unset meant AWS, whatever the
+    # environment named.
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with pytest.raises(StorageError, match=f"option '{option}' is empty"):
+        open_store(f"s3://bucket/runs?{option}=", env=env)
+
+
 def test_credentials_never_leak(proxy, s3_server, s3_bucket, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     store = proxied_store(proxy, s3_server, s3_bucket, SHORT_RETRY)

@@ -15,19 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_helpers import write_tiny_config
+from run_helpers import serve_staged, stage_tiny_search
 
-from autolfads.config import load_config
 from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.search.messages import SegmentReport
 from autolfads.coordinator.search.recovery import read_state
-from autolfads.coordinator.search.service import CoordinatorService
-from autolfads.coordinator.search.staging import load_run, stage_run
 from autolfads.coordinator.wire.client import CoordinatorClient
-from autolfads.coordinator.wire.server import CoordinatorServer, create_server
+from autolfads.coordinator.wire.server import CoordinatorServer
 from autolfads.signals import StopEvent
 from autolfads.storage import LocalStore
-from autolfads.trainer.data.config_data import load_config_data
 from autolfads.trainer.worker import EXIT_TERMINATED, Worker
 
 pytestmark = pytest.mark.slow  # trains a tiny model
@@ -35,16 +31,11 @@ RUN = "outage"
 
 
 def staged(root: Path) -> LocalStore:
-    cfg = load_config(write_tiny_config(root, RUN, population=2, max_generations=1))
-    data_path, _ = load_config_data(cfg)
-    store = LocalStore(root / "runs")
-    stage_run(store, cfg, data_path)
-    return store
+    return stage_tiny_search(root, RUN, population=2, max_generations=1)
 
 
 def serve(store: LocalStore, port: int = 0) -> tuple[CoordinatorServer, int]:
-    cfg, key, sha = load_run(store, RUN)
-    return create_server(f"127.0.0.1:{port}", CoordinatorService.open_search(cfg, store, key, sha))
+    return serve_staged(store, RUN, port)
 
 
 def unreachable_worker(

@@ -58,12 +58,13 @@ from autolfads.coordinator.search.messages import (
 )
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.state import StartPoint
-from autolfads.errors import AutolfadsError
+from autolfads.errors import AutolfadsError, DataError
 from autolfads.signals import StopEvent, stop_on_signals
 from autolfads.storage import (
     ChecksumMismatch,
     DataCache,
     ObjectNotFound,
+    StorageError,
     Store,
 )
 from autolfads.trainer.data.dataset import LfadsData
@@ -75,6 +76,7 @@ from autolfads.trainer.leased import (
     metrics_doc,
     session_key,
 )
+from autolfads.trainer.model.device import resolve_device
 from autolfads.trainer.model.session import CheckpointError, TrainingSession, read_checkpoint
 from autolfads.trainer.publisher import Publisher
 from autolfads.trainer.timing import WorkerClock
@@ -134,6 +136,9 @@ class Worker:
         self.store = store
         self.worker_id = worker_id
         self.max_leases = max_leases
+        # Checked before any lease is taken: a device this machine lacks is
+        # the worker's problem, never a segment's (ConfigError, one line).
+        resolve_device(device)
         self.device = device
         self.stop = stop or threading.Event()
         # What lease requests and retries watch: the stop, or this loop failing
@@ -263,7 +268,19 @@ class Worker:
     # ------------------------------------------------------------ one round
 
     def train(self, leases: list[Lease]) -> None:
-        segs = [self._load(lease) for lease in leases]
+        segs: list[LeasedSegment] = []
+        try:
+            for lease in leases:
+                segs.append(self._load(lease))
+        except BaseException:
+            # Storage failed this worker, not the segments: none has trained,
+            # so every lease of the round goes back at once for another
+            # worker, and the error ends this one (as a failed upload does).
+            for seg in segs:
+                if seg.session is not None:
+                    self._sessions.put_back(session_key(seg.lease), seg.session)
+            self._abandon([LeasedSegment(x) for x in leases], "worker cannot read storage")
+            raise
         # Loading (data download, first checkpoint) can take a while: tell
         # the coordinator we are alive before the first epoch.
         self._heartbeat(segs)
@@ -339,12 +356,22 @@ class Worker:
     # ------------------------------------------------------------ loading
 
     def _load(self, lease: Lease) -> LeasedSegment:
+        """The lease's segment ready to train, or marked failed when the
+        run's own objects are bad (every worker would fail it the same way).
+        Any other storage error (unreachable, denied, throttled) is this
+        worker's and propagates: a segment failed for it would be lost to
+        the search for good."""
         seg = LeasedSegment(lease)
         try:
             with self.clock.phase("data"):
                 cfg = self._config(lease.config_key)
                 data = self._data(lease.data_key, lease.data_sha256)
-        except AutolfadsError as err:
+        except (ChecksumMismatch, ObjectNotFound) as err:
+            seg.failure = f"cannot load the run's config or data: {err}"
+            return seg
+        except StorageError:
+            raise
+        except AutolfadsError as err:  # a config or data file that does not parse
             seg.failure = f"cannot load the run's config or data: {err}"
             return seg
         for point in (lease.start, *lease.fallbacks):
@@ -356,6 +383,8 @@ class Worker:
                 # the coordinator records the event from the report.
                 log.warning("start point %s unusable (%s); falling back", point.checkpoint, err)
                 seg.corrupt.append(point)
+            except StorageError:
+                raise
             except AutolfadsError as err:
                 seg.failure = f"cannot start the segment: {err}"
                 return seg
@@ -392,7 +421,14 @@ class Worker:
 
     def _data(self, key: str, sha256: str) -> LfadsData:
         if sha256 not in self._datasets:
-            self._datasets[sha256] = load_lfads_h5(self._cache.fetch(key, sha256))
+            try:
+                data = load_lfads_h5(self._cache.fetch(key, sha256))
+            except DataError:
+                # The copy in this machine's cache folder may have been damaged
+                # since it was verified: check it against its hash (fetching
+                # it again if it differs) before blaming the run's data.
+                data = load_lfads_h5(self._cache.fetch(key, sha256, rehash=True))
+            self._datasets[sha256] = data
         return self._datasets[sha256]
 
     # ------------------------------------------------------------ publishing
@@ -473,7 +509,7 @@ class Worker:
             ", duplicate" if ack.duplicate else "",
         )
 
-    def _abandon(self, segs: list[LeasedSegment]) -> None:
+    def _abandon(self, segs: list[LeasedSegment], why: str = "worker stopping (SIGTERM)") -> None:
         for seg in segs:
             if seg.stopped:
                 continue
@@ -486,7 +522,7 @@ class Worker:
                         g.member,
                         g.generation,
                         "abandoned",
-                        message="worker stopping (SIGTERM)",
+                        message=why,
                     )
                 )
             except CoordinatorError as err:

@@ -27,6 +27,9 @@ from autolfads.argo.validate import validate_object
 from autolfads.config import RunConfig
 from autolfads.coordinator.security.limits import MAX_RELAYS
 from autolfads.errors import ConfigError
+from autolfads.storage.errors import StorageError
+from autolfads.storage.keys import validate_prefix
+from autolfads.storage.url import parse_endpoint
 
 # Where the in-cluster stage step writes synthetic data (the pod's emptyDir).
 POD_DATA_DIR = "/tmp/autolfads/data"
@@ -35,6 +38,11 @@ POD_TLS_DIR = "/etc/autolfads/tls"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The coordinator's Service is named autolfads-<workflow name>: a DNS-1035
+# label of at most 63 characters.
+_SERVICE_PREFIX = "autolfads-"
+_WORKFLOW_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_WORKFLOW_NAME = 63 - len(_SERVICE_PREFIX)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
 
@@ -102,6 +110,10 @@ def split_storage(url: str) -> tuple[str, str]:
             "--storage: give a prefix inside the bucket, e.g. s3://bucket/runs "
             "(letters, digits, . _ - and /)"
         )
+    try:  # the rules every pod applies to it (no hidden or over-long parts)
+        validate_prefix(prefix)
+    except StorageError as err:
+        raise ConfigError(f"--storage: {err}") from None
     return bucket, prefix
 
 
@@ -124,11 +136,21 @@ def _check_options(opts: RenderOptions) -> None:
         "--threads": opts.trainer_threads,
         "--lease-timeout": opts.lease_timeout,
         "--deadline-seconds": opts.deadline_seconds,
-        "--parallelism": opts.parallelism,
     }
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
+    if opts.parallelism is not None and opts.parallelism < 2:
+        # With one pod at a time the coordinator waits for trainers that
+        # can never start, until the workflow's deadline.
+        raise ConfigError(
+            f"--parallelism {opts.parallelism}: must be at least 2 (the coordinator and a "
+            "trainer run at once)"
+        )
+    if opts.name is not None:
+        _check_name(opts.name)
+    if opts.s3_endpoint is not None:
+        _check_endpoint(opts.s3_endpoint)
     for flag, value in {
         "--gpus": opts.trainer_gpus,
         "--trainer-retries": opts.trainer_retries,
@@ -227,6 +249,29 @@ def _kubeflow_profile(spec: dict[str, Any], template: dict[str, Any], opts: Rend
     meta = copy.deepcopy(template.get("podMetadata", {}))
     meta.setdefault("annotations", {})[ISTIO_INJECT] = "false"
     spec["podMetadata"] = meta
+
+
+def _check_name(name: str) -> None:
+    if not _WORKFLOW_NAME.fullmatch(name) or len(name) > MAX_WORKFLOW_NAME:
+        raise ConfigError(
+            f"--name {name[:80]!r}: use lowercase letters, digits and '-', starting with a "
+            f"letter, ending with a letter or digit, at most {MAX_WORKFLOW_NAME} characters "
+            f"(the coordinator's Service is {_SERVICE_PREFIX}NAME, a DNS label)"
+        )
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """The endpoint as every pod will read it: with its scheme (a bare host
+    would mean https there, which a plain-HTTP MinIO refuses)."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            "--s3-endpoint: must start with http:// or https:// (a bare HOST:PORT "
+            "would mean https in the pods)"
+        )
+    try:
+        parse_endpoint(endpoint, secure_default=True, source="--s3-endpoint")
+    except StorageError as err:
+        raise ConfigError(str(err)) from None
 
 
 def render_workflow(cfg: RunConfig, opts: RenderOptions) -> dict[str, Any]:

@@ -11,6 +11,7 @@ so `autolfads --help` works in the small coordinator image.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -181,7 +182,11 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     from autolfads.argo.submit import KubeTarget, submit
+    from autolfads.errors import ConfigError
 
+    # Checked before anything is uploaded or created.
+    if not math.isfinite(args.poll_seconds) or args.poll_seconds <= 0:
+        raise ConfigError(f"--poll-seconds {args.poll_seconds}: must be a number of seconds > 0")
     target = KubeTarget(kubeconfig=args.kubeconfig, context=args.context)
     submit(args.config, render_options(args), target, wait=args.wait, poll_s=args.poll_seconds)
     return 0

@@ -9,6 +9,7 @@ token (set AUTOLFADS_WORKER_TOKEN or --token-file) or the TLS handshake fails.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 from pathlib import Path
@@ -80,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-leases {args.max_leases} must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
+    # NaN would never be reached by the time waited: retried forever.
+    if not math.isfinite(args.unavailable_wait) or args.unavailable_wait < 0:
+        raise ConfigError(
+            f"--unavailable-wait {args.unavailable_wait} must be a finite number of seconds >= 0"
+        )
     if args.katib_trial is not None:
         return _run_katib_trial(args)
     security = client_security(args, "work")

@@ -1,0 +1,126 @@
+"""A trainer whose own machine or storage fails it, in process: a real
+coordinator on loopback, the real worker training a tiny model on CPU.
+
+A segment is marked failed for good only for what every worker would hit
+the same way (its run's objects are damaged, its training diverges). A
+storage error of this worker, a damaged copy in its own cache folder or a
+device its machine lacks must cost the search nothing: the lease goes back
+to another worker, or the copy is fetched again, or the trainer refuses to
+start.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from run_helpers import one_line_error, serve_staged, stage_tiny_search
+
+from autolfads.coordinator.search.recovery import read_state
+from autolfads.coordinator.search.staging import load_run
+from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.storage import DataCache, FaultyStore, LocalStore
+from autolfads.storage.base import sha256_file
+from autolfads.storage.errors import StorageError
+from autolfads.trainer.worker import Worker
+
+pytestmark = pytest.mark.slow  # trains a tiny model
+RUN = "faults"
+
+
+def finished_without_failures(store: LocalStore, generations: int) -> None:
+    state = read_state(store, RUN)
+    assert state is not None and state.status == "finished"
+    for member, entries in state.history.items():
+        assert [h.generation for h in entries] == list(range(generations)), member
+        assert all(math.isfinite(h.metric) for h in entries), (member, entries)
+
+
+def test_a_storage_error_reading_a_start_point_hands_the_lease_back(tmp_path: Path) -> None:
+    """A 503 while reading a start checkpoint used to fail that segment for
+    good (metric NaN, no checkpoint): the member's line ended there."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=2)
+    flaky = FaultyStore(store)
+    flaky.inject("get", r"checkpoint\.pt$", fail="503 Slow Down")  # once
+    server, port = serve_staged(store, RUN)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            first = Worker(client, flaky, "w1", cache_dir=tmp_path / "cache")
+            # Generation 0 starts fresh; generation 1 reads a checkpoint.
+            with pytest.raises(StorageError, match="503 Slow Down"):
+                first.run()
+            # Handed back, not expired: queued again at once for the next worker.
+            second = Worker(client, store, "w2", cache_dir=tmp_path / "cache")
+            assert second.run() == 0
+    finally:
+        server.stop(0)
+    finished_without_failures(store, generations=2)
+
+
+def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> None:
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    _, key, sha = load_run(store, RUN)
+    cached = DataCache(store, tmp_path / "cache").path_for(key, sha)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"not an HDF5 file: the disk went bad after it was verified")
+    server, port = serve_staged(store, RUN)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            worker = Worker(client, store, "w1", cache_dir=tmp_path / "cache")
+            assert worker.run() == 0
+    finally:
+        server.stop(0)
+    finished_without_failures(store, generations=1)
+    assert sha256_file(cached)[0] == sha
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--unavailable-wait", "nan"], ["--unavailable-wait", "finite"]),
+        (["--unavailable-wait", "-1"], ["--unavailable-wait", ">= 0"]),
+        pytest.param(
+            ["--device", "cuda", "--unavailable-wait", "0"],
+            ["'cuda'", "no CUDA GPU"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+)
+def test_a_trainer_that_cannot_run_here_says_so_before_asking_for_work(
+    tmp_path: Path, flags: list[str], needles: list[str]
+) -> None:
+    """Refused in one line before any call: nothing listens at the
+    coordinator's address, and a trainer that got as far as asking would
+    retry it for the whole wait instead."""
+    (tmp_path / "runs").mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autolfads",
+            "trainer",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--coordinator",
+            f"127.0.0.1:{closed_port()}",
+            "--threads",
+            "1",
+            *flags,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    one_line_error(proc, *needles)
