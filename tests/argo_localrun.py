@@ -326,6 +326,10 @@ class LocalWorkflowRun:
             selected = all(labels.get(k) == v for k, v in selector.items())
             if selected and arg == f"0.0.0.0:{number}":
                 return local
+        if arg.startswith("0.0.0.0:"):
+            # A port no Service routes to (a probe's): the pod's own, here a
+            # free loopback port, never a fixed one on every interface.
+            return f"127.0.0.1:{free_port()}"
         return self.routes.get(arg, arg)
 
     # -- container templates -----------------------------------------------------

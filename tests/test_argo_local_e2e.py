@@ -175,8 +175,13 @@ def test_rendered_workflow_runs_to_a_finished_search(
         "4",
         "--relays",
         "0",
+        "--health-listen",
+        coordinator.args[13],
     ]
     assert coordinator.args[7].startswith("127.0.0.1:")
+    # The probes' port: the pod's own, here a free loopback port of its own.
+    assert coordinator.args[13].startswith("127.0.0.1:")
+    assert coordinator.args[13] != coordinator.args[7]
     assert trainers[0].args[trainers[0].args.index("--coordinator") + 1] == coordinator.args[7]
 
 

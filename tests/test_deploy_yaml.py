@@ -123,7 +123,13 @@ def test_service_networkpolicy_and_rbac_fit_the_workflow(wt: dict[str, Any]) -> 
     container_ports = {p["name"]: p["containerPort"] for p in coordinator["container"]["ports"]}
     assert container_ports[port["targetPort"]] == port["port"] == 50051
     assert "0.0.0.0:50051" in coordinator["container"]["args"]
-    assert coordinator["container"]["readinessProbe"]["grpc"]["port"] == 50051
+    # The probes ask the health-only port, plaintext whatever grpc-tls-dir
+    # says (Kubernetes' gRPC probes cannot speak TLS).
+    args = coordinator["container"]["args"]
+    health = container_ports["health"]
+    assert args[args.index("--health-listen") + 1] == f"0.0.0.0:{health}" and health != 50051
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert coordinator["container"][probe]["grpc"] == {"port": health}
     trainer_args = tmpl(wt, "trainer")["container"]["args"]
     address = trainer_args[trainer_args.index("--coordinator") + 1]
     assert address == f"{service['metadata']['name']}.{{{{workflow.namespace}}}}.svc:50051"

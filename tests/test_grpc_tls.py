@@ -8,17 +8,20 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from coordinator_helpers import fake_train, stage_tiny_run, tiny_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.coordinator.search.errors import CoordinatorError, CoordinatorUnavailable, TlsError
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
@@ -27,6 +30,8 @@ from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
 from autolfads.errors import ConfigError
+from autolfads.pbt.v1 import coordinator_pb2 as pb
+from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
 TOKENS = TokenSet.generate()
 
@@ -244,9 +249,28 @@ def test_bad_pem_files_are_one_line_errors(tmp_path, pki, files, message):
 # ---------------------------------------------------------------- the command
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe(port: int) -> str:
+    """What Kubernetes' gRPC probe sees: a plaintext Check, no token."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.RpcError as err:
+            return err.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 @pytest.mark.parametrize("relays", [0, 2])
 def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki, relays):
     # With relays, the certificate and tokens reach the front processes.
+    health_port = free_port()
     stage_tiny_run(tmp_path)
     cert, key = pki["server"]
     folder = write_dir(tmp_path / "tls", {"tls.crt": cert, "tls.key": key})
@@ -260,7 +284,8 @@ def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki, rel
         [sys.executable, "-m", "autolfads", "coordinator", "--storage", str(tmp_path / "store"),
          "--run", "search", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
          "--tls-dir", str(folder), "--worker-token-file", str(tmp_path / "worker.token"),
-         "--observer-token-file", str(tmp_path / "observer.token"), "--relays", str(relays)],
+         "--observer-token-file", str(tmp_path / "observer.token"), "--relays", str(relays),
+         "--health-listen", f"127.0.0.1:{health_port}"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -276,6 +301,16 @@ def test_coordinator_command_serves_tls_and_tokens_from_files(tmp_path, pki, rel
             assert client.status().population == 4
         with tls_client(port, tls, token=TOKENS.worker) as client:
             assert client.request_work("trainer-0", 1).action == "train"
+        # Kubernetes' probes cannot speak TLS: they ask the health-only port,
+        # which serves nothing else.
+        assert probe(health_port) == "SERVING"
+        assert probe(port) == "UNAVAILABLE"
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            pb_grpc.CoordinatorStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         proc.terminate()
         assert proc.wait(30) == 143

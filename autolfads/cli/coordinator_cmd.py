@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve gRPC from N processes that relay calls to this one, on the same port, "
         "so that a large fleet's calls use more cores (default 0: one process)",
     )
+    p.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve the gRPC health service alone here, in plaintext and without "
+        "tokens, for Kubernetes' gRPC probes (which cannot use TLS); it tells only whether "
+        "the coordinator is serving",
+    )
     add_server_flags(p)
     p.set_defaults(func=run)
 
@@ -90,5 +97,10 @@ def run(args: argparse.Namespace) -> int:
         cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
     )
     return serve(
-        service, args.listen, port_file=args.port_file, security=security, relays=args.relays
+        service,
+        args.listen,
+        port_file=args.port_file,
+        security=security,
+        relays=args.relays,
+        health_addr=args.health_listen,
     )

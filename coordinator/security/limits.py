@@ -71,6 +71,9 @@ MAX_PENDING_CALLS_HARD = 8192
 DEFAULT_MAX_STREAMS = 16
 # Relay front processes (`--relays`): more than cores only share the same cores.
 MAX_RELAYS = 64
+# Calls in flight on the plaintext health-only port (`--health-listen`):
+# probes come a few per period; anything beyond is refused there.
+HEALTH_CALLS = 16
 # Replies (a status with 1024 members and their lineage) may exceed 4 MiB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 

@@ -6,7 +6,9 @@ process main loop (lease expiry ticks, graceful SIGTERM, linger at the end).
 Kubernetes probes use the standard `grpc.health.v1.Health` service (SERVING
 for "" and the coordinator's full name; NOT_SERVING once shutting down);
 `grpcurl` and friends discover the API through server reflection. Both stay
-open; every coordinator RPC needs a bearer token once `security` holds
+open; `health_addr` also serves the health service alone, in plaintext, on
+a port of its own (Kubernetes' gRPC probes can neither speak TLS nor send
+tokens, so with TLS on they need it); every coordinator RPC needs a bearer token once `security` holds
 tokens (`auth`), TLS is used when it holds a certificate (`tls`), and the
 exposure rules of `security.ServerSecurity.check` run before binding.
 With `relays=N` the gRPC servers run in N front processes on the same
@@ -38,6 +40,7 @@ from autolfads.coordinator.security.limits import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_HELD_CALLS,
     DEFAULT_MAX_STREAMS,
+    HEALTH_CALLS,
     UNGUARDED_CALLS,
     RequestGuard,
     server_options,
@@ -91,6 +94,8 @@ class CoordinatorServer:
         self._thread.start()
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
+        self.health_server: grpc.aio.Server | None = None  # `health_addr`'s
+        self.health_port: int | None = None
         self.bridge: CommitBridge | None = None
         self.held: HeldCalls | None = None
         self.fronts: Fronts | None = None  # with relays: the gRPC servers' processes
@@ -127,6 +132,8 @@ class CoordinatorServer:
                     self.run(self.server.stop(grace))
                 if self.fronts is not None:
                     self.run(self.fronts.stop(grace or 0.0))
+                if self.health_server is not None:
+                    self.run(self.health_server.stop(0))
                 self.run(self.loop.shutdown_default_executor())
             finally:  # whatever failed above, no thread is left behind
                 if self.held is not None:
@@ -150,8 +157,13 @@ def create_server(
     max_held_calls: int = DEFAULT_MAX_HELD_CALLS,
     relays: int = 0,
     owner_silent_s: float = DEFAULT_OWNER_SILENT_S,
+    health_addr: str | None = None,
 ) -> tuple[CoordinatorServer, int]:
     """Build, bind and start the server; return it and the bound port.
+    `health_addr`: also serve the health service alone there, in plaintext
+    and without tokens (for probes; its port is `server.health_port`). It
+    tells only whether the coordinator serves; answered on this process's
+    loop, so a stuck loop fails the probe, relays or not.
 
     Interceptors, outermost first: logging, authentication (if `security`
     has tokens), request limits, then `interceptors`. Raises ConfigError if
@@ -202,10 +214,23 @@ def create_server(
         )
     try:
         port = holder.run(start)
+        if health_addr is not None:
+            holder.health_port = holder.run(_start_health(holder, health_addr))
     except BaseException:
         holder.stop(0)
         raise
     return holder, port
+
+
+async def _start_health(holder: CoordinatorServer, addr: str) -> int:
+    if holder.health is None:  # relays: the fronts have their own
+        holder.health = await serving_health()
+    server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_CALLS)
+    holder.health_server = server
+    health_pb2_grpc.add_HealthServicer_to_server(holder.health, server)
+    port = add_port(server, addr)
+    await server.start()
+    return port
 
 
 async def _start_relays(
@@ -243,13 +268,18 @@ def interceptor_chain(
     return chain
 
 
-async def add_health_and_reflection(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    """The standard health service (SERVING for "" and the coordinator's
-    name) and server reflection, on `server`."""
+async def serving_health() -> health.aio.HealthServicer:
+    """The standard health service, SERVING for "" and the coordinator's name."""
     servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     for name in ("", SERVICE_NAME):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+async def add_health_and_reflection(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """`serving_health` and server reflection, on `server`."""
+    servicer = await serving_health()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -326,6 +356,7 @@ def serve(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     security: ServerSecurity | None = None,
     relays: int = 0,
+    health_addr: str | None = None,
 ) -> int:
     """Run until the search ends (exit 0) or SIGTERM/SIGINT (143 unless ended).
 
@@ -334,7 +365,12 @@ def serve(
     cleanly instead of waiting for a coordinator that is gone.
     """
     server, port = create_server(
-        listen, service, interceptors=interceptors, security=security, relays=relays
+        listen,
+        service,
+        interceptors=interceptors,
+        security=security,
+        relays=relays,
+        health_addr=health_addr,
     )
     host = listen.rsplit(":", 1)[0]
     log.info(
@@ -345,6 +381,8 @@ def serve(
         describe(security or ServerSecurity()),
         f"; gRPC in {relays} relay processes" if relays else "",
     )
+    if health_addr is not None:
+        log.info("health checks alone, plaintext, on port %d", server.health_port)
     if port_file is not None:
         tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{port}\n")
