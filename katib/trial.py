@@ -62,11 +62,18 @@ class TrialClient:
         self._handed_out = True
         return WorkReply("train", (self.grant,))
 
-    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
+    def heartbeat(
+        self,
+        lease_id: str,
+        worker_id: str,
+        epochs_done: int = 0,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> HeartbeatReply:
         # Katib, not a lease, decides how long a trial may run.
         return HeartbeatReply("continue", deadline=self.grant.deadline)
 
-    def report(self, report: SegmentReport) -> ReportAck:
+    def report(self, report: SegmentReport, *, cancel: threading.Event | None = None) -> ReportAck:
         if report.outcome != "abandoned":  # a stopped pod leaves no report: Katib says why
             records.put_report(self.store, self.trial, report)
         self.report_sent = report

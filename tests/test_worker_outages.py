@@ -76,16 +76,16 @@ class RestartAtFirstReport:
     def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
         return self.client.heartbeat(*args, **kwargs)
 
-    def report(self, report: SegmentReport) -> Any:
+    def report(self, report: SegmentReport, **kwargs: Any) -> Any:
         if self.restarted is None:
             self.first.stop(0)
             try:
-                return self.client.report(report)
+                return self.client.report(report, **kwargs)
             except CoordinatorUnavailable:
                 self.gave_up += 1
                 self.restarted, _ = serve(self.store, self.port)  # the restarted pod
                 raise
-        return self.client.report(report)
+        return self.client.report(report, **kwargs)
 
 
 def test_a_restart_longer_than_a_call_loses_no_report(tmp_path: Path) -> None:
@@ -133,6 +133,56 @@ def test_a_stop_during_an_outage_ends_the_worker_at_once(tmp_path: Path) -> None
         client_log.removeHandler(handler)
         client_log.setLevel(old_level)
     assert result == [EXIT_TERMINATED]
+
+
+class OutageAtLastBeat:
+    """The worker's link, passed through, except that the coordinator goes
+    down and the worker is told to stop (SIGTERM) as the segment's last
+    heartbeat is sent: a pod evicted during a coordinator outage."""
+
+    def __init__(self, client: CoordinatorClient, server: CoordinatorServer, stop: StopEvent):
+        self.client, self.server, self.stop = client, server, stop
+
+    def request_work(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.request_work(*args, **kwargs)
+
+    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0, **kwargs: Any):
+        if epochs_done >= 2:  # the burn-in segment's last epoch is done
+            self.server.stop(0)
+            self.stop.set()
+        return self.client.heartbeat(lease_id, worker_id, epochs_done, **kwargs)
+
+    def report(self, report: SegmentReport, **kwargs: Any) -> Any:
+        return self.client.report(report, **kwargs)
+
+
+def test_a_stop_during_an_outage_mid_segment_still_publishes_and_ends_at_once(
+    tmp_path: Path,
+) -> None:
+    """The heartbeat, the report and the hand-back each used to wait out the
+    whole outage (an hour here; 300 s by default) before the worker ended."""
+    store = staged(tmp_path)
+    server, port = serve(store)
+    stop = StopEvent()
+    result: list[int] = []
+    with CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=3600) as client:
+        link = OutageAtLastBeat(client, server, stop)
+        worker = Worker(
+            link, store, "w1", cache_dir=tmp_path / "cache", stop=stop, unavailable_wait_s=3600
+        )
+        try:
+            thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+            thread.start()
+            thread.join(60)
+            assert not thread.is_alive(), "the stop waited out the outage"
+        finally:
+            server.stop(0)
+    assert result == [EXIT_TERMINATED]
+    # The trained segment was stored, though its report could not be sent.
+    state = read_state(store, RUN)
+    assert state is not None
+    stored = [x.key for x in store.list(f"{RUN}/members/") if x.key.endswith("checkpoint.pt")]
+    assert len(stored) == 1
 
 
 def test_a_failed_loop_leaves_the_callers_stop_unset(tmp_path: Path) -> None:

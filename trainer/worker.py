@@ -108,9 +108,18 @@ class CoordinatorLink(Protocol):
         cancel: threading.Event | None = None,
     ) -> WorkReply: ...
 
-    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply: ...
+    def heartbeat(
+        self,
+        lease_id: str,
+        worker_id: str,
+        epochs_done: int = 0,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> HeartbeatReply: ...
 
-    def report(self, report: SegmentReport) -> ReportAck: ...
+    def report(
+        self, report: SegmentReport, *, cancel: threading.Event | None = None
+    ) -> ReportAck: ...
 
 
 class Worker:
@@ -336,7 +345,11 @@ class Worker:
             if seg.stopped:
                 continue
             beat = partial(
-                self.client.heartbeat, seg.lease.lease_id, self.worker_id, len(seg.epochs)
+                self.client.heartbeat,
+                seg.lease.lease_id,
+                self.worker_id,
+                len(seg.epochs),
+                cancel=self._halt,
             )
             try:
                 reply = self._riding_out(beat)
@@ -344,6 +357,13 @@ class Worker:
                 log.warning("dropping lease: %s", err)
                 seg.stopped = True
                 continue
+            except CoordinatorUnavailable:
+                if not self.stop.is_set():
+                    raise
+                # Stopping in an outage: no more beats; the round ends as a
+                # stop does (unfinished leases handed back, finished ones
+                # published).
+                return
             if reply is None:  # the stored state says the search ended
                 seg.stopped = True
                 continue
@@ -493,10 +513,20 @@ class Worker:
 
     def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
-            ack = self._riding_out(lambda: self.client.report(report))
+            ack = self._riding_out(lambda: self.client.report(report, cancel=self._halt))
         except (StaleLease, UnknownLease, SearchFinished) as err:
             # Someone else owns the unit now (or the search ended): drop it.
             log.warning("report of %s not counted: %s", seg.lease.member, err)
+            return
+        except CoordinatorUnavailable as err:
+            if not self.stop.is_set():
+                raise
+            # Stopping: the pod's grace period is shorter than an outage.
+            log.warning(
+                "report of %s not sent (%s); stopping, its lease will expire",
+                seg.lease.member,
+                err,
+            )
             return
         if ack is None:
             log.warning("report of %s not sent: the search has ended", seg.lease.member)
@@ -523,7 +553,9 @@ class Worker:
                         g.generation,
                         "abandoned",
                         message=why,
-                    )
+                    ),
+                    # A stopping worker tries once: its grace period is short.
+                    cancel=self._halt,
                 )
             except CoordinatorError as err:
                 log.warning("could not hand back lease %s (%s); it will expire", g.lease_id, err)

@@ -187,15 +187,24 @@ class CoordinatorClient:
             request.wait_s = 0.0
         return convert.work_from_proto(self._call(self._stub.RequestWork, request, cancel))
 
-    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0) -> HeartbeatReply:
+    def heartbeat(
+        self,
+        lease_id: str,
+        worker_id: str,
+        epochs_done: int = 0,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> HeartbeatReply:
+        """Setting `cancel` ends the retries through an outage (a stopping
+        worker must not wait it out); so for `report`."""
         request = pb.HeartbeatRequest(
             lease_id=lease_id, worker_id=worker_id, epochs_done=epochs_done
         )
-        return convert.heartbeat_from_proto(self._call(self._stub.Heartbeat, request))
+        return convert.heartbeat_from_proto(self._call(self._stub.Heartbeat, request, cancel))
 
-    def report(self, report: SegmentReport) -> ReportAck:
+    def report(self, report: SegmentReport, *, cancel: threading.Event | None = None) -> ReportAck:
         return convert.ack_from_proto(
-            self._call(self._stub.ReportResult, convert.report_to_proto(report))
+            self._call(self._stub.ReportResult, convert.report_to_proto(report), cancel)
         )
 
     def status(self) -> StatusView:
