@@ -62,18 +62,14 @@ class TrialClient:
         self._handed_out = True
         return WorkReply("train", (self.grant,))
 
+    # `**_`: the worker's `cancel` (ends retries through an outage): no calls here.
     def heartbeat(
-        self,
-        lease_id: str,
-        worker_id: str,
-        epochs_done: int = 0,
-        *,
-        cancel: threading.Event | None = None,
+        self, lease_id: str, worker_id: str, epochs_done: int = 0, **_: object
     ) -> HeartbeatReply:
         # Katib, not a lease, decides how long a trial may run.
         return HeartbeatReply("continue", deadline=self.grant.deadline)
 
-    def report(self, report: SegmentReport, *, cancel: threading.Event | None = None) -> ReportAck:
+    def report(self, report: SegmentReport, **_: object) -> ReportAck:
         if report.outcome != "abandoned":  # a stopped pod leaves no report: Katib says why
             records.put_report(self.store, self.trial, report)
         self.report_sent = report
