@@ -34,6 +34,7 @@ from autolfads.storage.errors import (
     InvalidMetadata,
     MissingChecksum,
     ObjectNotFound,
+    SourceUnreadable,
     StorageError,
     Unsupported,
 )
@@ -98,14 +99,46 @@ def sha256_file(path: Path) -> tuple[str, int]:
     """(hex digest, size) of a local file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    with SourceFile(path) as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
 
 
-def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
+class SourceFile:
+    """A local file read for an upload: a failure to open or read it raises
+    `SourceUnreadable` naming it (an OSError here would otherwise read as
+    a problem of the destination, or of the network)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 (closed by close / __exit__)
+        except OSError as err:
+            raise _unreadable(path, err) from None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._file.read(n)
+        except OSError as err:
+            raise _unreadable(self.path, err) from None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SourceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unreadable(path: Path, err: OSError) -> SourceUnreadable:
+    return SourceUnreadable(f"cannot read {path}: {err.strerror or err}")
+
+
+def copy_hashing(src: BinaryIO | SourceFile, dst: BinaryIO) -> tuple[str, int]:
     """Copy a stream, returning (sha256 hex, bytes copied)."""
     digest = hashlib.sha256()
     size = 0

@@ -32,6 +32,11 @@ class ChecksumMismatch(StorageError):
     """The bytes read do not hash to the SHA-256 recorded at write time."""
 
 
+class SourceUnreadable(StorageError):
+    """A local file given to `put_file` cannot be read (named, not the
+    destination or the server)."""
+
+
 class MissingChecksum(ChecksumMismatch):
     """The object records no SHA-256, so its bytes cannot be verified.
 

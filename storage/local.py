@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from autolfads.storage.base import (
     ObjectInfo,
+    SourceFile,
     Store,
     copy_hashing,
     fsync_dir,
@@ -150,7 +151,7 @@ class LocalStore(Store):
     ) -> ObjectInfo:
         def fill(fd: int) -> dict:
             # One pass: the checksum is of exactly the bytes written.
-            with open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
+            with SourceFile(path) as src, open(fd, "wb", closefd=False) as dst:
                 sha256, size = copy_hashing(src, dst)
             return _meta(sha256, size, content_type, metadata)
 

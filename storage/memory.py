@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from autolfads.storage.base import ObjectInfo, Store
+from autolfads.storage.base import ObjectInfo, SourceFile, Store
 from autolfads.storage.errors import ObjectNotFound
 
 
@@ -38,7 +38,8 @@ class MemoryStore(Store):
     def _put_file(
         self, key: str, path: Path, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        data = path.read_bytes()
+        with SourceFile(path) as src:
+            data = src.read()
         return self._put_bytes(key, data, hashlib.sha256(data).hexdigest(), content_type, metadata)
 
     def _get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:

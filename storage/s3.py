@@ -33,11 +33,18 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities, sha256_file
+from autolfads.storage.base import (
+    ObjectInfo,
+    SourceFile,
+    Store,
+    StoreCapabilities,
+    sha256_file,
+)
 from autolfads.storage.errors import (
     BucketNotFound,
     ChecksumMismatch,
     ObjectNotFound,
+    SourceUnreadable,
     StorageAuthError,
     StorageError,
     StorageUnavailable,
@@ -143,16 +150,16 @@ def is_transient(err: BaseException) -> bool:
     )
 
 
-class _HashingReader:
+class _HashingReader(SourceFile):
     """A file opened for an upload that hashes what the upload reads."""
 
     def __init__(self, path: Path) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
+        super().__init__(path)
         self._digest = hashlib.sha256()
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self._file.read(n)
+        data = super().read(n)
         self._digest.update(data)
         self.size += len(data)
         return data
@@ -160,11 +167,12 @@ class _HashingReader:
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def __enter__(self) -> _HashingReader:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
+def _size_now(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 class S3Store(Store):
@@ -344,23 +352,30 @@ class S3Store(Store):
         # and the upload reads the file a second time. What it sends is
         # hashed too: a file changed in between would be stored under a
         # checksum it does not have, and every later download would fail.
-        try:
-            sha256, size = sha256_file(path)
-        except OSError as err:
-            raise StorageError(f"cannot read {path}: {err.strerror or err}") from None
+        sha256, size = sha256_file(path)
         sent: list[_HashingReader] = []
 
         def open_stream() -> _HashingReader:
             sent.append(_HashingReader(path))
             return sent[-1]
 
-        info = self._put_stream(key, open_stream, size, sha256, content_type, metadata)
+        changed = (
+            f"{path} changed while it was being uploaded to {self.location(key)}; "
+            "upload the file again once it is complete"
+        )
+        try:
+            info = self._put_stream(key, open_stream, size, sha256, content_type, metadata)
+        except SourceUnreadable:
+            raise
+        except StorageError:
+            # A file that shrank fails the upload itself ("not enough data"):
+            # that is the file's doing, not the server's.
+            if _size_now(path) != size:
+                raise ChecksumMismatch(changed) from None
+            raise
         if sent[-1].size != size or sent[-1].sha256() != sha256:
             self._delete(key)
-            raise ChecksumMismatch(
-                f"{path} changed while it was being uploaded to {self.location(key)}; "
-                "the object was removed: upload the file again once it is complete"
-            )
+            raise ChecksumMismatch(f"{changed} (the object was removed)")
         return info
 
     # ---- reading -----------------------------------------------------------

@@ -36,6 +36,7 @@ from autolfads.storage.errors import (
     InvalidMetadata,
     MissingChecksum,
     ObjectNotFound,
+    SourceUnreadable,
     StorageError,
     Unsupported,
 )
@@ -172,6 +173,14 @@ class StoreContract:
     def test_put_file_missing_source_is_clear(self, store: Store, tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="not an existing file"):
             store.put_file("x.bin", tmp_path / "absent.bin")
+
+    @pytest.mark.skipif(not os.path.isfile("/proc/self/mem"), reason="Linux's /proc/self/mem")
+    def test_an_unreadable_source_is_named_not_the_destination(self, store: Store) -> None:
+        # /proc/self/mem is a file whose first read fails (EIO): the error
+        # must name it, not the key or the server, and store nothing.
+        with pytest.raises(SourceUnreadable, match="cannot read /proc/self/mem"):
+            store.put_file("run/data/unreadable.h5", Path("/proc/self/mem"))
+        assert not store.exists("run/data/unreadable.h5")
 
     # ---- missing objects, deletion -----------------------------------------------
 

@@ -34,7 +34,8 @@ class FakeKube:
     requests: list[tuple[str, str, dict[str, Any] | None, str]] = field(default_factory=list)
     template_reply: tuple[int, Any] | None = None  # None: the template exists
     create_reply: tuple[int, Any] | None = None  # None: 201 + the stored object
-    phases: list[dict[str, Any]] = field(default_factory=list)  # successive GET statuses
+    # Successive GET statuses; None: the Workflow was deleted (then 404).
+    phases: list[dict[str, Any] | None] = field(default_factory=list)
     created: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def posts(self) -> list[dict[str, Any]]:
@@ -84,8 +85,13 @@ def make_handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                     return self.reply(*fake.template_reply)
                 return self.reply(200, {"kind": "WorkflowTemplate", "metadata": {}})
             name = path.rsplit("/", 1)[1]
+            if fake.phases and fake.phases[0] is None:
+                fake.created.pop(name, None)
             if name not in fake.created:
-                return self.reply(404, status_body(404, "NotFound", "not found", name=name))
+                # As the API server answers for a missing object of a known kind.
+                message = f'workflows.argoproj.io "{name}" not found'
+                details = {"name": name, "group": "argoproj.io", "kind": "workflows"}
+                return self.reply(404, status_body(404, "NotFound", message, **details))
             workflow = dict(fake.created[name])
             if fake.phases:
                 workflow["status"] = fake.phases.pop(0) if len(fake.phases) > 1 else fake.phases[0]
@@ -244,6 +250,19 @@ def test_submit_wait_fails_when_the_workflow_fails(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "autolfads: error: workflow autolfads-abc12 ended Failed: child 'coordinator' failed"
+    ]
+
+
+def test_a_workflow_deleted_while_followed_is_named_as_such(
+    fake_kube: FakeKube, storage: str, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_kube.phases = [{"phase": "Running", "progress": "1/6"}, None]
+    argv = ["argo", "submit", str(config_path), "--storage", storage, "--wait"]
+    assert main([*argv, "--poll-seconds", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "autolfads: error: workflow 'autolfads-abc12' no longer exists in namespace "
+        "'autolfads' (deleted while it was followed?)"
     ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,11 +29,13 @@ from s3_proxy import ScriptedS3Proxy
 
 from autolfads.storage import (
     BucketNotFound,
+    ChecksumMismatch,
     DataCache,
     InvalidKey,
     RetryPolicy,
     RunLayout,
     S3Store,
+    SourceUnreadable,
     StorageAuthError,
     StorageError,
     StorageUnavailable,
@@ -40,6 +43,7 @@ from autolfads.storage import (
     s3_settings_from_env,
     upload_data,
 )
+from autolfads.storage import s3 as s3_module
 
 MiB = 1024 * 1024
 SHORT_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05)
@@ -78,6 +82,38 @@ def test_large_object_round_trips_with_multipart(make_s3_store, s3_server, tmp_p
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     got = store.get_file("run/data/file.h5", tmp_path / "back.h5")
     assert got.size == len(data) and (tmp_path / "back.h5").read_bytes() == data
+
+
+@pytest.mark.parametrize("change", ["shrinks", "vanishes"])
+def test_a_source_that_changes_after_its_checksum_is_named_not_the_server(
+    make_s3_store, tmp_path, monkeypatch, change
+) -> None:
+    # Between the checksum (first read) and the upload (second read) the
+    # file shrinks or is deleted: the error used to say the server could not
+    # be reached.
+    store = make_s3_store("source")
+    src = tmp_path / "data.h5"
+    src.write_bytes(b"x" * 100_000)
+    checksum = s3_module.sha256_file
+
+    def then_change(path: Path) -> tuple[str, int]:
+        result = checksum(path)
+        if change == "shrinks":
+            path.write_bytes(b"x" * 10)
+        else:
+            path.unlink()
+        return result
+
+    monkeypatch.setattr(s3_module, "sha256_file", then_change)
+    expected = (
+        (ChecksumMismatch, f"{src} changed while it was being uploaded")
+        if change == "shrinks"
+        else (SourceUnreadable, f"cannot read {src}")
+    )
+    with pytest.raises(expected[0], match=re.escape(expected[1])) as caught:
+        store.put_file("run/data/a.h5", src)
+    assert "cannot reach" not in str(caught.value)
+    assert not store.exists("run/data/a.h5")
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/io"), reason="needs Linux's /proc/self/io")

@@ -96,6 +96,11 @@ def explain(err: Any, *, namespace: str, doing: str, name: str | None = None) ->
             f"WorkflowTemplate {details['name']!r} is not installed in namespace {namespace!r}; "
             "run kubectl apply -k deploy/k8s (or submit with --inline)"
         )
+    elif status == 404 and details.get("name") and doing == "reading the Workflow":
+        text = (
+            f"workflow {details['name']!r} no longer exists in namespace {namespace!r} "
+            "(deleted while it was followed?)"
+        )
     elif status == 404:
         text = (
             "Argo Workflows is not installed in this cluster (no workflows.argoproj.io API); "
