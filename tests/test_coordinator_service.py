@@ -249,6 +249,60 @@ def test_an_all_or_nothing_request_hears_done_only_once_the_end_is_written(tmp_p
     assert reply is not None and reply.action == "train" and len(reply.leases) == 1
 
 
+def test_a_lost_write_keeps_the_leases_that_heartbeats_kept_alive(tmp_path):
+    """Heartbeats move deadlines in memory only; a rollback to the written
+    state used to put back the deadlines of the grants, so one failed write
+    expired every healthy lease and refused the retry of the lost report."""
+    store = FaultyStore(LocalStore(tmp_path))
+    clock = ManualClock()
+    service = open_service(store, clock=clock, lease_timeout_s=10)
+    grants = [service.request_work(f"w{i}", 1).leases[0] for i in range(4)]
+    for _ in range(24):  # a minute of training, a beat every 2.5 s
+        clock.advance(2.5)
+        for i, grant in enumerate(grants):
+            assert service.heartbeat(grant.lease_id, f"w{i}").action == "continue"
+    store.inject("put", f"^{re.escape(LAYOUT.journal_prefix())}", fail="disk full")  # once
+    report = fake_train(store, grants[0], "w0")
+    with pytest.raises(StorageError):
+        service.report(report)
+    assert service.report(report).accepted  # the worker's retry
+    beats = [service.heartbeat(g.lease_id, f"w{i}").action for i, g in enumerate(grants[1:], 1)]
+    assert beats == ["continue"] * 3
+    state = saved_state(store, "search")
+    assert sorted(x.status for x in state.leases.values()) == ["accepted"] + ["active"] * 3
+
+
+def test_async_mode_never_deletes_a_result_that_becomes_the_best(tmp_path):
+    """A fast member runs generations ahead in async mode; its result of a
+    generation not closed yet was not protected from retention, so the best
+    of the search could name a deleted checkpoint (and finalize fail)."""
+    cfg = tiny_config(mode="async", max_generations=6, keep_generations=2)
+    store = LocalStore(tmp_path)
+    service = open_service(store, cfg)
+    first = {g.member: g for g in service.request_work("w0", 4).leases}
+    queued: dict = {}
+
+    def report(grant, metric: float) -> None:
+        service.report(replace(fake_train(store, grant, "w0"), fitness=metric))
+
+    def next_of(member: str):
+        queued.update({g.member: g for g in service.request_work("w0", 8).leases})
+        return queued.pop(member)
+
+    report(first["m001"], 0.5)
+    report(first["m000"], 1.0)
+    report(next_of("m000"), 0.1)  # generation 1: the best result of the search
+    report(next_of("m000"), 1.0)  # generations 2 and 3 run ahead
+    report(next_of("m000"), 1.0)
+    report(first["m002"], 0.9)
+    report(first["m003"], 0.9)  # generation 0 closes: retention runs
+    for member in ("m001", "m002", "m003"):
+        report(next_of(member), 0.8)  # generation 1 closes: m000's 0.1 is the best
+    best = saved_state(store, "search").best
+    assert best is not None and (best.member, best.generation) == ("m000", 1)
+    assert store.exists(best.checkpoint)
+
+
 def test_abandoned_lease_is_requeued_at_once(local_store):
     service = open_service(local_store)
     grant = service.request_work("w0", 1).leases[0]

@@ -247,13 +247,22 @@ class Progress:
 
 
 def _pinned_checkpoints(state: SearchState) -> set[str]:
-    """Checkpoints a segment may still start from (start points, fallbacks) and the best."""
+    """Checkpoints a segment may still start from (start points, fallbacks),
+    the best, and every result of a generation not closed yet: in async mode
+    a fast member runs generations ahead, and one of those results may
+    become the best when its generation closes."""
     keep: set[str] = set()
     for segment in state.segments.values():
         points: list[StartPoint] = [segment.start, *segment.fallbacks]
         keep.update(p.checkpoint for p in points if p.checkpoint)
     if state.best is not None:
         keep.add(state.best.checkpoint)
+    for entries in state.history.values():
+        for entry in reversed(entries):  # newest first: stop at the closed ones
+            if entry.generation < state.generation:
+                break
+            if entry.checkpoint:
+                keep.add(entry.checkpoint)
     return keep
 
 

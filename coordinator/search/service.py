@@ -590,9 +590,19 @@ class CoordinatorService:
         self._commit.wait(ticket)
 
     def _restore(self, state: SearchState) -> None:
-        """Replace the in-memory state by a written one (rollback, lock held)."""
+        """Replace the in-memory state by a written one (rollback, lock held).
+
+        Leases live again keep their deadlines: heartbeats move them in memory
+        only (nothing is written for them), so the written ones can be as old
+        as the grants, and putting those back would expire every healthy
+        lease (and refuse the retry of the report whose write failed)."""
         revision = self._state.revision
+        # Whatever their status now: a lost report had ended its own lease.
+        beaten = {x.lease_id: x.deadline for x in self._state.leases.values()}
         self._state = state
+        for lease in state.leases.values():
+            if lease.status == "active" and lease.lease_id in beaten:
+                lease.deadline = max(lease.deadline, beaten[lease.lease_id])
         # Watchers wait for revisions to grow: never hand them an older number.
         self._state.revision = max(revision, self._state.revision)
         self._dispatch.reset()
