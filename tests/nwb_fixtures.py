@@ -80,6 +80,8 @@ def write_maze_nwb(
     with_behavior: bool = True,
     onset_override: dict[int, float] | None = None,
     split_override: dict[int, str] | None = None,
+    with_tags: bool = False,
+    behavior_offset: float = 0.0,
 ) -> Path:
     """Write `truth` (optionally a subset of trial rows) as an NWB file."""
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
@@ -111,6 +113,8 @@ def write_maze_nwb(
                 split=(split_override or {}).get(int(i), str(truth.split[i])),
                 trial_type=int(truth.trial_type[i]),
                 trial_version=int(truth.trial_version[i]),
+                # NWB's own ragged column: a list of values per trial.
+                **({"tags": ["left" if i % 2 else "right"]} if with_tags else {}),
             )
     if with_behavior:
         module = nwb.create_processing_module("behavior", "behavioural data")
@@ -121,6 +125,7 @@ def write_maze_nwb(
                 unit="mm/s",
                 rate=truth.vel_rate,
                 starting_time=0.0,
+                offset=behavior_offset,
                 comments="columns=[x,y]",
             )
         )

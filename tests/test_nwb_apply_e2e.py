@@ -176,6 +176,10 @@ def test_to_nwb_refuses_another_source_or_a_taken_module(search, tmp_path, capsy
     assert "already has a processing module 'lfads'" in one_error_line(capsys)
     assert main(["data", "to-nwb", *args, "--out", str(out), "--module", "a/b"]) == 2
     assert "cannot contain '/'" in one_error_line(capsys)
+    folder = tmp_path / "folder"
+    folder.mkdir()  # used to end in IsADirectoryError (a traceback)
+    assert main(["data", "to-nwb", *args, "--out", str(folder), "--force"]) == 2
+    assert "is a folder" in one_error_line(capsys)
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 

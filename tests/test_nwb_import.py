@@ -191,6 +191,7 @@ def _bad_files(tmp: Path, truth: MazeTruth) -> dict[str, Path]:
         "no_trials": write_maze_nwb(tmp / "notrials.nwb", truth, with_trials=False),
         "nan_onset": write_maze_nwb(tmp / "nan.nwb", truth, onset_override=nan_onset),
         "odd_split": write_maze_nwb(tmp / "odd.nwb", truth, split_override={7: "calibration"}),
+        "tags": write_maze_nwb(tmp / "tags.nwb", truth, with_tags=True),
     }
 
 
@@ -216,6 +217,13 @@ BAD_CASES = {
     "behaviour missing": ("maze", (*MAZE, "--behavior", "behavior/eye_pos"), "has no 'eye_pos'"),
     "align without window": ("maze", ("--align", "move_onset_time"), "--align and --window go together"),
     "fraction and split column": ("maze", (*MAZE, "--valid-fraction", "0.3"), "drop one of them"),
+    # Each of these used to end in a traceback (or, for tags, in one condition per trial).
+    "ragged column": ("tags", (*MAZE, "--condition-columns", "tags"), "'tags' holds several values per trial"),
+    "align on text": ("maze", (*MAZE, "--align", "split"), "--align split: the trials column holds text"),
+    "negative seed": ("maze", (*MAZE, "--seed", "-1"), "--seed must be >= 0"),
+    "psth sd negative": ("maze", (*MAZE, "--psth-kern-sd-ms", "-5"), "--psth-kern-sd-ms -5.0 must be between 0"),
+    "psth sd nan": ("maze", (*MAZE, "--psth-kern-sd-ms", "nan"), "--psth-kern-sd-ms nan must be between 0"),
+    "psth sd huge": ("maze", (*MAZE, "--psth-kern-sd-ms", "1e9"), "must be between 0 (no smoothing) and 200"),
 }  # fmt: skip
 
 
@@ -231,6 +239,44 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad, tmp_path, capsys) -
     if "trials" in message and "NaN" in message:
         assert "--drop-bad-trials" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_source_file_is_never_the_output(maze, tmp_path, capsys) -> None:
+    _, nwb = maze
+    source = tmp_path / "copy.nwb"
+    source.write_bytes(nwb.read_bytes())
+    code, _, stderr = convert(source, source, *MAZE, "--force", capsys=capsys)
+    assert code == 2 and "is the source file" in stderr
+    assert source.read_bytes() == nwb.read_bytes()
+
+
+def test_behaviour_values_include_the_series_offset(maze, tmp_path) -> None:
+    # NWB: value = data * conversion + offset.
+    truth, plain = maze
+    shifted = write_maze_nwb(tmp_path / "offset.nwb", truth, behavior_offset=2.5)
+    outs = []
+    for nwb in (plain, shifted):
+        out = tmp_path / f"{nwb.stem}.h5"
+        assert convert(nwb, out, *MAZE)[0] == 0
+        behavior = load_lfads_h5(out).train.behavior
+        assert behavior is not None
+        outs.append(behavior)
+    np.testing.assert_allclose(outs[1], outs[0] + 2.5, atol=1e-5)  # stored as float32
+
+
+def test_behaviour_samples_on_bin_edges_fall_in_the_bin_they_start() -> None:
+    # 1 kHz samples whose value is their index; 5 ms bins on the same grid:
+    # each bin holds exactly its 5 samples, as spikes on edges do. Float
+    # edges (0.1 + 0.005 k) land a hair off the samples' own times.
+    from autolfads.trainer.data.nwb_binning import resample_signal
+
+    times = np.arange(20_000) / 1000.0
+    starts = np.arange(1, 15) * 1.2345 + 0.1
+    starts = np.round(starts, 3)  # on the sample grid
+    means, covered = resample_signal(times, np.arange(times.size), starts, 40, 0.005)
+    first = np.round(starts * 1000)[:, None] + 5 * np.arange(40)  # each bin's first sample
+    assert covered.all()
+    np.testing.assert_array_equal(means[:, :, 0], first + 2)
 
 
 def test_drop_bad_trials_leaves_them_out(bad, tmp_path, capsys) -> None:

@@ -267,6 +267,8 @@ def run_from_nwb(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.force:
         raise DataError(f"{args.out}: already exists; pass --force to overwrite it")
+    if args.out.resolve() == args.nwb.resolve():
+        raise DataError(f"{args.out}: is the source file; write the result to a new file")
     opts = _import_options(args)
     data, report = nwb_to_lfads(args.nwb, opts)
     write_lfads_h5(data, args.out)  # validates; atomic

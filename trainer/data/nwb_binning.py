@@ -65,7 +65,9 @@ def resample_signal(
     values = np.asarray(values, dtype=np.float64).reshape(timestamps.size, -1)
     starts = np.asarray(starts, dtype=np.float64)
     edges = starts[:, None] + bin_width * np.arange(n_bins + 1)  # (trials, n_bins + 1)
-    idx = np.searchsorted(timestamps, edges, side="left")
+    # The same half-open bins as the spikes': a sample on an edge (up to
+    # float error) belongs to the bin it starts.
+    idx = np.searchsorted(timestamps, edges - EDGE_TOL_S, side="left")
     present = ~np.isnan(values)
     # Cumulative sums with a leading zero row: the sum over samples [a, b) is c[b] - c[a].
     csum = np.concatenate(

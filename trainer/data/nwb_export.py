@@ -168,6 +168,8 @@ def write_result_nwb(
         raise DataError(f"{source}: file not found")
     if not dest.parent.is_dir():
         raise DataError(f"{dest}: folder {dest.parent} does not exist")
+    if dest.is_dir():
+        raise DataError(f"{dest}: is a folder; give the result file's name")
     src_io = None
     try:
         src_io = NWBHDF5IO(source, "r")

@@ -31,6 +31,10 @@ SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "test": "tes
 
 # NLB's MC_Maze tensors (nlb_tools PARAMS['mc_maze']): move-onset aligned
 # -250..450 ms, 200 ms forward prediction, velocity lagged 100 ms, PSTH kernel 70 ms.
+# The PSTH's smoothing (NLB's MC_Maze uses 70 ms): beyond this the kernel's
+# padding (4 sd each side, at 1 ms) costs memory for nothing a metric uses.
+MAX_PSTH_KERN_SD_MS = 200.0
+
 PRESETS: dict[str, dict[str, object]] = {
     "mc_maze": {
         "align": "move_onset_time",
@@ -111,6 +115,14 @@ def _check_ms(opts: NwbImportOptions) -> None:
         )
     if opts.bin_ms < 1:
         raise DataError(f"--bin-ms must be >= 1, got {opts.bin_ms}")
+    if opts.seed < 0:
+        raise DataError(f"--seed must be >= 0, got {opts.seed}")
+    # NLB smooths with at most 70 ms; the kernel reaches 4 sd past the window.
+    if not 0 <= opts.psth_kern_sd_ms <= MAX_PSTH_KERN_SD_MS:
+        raise DataError(
+            f"--psth-kern-sd-ms {opts.psth_kern_sd_ms} must be between 0 (no smoothing) "
+            f"and {MAX_PSTH_KERN_SD_MS:g}"
+        )
     if opts.fp_ms < 0 or opts.fp_ms % opts.bin_ms:
         raise DataError(
             f"--fp-ms {opts.fp_ms} must be >= 0 and a multiple of --bin-ms {opts.bin_ms}"
@@ -146,7 +158,13 @@ def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.nda
             )
         return Windows(start.astype(np.float64), int(n_bins[0]), n_fp), np.zeros(start.size, bool)
     column = opts.align or "start_time"
-    align = np.asarray(rec.trial_columns[column], dtype=np.float64)
+    values = np.asarray(rec.trial_columns[column])
+    if values.dtype.kind not in "iuf":
+        raise DataError(
+            f"{rec.source}: --align {column}: the trials column holds "
+            f"{'text' if values.dtype.kind in 'OSU' else values.dtype}, not times in seconds"
+        )
+    align = values.astype(np.float64)
     lo, hi = opts.window_ms
     return Windows(align + lo / 1000.0, (hi - lo) // opts.bin_ms, n_fp), np.isnan(align)
 

@@ -47,7 +47,17 @@ def _as_text(values: np.ndarray) -> np.ndarray:
 
 
 def _column(table, name: str) -> np.ndarray:
-    data = np.asarray(table[name].data[:])
+    from hdmf.common.table import VectorIndex
+
+    column = table[name]
+    if isinstance(column, VectorIndex):
+        # A ragged column (several values per trial, e.g. `tags`): its
+        # `data` is the offsets of each row's values, not values.
+        raise DataError(
+            f"trials column {name!r} holds several values per trial; "
+            "use a column with one value per trial"
+        )
+    data = np.asarray(column.data[:])
     return _as_text(data) if data.dtype.kind in "OSU" else data
 
 
@@ -99,7 +109,9 @@ def _behavior(nwbfile, path: str, source: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{source}: --behavior {path!r} is a {type(obj).__name__}, not a TimeSeries"
         )
+    # NWB: value = data * conversion + offset.
     values = np.asarray(obj.data[:], dtype=np.float64) * float(obj.conversion or 1.0)
+    values = values + float(getattr(obj, "offset", 0.0) or 0.0)
     values = values.reshape(values.shape[0], -1)
     if obj.timestamps is not None:
         times = np.asarray(obj.timestamps[:], dtype=np.float64)
