@@ -279,6 +279,22 @@ def test_behaviour_samples_on_bin_edges_fall_in_the_bin_they_start() -> None:
     np.testing.assert_array_equal(means[:, :, 0], first + 2)
 
 
+def test_trials_the_split_column_leaves_out_are_not_checked(maze, tmp_path, capsys) -> None:
+    # A failed trial (no movement onset) marked "none": not an error, and not
+    # counted as dropped.
+    truth, _ = maze
+    nwb = write_maze_nwb(
+        tmp_path / "none.nwb", truth, onset_override={5: float("nan")}, split_override={5: "none"}
+    )
+    code, stdout, stderr = convert(nwb, tmp_path / "out.h5", *MAZE, capsys=capsys)
+    assert code == 0, stderr
+    assert "trials that have no move_onset_time" not in stdout
+    kept = np.concatenate(
+        [s.trial_idx for s in load_lfads_h5(tmp_path / "out.h5").splits().values()]
+    )
+    assert 5 not in kept
+
+
 def test_drop_bad_trials_leaves_them_out(bad, tmp_path, capsys) -> None:
     out = tmp_path / "out.h5"
     code, stdout, _ = convert(bad["nan_onset"], out, *MAZE, "--drop-bad-trials", capsys=capsys)

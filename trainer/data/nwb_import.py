@@ -210,6 +210,15 @@ def _apply_bad(bad: dict[str, np.ndarray], opts: NwbImportOptions, source: str) 
 # --------------------------------------------------------------------------- splits, units
 
 
+def _unused_by_split(rec: NwbRecording, opts: NwbImportOptions) -> np.ndarray:
+    """(trials,) True where the split column says "none" (other values are
+    checked by `_splits`)."""
+    if not opts.split_column:
+        return np.zeros(rec.n_trials, bool)
+    values = rec.trial_columns[opts.split_column]
+    return np.array([str(v) == "none" for v in values], dtype=bool)
+
+
 def _splits(rec: NwbRecording, opts: NwbImportOptions, keep: np.ndarray) -> np.ndarray:
     """Split name per trial ('' = not used)."""
     names = np.full(rec.n_trials, "", dtype=object)
@@ -304,7 +313,12 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     _check_ms(opts)
     report = ImportReport(n_units=rec.n_units)
     win, nan_align = _windows(rec, opts)
-    bad = _bad_trials(rec, opts, win, nan_align)
+    # Trials the split column leaves out ("none", often failed trials) are
+    # neither checked nor counted as dropped.
+    unused = _unused_by_split(rec, opts)
+    bad = {
+        reason: mask & ~unused for reason, mask in _bad_trials(rec, opts, win, nan_align).items()
+    }
     keep = _apply_bad(bad, opts, rec.source)
     report.dropped_trials = {reason: int(m.sum()) for reason, m in bad.items() if m.any()}
     split_of = _splits(rec, opts, keep)
