@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -192,6 +193,16 @@ def _bad_files(tmp: Path, truth: MazeTruth) -> dict[str, Path]:
         "nan_onset": write_maze_nwb(tmp / "nan.nwb", truth, onset_override=nan_onset),
         "odd_split": write_maze_nwb(tmp / "odd.nwb", truth, split_override={7: "calibration"}),
         "tags": write_maze_nwb(tmp / "tags.nwb", truth, with_tags=True),
+        # One trial 2 ms longer than the others (less than half a bin).
+        "uneven": write_maze_nwb(
+            tmp / "uneven.nwb",
+            replace(truth, stop=truth.stop + (np.arange(truth.stop.size) == 0) * 0.002),
+        ),
+        # Velocity at 20 Hz: every 50 ms, coarser than 20 ms bins.
+        "coarse": write_maze_nwb(
+            tmp / "coarse.nwb",
+            replace(truth, vel=truth.vel[:: int(truth.vel_rate // 20)], vel_rate=20.0),
+        ),
     }
 
 
@@ -224,6 +235,10 @@ BAD_CASES = {
     "psth sd negative": ("maze", (*MAZE, "--psth-kern-sd-ms", "-5"), "--psth-kern-sd-ms -5.0 must be between 0"),
     "psth sd nan": ("maze", (*MAZE, "--psth-kern-sd-ms", "nan"), "--psth-kern-sd-ms nan must be between 0"),
     "psth sd huge": ("maze", (*MAZE, "--psth-kern-sd-ms", "1e9"), "must be between 0 (no smoothing) and 200"),
+    # Used to name a bin size that does divide the trials, or to say the series
+    # does not cover any trial.
+    "lengths differ": ("uneven", ("--bin-ms", "20", "--split-column", "split"), "trials last 900.000 to 902.000 ms"),
+    "behaviour too coarse": ("coarse", MAZE, "hand_vel is sampled every 50 ms, coarser than --bin-ms 20"),
 }  # fmt: skip
 
 

@@ -145,10 +145,11 @@ def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.nda
     if opts.window_ms is None:
         start, stop = rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
         n_bins = np.round((stop - start) / width)
-        if n_bins.min() != n_bins.max():
+        # Lengths that differ by less than half a bin round to one count.
+        if n_bins.min() != n_bins.max() or np.ptp(stop - start) > 1e-6:
             raise DataError(
-                f"{rec.source}: trials last {np.min(stop - start) * 1000:.1f} to "
-                f"{np.max(stop - start) * 1000:.1f} ms; whole-trial binning needs one length: "
+                f"{rec.source}: trials last {np.min(stop - start) * 1000:.3f} to "
+                f"{np.max(stop - start) * 1000:.3f} ms; whole-trial binning needs one length: "
                 "pass --align COLUMN --window START_MS END_MS"
             )
         if np.any(np.abs((stop - start) - n_bins * width) > 1e-6) or n_bins[0] < 1:
@@ -187,6 +188,14 @@ def _bad_trials(
         f"at {rec.recording_end:.3f} s": beyond,
     }
     if rec.behavior is not None:
+        times = rec.behavior[0]
+        period = float(np.median(np.diff(times))) if times.size > 1 else 0.0
+        if period > width + 1e-9:
+            raise DataError(
+                f"{rec.source}: {rec.behavior_name} is sampled every {period * 1000:.3g} ms, "
+                f"coarser than --bin-ms {opts.bin_ms}: its bins would hold no samples; "
+                "choose a larger --bin-ms"
+            )
         ok = ~(nan_align | outside | beyond)
         lagged = np.where(ok, win.starts, 0.0) + opts.behavior_lag_ms / 1000.0
         _, covered = resample_signal(*rec.behavior, lagged, win.n_obs, width)
