@@ -208,6 +208,11 @@ BAD_FILES = [
     (_set("train_cond_idx", lambda c: np.full(N_TRAIN, 7)), "condition 7 has no psth row"),
     (_set("psth", lambda c: c["psth"][:, :, :3]), "psth: 3 channels; expected 7"),
     (_set("valid_ext_input", lambda c: c["valid_ext_input"][:, :4]), "valid_ext_input: shape"),
+    # Used to be cut to 1, silently: another trial's row.
+    (
+        _set("train_inds", lambda c: np.full(N_TRAIN, 1.7)),
+        "train_inds: trial indices must be whole",
+    ),
 ]
 
 

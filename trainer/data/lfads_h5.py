@@ -155,6 +155,9 @@ def _read_extras(f: h5py.File, source: str, name: str, n_trials: int, cf: float)
     truth = _read_float(f, source, f"{name}_truth")
     mask = _read(f, source, f"{name}_decode_mask") if f"{name}_decode_mask" in f else None
     inds = _read(f, source, f"{name}_inds") if f"{name}_inds" in f else None
+    if inds is not None and inds.dtype.kind == "f" and not np.all(inds == np.round(inds)):
+        # Row numbers of the source's trials: 1.7 would silently become 1.
+        raise data_error(source, f"{name}_inds", "trial indices must be whole numbers")
     if mask is not None:
         mask = (mask if mask.ndim != 1 else mask[:, None]).astype(bool)
     return {
