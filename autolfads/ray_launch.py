@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +41,7 @@ from autolfads.launcher import (
 )
 from autolfads.progress_display import ProgressPrinter
 from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
+from autolfads.signals import interrupt_on_sigterm
 from autolfads.storage import Store
 from autolfads.worker_pool import SearchFailed
 
@@ -203,19 +202,23 @@ def run_on_ray(
         raise ConfigError(
             f"run {cfg.name!r} is already running on this Ray cluster; watch it again with --resume"
         )
+    token_file = None
     if actor is None:
         prepare_run(store, cfg, data_path, opts)
         # The token file is there before any trainer can start.
         token_file = write_observer_token(make_log_dir(opts, cfg.name), cluster.security.tokens)
         started = time.monotonic()
         actor = start_coordinator(cfg, opts, ray_opts, cluster)
-        address = ray.get(actor.address_of.remote())
-        log.info("coordinator actor up in %.1f s", time.monotonic() - started)
-        log_watch_hint(address, token_file)
     else:
         log.info("re-attached to the running coordinator of run %s", cfg.name)
-    _stop_on_sigterm()
+    # `ray job stop` sends SIGTERM: stop the search as Ctrl-C does (Ray's own
+    # handler would only exit the driver, leaving the detached search running).
+    interrupt_on_sigterm()
     try:
+        if token_file is not None:  # just started: wait until it serves
+            address = ray.get(actor.address_of.remote())
+            log.info("coordinator actor up in %.1f s", time.monotonic() - started)
+            log_watch_hint(address, token_file)
         view = watch(actor, printer)
     except KeyboardInterrupt:
         printer.close()
@@ -227,17 +230,6 @@ def run_on_ray(
     if view.error:
         raise SearchFailed(f"search stopped on the Ray cluster: {view.error}")
     return view.status
-
-
-def _stop_on_sigterm() -> None:
-    """`ray job stop` sends SIGTERM: stop the search as Ctrl-C does (Ray's own
-    handler would only exit the driver, leaving the detached search running)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def watch(actor, printer: ProgressPrinter) -> CoordinatorView:

@@ -72,6 +72,24 @@ def stop_on_signals(
     return previous
 
 
+def interrupt_on_sigterm() -> dict[int, Any]:
+    """SIGTERM (and SIGHUP) raise KeyboardInterrupt on the main thread, so a
+    command that already stops cleanly on Ctrl-C does the same when `kill`,
+    `timeout`, systemd or a batch scheduler stops it; the previous handlers
+    (for `restore_signals`). Nothing changes off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, interrupt)
+    return previous
+
+
 def restore_signals(previous: dict[int, Any]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)

@@ -148,13 +148,17 @@ def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_then_resume_reaches_the_same_best(
     finished: tuple[Workspace, dict],
     tmp_path: Path,
     s3_server,
     s3_bucket: str,
     monkeypatch: pytest.MonkeyPatch,
+    stop: signal.Signals,
 ) -> None:
+    # SIGTERM (kill, timeout, a batch scheduler) stops the run as Ctrl-C does;
+    # it used to end the run's process alone, its trainers training on.
     # The trainers' uploads of generation 1 are held in a proxy in front of the
     # S3 server, so Ctrl-C certainly lands while generation 1 is open; after it,
     # those uploads fail, so the search cannot close generation 1 whichever
@@ -186,7 +190,7 @@ def test_interrupt_then_resume_reaches_the_same_best(
             signal.signal(signal.SIGINT, previous)
         hold.wait_held()
         assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         hold.release("503:SlowDown")
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err[-2000:]

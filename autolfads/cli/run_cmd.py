@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.extras import require_extras
     from autolfads.launcher import check_launch, run_search
     from autolfads.progress_display import ProgressPrinter
+    from autolfads.signals import interrupt_on_sigterm, restore_signals
     from autolfads.storage import open_store
     from autolfads.trainer.data.config_data import load_config_data
     from autolfads.worker_pool import SearchFailed
@@ -174,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
     data_path, _ = load_config_data(cfg)  # bad data fails here, before a run exists
     store = open_store(opts.storage_url)
     printer = ProgressPrinter(mode=args.progress)
+    # SIGTERM stops the search as Ctrl-C does: trainers stopped, state saved
+    # (it used to kill this process alone, leaving the trainers training).
+    previous = interrupt_on_sigterm()
     try:
         if launch is None:
             status = run_search(cfg, store, data_path, opts, security, printer)
@@ -188,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        restore_signals(previous)
     if status != "finished":
         raise SearchFailed(
             f"search ended {status}; see `autolfads status {store.location(cfg.name)}`"
