@@ -110,6 +110,18 @@ def test_ceiling_is_the_true_rates(data, scores) -> None:
     assert scores["floor"]["valid_heldout_recon"] > ceiling["valid_heldout_recon"]
 
 
+def test_a_metric_the_data_cannot_give_is_left_out_not_nan(data) -> None:
+    # Held-out neurons that never spike in the valid split: co-bps is NaN
+    # there. baseline.json is strict JSON; staging such data used to fail
+    # with a traceback after the data was uploaded.
+    recon = data.valid.recon_data.copy()
+    recon[:, : data.encod_seq_len, data.encod_data_dim :] = 0
+    quiet = replace(data, valid=replace(data.valid, recon_data=recon))
+    doc = reference_scores(quiet)
+    json.dumps(doc, allow_nan=False)
+    assert "co_bps" not in doc["floor"] and "vel_r2" in doc["floor"]
+
+
 def test_fraction_of_range() -> None:
     assert fraction_of_range(0.154, 0.154, 0.342) == 0.0
     assert fraction_of_range(0.342, 0.154, 0.342) == pytest.approx(1.0)

@@ -62,7 +62,10 @@ def _smoothing_outputs(data: LfadsData) -> tuple[float, dict[str, np.ndarray]]:
 
 
 def _clean(scores: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in scores.items() if k in REFERENCE_METRICS}
+    """The reference metrics that are numbers: one the data cannot give (NaN,
+    e.g. co-bps when the valid split's held-out neurons never spike) is left
+    out, as a metric not computed (baseline.json is strict JSON)."""
+    return {k: float(v) for k, v in scores.items() if k in REFERENCE_METRICS and math.isfinite(v)}
 
 
 def heldout_recon(
@@ -85,12 +88,14 @@ def _scores(data: LfadsData, outputs: Mapping[str, np.ndarray]) -> dict[str, flo
     scores = _clean(evaluate(data, outputs, split="valid"))
     if data.heldout_dim > 0:
         assert data.valid.recon_data is not None
-        scores["valid_heldout_recon"] = heldout_recon(
+        nll = heldout_recon(
             outputs["valid_output_params"],
             data.valid.recon_data,
             data.encod_data_dim,
             data.encod_seq_len,
         )
+        if math.isfinite(nll):
+            scores["valid_heldout_recon"] = nll
     return scores
 
 

@@ -140,7 +140,10 @@ def finalize_run(
         "source_checkpoint": best.checkpoint,
         "posterior_samples": samples,
         "split": "valid",
-        **{k: float(v) for k, v in metrics.items()},
+        # A metric the data cannot give (NaN: e.g. held-out neurons without a
+        # spike in the valid split) is null, as in `status --json`; it used
+        # to fail the JSON write after the outputs were stored.
+        **{k: float(v) if math.isfinite(float(v)) else None for k, v in metrics.items()},
         **_placed(store, layout, metrics),
     }
     out_key = layout.best(output_name(data_key))
