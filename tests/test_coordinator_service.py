@@ -15,7 +15,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, replace
 
 import pytest
-from coordinator_helpers import fake_train, saved_state, tiny_config
+from coordinator_helpers import fake_train, saved_state, stage_tiny_run, tiny_config
 
 from autolfads.coordinator.search import ids as ids_module
 from autolfads.coordinator.search.clock import ManualClock
@@ -301,6 +301,26 @@ def test_async_mode_never_deletes_a_result_that_becomes_the_best(tmp_path):
     best = saved_state(store, "search").best
     assert best is not None and (best.member, best.generation) == ("m000", 1)
     assert store.exists(best.checkpoint)
+
+
+def test_resuming_with_other_data_is_refused_before_anything_is_uploaded(tmp_path):
+    # A second data object left the run unreadable for --resume and finalize
+    # alike ("holds several data files").
+    from autolfads.coordinator.search.staging import load_run, stage_run
+    from autolfads.errors import DataError
+    from autolfads.trainer.data.lfads_h5 import write_lfads_h5
+    from autolfads.trainer.data.synth import make_chaotic_rnn
+
+    store = stage_tiny_run(tmp_path)
+    other = tmp_path / "other.h5"
+    sizes = {"n_conditions": 4, "n_replications": 4, "n_neurons": 8, "n_heldout": 2}
+    write_lfads_h5(make_chaotic_rnn(seed=1, n_bins=10, n_fp_bins=2, **sizes), other)
+    before = sorted(x.key for x in store.list("search/data/"))
+    with pytest.raises(DataError, match="is not the data run 'search' was staged with"):
+        stage_run(store, tiny_config(), other)
+    assert sorted(x.key for x in store.list("search/data/")) == before
+    assert load_run(store, "search")[1] == before[0]  # still one data file
+    stage_run(store, tiny_config(), tmp_path / "data.h5")  # the same file: fine
 
 
 def test_abandoned_lease_is_requeued_at_once(local_store):

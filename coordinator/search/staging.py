@@ -35,6 +35,8 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
             f"run {cfg.name!r} already holds a different config in {store.url}; "
             "use a new run name (name: in the config) to start another search"
         )
+    if stored is not None:
+        _check_same_data(store, layout, path)
     upload_data(store, layout, path)
     if not store.exists(layout.baseline()):
         # Once per run, before the config that marks the run as staged.
@@ -47,6 +49,22 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
             layout.config(), cfg.to_yaml().encode("utf-8"), content_type="application/yaml"
         )
     return layout
+
+
+def _check_same_data(store: Store, layout: RunLayout, path: Path) -> None:
+    """A staged run resumes on the data it was staged with: a second data
+    object would leave the run unreadable (which one?), so a changed file is
+    refused before anything is uploaded."""
+    prefix = f"{layout.run}/data/"
+    staged = [o.key for o in store.list(prefix) if "/" not in o.key[len(prefix) :]]
+    if not staged:
+        return
+    sha, _ = sha256_file(path)
+    if not any(key.rsplit("/", 1)[-1].startswith(sha) for key in staged):
+        raise DataError(
+            f"{path} is not the data run {layout.run!r} was staged with "
+            f"({staged[0].rsplit('/', 1)[-1]}); resume with that file, or use a new run name"
+        )
 
 
 def same_search(a: RunConfig, b: RunConfig) -> bool:
