@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from coordinator_helpers import saved_state
 from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
 from s3_proxy import Hold, ScriptedS3Proxy
@@ -307,4 +308,29 @@ def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
         proc = autolfads(ws, *run_args(ws, "--listen", f"127.0.0.1:{port}"))
     one_line_error(proc, f"127.0.0.1:{port}")
+    assert not (ws.runs / RUN).exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--log-dir", "taken"], ["--log-dir", "is a file"]),
+        (["--lease-timeout", "inf"], ["--lease-timeout", "> 0 seconds"]),
+        pytest.param(
+            ["--device", "cuda"],
+            ["'cuda'", "no CUDA GPU"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+    ids=["log-dir is a file", "lease-timeout inf", "cuda without a GPU"],
+)
+def test_options_that_cannot_work_are_one_line_and_stage_nothing(
+    tmp_path: Path, flags: list[str], needles: list[str]
+) -> None:
+    # Each used to fail after the run was staged (a traceback for the log
+    # folder), so the rerun said the run already existed.
+    ws = make_workspace(tmp_path)
+    (ws.root / "taken").write_text("a file, not a folder")
+    proc = autolfads(ws, *run_args(ws, *flags))
+    one_line_error(proc, *needles)
     assert not (ws.runs / RUN).exists()

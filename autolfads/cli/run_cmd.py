@@ -10,6 +10,7 @@ Ctrl-C stops cleanly; run again with --resume to carry on.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -88,8 +89,15 @@ def _options(args: argparse.Namespace):
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         threads = args.threads
-    if not args.lease_timeout > 0:
+    if not 0 < args.lease_timeout < math.inf:
         raise ConfigError(f"--lease-timeout must be > 0 seconds, got {args.lease_timeout}")
+    # Checked here, before anything is staged (they used to fail after).
+    if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
+        raise ConfigError(f"--log-dir {args.log_dir}: is a file, not a folder")
+    if args.device == "cuda" and args.ray is None:
+        from autolfads.trainer.model.device import resolve_device
+
+        resolve_device(args.device)  # one line on a machine without a GPU
     return LaunchOptions(
         storage_url=args.storage,
         workers=workers,
