@@ -283,7 +283,13 @@ class WorkerPool:
                 continue
             if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
                 del self._procs[slot]
-                log.error("worker %d failed %d times; see %s", slot, code, self.log_path(slot))
+                log.error(
+                    "worker %d failed %d times (last exit code %d); see %s",
+                    slot,
+                    self._restarts[slot] + 1,
+                    code,
+                    self.log_path(slot),
+                )
                 continue
             self._restarts[slot] += 1
             log.warning("worker %d exited with %d; restarting", slot, code)

@@ -228,6 +228,14 @@ def test_unreachable_coordinator_is_one_line_and_quick(capsys) -> None:
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_outside_the_range_is_one_line_not_dialled(capsys, port: str) -> None:
+    # gRPC took 99999 as 34463 (modulo 65536) and reported that it was down.
+    assert main(["status", f"127.0.0.1:{port}", "--wait", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"autolfads: error: 127.0.0.1:{port}: port {port} is outside 1-65535\n"
+
+
 def test_missing_and_corrupt_runs_are_clear_errors(search: Search, tmp_path: Path, capsys) -> None:
     assert main(["status", str(tmp_path / "runs" / "other")]) == 2
     assert "no coordinator state at" in capsys.readouterr().err
