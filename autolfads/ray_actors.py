@@ -294,6 +294,9 @@ class CoordinatorActor:
     def stop(self) -> str:
         """Ctrl-C in the driver: stop trainers (leases handed back), save state."""
         self._stopping.set()
+        # The driver is here: a tick loop already lingering for an orphaned
+        # end of search (up to ORPHAN_LINGER_S) must not hold this call.
+        self._closed.set()
         self._loop.join()
         self._shut_down()
         return self.service.exit_status
