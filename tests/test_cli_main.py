@@ -51,3 +51,44 @@ def test_a_spawned_child_of_python_m_autolfads_runs_no_second_command():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert (done.returncode, done.stdout.strip()) == (0, "imported"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "{runs}/search", "--out", "{file}"], "--out {file}: is a file, not a folder"),
+        (["report", "{runs}/search", "--out", "{file}/sub"], "{file} is a file, not a folder"),
+        (
+            ["finalize", "--storage", "{runs}", "--run", "search", "--metrics-out", "{folder}"],
+            "--metrics-out {folder}: is a folder; give a file name",
+        ),
+        (
+            [
+                "finalize",
+                "--storage",
+                "{runs}",
+                "--run",
+                "search",
+                "--metrics-out",
+                "{file}/m.json",
+            ],
+            "{file} is a file, not a folder",
+        ),
+    ],
+    ids=["report into a file", "report under a file", "metrics into a folder", "under a file"],
+)
+def test_an_output_path_that_cannot_be_written_is_one_line_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    # Checked before the run is even read: these used to end in a traceback
+    # after the report's first figure was stored, or after the sampling.
+    from autolfads.cli import main
+
+    paths = {"runs": tmp_path / "runs", "file": tmp_path / "taken", "folder": tmp_path / "dir"}
+    paths["file"].write_text("x")
+    paths["folder"].mkdir()
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autolfads: error: ") and err.count("\n") == 1
+    assert message.format(**paths) in err
+    assert not paths["runs"].exists()

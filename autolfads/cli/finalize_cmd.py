@@ -31,12 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autolfads.cli.out_paths import check_out_file
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
     from autolfads.trainer.evaluation.finalize import finalize_run
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.metrics_out is not None:
+        check_out_file(args.metrics_out, "--metrics-out")
     store = open_store(args.storage, create_bucket=False)  # the run exists
     doc = finalize_run(
         store, args.run, device=args.device, num_samples=args.samples, cache_dir=args.cache_dir

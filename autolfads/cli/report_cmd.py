@@ -39,9 +39,12 @@ def split_run_url(run_url: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autolfads.cli.out_paths import check_out_dir
     from autolfads.report.build import build_report
     from autolfads.storage import open_store
 
+    if args.out is not None:
+        check_out_dir(args.out, "--out")
     base, run_name = split_run_url(args.run_url)
     store = open_store(base, create_bucket=False)
     keys = build_report(store, run_name, out_dir=args.out)
