@@ -92,3 +92,16 @@ def test_an_output_path_that_cannot_be_written_is_one_line_first(
     assert err.startswith("autolfads: error: ") and err.count("\n") == 1
     assert message.format(**paths) in err
     assert not paths["runs"].exists()
+
+
+def test_finalize_of_a_run_never_staged_names_the_fix_it_can_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It suggested `--config`, which only `autolfads coordinator` has.
+    from autolfads.cli import main
+
+    (tmp_path / "runs").mkdir()
+    assert main(["finalize", "--storage", str(tmp_path / "runs"), "--run", "nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "stage it first (autolfads stage CONFIG.yaml --storage URL)" in err
+    assert "--config" not in err

@@ -107,9 +107,11 @@ def load_run(store: Store, run: str, cfg: RunConfig | None = None) -> tuple[RunC
     stored = _stored_config(store, layout)
     if stored is None:
         if cfg is None:
+            # (`autolfads coordinator --config` may stage the config itself;
+            # finalize, report and the Ray and Katib paths cannot.)
             raise ConfigError(
                 f"run {run!r} has no config.yaml in {store.url}; stage it first "
-                "(autolfads stage CONFIG.yaml --storage URL) or pass --config"
+                "(autolfads stage CONFIG.yaml --storage URL)"
             )
         store.put_bytes(
             layout.config(), cfg.to_yaml().encode("utf-8"), content_type="application/yaml"
