@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autolfads.config import RunConfig, loads_config
 from autolfads.errors import ConfigError, DataError
-from autolfads.storage import ObjectNotFound, RunLayout, Store, upload_data
+from autolfads.storage import ObjectInfo, ObjectNotFound, RunLayout, Store, upload_data
 from autolfads.storage.base import sha256_file
 
 
@@ -55,15 +55,14 @@ def _check_same_data(store: Store, layout: RunLayout, path: Path) -> None:
     """A staged run resumes on the data it was staged with: a second data
     object would leave the run unreadable (which one?), so a changed file is
     refused before anything is uploaded."""
-    prefix = f"{layout.run}/data/"
-    staged = [o.key for o in store.list(prefix) if "/" not in o.key[len(prefix) :]]
+    staged = _data_objects(store, layout)
     if not staged:
         return
     sha, _ = sha256_file(path)
-    if not any(key.rsplit("/", 1)[-1].startswith(sha) for key in staged):
+    if not _of_file(staged, sha):
         raise DataError(
             f"{path} is not the data run {layout.run!r} was staged with "
-            f"({staged[0].rsplit('/', 1)[-1]}); resume with that file, or use a new run name"
+            f"({staged[0].key.rsplit('/', 1)[-1]}); resume with that file, or use a new run name"
         )
 
 
@@ -125,15 +124,25 @@ def load_run(store: Store, run: str, cfg: RunConfig | None = None) -> tuple[RunC
     return stored, key, sha
 
 
-def _find_data(store: Store, layout: RunLayout, cfg: RunConfig | None) -> tuple[str, str]:
+def _data_objects(store: Store, layout: RunLayout) -> list[ObjectInfo]:
+    """The data files staged for the run (named by their content hash)."""
     prefix = f"{layout.run}/data/"
-    objects = [o for o in store.list(prefix) if "/" not in o.key[len(prefix) :]]
+    return [o for o in store.list(prefix) if "/" not in o.key[len(prefix) :]]
+
+
+def _of_file(objects: list[ObjectInfo], sha256: str) -> list[ObjectInfo]:
+    """Those of `objects` holding the file whose content hash is `sha256`."""
+    return [o for o in objects if o.key.rsplit("/", 1)[-1].startswith(sha256)]
+
+
+def _find_data(store: Store, layout: RunLayout, cfg: RunConfig | None) -> tuple[str, str]:
+    objects = _data_objects(store, layout)
     if cfg is not None and Path(cfg.data.path).is_file():
         sha, _ = sha256_file(Path(cfg.data.path))
-        objects = [o for o in objects if o.key.rsplit("/", 1)[-1].startswith(sha)]
+        objects = _of_file(objects, sha)
     if not objects:
         raise DataError(
-            f"run {layout.run!r} has no data under {store.url}/{prefix}; "
+            f"run {layout.run!r} has no data under {store.url}/{layout.run}/data/; "
             "stage it first (autolfads stage CONFIG.yaml --storage URL)"
         )
     if len(objects) > 1:
