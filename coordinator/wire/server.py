@@ -8,10 +8,10 @@ for "" and the coordinator's full name; NOT_SERVING once shutting down);
 `grpcurl` and friends discover the API through server reflection. Both stay
 open; `health_addr` also serves the health service alone, in plaintext, on
 a port of its own (Kubernetes' gRPC probes can neither speak TLS nor send
-tokens, so with TLS on they need it); every coordinator RPC needs a bearer token once `security` holds
-tokens (`auth`), TLS is used when it holds a certificate (`tls`), and the
-exposure rules of `security.ServerSecurity.check` run before binding.
-With `relays=N` the gRPC servers run in N front processes on the same
+tokens, so with TLS on they need it). Every coordinator RPC needs a bearer
+token once `security` holds tokens (`auth`), TLS is used when it holds a
+certificate (`tls`), and the exposure rules of `security.ServerSecurity.check`
+run before binding. With `relays=N` the gRPC servers run in N front processes on the same
 port, relaying calls to this process, which keeps the search (`relay`).
 """
 

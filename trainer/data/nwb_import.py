@@ -29,12 +29,12 @@ from autolfads.trainer.data.nwb_read import NwbRecording, read_nwb
 
 SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "test": "test", "none": None}
 
-# NLB's MC_Maze tensors (nlb_tools PARAMS['mc_maze']): move-onset aligned
-# -250..450 ms, 200 ms forward prediction, velocity lagged 100 ms, PSTH kernel 70 ms.
 # The PSTH's smoothing (NLB's MC_Maze uses 70 ms): beyond this the kernel's
 # padding (4 sd each side, at 1 ms) costs memory for nothing a metric uses.
 MAX_PSTH_KERN_SD_MS = 200.0
 
+# NLB's MC_Maze tensors (nlb_tools PARAMS['mc_maze']): move-onset aligned
+# -250..450 ms, 200 ms forward prediction, velocity lagged 100 ms, PSTH kernel 70 ms.
 PRESETS: dict[str, dict[str, object]] = {
     "mc_maze": {
         "align": "move_onset_time",
@@ -117,7 +117,6 @@ def _check_ms(opts: NwbImportOptions) -> None:
         raise DataError(f"--bin-ms must be >= 1, got {opts.bin_ms}")
     if opts.seed < 0:
         raise DataError(f"--seed must be >= 0, got {opts.seed}")
-    # NLB smooths with at most 70 ms; the kernel reaches 4 sd past the window.
     if not 0 <= opts.psth_kern_sd_ms <= MAX_PSTH_KERN_SD_MS:
         raise DataError(
             f"--psth-kern-sd-ms {opts.psth_kern_sd_ms} must be between 0 (no smoothing) "
@@ -144,14 +143,15 @@ def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.nda
     n_fp = opts.fp_ms // opts.bin_ms
     if opts.window_ms is None:
         start, stop = rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
-        n_bins = np.round((stop - start) / width)
-        # Lengths that differ by less than half a bin round to one count.
-        if n_bins.min() != n_bins.max() or np.ptp(stop - start) > 1e-6:
+        # One length (to float error): lengths that differ by less than half
+        # a bin would round to one bin count.
+        if np.ptp(stop - start) > 1e-6:
             raise DataError(
                 f"{rec.source}: trials last {np.min(stop - start) * 1000:.3f} to "
                 f"{np.max(stop - start) * 1000:.3f} ms; whole-trial binning needs one length: "
                 "pass --align COLUMN --window START_MS END_MS"
             )
+        n_bins = np.round((stop - start) / width)
         if np.any(np.abs((stop - start) - n_bins * width) > 1e-6) or n_bins[0] < 1:
             raise DataError(
                 f"--bin-ms {opts.bin_ms} does not divide the trials' length of "
