@@ -35,6 +35,7 @@ from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import AutolfadsError
 from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
+from autolfads.storage.claims import ClaimLost, RunClaim, claim_run
 from autolfads.trainer.timing import TIMING_ENV
 from autolfads.worker_pool import (
     WORKER_EXIT_GRACE_S,
@@ -96,9 +97,11 @@ def check_launch(opts: LaunchOptions) -> ServerSecurity:
 
 
 def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptions) -> RunLayout:
-    """Refuse, wipe or resume an existing run; then stage config and data."""
+    """Refuse, wipe or resume an existing run; then stage config and data.
+
+    The caller holds the run's claim, whose record (if any) is kept."""
     layout = RunLayout(cfg.name)
-    existing = [info.key for info in store.list(f"{layout.run}/")]
+    existing = [info.key for info in store.list(layout.prefix()) if info.key != layout.owner()]
     if existing and not (opts.resume or opts.force):
         raise RunExists(
             f"run {cfg.name!r} already exists in {store.url}; pass --resume to carry on, "
@@ -201,19 +204,26 @@ def progress_source(service: CoordinatorService, cfg: RunConfig) -> Callable[[],
 
 
 def shut_down(
-    service: CoordinatorService, serving: Serving, stop_trainers: Callable[[], None]
+    service: CoordinatorService,
+    serving: Serving,
+    stop_trainers: Callable[[], None],
+    *,
+    write: bool = True,
 ) -> None:
     """Drain, end the trainers, hand back their leases, stop the server.
 
     Every trainer of this run has exited once `stop_trainers` returns
     (stragglers killed): a lease one still held would otherwise hold up
-    `--resume` for a whole lease timeout.
+    `--resume` for a whole lease timeout. Without `write` (the run's claim
+    was lost) the state is left as last written.
     """
-    service.drain()
+    if write:
+        service.drain()
     stop_trainers()
-    released = service.release_leases("autolfads run stopped its trainers")
-    if released:
-        log.info("handed back %d leases of stopped trainers", released)
+    if write:
+        released = service.release_leases("autolfads run stopped its trainers")
+        if released:
+            log.info("handed back %d leases of stopped trainers", released)
     serving.server.graceful_stop(grace_s=2.0)
 
 
@@ -254,6 +264,21 @@ def run_search(
     `security` comes from `check_launch(opts)`. KeyboardInterrupt propagates
     after workers and server have stopped cleanly.
     """
+    # Before anything is read or deleted: a live coordinator of this run
+    # (another `autolfads run`, say) refuses this one here.
+    with claim_run(store, cfg.name, command="autolfads run") as claim:
+        return _run_claimed(cfg, store, data_path, opts, security, printer, claim)
+
+
+def _run_claimed(
+    cfg: RunConfig,
+    store: Store,
+    data_path: Path,
+    opts: LaunchOptions,
+    security: ServerSecurity,
+    printer: ProgressPrinter,
+    claim: RunClaim,
+) -> str:
     tokens = security.tokens
     # The trainers' template imports torch while the coordinator opens.
     warm_template(worker_env(tokens))
@@ -273,6 +298,8 @@ def run_search(
             env=worker_env(tokens),
         )
         while not service.terminal:
+            if not claim.held():
+                raise ClaimLost(claim)
             service.tick()
             pool.check(search_running=True)
             printer.show(progress())
@@ -282,7 +309,8 @@ def run_search(
         pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
     finally:
         printer.close()
-        shut_down(service, serving, pool.stop if pool is not None else lambda: None)
+        stop_trainers = pool.stop if pool is not None else lambda: None
+        shut_down(service, serving, stop_trainers, write=claim.held())
     return service.exit_status
 
 

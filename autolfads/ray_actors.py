@@ -28,6 +28,7 @@ from autolfads.launcher import (
     shut_down,
 )
 from autolfads.progress_display import ProgressSnapshot
+from autolfads.storage.claims import ClaimLost, claim_run
 from autolfads.worker_pool import MAX_RESTARTS_PER_WORKER, WORKER_EXIT_GRACE_S
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,15 @@ class CoordinatorActor:
         _configure_logging(spec.env)
         store = spec.open_store(storage_url)
         cfg, _, _ = load_run(store, run)
-        self.service = resume_service(cfg, store, RunLayout(run), lease_timeout_s)
-        self.serving: Serving = serve(self.service, listen, security)
+        # Before the state is read: another live coordinator of the run
+        # refuses this one (the driver reports the one-line error).
+        self._claim = claim_run(store, run, command="autolfads ray coordinator")
+        try:
+            self.service = resume_service(cfg, store, RunLayout(run), lease_timeout_s)
+            self.serving: Serving = serve(self.service, listen, security)
+        except BaseException:
+            self._claim.release()
+            raise
         self.address = f"{advertise}:{self.serving.port}"
         self._progress = progress_source(self.service, cfg)
         self._spec = spec
@@ -246,6 +254,9 @@ class CoordinatorActor:
 
     def _tick_loop(self) -> None:
         while not self.service.terminal and not self._stopping.is_set() and not self._error:
+            if not self._claim.held():
+                self._error = str(ClaimLost(self._claim))
+                break
             self.service.tick()
             self._check_trainers()
             time.sleep(0.5)
@@ -266,7 +277,10 @@ class CoordinatorActor:
             if self._stopped:
                 return
             self._stopped = True
-        shut_down(self.service, self.serving, self._stop_trainers)
+        try:
+            shut_down(self.service, self.serving, self._stop_trainers, write=self._claim.held())
+        finally:
+            self._claim.release()
 
     def view(self) -> CoordinatorView:
         done = self._stopped or bool(self._error)

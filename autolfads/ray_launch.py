@@ -43,6 +43,7 @@ from autolfads.progress_display import ProgressPrinter
 from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
 from autolfads.signals import interrupt_on_sigterm
 from autolfads.storage import Store
+from autolfads.storage.claims import claim_run
 from autolfads.worker_pool import SearchFailed
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,10 @@ def run_on_ray(
         )
     token_file = None
     if actor is None:
-        prepare_run(store, cfg, data_path, opts)
+        # Claimed while staging (a --force wipe included), then handed to
+        # the coordinator actor, which claims the run while it serves.
+        with claim_run(store, cfg.name, command="autolfads run --ray"):
+            prepare_run(store, cfg, data_path, opts)
         # The token file is there before any trainer can start.
         token_file = write_observer_token(make_log_dir(opts, cfg.name), cluster.security.tokens)
         started = time.monotonic()

@@ -15,6 +15,7 @@ This package imports no torch.
     keys       validated keys and the run layout (`RunLayout`)
     cache      content-addressed data files; retention old checkpoints
     retry, errors, locks   backoff, one-line errors, file locks
+    claims     one coordinator per run: a claim held in the store
 """
 
 from autolfads.storage.base import ObjectInfo, Store, StoreCapabilities

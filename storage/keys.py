@@ -219,6 +219,10 @@ class RunLayout:
     def coordinator_prefix(self) -> str:
         return f"{self.run}/coordinator/"
 
+    def owner(self) -> str:
+        """The record of the coordinator serving the run (`storage.claims`)."""
+        return f"{self.coordinator_prefix()}owner.json"
+
     def journal_prefix(self) -> str:
         return f"{self.coordinator_prefix()}journal/"
 

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from autolfads.coordinator.wire.server import serve
     from autolfads.errors import ConfigError
     from autolfads.storage import open_store
+    from autolfads.storage.claims import claim_run
 
     if args.lease_timeout <= 0:
         raise ConfigError(f"--lease-timeout {args.lease_timeout} must be > 0 seconds")
@@ -90,17 +91,20 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.storage, create_bucket=False)  # the run exists
     given = load_config(args.config) if args.config is not None else None
     cfg, data_key, data_sha = load_run(store, args.run, given)
-    # Here, not earlier: a command refused above changes nothing in the
-    # calling process; and the search state loaded below is not frozen.
-    settle_collector()
-    service = CoordinatorService.open_search(
-        cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
-    )
-    return serve(
-        service,
-        args.listen,
-        port_file=args.port_file,
-        security=security,
-        relays=args.relays,
-        health_addr=args.health_listen,
-    )
+    # Before the state is read: a second coordinator of the run stops here.
+    with claim_run(store, args.run, command="autolfads coordinator") as claim:
+        # Here, not earlier: a command refused above changes nothing in the
+        # calling process; and the search state loaded below is not frozen.
+        settle_collector()
+        service = CoordinatorService.open_search(
+            cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
+        )
+        return serve(
+            service,
+            args.listen,
+            port_file=args.port_file,
+            security=security,
+            relays=args.relays,
+            health_addr=args.health_listen,
+            claim=claim,
+        )

@@ -58,6 +58,7 @@ from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.signals import StopEvent, restore_signals, stop_on_signals
+from autolfads.storage.claims import ClaimLost, RunClaim
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +358,12 @@ def serve(
     security: ServerSecurity | None = None,
     relays: int = 0,
     health_addr: str | None = None,
+    claim: RunClaim | None = None,
 ) -> int:
     """Run until the search ends (exit 0) or SIGTERM/SIGINT (143 unless ended).
+
+    With a `claim` (`storage.claims`), a claim lost while serving stops the
+    server at once, without another write, and raises `ClaimLost`.
 
     After the end the server lingers until every worker seen recently has been
     told DONE (at most `linger_s`, default one lease timeout), so trainers exit
@@ -391,6 +396,8 @@ def serve(
     previous = stop_on_signals(stop)
     try:
         while not stop.is_set() and not service.terminal:
+            if claim is not None and not claim.held():
+                raise ClaimLost(claim)  # a newcomer may be writing: no drain
             service.tick()
             server.tend()
             stop.wait(tick_s)
