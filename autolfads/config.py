@@ -199,7 +199,8 @@ class TrainingConfig(_Frozen):
 
     @property
     def ramp_end_epoch(self) -> int:
-        """First epoch at which both the L2 and the KL ramps are complete."""
+        """How many epochs train below full L2 or KL weight: the 0-based
+        index of the first epoch at full weight (`objective.ramp`)."""
         return max(
             self.l2_start_epoch + self.l2_increase_epochs,
             self.kl_start_epoch + self.kl_increase_epochs,
@@ -312,10 +313,14 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _burn_in_covers_ramps(self) -> RunConfig:
-        if self.pbt.burn_in_epochs < self.training.ramp_end_epoch:
+        # Every epoch after burn-in trains at full weight: no generation's
+        # ranking mixes members at different points of the ramps.
+        ramped = self.training.ramp_end_epoch
+        if self.pbt.burn_in_epochs < ramped:
             raise ValueError(
-                f"pbt.burn_in_epochs {self.pbt.burn_in_epochs} ends before the KL/L2 ramps "
-                f"(epoch {self.training.ramp_end_epoch}); raise it or shorten the ramps"
+                f"pbt.burn_in_epochs {self.pbt.burn_in_epochs} is shorter than the KL/L2 "
+                f"ramps ({ramped} epochs below full weight); raise it to at least {ramped} "
+                "or shorten the ramps"
             )
         return self
 

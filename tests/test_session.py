@@ -205,6 +205,26 @@ def test_restored_session_continues_exactly_like_an_uninterrupted_one(tiny_data)
     assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
 
 
+def test_a_checkpoint_from_another_kind_of_device_continues_deterministically(tiny_data):
+    # A CUDA generator saves its seed and offset (16 bytes), a CPU one 5,056:
+    # a GPU-trained checkpoint used to fail to load on CPU (finalize, apply, a
+    # CPU trainer of a mixed pool) with a RuntimeError no caller handled.
+    cfg = _cfg()
+    session = TrainingSession.fresh(cfg, tiny_data, {}, seed=5)
+    session.train_epoch()
+    state = torch.load(io.BytesIO(session.checkpoint()), weights_only=True)
+    state["generator_state"] = torch.tensor([5, 1234], dtype=torch.int64).view(torch.uint8)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    blob = buffer.getvalue()
+    runs = []
+    for _ in range(2):
+        resumed = TrainingSession.from_checkpoint(cfg, tiny_data, blob)
+        assert resumed.epoch == 1
+        runs.append(_strip_time(resumed.train_epoch()))
+    assert runs[0] == runs[1]
+
+
 def _checkpoint_state(session: TrainingSession) -> dict:
     state = torch.load(io.BytesIO(session.checkpoint()), weights_only=True)
     del state["global_rng"]  # seeded from OS entropy in every process (see test_trainer_reuse)
@@ -324,3 +344,27 @@ def test_checkpoint_for_other_model_or_data_is_refused(tiny_data):
         TrainingSession.from_checkpoint(_cfg(), other_data, blob)
     with pytest.raises(CheckpointError, match="not a readable"):
         TrainingSession.from_checkpoint(_cfg(), tiny_data, b"garbage" + blob[:100])
+
+
+@pytest.mark.parametrize("start, increase", [(0, 2), (3, 4), (0, 0)])
+def test_every_epoch_after_burn_in_trains_at_full_ramp_weight(start, increase):
+    from autolfads.trainer.model.objective import ramp
+
+    def config(burn_in):
+        return parse_config(
+            {
+                "data": {"path": "unused.h5"},
+                "model": TINY_MODEL,
+                "training": {"kl_start_epoch": start, "kl_increase_epochs": increase,
+                             "l2_increase_epochs": 0},
+                "pbt": {"burn_in_epochs": burn_in},
+            }
+        )  # fmt: skip
+
+    shortest = max(start + increase, 1)
+    first_after = config(shortest).pbt.burn_in_epochs  # 0-based index
+    assert ramp(first_after, start, increase) == 1.0
+    if shortest > 1:
+        assert ramp(first_after - 1, start, increase) < 1.0
+        with pytest.raises(ConfigError, match=f"raise it to at least {shortest} "):
+            config(shortest - 1)

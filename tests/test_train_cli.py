@@ -157,3 +157,23 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys, setup, fragment):
     err = capsys.readouterr().err.strip()
     assert err.startswith("autolfads: error:") and fragment in err and "\n" not in err
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_apply_on_the_train_folder_reproduces_its_outputs(tmp_path):
+    # `apply` samples the posterior with `training.seed`; `train` used seed 0,
+    # so with any other seed the two disagreed on the same checkpoint and data.
+    data = make_chaotic_rnn(
+        seed=0, n_conditions=6, n_replications=10, n_neurons=10, n_heldout=2, n_bins=10, n_fp_bins=2
+    )
+    write_lfads_h5(data, tmp_path / "data.h5")
+    config = _write_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["training"].update(seed=3, max_epochs=1)
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    applied = tmp_path / "applied.h5"
+    assert main(["apply", str(out), str(tmp_path / "data.h5"), "--out", str(applied)]) == 0
+    with h5py.File(out / "lfads_output_data.h5", "r") as a, h5py.File(applied, "r") as b:
+        for name in ("train_output_params", "valid_output_params", "valid_factors"):
+            assert (a[name][()] == b[name][()]).all(), name

@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     )
     last = _train(session, epochs, jsonl, args)
     _atomic_write(out_dir / "checkpoint.pt", session.checkpoint())
-    outputs = posterior_sample(session, data, num_samples=cfg.training.posterior_samples)
+    # The seed `autolfads apply` uses on this folder: the two outputs agree.
+    outputs = posterior_sample(
+        session, data, num_samples=cfg.training.posterior_samples, seed=cfg.training.seed
+    )
     out_h5 = out_dir / f"lfads_output_{Path(cfg.data.path).stem}.h5"
     write_lfads_output(outputs, out_h5, data=data)
     summary = {"epochs": session.epoch, "last_epoch": last, "evaluation": _evaluate(data, outputs)}

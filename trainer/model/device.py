@@ -8,6 +8,8 @@ too, so that code outside the session that uses them also resumes exactly.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import random
 from typing import Any, cast
 
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 
 from autolfads.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,6 +37,27 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """Set `generator` to a checkpoint's state of it.
+
+    A state saved on another kind of device cannot be set: a CPU generator's
+    is the Mersenne Twister's 5,056 bytes, a CUDA one's its seed and offset
+    (16 bytes). Such a checkpoint (trained on a GPU, finalized on a laptop,
+    or continued by a CPU trainer of a mixed pool) seeds the generator from
+    the saved bytes instead: the same checkpoint always continues the same
+    way, though not with the draws it would have had on its own device.
+    """
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    log.info(
+        "checkpoint's random state is from another kind of device than %s; seeded from it instead",
+        generator.device.type,
+    )
 
 
 def capture_global_rng() -> dict[str, Any]:

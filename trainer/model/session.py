@@ -29,6 +29,7 @@ from autolfads.trainer.model.device import (
     capture_global_rng,
     make_generator,
     resolve_device,
+    restore_generator,
     restore_global_rng,
 )
 from autolfads.trainer.model.lfads import DataDims, LfadsModel
@@ -171,7 +172,7 @@ class TrainingSession:
             self.model.load_state_dict(state["model_state"])
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
-        self.generator.set_state(state["generator_state"])
+        restore_generator(self.generator, state["generator_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         # Checkpoints from before held-out smoothing carry only valid_recon_smth.
         self._restart(merged, int(state["epoch"]), state)
