@@ -52,12 +52,17 @@ class Served:
         self.start()
 
     def start(self) -> None:
-        self.server, port = create_suggestion_server("127.0.0.1:0", KatibSuggestion(self.store))
+        self.suggestion = KatibSuggestion(self.store)
+        self.server, port = create_suggestion_server("127.0.0.1:0", self.suggestion)
         self.target = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.stop(None).wait()
+        self.suggestion.close()  # what the process's exit does to its claims
 
     def restart(self) -> None:
         """A new process: nothing but storage survives."""
-        self.server.stop(None).wait()
+        self.stop()
         self.start()
 
 
@@ -65,7 +70,7 @@ class Served:
 def served(store):
     s = Served(store)
     yield s
-    s.server.stop(None).wait()
+    s.stop()
 
 
 def fake_trials(store, fail: Collection[str] = frozenset()) -> TrialRunner:
@@ -359,3 +364,25 @@ def test_a_retried_request_gets_the_same_trials_back(store, cfg, served):
     assert again == first
     leases = saved_state(store, cfg.name).leases
     assert len(leases) == len(state.leases) == 3
+
+
+def test_a_second_suggestion_process_waits_until_the_first_lets_the_run_go(store, cfg, served):
+    # Two suggestion pods of one Experiment (a rolling restart) would both
+    # write the run's journal; the second answers UNAVAILABLE (Katib retries)
+    # naming the holder, and serves once the first has stopped.
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    first = katib.request(1)
+    second = Served(store)
+    try:
+        other = FakeKatib(second.target, katib.experiment, fake_trials(store))
+        with pytest.raises(grpc.RpcError) as info:
+            other.request(1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "is being served by autolfads katib suggestion" in info.value.details()
+        served.stop()
+        fake_trials(store)(first)
+        other.trials, other.requested = list(first), katib.requested
+        assert [t.name for t in other.request(1)] == ["search-m001-g0"]
+    finally:
+        second.stop()
