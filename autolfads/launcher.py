@@ -217,13 +217,15 @@ def shut_down(
     `--resume` for a whole lease timeout. Without `write` (the run's claim
     was lost) the state is left as last written.
     """
-    if write:
-        service.drain()
+    if not write:
+        serving.server.graceful_stop(grace_s=0.0)  # no call may write either
+        stop_trainers()
+        return
+    service.drain()
     stop_trainers()
-    if write:
-        released = service.release_leases("autolfads run stopped its trainers")
-        if released:
-            log.info("handed back %d leases of stopped trainers", released)
+    released = service.release_leases("autolfads run stopped its trainers")
+    if released:
+        log.info("handed back %d leases of stopped trainers", released)
     serving.server.graceful_stop(grace_s=2.0)
 
 
@@ -267,7 +269,9 @@ def run_search(
     # Before anything is read or deleted: a live coordinator of this run
     # (another `autolfads run`, say) refuses this one here.
     with claim_run(store, cfg.name, command="autolfads run") as claim:
-        return _run_claimed(cfg, store, data_path, opts, security, printer, claim)
+        # Every write of this run fails once the claim is lost.
+        fenced = claim.fence(store)
+        return _run_claimed(cfg, fenced, data_path, opts, security, printer, claim)
 
 
 def _run_claimed(

@@ -160,7 +160,8 @@ class CoordinatorActor:
         # refuses this one (the driver reports the one-line error).
         self._claim = claim_run(store, run, command="autolfads ray coordinator")
         try:
-            self.service = resume_service(cfg, store, RunLayout(run), lease_timeout_s)
+            fenced = self._claim.fence(store)  # no write once the claim is lost
+            self.service = resume_service(cfg, fenced, RunLayout(run), lease_timeout_s)
             self.serving: Serving = serve(self.service, listen, security)
         except BaseException:
             self._claim.release()

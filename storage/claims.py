@@ -22,9 +22,24 @@ Two mechanisms, one interface (`claim_run` -> `RunClaim`):
   waiting. Two comers racing for an empty key both write; each reads back
   after `settle_s` and only the last writer keeps it.
 
+A record is taken over at once only when its holder is provably gone: a
+process of this very kernel (same boot id) and pid namespace whose pid no
+longer runs, or now runs another process (its start time differs). Equal
+host names prove nothing (containers, `localhost`); anything unsure waits
+out the lapse.
+
 An owner that cannot renew for most of its lapse, or finds the record no
-longer its own, counts the claim as lost (`held()` is false): its caller
-stops serving rather than write beside a newcomer.
+longer its own, counts the claim as lost (`held()` is false), stops
+renewing, and every write through `claim.fence(store)` fails from then
+on: its caller stops serving rather than write beside a newcomer. Times
+are measured on the boot-time clock, which keeps counting while a laptop
+sleeps (the monotonic clock does not).
+
+What this cannot rule out without conditional writes (which the `minio`
+client does not offer): two comers racing for an empty key whose writes
+land more than `settle_s` apart both hold it until the first renewal; and
+a renewal whose write hangs past the lapse can land over a newcomer's
+record (both then count the claim as lost: neither writes on).
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autolfads.errors import AutolfadsError
-from autolfads.storage.base import Store
+from autolfads.storage.base import ObjectInfo, Store
 from autolfads.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError
 from autolfads.storage.keys import RunLayout
 from autolfads.storage.local import LocalStore
@@ -51,6 +66,8 @@ try:
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from autolfads.storage.faults import WrapperStore
+
 log = logging.getLogger(__name__)
 
 RENEW_EVERY_S = 5.0
@@ -58,6 +75,46 @@ LAPSE_AFTER_S = 30.0
 SETTLE_S = 1.0
 # A record's lapse is honoured up to this; a bogus one cannot stall a newcomer.
 MAX_LAPSE_S = 600.0
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def _clock() -> float:
+    """Seconds that keep counting while the machine is suspended."""
+    if _BOOT_CLOCK is not None:
+        return time.clock_gettime(_BOOT_CLOCK)
+    return time.monotonic()
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot), None if no
+    such process; "" where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    # Field 22; the command (field 2) may hold spaces and parentheses.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 # An owner stops counting its claim as held once this share of its lapse has
 # passed without a renewal: a newcomer may take over at the whole lapse.
 _FENCE_SHARE = 0.8
@@ -81,30 +138,40 @@ class ClaimLost(AutolfadsError):
 
 @dataclass(frozen=True)
 class Claimant:
-    """Who holds a claim: shown to whoever is refused."""
+    """Who holds a claim: shown to whoever is refused. `boot`, `pidns` and
+    `started` identify the process exactly ("" where unknown)."""
 
     command: str
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    boot: str = ""
+    pidns: str = ""
+    started: str = ""
+
+    @classmethod
+    def this_process(cls, command: str) -> Claimant:
+        pid = os.getpid()
+        return cls(
+            command,
+            pid=pid,
+            boot=_read_text("/proc/sys/kernel/random/boot_id"),
+            pidns=_pid_namespace(),
+            started=_start_time(pid) or "",
+        )
 
     def describe(self) -> str:
         return f"{self.command} (host {self.host}, pid {self.pid})"
 
     def gone(self, here: Claimant) -> bool:
-        """True when this claimant was a process of `here`'s host that no
-        longer runs (a restarted container reuses its pid: that is us)."""
-        if self.host != here.host:
+        """True only when this claimant provably no longer runs: a process of
+        `here`'s kernel and pid namespace whose pid is free or reused."""
+        if not (self.boot and self.pidns and self.started):
             return False
-        if self.pid == here.pid:
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, OSError):
+        if (self.boot, self.pidns) != (here.boot, here.pidns):
             return False
-        return False
+        started = _start_time(self.pid)
+        return started is None or (started != "" and started != self.started)
 
 
 class RunClaim:
@@ -120,6 +187,10 @@ class RunClaim:
 
     def release(self) -> None:
         raise NotImplementedError
+
+    def fence(self, store: Store) -> Store:
+        """`store`, but every write or delete fails once the claim is lost."""
+        return _Fenced(store, self)
 
     def __enter__(self) -> RunClaim:
         return self
@@ -140,13 +211,17 @@ def claim_run(
 ) -> RunClaim:
     """Claim `run` in `store` for this process, or raise `RunClaimed`."""
     RunLayout(run)  # the run name is a valid identifier
-    me = claimant or Claimant(command)
-    if isinstance(store, LocalStore) and fcntl is not None:
-        return _FileClaim.take(store, run, me)
+    if not 0 < renew_every_s < lapse_after_s <= MAX_LAPSE_S:
+        raise ValueError(f"need 0 < renew_every_s < lapse_after_s <= {MAX_LAPSE_S}")
+    me = claimant or Claimant.this_process(command)
+    base = store
+    while isinstance(base, WrapperStore):  # the backend decides the mechanism
+        base = base.inner
+    if isinstance(base, LocalStore) and fcntl is not None:
+        return _FileClaim.take(base, run, me)
     if settle_s is None:
         # One process sees a memory store; no other writer can race.
-        settle_s = 0.0 if isinstance(store, MemoryStore) else SETTLE_S
-    assert 0 < renew_every_s < lapse_after_s, "renewals come well within the lapse"
+        settle_s = 0.0 if isinstance(base, MemoryStore) else SETTLE_S
     return _RecordClaim.take(store, run, me, renew_every_s, lapse_after_s, settle_s)
 
 
@@ -195,6 +270,35 @@ class _FileClaim(RunClaim):
             self._fd = None
 
 
+class _Fenced(WrapperStore):
+    def __init__(self, inner: Store, claim: RunClaim) -> None:
+        super().__init__(inner)
+        self._claim = claim
+
+    def _check(self, key: str) -> None:
+        if not self._claim.held():
+            raise StorageError(
+                f"{self.location(key)}: not written, since the claim on run "
+                f"{self._claim.run!r} was lost ({self._claim.lost_reason})"
+            )
+
+    def _put_bytes(
+        self, key: str, data: bytes, sha256: str, content_type: str, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        self._check(key)
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+    def _put_file(
+        self, key: str, path: Path, content_type: str, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        self._check(key)
+        return super()._put_file(key, path, content_type, metadata)
+
+    def _delete(self, key: str) -> None:
+        self._check(key)
+        super()._delete(key)
+
+
 def _read_holder(path: Path) -> str:
     try:
         return Claimant(**json.loads(path.read_text("utf-8"))).describe()
@@ -224,6 +328,9 @@ class _Record:
             host=str(doc["host"]),
             pid=int(doc["pid"]),
             owner=str(doc["owner"]),
+            boot=str(doc.get("boot", "")),
+            pidns=str(doc.get("pidns", "")),
+            started=str(doc.get("started", "")),
         )
         lapse = float(doc["lapse_after_s"])
         if not lapse > 0:  # NaN too
@@ -241,7 +348,7 @@ class _RecordClaim(RunClaim):
         self._renew_every_s = renew_every_s
         self._lapse_after_s = lapse_after_s
         self._beat = 0
-        self._renewed = time.monotonic()
+        self._renewed = _clock()  # when the last write that succeeded began
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -260,12 +367,17 @@ class _RecordClaim(RunClaim):
         if found is not None and found.claimant.owner != me.owner:
             claim._wait_out(found)
         claim._write()
-        if settle_s > 0:
-            time.sleep(settle_s)  # a racing comer's write lands within this
-        now = claim._read()
-        if now is None or now.claimant.owner != me.owner:
-            holder = now.claimant.describe() if now else "another process"
-            raise _refusal(run, holder)
+        try:
+            if settle_s > 0:
+                time.sleep(settle_s)  # a racing comer's write lands within this
+            now = claim._read()
+            if now is None or now.claimant.owner != me.owner:
+                holder = now.claimant.describe() if now else "another process"
+                raise _refusal(run, holder)
+        except BaseException:
+            claim._stop.set()
+            claim._delete_if_ours()  # an interrupted claim leaves nothing to wait out
+            raise
         claim._thread = threading.Thread(target=claim._renew, name="run-claim", daemon=True)
         claim._thread.start()
         return claim
@@ -285,9 +397,12 @@ class _RecordClaim(RunClaim):
             return None
 
     def _write(self) -> None:
+        # Stamped with the time the write began: one that hangs and lands
+        # late does not move the fence.
+        began = _clock()
         record = _Record(self.claimant, self._beat, self._lapse_after_s)
         self._store.put_bytes(self._key, record.encode(), content_type="application/json")
-        self._renewed = time.monotonic()
+        self._renewed = began
 
     def _wait_out(self, found: _Record) -> None:
         """Return once `found`'s owner is gone; raise while it lives."""
@@ -301,9 +416,9 @@ class _RecordClaim(RunClaim):
             holder,
             found.lapse_after_s,
         )
-        end = time.monotonic() + found.lapse_after_s
+        end = _clock() + found.lapse_after_s
         poll = min(0.5, found.lapse_after_s / 4)
-        while time.monotonic() < end:
+        while _clock() < end:
             time.sleep(poll)
             now = self._read()
             if now is None:
@@ -318,13 +433,17 @@ class _RecordClaim(RunClaim):
         )
 
     def held(self) -> bool:
-        fenced = time.monotonic() - self._renewed > _FENCE_SHARE * self._lapse_after_s
-        if fenced and not self.lost_reason and not self._stop.is_set():
-            self.lost_reason = f"not renewed for {_FENCE_SHARE * self._lapse_after_s:.0f} s"
+        if not self.lost_reason and not self._stop.is_set():
+            fence = _FENCE_SHARE * self._lapse_after_s
+            if _clock() - self._renewed > fence:
+                self.lost_reason = f"not renewed for {fence:.0f} s"
         return not self.lost_reason
 
     def _renew(self) -> None:
         while not self._stop.wait(self._renew_every_s):
+            if not self.held():  # fenced: a newcomer may hold it by now
+                log.error("run %s: claim lost: %s", self.run, self.lost_reason)
+                return
             try:
                 now = self._read()
             except StorageError as err:
@@ -335,18 +454,15 @@ class _RecordClaim(RunClaim):
                 self.lost_reason = f"the run was claimed by {who}"
                 log.error("run %s: claim lost: %s", self.run, self.lost_reason)
                 return
+            if not self.held():  # the read outlasted the fence
+                continue
             self._beat += 1
             try:
                 self._write()
             except StorageError as err:
                 log.warning("run %s: could not renew the claim (will retry): %s", self.run, err)
 
-    def release(self) -> None:
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _delete_if_ours(self) -> None:
         try:
             now = self._read()
             if now is not None and now.claimant.owner == self.claimant.owner:
@@ -354,3 +470,13 @@ class _RecordClaim(RunClaim):
         except StorageError as err:
             # It lapses on its own; a newcomer waits out the lapse.
             log.warning("run %s: could not remove the claim record: %s", self.run, err)
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        lost = not self.held()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not lost:
+            self._delete_if_ours()

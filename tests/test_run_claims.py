@@ -12,17 +12,18 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 from run_helpers import stage_tiny_search
 
-from autolfads.storage import LocalStore, RunLayout
-from autolfads.storage.claims import Claimant, RunClaimed, claim_run
+from autolfads.storage import LocalStore, RunLayout, StorageError, WrapperStore
+from autolfads.storage.claims import Claimant, ClaimLost, RunClaimed, claim_run
 from autolfads.storage.memory import MemoryStore
 
 RUN = "claimed-run"
@@ -57,10 +58,7 @@ def claim(store, who: Claimant, **kw):
 
 
 def foreign_record(store, who: Claimant, lapse_after_s: float) -> None:
-    doc = {
-        "command": who.command, "host": who.host, "pid": who.pid, "owner": who.owner,
-        "beat": 0, "lapse_after_s": lapse_after_s,
-    }  # fmt: skip
+    doc = {**asdict(who), "beat": 0, "lapse_after_s": lapse_after_s}
     store.put_bytes(RunLayout(RUN).owner(), json.dumps(doc).encode())
 
 
@@ -92,15 +90,88 @@ def test_an_owner_that_stopped_renewing_is_taken_over_after_its_lapse(record_sto
     taken.release()
 
 
-def test_a_claim_left_by_a_dead_process_of_this_host_is_taken_at_once(record_store, caplog):
+def test_a_claim_left_by_a_dead_process_of_this_machine_is_taken_at_once(record_store, caplog):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    host = socket.gethostname()
-    foreign_record(record_store, Claimant("autolfads run", host=host, pid=gone.pid), 600.0)
+    me = Claimant.this_process("autolfads run")
+    dead = replace(me, pid=gone.pid, owner="dead", started="1")  # its start time
+    foreign_record(record_store, dead, 30.0)
     with caplog.at_level(logging.INFO, logger="autolfads.storage.claims"):
-        taken = claim(record_store, Claimant("autolfads run", host=host))
+        taken = claim(record_store, me)
     assert "which no longer runs" in caplog.text
     taken.release()
+
+
+def test_a_host_name_alone_does_not_prove_the_holder_gone(record_store, caplog):
+    # Containers share host names (hostNetwork, `localhost`) but not pids:
+    # a record naming this host and a free pid, without the kernel's and
+    # the process's identity, is waited out like any other.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    foreign_record(record_store, Claimant("autolfads run", pid=gone.pid), 0.3)
+    with caplog.at_level(logging.INFO, logger="autolfads.storage.claims"):
+        taken = claim(record_store, on("pod-b"))
+    assert "which no longer runs" not in caplog.text
+    assert "has not renewed its claim" in caplog.text
+    taken.release()
+
+
+def test_a_second_claim_of_the_same_process_is_refused(record_store):
+    first = claim(record_store, Claimant.this_process("autolfads coordinator"))
+    with pytest.raises(RunClaimed, match=f"pid {os.getpid()}"):
+        claim(record_store, Claimant.this_process("autolfads run"))
+    first.release()
+
+
+class GatedOwnerWrites(WrapperStore):
+    """Writes of the claim record fail (`fail`) or wait for `gate`."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def _put_bytes(self, key, data, sha256, content_type, metadata):
+        if key == RunLayout(RUN).owner():
+            if self.fail:
+                raise StorageError("owner.json: unreachable")
+            if not self.gate.is_set():
+                self.waiting.set()
+                self.gate.wait()
+        return super()._put_bytes(key, data, sha256, content_type, metadata)
+
+
+def test_an_owner_that_cannot_renew_stops_writing_before_its_lapse(record_store):
+    store = GatedOwnerWrites(record_store)
+    owner = claim(store, on("pod-a"), lapse_after_s=0.5)
+    fenced = owner.fence(store)
+    fenced.put_bytes(f"{RUN}/coordinator/journal/000000000001.json", b"{}")
+    store.fail = True
+    wait_until(lambda: not owner.held(), "the fence")
+    assert owner.lost_reason == "not renewed for 0 s"
+    with pytest.raises(StorageError, match="not written, since the claim on run"):
+        fenced.put_bytes(f"{RUN}/coordinator/journal/000000000002.json", b"{}")
+    with pytest.raises(StorageError, match="not written"):
+        fenced.delete(f"{RUN}/coordinator/journal/000000000001.json")
+    assert record_store.exists(f"{RUN}/coordinator/journal/000000000001.json")
+    owner.release()
+
+
+def test_a_renewal_that_lands_after_the_lapse_does_not_revive_the_claim(record_store):
+    store = GatedOwnerWrites(record_store)
+    owner = claim(store, on("pod-a"), lapse_after_s=0.5)
+    store.gate.clear()  # the next renewal hangs
+    store.waiting.wait(timeout=60)
+    newcomer = claim(record_store, on("pod-b"), lapse_after_s=0.5)  # waits out the lapse
+    assert not owner.held()
+    store.gate.set()  # the hung renewal lands over the newcomer's record
+    assert owner._thread is not None
+    wait_until(lambda: not owner._thread.is_alive(), "the old owner's renewals to stop")
+    assert not owner.held()
+    owner.release()
+    newcomer.release()
 
 
 def test_an_owner_taken_over_knows_it_and_leaves_the_new_record(record_store):
@@ -120,6 +191,33 @@ def test_a_damaged_record_is_not_an_owner(record_store, caplog):
         taken = claim(record_store, on("pod-b"))
     assert "malformed claim record" in caplog.text
     taken.release()
+
+
+def test_a_coordinator_whose_claim_is_lost_stops_at_once_without_writing():
+    from coordinator_helpers import tiny_config
+
+    from autolfads.coordinator.search.service import CoordinatorService
+    from autolfads.coordinator.wire.server import serve
+
+    store = MemoryStore()
+    cfg = tiny_config()  # run "search"
+    owner = claim_run(
+        store, cfg.name, command="autolfads coordinator", claimant=on("pod-a"),
+        renew_every_s=0.05, lapse_after_s=60.0, settle_s=0.0,
+    )  # fmt: skip
+    service = CoordinatorService.open_search(cfg, owner.fence(store), "search/data.h5", "ab" * 32)
+    service.request_work("w1", 1, "r1")  # a change to write
+    newcomer = Claimant("autolfads coordinator", host="pod-b")
+    doc = {**asdict(newcomer), "beat": 0, "lapse_after_s": 60.0}
+    store.put_bytes(RunLayout(cfg.name).owner(), json.dumps(doc).encode())
+    wait_until(lambda: not owner.held(), "the owner to see its claim taken")
+    before = sorted((i.key, i.sha256) for i in store.list(f"{cfg.name}/"))
+    with pytest.raises(ClaimLost, match="stopped serving, since its claim was lost"):
+        serve(service, "127.0.0.1:0", claim=owner, tick_s=0.05)
+    # No drain, no end-of-run write: what storage holds is the newcomer's.
+    assert sorted((i.key, i.sha256) for i in store.list(f"{cfg.name}/")) == before
+    owner.release()
+    assert json.loads(store.get_bytes(RunLayout(cfg.name).owner()))["owner"] == newcomer.owner
 
 
 # ------------------------------------------------------------------ local

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         # calling process; and the search state loaded below is not frozen.
         settle_collector()
         service = CoordinatorService.open_search(
-            cfg, store, data_key, data_sha, lease_timeout_s=args.lease_timeout
+            cfg, claim.fence(store), data_key, data_sha, lease_timeout_s=args.lease_timeout
         )
         return serve(
             service,
