@@ -20,7 +20,8 @@ EXIT_STOPPED = 0
 
 def serve(store: Store, listen: str, *, port_file: Path | None = None) -> int:
     health_servicer = health.HealthServicer()
-    server, port = create_suggestion_server(listen, KatibSuggestion(store), health_servicer)
+    suggestion = KatibSuggestion(store)
+    server, port = create_suggestion_server(listen, suggestion, health_servicer)
     log.info("Katib suggestion service (autolfads-pbt) on port %d, storage %s", port, store.url)
     if port_file is not None:
         tmp = port_file.with_name(port_file.name + ".tmp")
@@ -31,4 +32,5 @@ def serve(store: Store, listen: str, *, port_file: Path | None = None) -> int:
     stop.wait()
     health_servicer.enter_graceful_shutdown()
     server.stop(5.0).wait()
+    suggestion.close()  # a restarted pod takes the runs over at once
     return EXIT_STOPPED

@@ -55,6 +55,7 @@ from autolfads.katib.names import (
     segment_trial,
 )
 from autolfads.storage import Store
+from autolfads.storage.claims import ClaimLost, RunClaim, RunClaimed, claim_run
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class KatibSuggestion:
         self.store = store
         self._lock = threading.Lock()
         self._searches: dict[str, CoordinatorService] = {}
+        # One per open search: no other coordinator writes its run meanwhile.
+        self._claims: dict[str, RunClaim] = {}
 
     def validate(self, exp: ExperimentView) -> None:
         """ValidateAlgorithmSettings: InvalidRequest naming what does not fit."""
@@ -129,22 +132,49 @@ class KatibSuggestion:
     def _search(self, exp: ExperimentView) -> CoordinatorService:
         """The run's search, opened (or resumed from storage) once the
         Experiment has been checked against its config."""
+        claim = self._claims.get(exp.name)
+        if claim is not None and not claim.held():
+            # Another process may be writing the run: this one stops serving it.
+            del self._searches[exp.name], self._claims[exp.name]
+            raise NotReady(str(ClaimLost(claim)))
         if exp.name not in self._searches:
             cfg, data_key, data_sha = self._staged(exp.name)
             check_experiment(exp, cfg)
-            self._searches[exp.name] = CoordinatorService.open_search(
+            self._searches[exp.name] = self._open(cfg, data_key, data_sha)
+            log.info("search %s opened from %s", exp.name, self.store.url)
+        service = self._searches[exp.name]
+        check_experiment(exp, service.cfg)
+        return service
+
+    def _open(self, cfg: RunConfig, data_key: str, data_sha: str) -> CoordinatorService:
+        try:
+            claim = claim_run(self.store, cfg.name, command="autolfads katib suggestion")
+        except RunClaimed as err:
+            # Katib asks again later: by then a dead holder's claim has lapsed.
+            raise NotReady(str(err)) from None
+        try:
+            service = CoordinatorService.open_search(
                 cfg,
-                self.store,
+                claim.fence(self.store),  # no write once the claim is lost
                 data_key,
                 data_sha,
                 lease_timeout_s=LEASE_TIMEOUT_S,
                 # Katib holds every lease: room for the whole population twice.
                 max_leases_per_request=2 * cfg.pbt.population,
             )
-            log.info("search %s opened from %s", exp.name, self.store.url)
-        service = self._searches[exp.name]
-        check_experiment(exp, service.cfg)
+        except BaseException:
+            claim.release()
+            raise
+        self._claims[cfg.name] = claim
         return service
+
+    def close(self) -> None:
+        """Give up every run's claim (the process is stopping)."""
+        with self._lock:
+            for claim in self._claims.values():
+                claim.release()
+            self._claims.clear()
+            self._searches.clear()
 
     def _check_trials(
         self, service: CoordinatorService, run: str, trials: list[TrialView]
