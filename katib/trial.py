@@ -56,6 +56,7 @@ class TrialClient:
         *,
         wait_s: float = 0.0,
         cancel: threading.Event | None = None,
+        request_id: str | None = None,
     ) -> WorkReply:
         if self._handed_out:
             return WorkReply("done", search_state="running")

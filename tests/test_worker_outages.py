@@ -193,3 +193,59 @@ def test_a_failed_loop_leaves_the_callers_stop_unset(tmp_path: Path) -> None:
     with client, pytest.raises(CoordinatorUnavailable):
         worker.run()
     assert not stop.is_set()
+
+
+def test_a_lease_whose_answer_was_lost_comes_back_with_the_retry(tmp_path, monkeypatch, caplog):
+    """One journal write slower than the call's deadline: the answer to the
+    worker's RequestWork is lost. The retry used to carry a new request id,
+    so the coordinator granted the worker another lease while the first
+    stayed with it unheard of, and the synchronous search stalled on that
+    member for a whole lease timeout (here 600 s)."""
+    from autolfads.coordinator.search.service import CoordinatorService
+    from autolfads.coordinator.search.staging import load_run
+    from autolfads.coordinator.wire.server import create_server
+    from autolfads.storage import FaultyStore
+    from autolfads.trainer import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "WORK_WAIT_S", 0.5)  # the long poll, shortened
+    store = staged(tmp_path)
+    cfg, key, sha = load_run(store, RUN)
+    flaky = FaultyStore(store)
+    service = CoordinatorService.open_search(cfg, flaky, key, sha, lease_timeout_s=600.0)
+    written = threading.Event()
+    flaky.inject("put", r"/coordinator/journal/", hold=written)  # the first grant's write
+    server, port = create_server("127.0.0.1:0", service)
+    client = CoordinatorClient(f"127.0.0.1:{port}", timeout_s=1.0, unavailable_wait_s=1.0)
+    worker = Worker(
+        client, store, "w1", cache_dir=tmp_path / "cache", run=RUN, unavailable_wait_s=60.0
+    )
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(worker.run()))
+    try:
+        with caplog.at_level(logging.INFO, logger="autolfads.coordinator.rpc"):
+            thread.start()
+            # The coordinator saw the first answer's deadline pass.
+            until(lambda: "RequestWork CANCELLED" in caplog.text, "the lost answer", 20)
+            written.set()
+            thread.join(timeout=120)
+    finally:
+        if thread.is_alive():
+            worker.stop.set()
+            thread.join()
+        client.close()
+        server.stop(0)
+    assert codes == [0]
+    state = read_state(store, RUN)
+    assert state is not None and state.status == "finished"
+    # One lease per segment, each answered and reported: none was orphaned.
+    assert sorted(x.status for x in state.leases.values()) == ["accepted", "accepted"]
+
+
+def until(condition, what: str, timeout_s: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

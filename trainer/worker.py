@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -106,6 +107,7 @@ class CoordinatorLink(Protocol):
         *,
         wait_s: float = 0.0,
         cancel: threading.Event | None = None,
+        request_id: str | None = None,
     ) -> WorkReply: ...
 
     def heartbeat(
@@ -246,10 +248,17 @@ class Worker:
         """The coordinator's answer, or None once storage says the search
         ended; WAIT if stopped while the coordinator was unreachable (the
         loop then ends: 143)."""
+        # One id for every attempt: a lease granted to an answer that was lost
+        # comes back with the retry (a new id would be granted another).
+        request_id = uuid.uuid4().hex
         try:
             return self._riding_out(
                 lambda: self.client.request_work(
-                    self.worker_id, self.max_leases, wait_s=WORK_WAIT_S, cancel=self._halt
+                    self.worker_id,
+                    self.max_leases,
+                    wait_s=WORK_WAIT_S,
+                    cancel=self._halt,
+                    request_id=request_id,
                 )
             )
         except CoordinatorUnavailable:

@@ -162,8 +162,14 @@ class CoordinatorClient:
         *,
         wait_s: float = 0.0,
         cancel: threading.Event | None = None,
+        request_id: str | None = None,
     ) -> WorkReply:
         """Leases (action "train"), "wait" (see retry_after_s) or "done".
+
+        `request_id` names the request across calls: a caller that asks
+        again after this call failed (a longer outage) passes the same id,
+        so that leases granted to a lost answer come back instead of
+        staying with a worker that never heard of them. Default: a new id.
 
         `wait_s` > 0 is a long poll: with nothing to do now, the coordinator
         may hold the call that long and answer as soon as there is work (the
@@ -176,7 +182,7 @@ class CoordinatorClient:
         request = pb.RequestWorkRequest(
             worker_id=worker_id,
             max_leases=max_leases,
-            request_id=uuid.uuid4().hex,
+            request_id=request_id or uuid.uuid4().hex,
             wait_s=wait_s,
         )
         if wait_s > 0 and math.isfinite(wait_s):  # others: the server names the problem
@@ -265,14 +271,17 @@ class CoordinatorClient:
 
     def _retrying(self, send: Callable[[], T], cancel: threading.Event | None = None) -> T:
         """`send()`, retried while the coordinator is unreachable, for at
-        most `unavailable_wait_s`; setting `cancel` ends the retries (a
-        stopping worker must not wait out an outage)."""
-        start = time.monotonic()
+        most `unavailable_wait_s` from the first failure (a long poll's
+        hold before it is not an outage, and the request must be sent again
+        at least once); setting `cancel` ends the retries (a stopping worker
+        must not wait out an outage)."""
+        start: float | None = None
         delay = 0.2
         while True:
             try:
                 return send()
             except grpc.RpcError as err:
+                start = time.monotonic() if start is None else start
                 waited = time.monotonic() - start
                 if self._tls_failure(err):
                     raise self._failure(err) from None
