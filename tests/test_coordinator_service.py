@@ -145,6 +145,40 @@ def test_expired_lease_is_requeued_and_its_late_report_rejected(local_store):
     assert "lease_expired" in events
 
 
+def test_a_segment_whose_leases_keep_expiring_ends_as_failed(local_store):
+    """A member whose settings kill every trainer that takes it (out of
+    memory, say) used to be handed out again forever, stalling the
+    synchronous generation for good."""
+    from autolfads.coordinator.search.service import MAX_LEASE_EXPIRIES
+
+    clock = ManualClock()
+    cfg = tiny_config(population=2, max_generations=2)
+    service = CoordinatorService.open_search(
+        cfg, local_store, "search/data/" + "ab" * 32 + ".h5", "ab" * 32,
+        clock=clock, lease_timeout_s=30,
+    )  # fmt: skip
+    healthy, doomed = service.request_work("w0", 2).leases
+    service.report(fake_train(local_store, healthy, "w0"))
+    for attempt in range(1, MAX_LEASE_EXPIRIES):
+        clock.advance(31)
+        (again,) = service.request_work(f"w{attempt}", 2).leases
+        assert again.member == doomed.member and again.generation == 0
+    clock.advance(31)
+    # The last expiry fails the segment: generation 0 closes without it.
+    reply = service.request_work("w9", 2)
+    assert {g.generation for g in reply.leases} == {1}
+    state = service.snapshot()
+    (entry,) = state.history[doomed.member]
+    assert math.isnan(entry.metric)
+    failed = [e for e in state.events if e["kind"] == "segment_failed"]
+    assert f"expired {MAX_LEASE_EXPIRIES} times" in failed[0]["message"]
+    # Its member copies the healthy one at the exploit, like a diverged member.
+    assert next(g for g in reply.leases if g.member == doomed.member).parent == healthy.member
+    # The silent worker's late report changes nothing.
+    with pytest.raises(StaleLease):
+        service.report(fake_train(local_store, again, "w2"))
+
+
 def test_duplicate_report_is_acknowledged_once(local_store):
     service = open_service(local_store)
     grant = service.request_work("w0", 1).leases[0]

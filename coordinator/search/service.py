@@ -100,6 +100,12 @@ MAX_TRACKED_WORKERS = 4096
 ENDED_LEASES_PER_MEMBER = 2
 ENDED_LEASE_SLACK = 256
 MAX_EVENTS = 500
+# A segment whose leases expire this many times ends as failed (NaN): every
+# worker that took it went silent, as when its settings run out of memory
+# and the kernel kills the trainer. Without a bound a synchronous
+# generation would wait for it forever; failed, the member copies a better
+# one at the next exploit like any diverged member.
+MAX_LEASE_EXPIRIES = 3
 # A closed generation's history is archived this many generations after
 # retention's window (keep_generations), when its checkpoints are settled.
 ARCHIVE_SLACK = 2
@@ -480,9 +486,22 @@ class CoordinatorService:
             self._dispatch.forget_idle(report.worker_id)
             return ReportAck(accepted=True)
         check_report(report, segment, self.layout)
+        self._settle(report, segment, lease)
+        return ReportAck(accepted=True)
+
+    def _settle(
+        self,
+        report: SegmentReport,
+        segment: Segment,
+        lease: LeaseRecord,
+        lease_status: str = "accepted",
+    ) -> None:
+        """Record `report` as the segment's result (lock held)."""
+        state = self._state
         generation = state.generation
         with self._transaction(reindex=False):
             self._accept(report, segment, lease)
+            lease.status = lease_status  # type: ignore[assignment]
         if state.terminal:
             self._dispatch.invalidate()
         elif state.mode == "async":
@@ -494,7 +513,6 @@ class CoordinatorService:
             self._dispatch.ended(lease)
         else:
             self._dispatch.invalidate()
-        return ReportAck(accepted=True)
 
     def status(self) -> StatusView:
         """The current view, including changes not written yet (in-process
@@ -646,12 +664,36 @@ class CoordinatorService:
         return [x for x in self._state.leases.values() if x.status == "active"]
 
     def _sweep(self) -> None:
-        """Expire overdue leases (staged; written with the next commit)."""
+        """Expire overdue leases (staged; written with the next commit); a
+        segment that reaches `MAX_LEASE_EXPIRIES` ends as failed."""
         overdue = self._dispatch.overdue(self._state, self.clock.now())
-        if overdue:
-            with self._transaction():
-                for lease in overdue:
-                    self._requeue(self._state.segments[lease.member], lease, "expired", "")
+        if not overdue:
+            return
+        given_up: list[LeaseRecord] = []
+        with self._transaction():
+            for lease in overdue:
+                segment = self._state.segments[lease.member]
+                segment.expired += 1
+                if segment.expired >= MAX_LEASE_EXPIRIES:
+                    given_up.append(lease)
+                else:
+                    self._requeue(segment, lease, "expired", "")
+        for lease in given_up:
+            segment = self._state.segments[lease.member]
+            message = (
+                f"its lease expired {segment.expired} times: every worker that took it "
+                "went silent (killed, out of memory?)"
+            )
+            failed = SegmentReport(
+                lease.lease_id,
+                lease.worker_id,
+                lease.member,
+                lease.generation,
+                "failed",
+                hparams=dict(segment.hparams),
+                message=message,
+            )
+            self._settle(failed, segment, lease, lease_status="expired")
 
     def _requeue(self, segment: Segment, lease: LeaseRecord, status: str, message: str) -> None:
         """The unit goes back to the queue; it restarts from the same start point."""

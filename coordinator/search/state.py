@@ -81,6 +81,8 @@ class Segment(Encoded):
     phase: SegmentPhase = "queued"
     lease_id: str = ""
     attempts: int = 0
+    # Leases of it that expired: its worker went silent (killed, lost).
+    expired: int = 0
     result: SegmentResult | None = None
 
 
