@@ -76,6 +76,15 @@ MAX_RELAYS = 64
 HEALTH_CALLS = 16
 # Replies (a status with 1024 members and their lineage) may exceed 4 MiB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+# Keepalive. While a call is open (a held RequestWork, a WatchStatus stream)
+# each side pings the other: a peer whose machine died or was cut off sends
+# no reset, and without pings a watcher would wait forever, and a dead one
+# would keep a stream slot until the kernel gave up on the connection
+# (hours). Clients ping every 30 s by default (`CoordinatorClient`); the
+# server must allow that or it closes the connection ("too_many_pings").
+KEEPALIVE_SERVER_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+MIN_CLIENT_PING_MS = 5_000
 
 
 def server_options() -> list[tuple[str, Any]]:
@@ -85,6 +94,10 @@ def server_options() -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", MAX_REPLY_BYTES),
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
+        ("grpc.keepalive_time_ms", KEEPALIVE_SERVER_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
     ]
 
 

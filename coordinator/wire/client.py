@@ -59,6 +59,8 @@ DEFAULT_TIMEOUT_S = 10.0
 # A held RequestWork (long poll) looks at its `cancel` event this often.
 CANCEL_CHECK_S = 0.2
 DEFAULT_UNAVAILABLE_WAIT_S = 300.0
+# Pings while a call is open; the server allows one per MIN_CLIENT_PING_MS.
+DEFAULT_KEEPALIVE_S = 30.0
 _RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -122,7 +124,12 @@ class CoordinatorClient:
         unavailable_wait_s: float = DEFAULT_UNAVAILABLE_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
         security: ClientSecurity | None = None,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
+        """`keepalive_s`: while a call is open, ping the coordinator this
+        often; one unanswered for as long again ends the call (UNAVAILABLE),
+        so a watcher or a held request notices a coordinator that went
+        silent (at least the server's `MIN_CLIENT_PING_MS`)."""
         security = security or ClientSecurity()
         security.check(target)
         self.target = target
@@ -132,14 +139,24 @@ class CoordinatorClient:
         self._sleep = sleep
         self._metadata = bearer_metadata(security.token) if security.token else None
         self._tls = security.tls is not None
+        ping_ms = round(keepalive_s * 1000)
+        options = CHANNEL_OPTIONS + (
+            ("grpc.keepalive_time_ms", ping_ms),
+            ("grpc.keepalive_timeout_ms", ping_ms),
+            ("grpc.http2.ping_timeout_ms", ping_ms),  # what recent gRPC times a ping by
+            # Keep pinging a stream that carries no data (a quiet WatchStatus);
+            # by default a second ping would wait 5 minutes for data.
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", ping_ms),
+        )
         if security.tls is not None:
             self._channel = grpc.secure_channel(
                 target,
                 security.tls.credentials(),
-                options=CHANNEL_OPTIONS + security.tls.channel_options(),
+                options=options + security.tls.channel_options(),
             )
         else:
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
