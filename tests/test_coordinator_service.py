@@ -382,6 +382,38 @@ def test_all_members_diverged_fails_the_search(local_store):
     assert state.status == "failed" and "diverged" in state.message
 
 
+def test_async_a_member_diverged_with_nobody_to_copy_restarts_sensibly(local_store):
+    """The first member to finish diverges while the others still train: it
+    used to start again from scratch with the same seed and the settings that
+    diverged, for one generation's epochs, so it was ranked with its KL/L2
+    ramps below full weight."""
+    cfg = tiny_config(mode="async", population=3, burn_in_epochs=4, generation_epochs=1)
+    service = open_service(local_store, cfg)
+    first = {g.member: g for g in service.request_work("w0", 3).leases}
+    diverged = first["m000"]
+    service.report(fake_train(local_store, diverged, "w0", metric=math.nan))
+    restart = service.snapshot().segments["m000"]
+    assert restart.generation == 1 and restart.start.fresh
+    assert restart.epochs == cfg.pbt.burn_in_epochs  # the whole burn-in again
+    assert restart.start.seed != diverged.start.seed
+    searched = set(cfg.pbt.search_space)
+    assert all(restart.hparams[k] != diverged.hparams[k] for k in searched)
+
+
+def test_async_a_diverged_member_goes_back_to_its_own_last_good_checkpoint(local_store):
+    service = open_service(local_store, tiny_config(mode="async", population=3))
+    first = {g.member: g for g in service.request_work("w0", 3).leases}
+    service.report(fake_train(local_store, first["m000"], "w0", metric=1.0))
+    (second,) = service.request_work("w0", 1).leases  # m000, generation 1
+    assert second.member == "m000" and second.generation == 1
+    service.report(fake_train(local_store, second, "w0", metric=math.nan))
+    again = service.snapshot().segments["m000"]
+    assert again.generation == 2 and not again.start.fresh
+    assert again.start.checkpoint == first["m000"].checkpoint_key
+    # Its diverged checkpoint is no fallback.
+    assert second.checkpoint_key not in [f.checkpoint for f in again.fallbacks]
+
+
 def test_async_mode_finishes_every_member(local_store):
     service = open_service(local_store, tiny_config(mode="async", max_generations=3))
     assert run_search(service, local_store, workers=3, seed=3) == 12

@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
+
 from autolfads.config import RunConfig
 from autolfads.coordinator.search import population as pop
 from autolfads.coordinator.search import records
@@ -23,6 +25,7 @@ from autolfads.coordinator.search.commit import Outbox
 from autolfads.coordinator.search.policy import (
     MemberPlan,
     PolicyError,
+    explore,
     generation_rng,
     plan_generation,
     plan_member_async,
@@ -127,10 +130,15 @@ class Progress:
             rng = generation_rng(self.cfg.pbt.seed, g, member)
             plan = plan_member_async(pop.score_of(entry), others, self.cfg.pbt, rng)
         except PolicyError as err:
-            # Diverged with nobody to copy yet: restart the member from scratch.
-            plan = MemberPlan(member, member, "", dict(entry.hparams), exploited=False)
+            plan = self._restart_plan(state, member, entry, rng)
             state.events.append(
-                {"kind": "member_restarted", "member": member, "generation": g, "reason": str(err)}
+                {
+                    "kind": "member_restarted",
+                    "member": member,
+                    "generation": g,
+                    "reason": str(err),
+                    "start": plan.checkpoint or "fresh init",
+                }
             )
         _record_decision(entry, plan)
         if g + 1 >= self.cfg.pbt.max_generations:
@@ -140,6 +148,21 @@ class Progress:
         self.view_history(state, member)
         self._put(self.layout.generation(g), partial(records.async_generation_doc, state, g))
         self._close_async_generations(state)
+
+    def _restart_plan(
+        self, state: SearchState, member: str, entry: HistoryEntry, rng: np.random.Generator
+    ) -> MemberPlan:
+        """A diverged member with nobody to copy yet: back to its own newest
+        finite checkpoint with perturbed settings; without one, from fresh
+        init (a full burn-in, a new seed: `pop.next_segment`) with settings
+        drawn afresh, since the ones it had diverged."""
+        pbt = self.cfg.pbt
+        good = next((h for h in state.published(member) if math.isfinite(h.metric)), None)
+        if good is not None:
+            hparams = explore(entry.hparams, pbt.search_space, rng, pbt.resample_probability)
+            return MemberPlan(member, member, good.checkpoint, hparams, exploited=False)
+        hparams = explore(entry.hparams, pbt.search_space, rng, resample_probability=1.0)
+        return MemberPlan(member, member, "", hparams, exploited=False)
 
     def _close_async_generations(self, state: SearchState) -> None:
         while not state.terminal:

@@ -7,6 +7,8 @@ a search is reproducible from its config alone.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from autolfads.config import RunConfig
@@ -92,16 +94,19 @@ def next_segment(cfg: RunConfig, state: SearchState, plan: MemberPlan, generatio
     parent_entry = next(
         (h for h in state.published(plan.parent) if h.checkpoint == plan.checkpoint), None
     )
-    start = _start_point(cfg, plan.member, parent_entry)
+    start = _start_point(cfg, plan.member, parent_entry, generation)
     fallbacks = [
-        _start_point(cfg, plan.member, h)
+        _start_point(cfg, plan.member, h, generation)
         for h in state.published(plan.member)
-        if h.checkpoint and h.checkpoint != start.checkpoint
+        # A diverged segment's checkpoint is no place to fall back to.
+        if h.checkpoint != start.checkpoint and math.isfinite(h.metric)
     ][:MAX_FALLBACKS]
     return Segment(
         member=plan.member,
         generation=generation,
-        epochs=segment_epochs(cfg, generation),
+        # A fresh start runs the whole burn-in: its ramps reach full weight
+        # before it is ranked, as every other member's did.
+        epochs=cfg.pbt.burn_in_epochs if start.fresh else segment_epochs(cfg, generation),
         hparams=dict(plan.hparams),
         start=start,
         fallbacks=fallbacks,
@@ -110,11 +115,20 @@ def next_segment(cfg: RunConfig, state: SearchState, plan: MemberPlan, generatio
     )
 
 
-def _start_point(cfg: RunConfig, member: str, entry: HistoryEntry | None) -> StartPoint:
+def _start_point(
+    cfg: RunConfig, member: str, entry: HistoryEntry | None, generation: int
+) -> StartPoint:
     if entry is None or not entry.checkpoint:
-        # Only reachable when a member has nothing published (every segment
-        # failed): start again from fresh init rather than stall the search.
-        return StartPoint(seed=member_seed(cfg.pbt.seed, member_index(member)))
+        # Only reachable when a member has nothing (finite) to start from:
+        # fresh init rather than stall the search, with a seed of its own
+        # (the member's first one led where it did).
+        index = member_index(member)
+        seed = member_seed(cfg.pbt.seed, index)
+        if generation > 0:
+            seed = int(
+                np.random.SeedSequence([cfg.pbt.seed, index, generation]).generate_state(1)[0]
+            )
+        return StartPoint(seed=seed)
     return StartPoint(
         checkpoint=entry.checkpoint,
         sha256=entry.sha256,
