@@ -243,15 +243,21 @@ class HparamSpace(_Frozen):
 
 
 def default_search_space() -> dict[str, HparamSpace]:
-    """The AutoLFADS search space (MC_Maze / NLB settings)."""
+    """The AutoLFADS search space (MC_Maze / NLB settings). As in lfads-torch,
+    only the rates are clamped to their range: the KL and L2 scales start in
+    theirs and may wander beyond it (within `HPARAM_BOUNDS`)."""
+
+    def scale(low: float, high: float) -> HparamSpace:
+        return HparamSpace(min=low, max=high, sampling="log", explore_weight=0.8, clamp=False)
+
     return {
         "lr_init": HparamSpace(min=1e-5, max=5e-3, sampling="log", init=4e-3, explore_weight=0.3),
         "dropout_rate": HparamSpace(min=0.0, max=0.6, sampling="uniform", explore_weight=0.3),
         "cd_rate": HparamSpace(min=0.01, max=0.7, sampling="uniform", init=0.5, explore_weight=0.3),
-        "l2_gen_scale": HparamSpace(min=1e-4, max=1.0, sampling="log", explore_weight=0.8),
-        "l2_con_scale": HparamSpace(min=1e-4, max=1.0, sampling="log", explore_weight=0.8),
-        "kl_ic_scale": HparamSpace(min=1e-6, max=1e-3, sampling="log", explore_weight=0.8),
-        "kl_co_scale": HparamSpace(min=1e-6, max=1e-4, sampling="log", explore_weight=0.8),
+        "l2_gen_scale": scale(1e-4, 1.0),
+        "l2_con_scale": scale(1e-4, 1.0),
+        "kl_ic_scale": scale(1e-6, 1e-3),
+        "kl_co_scale": scale(1e-6, 1e-4),
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autolfads.config import HparamSpace, PbtConfig, default_search_space
+from autolfads.config import HPARAM_BOUNDS, HparamSpace, PbtConfig, default_search_space
 from autolfads.coordinator.search.policy import (
     MemberScore,
     PolicyError,
@@ -185,13 +185,25 @@ def test_explore_spread_scales_with_weight() -> None:
     assert s_large / s_small == pytest.approx(8.0, rel=0.1)
 
 
-def test_explore_keeps_values_inside_bounds() -> None:
+def test_explore_keeps_clamped_values_inside_bounds() -> None:
     rng = np.random.default_rng(3)
     values = {k: v for k, v in hp().items()}
     for _ in range(3000):
         values = explore(values, SPACE, rng)
         for name, spec in SPACE.items():
-            assert spec.min <= values[name] <= spec.max, name
+            if spec.clamp:
+                assert spec.min <= values[name] <= spec.max, name
+            else:
+                assert HPARAM_BOUNDS[name][0] <= values[name] <= HPARAM_BOUNDS[name][1], name
+
+
+def test_the_default_space_clamps_the_rates_only() -> None:
+    # lfads-torch's defaults (reference: the KL and L2 scales are bounded
+    # "only > 0"); they used to be clamped to their initial range.
+    space = default_search_space()
+    assert {name for name, spec in space.items() if not spec.clamp} == {
+        "l2_gen_scale", "l2_con_scale", "kl_ic_scale", "kl_co_scale"
+    }  # fmt: skip
 
 
 def test_explore_clips_when_no_draw_fits() -> None:
