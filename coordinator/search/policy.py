@@ -224,11 +224,6 @@ def rank(scores: Sequence[MemberScore]) -> list[MemberScore]:
     return sorted(scores, key=lambda s: ranking_key(s.member, s.metric))
 
 
-def _beats(a: MemberScore, b: MemberScore) -> bool:
-    """True if `a` wins against `b` (strict total order, see `rank`)."""
-    return ranking_key(a.member, a.metric) < ranking_key(b.member, b.metric)
-
-
 def _finite_donors(ordered: Sequence[MemberScore]) -> list[MemberScore]:
     donors = [s for s in ordered if not s.diverged]
     if not donors:
@@ -252,7 +247,10 @@ def binary_tournament(scores: Sequence[MemberScore], rng: np.random.Generator) -
     copies: dict[str, str] = {}
     for i in range(half):
         a, b = ordered[order[i]], ordered[order[half + i]]
-        winner, loser = (a, b) if _beats(a, b) else (b, a)
+        # An exact tie goes to the second (lfads-torch), not to the lower id:
+        # with the shuffle, either member of a tie wins as often.
+        a_first = ranking_key(a.member, a.metric)[:2] < ranking_key(b.member, b.metric)[:2]
+        winner, loser = (a, b) if a_first else (b, a)
         if not winner.diverged:
             copies[loser.member] = winner.member
     _rescue_diverged(ordered, copies, _finite_donors(ordered), rng)
