@@ -236,17 +236,50 @@ class CoordinatorClient:
     def watch(self, timeout_s: float | None = None) -> Generator[StatusView, None, None]:
         """The current status, then one after every change, until the search
         ends (or `timeout_s` passes: a long deadline, since streams are long).
-        Closing the generator cancels the stream."""
-        stream = self._stub.WatchStatus(
-            pb.WatchStatusRequest(), timeout=timeout_s, metadata=self._metadata
-        )
-        try:
-            for message in stream:
-                yield convert.status_from_proto(message)
-        except grpc.RpcError as err:
-            raise self._failure(err) from None
-        finally:
-            stream.cancel()
+        A coordinator restart is ridden out as in every call (for
+        `unavailable_wait_s` from the failure; a status already given is not
+        given again). Closing the generator cancels the stream."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        last = -1
+        failed_at: float | None = None
+        delay = 0.2
+        while True:
+            left = None if end is None else max(end - time.monotonic(), 0.0)
+            stream = self._stub.WatchStatus(
+                pb.WatchStatusRequest(), timeout=left, metadata=self._metadata
+            )
+            try:
+                for message in stream:
+                    failed_at, delay = None, 0.2  # connected again
+                    status = convert.status_from_proto(message)
+                    if status.revision != last:
+                        last = status.revision
+                        yield status
+                return
+            except grpc.RpcError as err:
+                now = time.monotonic()
+                failed_at = now if failed_at is None else failed_at
+                out_of_time = end is not None and now >= end
+                given_up = now - failed_at >= self.unavailable_wait_s
+                # A refused stream (all watcher slots taken) is not retried:
+                # the watchers holding them are long-lived.
+                busy = err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if (
+                    self._closed
+                    or self._tls_failure(err)
+                    or not _transient(err)
+                    or busy
+                    or out_of_time
+                    or given_up
+                ):
+                    raise self._failure(err) from None
+                log.info(
+                    "watch of %s interrupted (%s); watching again", self.target, err.code().name
+                )
+            finally:
+                stream.cancel()
+            self._sleep(min(delay, max(self.unavailable_wait_s - (now - failed_at), 0.0)))
+            delay = min(delay * 2, 5.0)
 
     def cancel(self, reason: str = "") -> str:
         """Cancel the search; returns its state afterwards (idempotent)."""

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.search.messages import StatusView
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.wire import convert
@@ -136,8 +137,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if status.revision != revision:
                 revision = status.revision
                 yield convert.status_to_proto(status, self._members)
-            if status.terminal or self._service.draining:
-                return
+            if status.terminal:
+                return  # the stream ends with the search
+            if self._service.draining:
+                # Stopping, not ended: an error the watcher retries, never the
+                # clean end it would take for the search's.
+                await _abort(
+                    context,
+                    CoordinatorUnavailable("the coordinator is stopping; the search goes on"),
+                )
             await loop.run_in_executor(
                 None, self._service.wait_for_change, revision, self._watch_poll_s
             )

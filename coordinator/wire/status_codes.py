@@ -38,6 +38,8 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # Storage trouble is transient from the caller's view: retry later.
     StorageError: grpc.StatusCode.UNAVAILABLE,
+    # The coordinator is stopping (a WatchStatus it ends): ask again later.
+    CoordinatorUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 # Codes the client maps back when the metadata is missing (foreign servers).
 _BY_CODE: dict[grpc.StatusCode, type[CoordinatorError]] = {
