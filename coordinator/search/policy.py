@@ -371,9 +371,14 @@ def plan_member_async(
     entry for `score.member` itself is ignored). Pass a per-member generator,
     `generation_rng(seed, score.generation, score.member)`.
 
-    * binary_tournament (autolfads-tf2's rule): draw one random opponent among
-      the others with a finite metric; copy it if its metric is strictly lower
-      or the member diverged, otherwise keep going.
+    * binary_tournament (autolfads-tf2's per-member rule, which tf2 applies
+      synchronously): draw one random opponent among the others with a
+      finite metric; copy it if its metric is strictly lower or the member
+      diverged, otherwise keep going.
+
+    The others' latest results may be of other generations (more or less
+    trained): as in Ray Tune's asynchronous PBT, members on faster workers
+    count with newer results. Sync mode compares like with like.
     * truncation: rank the member among {score} + others; if it is in the
       bottom `truncation_count(N, fraction)` or diverged, copy a random member
       of the top `truncation_count(N, fraction)` (finite ones only).
