@@ -106,10 +106,10 @@ def _handle(context: grpc.ServicerContext, call: Callable[[], bytes]) -> bytes:
     try:
         return call()
     except Exception as err:  # mapped to a status code; nothing escapes raw
-        code, message = status_of(err)
-        if code == grpc.StatusCode.INTERNAL:
-            log.exception("internal error in the suggestion service")
-        elif not isinstance(err, CoordinatorError | TrialRecordError):
+        code, message = status_of(err)  # an internal error is logged there
+        if code != grpc.StatusCode.INTERNAL and not isinstance(
+            err, CoordinatorError | TrialRecordError
+        ):
             log.warning("%s: %s", code.name, message)
         context.abort(code, message)
         raise AssertionError("context.abort returned") from None

@@ -245,3 +245,17 @@ def test_metrics_wake_a_waiter_as_soon_as_its_count_is_reached():
     assert metrics.wait_for("Heartbeat", "OK", 1, timeout_s=60) == 1
     assert time.monotonic() - start < 30  # woken, not timed out
     recorder.join()
+
+
+def test_an_internal_error_tells_the_caller_a_reference_not_its_details(caplog):
+    # A bug's exception text may name paths, buckets or token files; a
+    # caller (maybe holding only an observer token) used to get it verbatim.
+    from autolfads.coordinator.wire.status_codes import to_status
+
+    bug = PermissionError("[Errno 13] /etc/autolfads/tokens/operator.token")
+    code, said, kind = to_status(bug)
+    assert code == grpc.StatusCode.INTERNAL and kind == ""
+    assert "internal error (reference " in said and "operator.token" not in said
+    reference = said.split("reference ", 1)[1].split(";", 1)[0]
+    assert f"internal error (reference {reference})" in caplog.text
+    assert "operator.token" in caplog.text  # the server's log has it

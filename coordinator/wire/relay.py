@@ -54,6 +54,7 @@ from autolfads.coordinator.security.exposure import ServerSecurity
 from autolfads.coordinator.security.limits import ERROR_KIND_KEY
 from autolfads.coordinator.security.tls import ServerTls
 from autolfads.coordinator.security.tokens import TokenSet
+from autolfads.coordinator.wire.status_codes import internal_message
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,6 @@ class RelayOwner:
         except _Aborted as err:
             front.send(call_id, ERROR, method, encode_error(err.code, err.kind, err.details))
         except Exception as err:  # a bug of ours: the call fails, the owner goes on
-            log.error("relayed %s failed", METHODS[method][0], exc_info=err)
             front.send(call_id, ERROR, method, _internal(err))
         finally:
             self._calls.pop((id(front), call_id), None)
@@ -252,8 +252,7 @@ class RelayOwner:
             return
         except _Aborted as err:
             front.send(call_id, ERROR, method, encode_error(err.code, err.kind, err.details))
-        except Exception as err:
-            log.error("relayed %s failed", METHODS[method][0], exc_info=err)
+        except Exception as err:  # logged with the reference the caller is given
             front.send(call_id, ERROR, method, _internal(err))
         finally:
             self._calls.pop((id(front), call_id), None)
@@ -276,8 +275,7 @@ def _decode(method: int, payload: bytes) -> tuple[Any, RelayContext]:
 
 
 def _internal(err: Exception) -> bytes:
-    details = f"internal error: {type(err).__name__}: {err}"
-    return encode_error(grpc.StatusCode.INTERNAL, "", details)
+    return encode_error(grpc.StatusCode.INTERNAL, "", internal_message(err))
 
 
 def security_from(config: dict[str, Any]) -> ServerSecurity:

@@ -26,8 +26,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
-import grpc
-
 from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.search.messages import StatusView
 from autolfads.coordinator.search.service import CoordinatorService
@@ -49,9 +47,7 @@ STATUS_WRITE_ATTEMPTS = 3
 
 
 async def _abort(context: Any, err: Exception) -> NoReturn:
-    code, message, kind = to_status(err)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("internal error in the coordinator", exc_info=err)
+    code, message, kind = to_status(err)  # an internal error is logged there
     if kind:
         context.set_trailing_metadata(((ERROR_KIND_KEY, kind),))
     await context.abort(code, message)

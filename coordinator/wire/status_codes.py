@@ -9,6 +9,9 @@ apart, and a foreign client still gets a meaningful code.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import grpc
 
 from autolfads.coordinator.search.errors import (
@@ -27,6 +30,8 @@ from autolfads.errors import AutolfadsError
 from autolfads.storage.errors import StorageError
 
 __all__ = ["ERROR_KIND_KEY", "STATUS_CODES", "error_kind", "from_rpc_error", "to_status"]
+
+log = logging.getLogger(__name__)
 
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,7 +80,17 @@ def to_status(err: Exception) -> tuple[grpc.StatusCode, str, str]:
             return STATUS_CODES[cls], str(err), type(err).__name__
     if isinstance(err, AutolfadsError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err), "InvalidRequest"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}", ""
+    return grpc.StatusCode.INTERNAL, internal_message(err), ""
+
+
+def internal_message(err: Exception) -> str:
+    """What a caller is told of a bug of ours: a reference into the server's
+    log, which has the traceback. The exception's own text may name paths,
+    buckets or token files, and callers may hold no more than an observer
+    token."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("internal error (reference %s)", reference, exc_info=err)
+    return f"internal error (reference {reference}; the server's log has the details)"
 
 
 def error_kind(err: grpc.RpcError) -> str:
