@@ -18,7 +18,12 @@ from coordinator_helpers import fake_train, open_tiny_search, saved_state
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autolfads.config import parse_config
-from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest, Overloaded
+from autolfads.coordinator.search.errors import (
+    CoordinatorError,
+    CoordinatorUnavailable,
+    InvalidRequest,
+    Overloaded,
+)
 from autolfads.coordinator.search.service import MAX_TRACKED_WORKERS, CoordinatorService
 from autolfads.coordinator.search.state import SearchState
 from autolfads.coordinator.search.validation import MAX_EPOCH_METRICS
@@ -124,6 +129,14 @@ def test_a_busy_coordinator_refuses_as_overloaded_and_clients_wait_it_out(local_
             assert trailing["autolfads-error"] == "Overloaded"
             assert 200 <= int(trailing["grpc-retry-pushback-ms"]) <= 800
 
+            # Out of patience, a client says the coordinator was busy, not
+            # that it could not be reached (it answered every time).
+            observer = ClientSecurity(token=TOKENS.observer)
+            impatient = CoordinatorClient(target, unavailable_wait_s=0, security=observer)
+            busy = pytest.raises(CoordinatorUnavailable, match="busy .it refused every try. for")
+            with impatient, busy:
+                impatient.status()
+
             # The client retries a busy coordinator like an unreachable one;
             # here the slot frees up during its first pause.
             pauses: list[float] = []
@@ -133,7 +146,6 @@ def test_a_busy_coordinator_refuses_as_overloaded_and_clients_wait_it_out(local_
                 probe.cancel()
                 time.sleep(seconds)
 
-            observer = ClientSecurity(token=TOKENS.observer)
             with CoordinatorClient(
                 target, unavailable_wait_s=60, sleep=pause, security=observer
             ) as client:

@@ -68,6 +68,16 @@ _RETRYABLE = (
 )
 
 
+def _why_unavailable(err: grpc.RpcError) -> str:
+    """How a transient failure reads: whether the coordinator answered."""
+    kind = error_kind(err)
+    if kind == Overloaded.__name__:
+        return "busy (it refused every try)"
+    if kind:  # it answered, marked: its storage failed the change
+        return "could not save its state"
+    return "unreachable"
+
+
 def _transient(err: grpc.RpcError) -> bool:
     """Worth asking again: the coordinator is unreachable, or said it is
     busy (RESOURCE_EXHAUSTED marked Overloaded). An unmarked
@@ -343,8 +353,8 @@ class CoordinatorClient:
                     failure = from_rpc_error(err, self.target)
                     if transient:
                         raise CoordinatorUnavailable(
-                            f"coordinator {self.target} unreachable for {waited:.0f} s: "
-                            f"{failure}{self._plaintext_hint(err)}"
+                            f"coordinator {self.target} {_why_unavailable(err)} for "
+                            f"{waited:.0f} s: {failure}{self._plaintext_hint(err)}"
                         ) from None
                     raise failure from None
                 log.info(
