@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,3 +59,19 @@ def test_runtime_pins_are_not_older_than_the_generator():
     pinned = _group(r'GRPC_TOOLS_VERSION = "([0-9.]+)"', generator)
     assert _version(pinned) == gencode_grpc
     assert f"grpcio-tools=={pinned}" in project["optional-dependencies"]["dev"]
+
+
+def test_an_answer_from_a_newer_coordinator_is_not_blamed_on_the_request():
+    # A new enum value is a compatible change within v1; an older client
+    # used to raise InvalidRequest ("unspecified or unknown"), never retried
+    # and blaming its own request, and the trainer died on it.
+    from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest
+    from autolfads.coordinator.wire import convert
+    from autolfads.pbt.v1 import coordinator_pb2 as pb
+
+    newer = pb.RequestWorkResponse(action=99)  # type: ignore[arg-type]  # a value after v1.x
+    with pytest.raises(CoordinatorError, match="newer than this autolfads") as caught:
+        convert.work_from_proto(newer)
+    assert not isinstance(caught.value, InvalidRequest)
+    with pytest.raises(CoordinatorError, match="heartbeat action 7"):
+        convert.heartbeat_from_proto(pb.HeartbeatResponse(action=7))  # type: ignore[arg-type]

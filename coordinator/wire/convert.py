@@ -11,7 +11,7 @@ import threading
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from autolfads.coordinator.search.errors import InvalidRequest
+from autolfads.coordinator.search.errors import CoordinatorError, InvalidRequest
 from autolfads.coordinator.search.messages import (
     BestView,
     HeartbeatReply,
@@ -72,10 +72,23 @@ _PHASE_NAMES = _invert(_PHASES)
 
 
 def _lookup(table: dict, value: object, what: str) -> str:
+    """A request's enum value (the server parsing it)."""
     try:
         return table[value]
     except KeyError:
         raise InvalidRequest(f"{what} {value!r} is unspecified or unknown") from None
+
+
+def _answered(table: dict, value: object, what: str) -> str:
+    """An answer's enum value (the client parsing it): one this client does
+    not know comes from a newer coordinator, not from a bad request."""
+    try:
+        return table[value]
+    except KeyError:
+        raise CoordinatorError(
+            f"the coordinator answered {what} {value!r}, which this client does not know: "
+            "it is newer than this autolfads; upgrade it here"
+        ) from None
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -172,10 +185,10 @@ def work_to_proto(r: WorkReply) -> pb.RequestWorkResponse:
 
 def work_from_proto(m: pb.RequestWorkResponse) -> WorkReply:
     return WorkReply(
-        action=_lookup(_WORK_ACTION_NAMES, m.action, "work action"),  # type: ignore[arg-type]
+        action=_answered(_WORK_ACTION_NAMES, m.action, "work action"),  # type: ignore[arg-type]
         leases=tuple(lease_from_proto(x) for x in m.leases),
         retry_after_s=m.retry_after_s,
-        search_state=_lookup(_SEARCH_STATE_NAMES, m.search_state, "search state"),
+        search_state=_answered(_SEARCH_STATE_NAMES, m.search_state, "search state"),
         held_s=m.held_s,
     )
 
@@ -193,7 +206,7 @@ def heartbeat_to_proto(r: HeartbeatReply) -> pb.HeartbeatResponse:
 
 def heartbeat_from_proto(m: pb.HeartbeatResponse) -> HeartbeatReply:
     return HeartbeatReply(
-        action=_lookup(_HB_ACTION_NAMES, m.action, "heartbeat action"),  # type: ignore[arg-type]
+        action=_answered(_HB_ACTION_NAMES, m.action, "heartbeat action"),  # type: ignore[arg-type]
         reason=_STOP_REASON_NAMES.get(m.reason, ""),
         deadline=_seconds(m.deadline),
     )
@@ -254,7 +267,7 @@ def search_state_to_proto(state: str) -> int:
 
 
 def search_state_from_proto(value: int) -> str:
-    return _lookup(_SEARCH_STATE_NAMES, value, "search state")
+    return _answered(_SEARCH_STATE_NAMES, value, "search state")
 
 
 def member_to_proto(m: MemberView) -> pb.MemberStatus:
@@ -338,7 +351,7 @@ def status_from_proto(m: pb.SearchStatus) -> StatusView:
             hparams=dict(x.hparams),
             metric=x.metric,
             parent=x.parent,
-            phase=_lookup(_PHASE_NAMES, x.phase, "member phase"),  # type: ignore[arg-type]
+            phase=_answered(_PHASE_NAMES, x.phase, "member phase"),  # type: ignore[arg-type]
             worker_id=x.worker_id,
             checkpoint_key=x.checkpoint_key,
             lineage=tuple(
