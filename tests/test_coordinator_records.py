@@ -86,3 +86,22 @@ def test_numpy_values_are_written_as_numbers(tmp_path) -> None:
     entry.hparams = {**entry.hparams, "lr_init": np.float64(0.003), "seed": np.int64(7)}
     line = json.loads(history_doc(state, "m000").decode().splitlines()[0])
     assert line["hparams"]["lr_init"] == 0.003 and line["hparams"]["seed"] == 7
+
+
+def test_the_last_generation_records_no_copies_that_never_happen(tmp_path) -> None:
+    # Its record used to list loser -> winner copies (and async histories an
+    # exploit) for a next generation the search never runs.
+    for mode in ("sync", "async"):
+        store = LocalStore(tmp_path / mode)
+        cfg = tiny_config(population=4, max_generations=2, mode=mode)
+        service = open_service(store, cfg)
+        run_to_the_end(service, store)
+        state = service.snapshot()
+        last = json.loads(store.get_bytes(LAYOUT.generation(1)))
+        assert last["copies"] == {}, mode
+        for member in state.members:
+            entry = state.entry(member, 1)
+            assert entry is not None and not entry.next_exploited, (mode, member)
+            if mode == "sync":
+                assert last["members"][member]["next"] is None, member
+        assert json.loads(store.get_bytes(LAYOUT.generation(0)))["copies"], mode  # decided there

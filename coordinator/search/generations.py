@@ -140,10 +140,10 @@ class Progress:
                     "start": plan.checkpoint or "fresh init",
                 }
             )
-        _record_decision(entry, plan)
         if g + 1 >= self.cfg.pbt.max_generations:
-            segment.phase = "finished"
+            segment.phase = "finished"  # no next generation: no decision to record
         else:
+            _record_decision(entry, plan)
             state.segments[member] = pop.next_segment(self.cfg, state, plan, g + 1)
         self.view_history(state, member)
         self._put(self.layout.generation(g), partial(records.async_generation_doc, state, g))

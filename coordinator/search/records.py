@@ -89,7 +89,10 @@ def sync_generation_doc(state: SearchState, plan: GenerationPlan, stop_reason: s
             "sha256": entry.sha256,
             "start": {"member": entry.parent, "generation": entry.start_generation},
             "hparams": entry.hparams,
-            "next": {
+            # The search's last generation has no next one: nothing is copied.
+            "next": None
+            if stop_reason
+            else {
                 "parent": step.parent,
                 "exploited": step.exploited,
                 "checkpoint": step.checkpoint,
@@ -104,7 +107,9 @@ def sync_generation_doc(state: SearchState, plan: GenerationPlan, stop_reason: s
         "ranking": plan.ranking,
         "best_member": plan.best_member,
         "best_metric": json_metric(plan.best_metric),
-        "copies": {m: p.parent for m, p in sorted(plan.plans.items()) if p.exploited},
+        "copies": {}
+        if stop_reason
+        else {m: p.parent for m, p in sorted(plan.plans.items()) if p.exploited},
         "members": members,
         "stop": stop_reason,
         "events": _events_of(state, g),
