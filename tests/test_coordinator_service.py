@@ -414,6 +414,38 @@ def test_async_a_diverged_member_goes_back_to_its_own_last_good_checkpoint(local
     assert second.checkpoint_key not in [f.checkpoint for f in again.fallbacks]
 
 
+def test_async_the_best_includes_results_of_generations_still_open(local_store):
+    """The plateau stop fires as a generation closes; a member that ran ahead
+    may already hold a better result of a later generation, whose
+    checkpoint is kept. best/search.json used to name a worse one."""
+    cfg = tiny_config(
+        mode="async", max_generations=10, stop_patience_generations=2, stop_improvement=0.5
+    )
+    service = open_service(local_store, cfg)
+    first = {g.member: g for g in service.request_work("w0", 4).leases}
+    queued: dict = {}
+
+    def next_of(member):
+        queued.update({g.member: g for g in service.request_work("w0", 8).leases})
+        return queued.pop(member)
+
+    def report(grant, metric):
+        service.report(fake_train(local_store, grant, "w0", metric=metric))
+
+    report(first["m000"], 1.0)
+    report(next_of("m000"), 0.95)
+    report(next_of("m000"), 0.20)  # generation 2: the best result of the search
+    for member in ("m001", "m002", "m003"):
+        report(first[member], 1.0)  # generation 0 closes
+    for member in ("m001", "m002", "m003"):
+        report(next_of(member), 0.96)  # generation 1 closes: the plateau stop
+    state = service.snapshot()
+    assert state.status == "finished"
+    assert state.best is not None
+    assert (state.best.member, state.best.generation, state.best.metric) == ("m000", 2, 0.2)
+    assert local_store.exists(state.best.checkpoint)
+
+
 def test_async_mode_finishes_every_member(local_store):
     service = open_service(local_store, tiny_config(mode="async", max_generations=3))
     assert run_search(service, local_store, workers=3, seed=3) == 12

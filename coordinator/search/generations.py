@@ -176,6 +176,12 @@ class Progress:
             state.generation = g + 1
             stop = self._stop_reason(state, g + 1)
             if stop:
+                # Members that ran ahead have results of open generations
+                # (pinned, so still stored): the best may be one of them.
+                for member in state.members:
+                    for entry in state.history.get(member, []):
+                        if entry.generation > g:
+                            self._update_best(state, entry)
                 self.finish(state, "finished", stop)
                 return
             self._collect_garbage(state)
