@@ -35,7 +35,7 @@ from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import AutolfadsError
 from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
 from autolfads.storage import RunLayout, Store
-from autolfads.storage.claims import ClaimLost, RunClaim, claim_run
+from autolfads.storage.claims import ClaimLost, claim_run
 from autolfads.trainer.timing import TIMING_ENV
 from autolfads.worker_pool import (
     WORKER_EXIT_GRACE_S,
@@ -269,53 +269,40 @@ def run_search(
     # Before anything is read or deleted: a live coordinator of this run
     # (another `autolfads run`, say) refuses this one here.
     with claim_run(store, cfg.name, command="autolfads run") as claim:
-        # Every write of this run fails once the claim is lost.
-        fenced = claim.fence(store)
-        return _run_claimed(cfg, fenced, data_path, opts, security, printer, claim)
-
-
-def _run_claimed(
-    cfg: RunConfig,
-    store: Store,
-    data_path: Path,
-    opts: LaunchOptions,
-    security: ServerSecurity,
-    printer: ProgressPrinter,
-    claim: RunClaim,
-) -> str:
-    tokens = security.tokens
-    # The trainers' template imports torch while the coordinator opens.
-    warm_template(worker_env(tokens))
-    service = open_service(cfg, store, data_path, opts)
-    if service.terminal:
-        return service.exit_status
-    serving = serve(service, opts.listen, security)
-    log_dir = make_log_dir(opts, cfg.name)
-    log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
-    progress = progress_source(service, cfg)
-    pool: WorkerPool | None = None
-    try:
-        pool = WorkerPool(
-            _worker_command(opts, serving.port, cfg.name),
-            opts.workers,
-            log_dir,
-            env=worker_env(tokens),
-        )
-        while not service.terminal:
-            if not claim.held():
-                raise ClaimLost(claim)
-            service.tick()
-            pool.check(search_running=True)
+        store = claim.fence(store)  # every write fails once the claim is lost
+        tokens = security.tokens
+        # The trainers' template imports torch while the coordinator opens.
+        warm_template(worker_env(tokens))
+        service = open_service(cfg, store, data_path, opts)
+        if service.terminal:
+            return service.exit_status
+        serving = serve(service, opts.listen, security)
+        log_dir = make_log_dir(opts, cfg.name)
+        log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
+        progress = progress_source(service, cfg)
+        pool: WorkerPool | None = None
+        try:
+            pool = WorkerPool(
+                _worker_command(opts, serving.port, cfg.name),
+                opts.workers,
+                log_dir,
+                env=worker_env(tokens),
+            )
+            while not service.terminal:
+                if not claim.held():
+                    raise ClaimLost(claim)
+                service.tick()
+                pool.check(search_running=True)
+                printer.show(progress())
+                time.sleep(0.5)
             printer.show(progress())
-            time.sleep(0.5)
-        printer.show(progress())
-        # Workers learn DONE at their next request; give them a lease period.
-        pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
-    finally:
-        printer.close()
-        stop_trainers = pool.stop if pool is not None else lambda: None
-        shut_down(service, serving, stop_trainers, write=claim.held())
-    return service.exit_status
+            # Workers learn DONE at their next request; give them a lease period.
+            pool.wait(timeout_s=min(opts.lease_timeout_s, WORKER_EXIT_GRACE_S))
+        finally:
+            printer.close()
+            stop_trainers = pool.stop if pool is not None else lambda: None
+            shut_down(service, serving, stop_trainers, write=claim.held())
+        return service.exit_status
 
 
 def _staged_data(store: Store, layout: RunLayout) -> tuple[str, str]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,12 @@ def serve_staged(store, run: str, port: int = 0):
 
     cfg, key, sha = load_run(store, run)
     return create_server(f"127.0.0.1:{port}", CoordinatorService.open_search(cfg, store, key, sha))
+
+
+def until(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Poll `condition()` until it holds; fail naming `what` after `timeout_s`."""
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

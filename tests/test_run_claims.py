@@ -15,26 +15,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from run_helpers import stage_tiny_search
+from run_helpers import stage_tiny_search, until
 
 from autolfads.storage import LocalStore, RunLayout, StorageError, WrapperStore
 from autolfads.storage.claims import Claimant, ClaimLost, RunClaimed, claim_run
 from autolfads.storage.memory import MemoryStore
 
 RUN = "claimed-run"
-
-
-def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(params=["memory", "s3"])
@@ -149,7 +140,7 @@ def test_an_owner_that_cannot_renew_stops_writing_before_its_lapse(record_store)
     fenced = owner.fence(store)
     fenced.put_bytes(f"{RUN}/coordinator/journal/000000000001.json", b"{}")
     store.fail = True
-    wait_until(lambda: not owner.held(), "the fence")
+    until(lambda: not owner.held(), "the fence")
     assert owner.lost_reason == "not renewed for 0 s"
     with pytest.raises(StorageError, match="not written, since the claim on run"):
         fenced.put_bytes(f"{RUN}/coordinator/journal/000000000002.json", b"{}")
@@ -168,7 +159,7 @@ def test_a_renewal_that_lands_after_the_lapse_does_not_revive_the_claim(record_s
     assert not owner.held()
     store.gate.set()  # the hung renewal lands over the newcomer's record
     assert owner._thread is not None
-    wait_until(lambda: not owner._thread.is_alive(), "the old owner's renewals to stop")
+    until(lambda: not owner._thread.is_alive(), "the old owner's renewals to stop")
     assert not owner.held()
     owner.release()
     newcomer.release()
@@ -178,7 +169,7 @@ def test_an_owner_taken_over_knows_it_and_leaves_the_new_record(record_store):
     first = claim(record_store, on("pod-a"))
     newcomer = on("pod-b")
     foreign_record(record_store, newcomer, lapse_after_s=60.0)
-    wait_until(lambda: not first.held(), "the owner to see its claim taken")
+    until(lambda: not first.held(), "the owner to see its claim taken")
     assert "claimed by autolfads coordinator (host pod-b" in first.lost_reason
     first.release()
     left = json.loads(record_store.get_bytes(RunLayout(RUN).owner()))
@@ -210,7 +201,7 @@ def test_a_coordinator_whose_claim_is_lost_stops_at_once_without_writing():
     newcomer = Claimant("autolfads coordinator", host="pod-b")
     doc = {**asdict(newcomer), "beat": 0, "lapse_after_s": 60.0}
     store.put_bytes(RunLayout(cfg.name).owner(), json.dumps(doc).encode())
-    wait_until(lambda: not owner.held(), "the owner to see its claim taken")
+    until(lambda: not owner.held(), "the owner to see its claim taken")
     before = sorted((i.key, i.sha256) for i in store.list(f"{cfg.name}/"))
     with pytest.raises(ClaimLost, match="stopped serving, since its claim was lost"):
         serve(service, "127.0.0.1:0", claim=owner, tick_s=0.05)
@@ -268,7 +259,7 @@ def start_coordinator(port_file: Path, store_url: str, run: str) -> subprocess.P
          "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_until(lambda: port_file.exists() or proc.poll() is not None, "the coordinator")
+    until(lambda: port_file.exists() or proc.poll() is not None, "the coordinator")
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     return proc
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_helpers import serve_staged, stage_tiny_search
+from run_helpers import serve_staged, stage_tiny_search, until
 
 from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.search.messages import SegmentReport
@@ -239,13 +239,3 @@ def test_a_lease_whose_answer_was_lost_comes_back_with_the_retry(tmp_path, monke
     assert state is not None and state.status == "finished"
     # One lease per segment, each answered and reported: none was orphaned.
     assert sorted(x.status for x in state.leases.values()) == ["accepted", "accepted"]
-
-
-def until(condition, what: str, timeout_s: float = 60.0) -> None:
-    import time
-
-    end = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
