@@ -179,6 +179,35 @@ def test_a_segment_whose_leases_keep_expiring_ends_as_failed(local_store):
         service.report(fake_train(local_store, again, "w2"))
 
 
+def test_leases_failing_together_settle_nothing_after_the_search_ends(local_store):
+    """Two segments reach their last expiry in one sweep; failing the first
+    ends the search (async plateau). The second used to be settled into the
+    ended search anyway: a result after the end, a new queued segment."""
+    from autolfads.coordinator.search.service import MAX_LEASE_EXPIRIES
+
+    clock = ManualClock()
+    cfg = tiny_config(
+        mode="async", population=2, max_generations=5,
+        stop_patience_generations=2, stop_improvement=0.5,
+    )  # fmt: skip
+    service = open_service(local_store, cfg, clock=clock, lease_timeout_s=30)
+    for grant in service.request_work("w0", 2).leases:
+        service.report(fake_train(local_store, grant, "w0", metric=1.0))
+    ahead = next(g for g in service.request_work("w0", 2).leases if g.member == "m001")
+    service.report(fake_train(local_store, ahead, "w0", metric=0.99))
+    service.request_work("w0", 2)  # m001 runs ahead into generation 2
+    for attempt in range(MAX_LEASE_EXPIRIES):
+        clock.advance(31)
+        reply = service.request_work(f"w{attempt + 1}", 2)
+    assert reply.action == "done"
+    state = service.snapshot()
+    assert state.status == "finished"
+    kinds = [e["kind"] for e in state.events]
+    assert "search_finished" in kinds
+    assert kinds[kinds.index("search_finished") + 1 :] == []  # nothing after the end
+    assert all(s.phase == "finished" for s in state.segments.values())
+
+
 def test_duplicate_report_is_acknowledged_once(local_store):
     service = open_service(local_store)
     grant = service.request_work("w0", 1).leases[0]

@@ -679,6 +679,8 @@ class CoordinatorService:
                 else:
                     self._requeue(segment, lease, "expired", "")
         for lease in given_up:
+            if self._state.terminal or lease.status != "active":
+                continue  # settling an earlier one ended the search (and revoked this)
             segment = self._state.segments[lease.member]
             message = (
                 f"its lease expired {segment.expired} times: every worker that took it "
