@@ -14,6 +14,7 @@ import pytest
 from coordinator_helpers import open_tiny_search
 
 from autolfads.coordinator.search.errors import CoordinatorUnavailable
+from autolfads.coordinator.security import limits
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
 
@@ -65,7 +66,10 @@ class Relay:
 
 
 @pytest.fixture
-def relay(local_store) -> Iterator[Relay]:
+def relay(local_store, monkeypatch) -> Iterator[Relay]:
+    # This server takes pings as often as the test's client sends them, so
+    # only a ping unanswered (not one refused as too frequent) ends a call.
+    monkeypatch.setattr(limits, "MIN_CLIENT_PING_MS", 100)
     server, port = create_server("127.0.0.1:0", open_tiny_search(local_store))
     relay = Relay(port)
     yield relay

@@ -10,6 +10,7 @@ import threading
 
 from coordinator_helpers import open_tiny_search, saved_state
 
+from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
@@ -61,3 +62,36 @@ def test_a_watch_rides_out_a_coordinator_restart(local_store):
         thread.join(timeout=30)
         server.stop(0)
     assert not thread.is_alive()
+
+
+def test_a_watch_of_a_coordinator_that_stays_stopping_gives_up_in_time(local_store):
+    # While it drains, a stopping coordinator answers each new stream with an
+    # error; the watcher used to take the repeated status it was first sent
+    # for news, reconnect five times a second and never give up.
+    service = open_tiny_search(local_store)
+    server, port = create_server("127.0.0.1:0", service)
+    watcher = CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=1.0)
+    ended: list[BaseException] = []
+    first = threading.Event()
+
+    def watch() -> None:
+        try:
+            for _ in watcher.watch():
+                first.set()
+        except BaseException as err:
+            ended.append(err)
+        first.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    try:
+        thread.start()
+        assert first.wait(30)
+        service.drain()  # and it stays up, stopping
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the watcher never gave up on a stopping coordinator"
+        assert len(ended) == 1 and isinstance(ended[0], CoordinatorUnavailable), ended
+        assert "stopping" in str(ended[0])
+    finally:
+        watcher.close()
+        thread.join(timeout=30)
+        server.stop(0)

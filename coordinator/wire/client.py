@@ -260,9 +260,11 @@ class CoordinatorClient:
             )
             try:
                 for message in stream:
-                    failed_at, delay = None, 0.2  # connected again
                     status = convert.status_from_proto(message)
                     if status.revision != last:
+                        # News: the coordinator is back (a repeat of the last
+                        # status, which a stopping one still sends, is not).
+                        failed_at, delay = None, 0.2
                         last = status.revision
                         yield status
                 return

@@ -130,18 +130,18 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 status = await self._written_status()
             except Exception as err:
                 await _abort(context, err)
-            if status.revision != revision:
-                revision = status.revision
-                yield convert.status_to_proto(status, self._members)
-            if status.terminal:
-                return  # the stream ends with the search
-            if self._service.draining:
+            if self._service.draining and not status.terminal:
                 # Stopping, not ended: an error the watcher retries, never the
                 # clean end it would take for the search's.
                 await _abort(
                     context,
                     CoordinatorUnavailable("the coordinator is stopping; the search goes on"),
                 )
+            if status.revision != revision:
+                revision = status.revision
+                yield convert.status_to_proto(status, self._members)
+            if status.terminal:
+                return  # the stream ends with the search
             await loop.run_in_executor(
                 None, self._service.wait_for_change, revision, self._watch_poll_s
             )
