@@ -79,6 +79,9 @@ class KatibSuggestion:
         self._searches: dict[str, CoordinatorService] = {}
         # One per open search: no other coordinator writes its run meanwhile.
         self._claims: dict[str, RunClaim] = {}
+        # Taking a claim may wait out a previous holder (a rescheduled pod):
+        # one lock per run for that, so only that run's calls wait.
+        self._opening: dict[str, threading.Lock] = {}
 
     def validate(self, exp: ExperimentView) -> None:
         """ValidateAlgorithmSettings: InvalidRequest naming what does not fit."""
@@ -93,8 +96,9 @@ class KatibSuggestion:
             raise InvalidRequest(
                 f"total_request_number {total} is below current_request_number {count}"
             )
+        claim = self._claim(exp.name)
         with self._lock:
-            service = self._search(exp)
+            service = self._search(exp, claim)
             population = service.cfg.pbt.population
             if count > population:
                 raise InvalidRequest(
@@ -129,29 +133,47 @@ class KatibSuggestion:
         except (ConfigError, DataError) as err:
             raise InvalidRequest(f"experiment {run!r}: {err}") from None
 
-    def _search(self, exp: ExperimentView) -> CoordinatorService:
+    def _claim(self, run: str) -> RunClaim:
+        """This process's claim on `run`, taken on its first call (not under
+        the lock: it may wait out a previous holder's lapse)."""
+        with self._lock:
+            opening = self._opening.setdefault(run, threading.Lock())
+        with opening:
+            with self._lock:
+                claim = self._claims.get(run)
+            if claim is not None and not claim.held():
+                # Another process may be writing the run: this one stops serving it.
+                with self._lock:
+                    self._searches.pop(run, None)
+                    self._claims.pop(run, None)
+                raise NotReady(str(ClaimLost(claim)))
+            if claim is not None:
+                return claim
+            self._staged(run)  # refused before anything is written for it
+            try:
+                claim = claim_run(self.store, run, command="autolfads katib suggestion")
+            except RunClaimed as err:
+                # Katib asks again later: by then a dead holder's claim has lapsed.
+                raise NotReady(str(err)) from None
+            with self._lock:
+                self._claims[run] = claim
+            return claim
+
+    def _search(self, exp: ExperimentView, claim: RunClaim) -> CoordinatorService:
         """The run's search, opened (or resumed from storage) once the
         Experiment has been checked against its config."""
-        claim = self._claims.get(exp.name)
-        if claim is not None and not claim.held():
-            # Another process may be writing the run: this one stops serving it.
-            del self._searches[exp.name], self._claims[exp.name]
-            raise NotReady(str(ClaimLost(claim)))
         if exp.name not in self._searches:
             cfg, data_key, data_sha = self._staged(exp.name)
             check_experiment(exp, cfg)
-            self._searches[exp.name] = self._open(cfg, data_key, data_sha)
+            self._searches[exp.name] = self._open(cfg, data_key, data_sha, claim)
             log.info("search %s opened from %s", exp.name, self.store.url)
         service = self._searches[exp.name]
         check_experiment(exp, service.cfg)
         return service
 
-    def _open(self, cfg: RunConfig, data_key: str, data_sha: str) -> CoordinatorService:
-        try:
-            claim = claim_run(self.store, cfg.name, command="autolfads katib suggestion")
-        except RunClaimed as err:
-            # Katib asks again later: by then a dead holder's claim has lapsed.
-            raise NotReady(str(err)) from None
+    def _open(
+        self, cfg: RunConfig, data_key: str, data_sha: str, claim: RunClaim
+    ) -> CoordinatorService:
         try:
             service = CoordinatorService.open_search(
                 cfg,
@@ -164,8 +186,8 @@ class KatibSuggestion:
             )
         except BaseException:
             claim.release()
+            self._claims.pop(cfg.name, None)
             raise
-        self._claims[cfg.name] = claim
         return service
 
     def close(self) -> None:

@@ -264,6 +264,7 @@ class _FileClaim(RunClaim):
         return cls(run, me, fd)
 
     def release(self) -> None:
+        self.lost_reason = self.lost_reason or "released"  # fenced writes fail from now on
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # the next holder writes its own
             os.close(self._fd)  # closing drops the flock
@@ -475,6 +476,7 @@ class _RecordClaim(RunClaim):
         if self._stop.is_set():
             return
         lost = not self.held()
+        self.lost_reason = self.lost_reason or "released"  # fenced writes fail from now on
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

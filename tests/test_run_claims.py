@@ -66,6 +66,7 @@ def test_a_live_owner_refuses_a_second_comer_until_it_releases(record_store):
         claim(record_store, on("pod-b", "autolfads run"))
     assert first.held()
     first.release()
+    assert not first.held()  # its fenced store writes nothing more
     assert not record_store.exists(RunLayout(RUN).owner())
     second = claim(record_store, on("pod-b", "autolfads run"))
     assert second.held()
@@ -221,6 +222,7 @@ def test_a_local_run_is_claimed_by_one_process_at_a_time(tmp_path):
         claim_run(store, RUN, command="autolfads run")
     claim_run(store, "another-run", command="autolfads run").release()  # per run
     first.release()
+    assert not first.held()
     claim_run(store, RUN, command="autolfads run").release()
     # Nothing of the claim shows among the store's objects.
     assert list(store.list("")) == []
