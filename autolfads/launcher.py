@@ -227,6 +227,9 @@ def shut_down(
     if released:
         log.info("handed back %d leases of stopped trainers", released)
     serving.server.graceful_stop(grace_s=2.0)
+    # A call cut off at the end of the grace may have staged a change: written
+    # now, while the run is still claimed (its claim ends after this).
+    service.flush()
 
 
 def write_observer_token(log_dir: Path, tokens: TokenSet) -> Path:

@@ -59,6 +59,7 @@ from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 from autolfads.signals import StopEvent, restore_signals, stop_on_signals
 from autolfads.storage.claims import ClaimLost, RunClaim
+from autolfads.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +408,12 @@ def serve(
     finally:
         server.graceful_stop()
         restore_signals(previous)
+    # A call cut off at the end of the grace may have staged a change: written
+    # now, while the run is still claimed (the caller's claim ends after this).
+    try:
+        service.flush()
+    except StorageError as err:  # that change is lost; the state as last written holds
+        log.warning("a last change was not saved: %s", err)
     status = service.exit_status
     log.info("coordinator stopped; search %s", status)
     if status in ("finished", "cancelled"):
