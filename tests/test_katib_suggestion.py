@@ -6,7 +6,9 @@ exercised in test_katib_e2e.py."""
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 from collections.abc import Collection
 
 import grpc
@@ -14,6 +16,7 @@ import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from katib_fake import Condition, FakeKatib, FakeTrial, TrialRunner, experiment_proto
+from run_helpers import until
 
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.service import CoordinatorService
@@ -386,3 +389,43 @@ def test_a_second_suggestion_process_waits_until_the_first_lets_the_run_go(store
         assert [t.name for t in other.request(1)] == ["search-m001-g0"]
     finally:
         second.stop()
+
+
+def test_waiting_out_one_run_s_previous_holder_holds_up_no_other_experiment(caplog):
+    # A rescheduled suggestion pod finds the old pod's claim on S3 and waits
+    # out its lapse. That wait used to happen under the service's one lock,
+    # so every other Experiment's GetSuggestions waited too.
+    from dataclasses import asdict
+
+    from autolfads.storage.claims import Claimant
+    from autolfads.storage.memory import MemoryStore
+
+    store = MemoryStore()
+    held_up = tiny_config(mode="async", population=3).model_copy(update={"name": "held-up"})
+    free = tiny_config(mode="async", population=3)
+    stage(store, held_up)
+    stage(store, free)
+    old_pod = Claimant("autolfads katib suggestion", host="old-pod", pid=1)
+    owner = RunLayout(held_up.name).owner()
+    # Never renewed, and a lapse no test outlasts: only its removal ends the wait.
+    store.put_bytes(
+        owner, json.dumps({**asdict(old_pod), "beat": 0, "lapse_after_s": 600}).encode()
+    )
+    served = Served(store)
+    waiting = katib_for(served, held_up, fake_trials(store))
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(waiting.request(1)))
+    try:
+        with caplog.at_level(logging.INFO, logger="autolfads.storage.claims"):
+            thread.start()
+            until(lambda: "waiting up to 600 s" in caplog.text, "the wait for the old pod")
+        # Another Experiment is answered meanwhile.
+        assert len(katib_for(served, free, fake_trials(store)).request(1)) == 1
+        assert thread.is_alive() and not outcome  # still waiting out the old pod
+        store.delete(owner)  # the old pod's claim ends
+        thread.join(timeout=60)
+        assert not thread.is_alive() and len(outcome) == 1
+    finally:
+        store.delete(owner)  # (a failed check above must not leave it waiting)
+        thread.join(timeout=60)
+        served.stop()
