@@ -29,7 +29,13 @@ from s3_proxy import Hold, ScriptedS3Proxy
 
 # Keep Ray on loopback and offline: no usage reports, and 127.0.0.1 is not
 # rewritten to the machine's outside address. Ray reads these when imported.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Its head waits 30 s for the GCS server's port by default: on 2 cores shared
+# with another test worker training models the GCS has missed that twice.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_gcs_server_port_wait_time_s": "180",
+}
 os.environ.update(RAY_ENV)
 ray = pytest.importorskip("ray")
 
