@@ -29,13 +29,7 @@ from s3_proxy import Hold, ScriptedS3Proxy
 
 # Keep Ray on loopback and offline: no usage reports, and 127.0.0.1 is not
 # rewritten to the machine's outside address. Ray reads these when imported.
-# Its head waits 30 s for the GCS server's port by default: on 2 cores shared
-# with another test worker training models the GCS has missed that twice.
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_gcs_server_port_wait_time_s": "180",
-}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 os.environ.update(RAY_ENV)
 ray = pytest.importorskip("ray")
 
@@ -48,7 +42,16 @@ def cluster() -> Iterator[object]:
     from ray.cluster_utils import Cluster
 
     head = {"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
-    c = Cluster(initialize_head=True, connect=True, head_node_args=head)
+    try:
+        c = Cluster(initialize_head=True, connect=True, head_node_args=head)
+    except RuntimeError as err:
+        # Now and then Ray's GCS server never starts here (no log line at
+        # all; a longer wait for its port did not help): Ray's start-up, not
+        # ours. One fresh head is tried; a second failure fails the tests.
+        if "gcs_server_port" not in str(err):
+            raise
+        ray.shutdown()
+        c = Cluster(initialize_head=True, connect=True, head_node_args=head)
     try:
         yield c
     finally:
