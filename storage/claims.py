@@ -44,6 +44,7 @@ record (both then count the claim as lost: neither writes on).
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -174,7 +175,7 @@ class Claimant:
         return started is None or (started != "" and started != self.started)
 
 
-class RunClaim:
+class RunClaim(abc.ABC):
     """A held claim. `held()` is false once it was lost; `release()` ends it."""
 
     def __init__(self, run: str, claimant: Claimant) -> None:
@@ -185,8 +186,9 @@ class RunClaim:
     def held(self) -> bool:
         return not self.lost_reason
 
+    @abc.abstractmethod
     def release(self) -> None:
-        raise NotImplementedError
+        """End the claim; another coordinator may then claim the run."""
 
     def fence(self, store: Store) -> Store:
         """`store`, but every write or delete fails once the claim is lost."""

@@ -1,13 +1,17 @@
 """The trainer's publisher thread: finished segments are stored and reported
-in the order they finished, and a failure ends the worker on its own thread."""
+in the order they finished, their leases are heartbeated until then, and a
+failure ends the worker on its own thread."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
+from run_helpers import until
 
 from autolfads.storage import StorageError
+from autolfads.trainer.beats import Beat
 from autolfads.trainer.publisher import Publisher
 
 
@@ -49,3 +53,55 @@ def test_a_failed_publish_is_raised_on_the_trainers_thread():
     publisher.close()  # finishes it; the error is left to check/wait
     with pytest.raises(StorageError):
         publisher.check()
+
+
+def gated(gate: threading.Event) -> Callable[[], None]:
+    """A publish that waits for `gate` (an upload held by the store)."""
+    return lambda: None if gate.wait(30) else None
+
+
+class Counted:
+    """A beat that counts its calls; it answers `answer` (or raises it)."""
+
+    def __init__(self, answer: bool | Exception = True) -> None:
+        self.calls = 0
+        self.answer = answer
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_leases_are_heartbeated_while_waiting_and_uploading_then_no_more():
+    publisher = Publisher()
+    release = threading.Event()
+    uploading, queued = Counted(), Counted()
+    publisher.submit(gated(release), Beat(uploading, 0.01))
+    publisher.submit(lambda: None, Beat(queued, 0.01))
+    # The held upload's lease and the one queued behind it are both kept alive.
+    until(lambda: uploading.calls >= 3 and queued.calls >= 3, "beats of both leases")
+    release.set()
+    publisher.wait()
+    after = uploading.calls, queued.calls
+    # Published: no more beats. A third segment's beats show time went on.
+    held = threading.Event()
+    later = Counted()
+    publisher.submit(gated(held), Beat(later, 0.01))
+    until(lambda: later.calls >= 5, "beats of a later lease")
+    assert (uploading.calls, queued.calls) == after
+    held.set()
+    publisher.close()
+
+
+def test_a_lease_the_coordinator_dropped_is_not_beaten_again_and_errors_do_not_stop_beats():
+    publisher = Publisher()
+    release = threading.Event()
+    dropped, failing = Counted(answer=False), Counted(answer=ConnectionError("coordinator down"))
+    publisher.submit(gated(release), Beat(dropped, 0.01))
+    publisher.submit(lambda: None, Beat(failing, 0.01))
+    until(lambda: failing.calls >= 5, "beats through errors")
+    assert dropped.calls == 1
+    release.set()
+    publisher.close()

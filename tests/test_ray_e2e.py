@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def cluster() -> Iterator[object]:
         # ours. One fresh head is tried; a second failure fails the tests.
         if "gcs_server_port" not in str(err):
             raise
+        warnings.warn(
+            f"Ray's GCS server did not come up ({gcs_servers()}); trying a fresh head",
+            stacklevel=1,
+        )
         ray.shutdown()
         c = Cluster(initialize_head=True, connect=True, head_node_args=head)
     try:
@@ -57,6 +62,27 @@ def cluster() -> Iterator[object]:
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+def gcs_servers() -> str:
+    """What became of this process's GCS server children: state and wait
+    channel if alive, exit code if a zombie (for the warning above)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            fields = text.rsplit(")", 1)[1].split()
+            if int(fields[1]) != os.getpid() or "(gcs_server" not in text:
+                continue
+            pid = stat.parent.name
+            if fields[0] == "Z":
+                found.append(f"pid {pid} exited, status {int(fields[-1]):#x}")
+            else:
+                wchan = (stat.parent / "wchan").read_text()
+                found.append(f"pid {pid} state {fields[0]}, waiting in {wchan or '-'}")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return "; ".join(found) or "no gcs_server child"
 
 
 @pytest.fixture

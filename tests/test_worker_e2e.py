@@ -226,6 +226,38 @@ def test_coordinator_killed_and_restarted(
     assert [e["generation"] for e in resumed] == [1]
 
 
+@pytest.mark.parametrize(
+    "held",
+    [("GET", DATA_GET), ("PUT", r"/members/m\d+/gen-0001/")],
+    ids=["data download", "checkpoint upload"],
+)
+def test_storage_held_past_three_lease_timeouts_expires_no_lease(
+    held, reference, config_path, tmp_path, proxy, s3_server, s3_bucket
+):
+    search = proxied_search(tmp_path, config_path, proxy, s3_server, s3_bucket)
+    # One trainer holds all 4 members' leases while storage holds it up: the
+    # data download before generation 0, or generation 1's uploads (the
+    # first held, the other three waiting to be published behind it). A lease
+    # not heartbeated meanwhile would expire; three expiries fail a member.
+    proxy.rule = hold = Hold(*held)
+    lease_timeout = 3.0
+    coordinator = search.coordinator(lease_timeout=lease_timeout)
+    trainer = search.trainer("w1", "--max-leases", "4")
+    hold.wait_held()
+    end = time.monotonic() + 4 * lease_timeout
+    with search.client() as client:
+        while time.monotonic() < end:  # the hold outlasts four lease timeouts
+            status = client.status()
+            assert status.state == "running"
+            assert all(m.phase == "training" for m in status.members), status.members
+            time.sleep(0.1)
+    hold.release()
+    assert finish(trainer, coordinator) == [0, 0]
+    result, state = search.result()
+    assert result == reference[0]
+    assert [e for e in state.events if e["kind"] == "lease_expired"] == []
+
+
 def test_sigterm_hands_leases_back_and_exit_codes(
     config_path, tmp_path, proxy, s3_server, s3_bucket
 ):

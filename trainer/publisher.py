@@ -6,6 +6,10 @@ asks for its next lease and trains it. One thread keeps segments in the
 order they finished, and a report always follows its own durable upload: the
 coordinator is never told of a checkpoint that is not stored yet.
 
+Until its report is sent, a submitted segment's lease is heartbeated
+(`trainer/beats.py`), both while it waits behind earlier segments and while
+it uploads: a slow store is not a silent worker.
+
 A failure (storage down, coordinator gone) is raised on the trainer's thread
 at its next `check` or `wait`, where it ends the worker as it did when
 publishing was inline.
@@ -16,15 +20,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from autolfads.trainer.beats import Beat, Beats
+
 
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, beats: Beats | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autolfads-publish")
         self._pending: list[Future[None]] = []
+        self._own_beats = beats is None
+        self._beats = Beats() if beats is None else beats
 
-    def submit(self, publish: Callable[[], None]) -> None:
-        """Run `publish` after everything submitted before it."""
-        self._pending.append(self._pool.submit(publish))
+    def submit(self, publish: Callable[[], None], beat: Beat | None = None) -> None:
+        """Run `publish` after everything submitted before it; until it has
+        run, `beat` is called on its interval."""
+        if beat is None:
+            self._pending.append(self._pool.submit(publish))
+            return
+        token = self._beats.add(beat)
+
+        def run() -> None:
+            try:
+                publish()
+            finally:
+                self._beats.discard(token)
+
+        self._pending.append(self._pool.submit(run))
 
     @property
     def busy(self) -> bool:
@@ -48,5 +68,8 @@ class Publisher:
             future.result()
 
     def close(self) -> None:
-        """Finish what was submitted (errors are left to `wait`), then stop the thread."""
+        """Finish what was submitted (errors are left to `wait`; the beats go
+        on meanwhile), then stop the thread (and the beats' own, if not given)."""
         self._pool.shutdown(wait=True)
+        if self._own_beats:
+            self._beats.close()

@@ -9,14 +9,16 @@ The loop reads top to bottom:
         start checkpoint (verified SHA-256; a corrupt one falls back to the
         next start point and is reported) into an idle training session of
         this run (built once: model, optimizer, data tensors), apply the
-        lease's hyperparameters
+        lease's hyperparameters (the leases are heartbeated meanwhile from
+        a helper thread: a slow download is not a silent worker)
     train every lease's `epochs` epochs, one epoch of each in turn,
         heartbeating between epochs (STOP drops that lease); while the last
         epoch runs, the next lease is asked for on a helper thread (only when
         an epoch is short against the heartbeat interval)
     serialise the checkpoint; then, on the publisher thread while this one
         asks for the next lease: store checkpoint, then metrics.json, then
-        report; repeat
+        report (its lease heartbeated from the helper thread until then);
+        repeat
 
 Nothing that matters survives a lease: a reused session is reset to exactly
 what a new process would build at the lease's start point, and a killed
@@ -68,6 +70,7 @@ from autolfads.storage import (
     StorageError,
     Store,
 )
+from autolfads.trainer.beats import Beat, Beats
 from autolfads.trainer.data.dataset import LfadsData
 from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.leased import (
@@ -161,7 +164,8 @@ class Worker:
         self._configs: dict[str, RunConfig] = {}
         self._datasets: dict[str, LfadsData] = {}
         self._sessions = SessionPool(device)
-        self._publisher = Publisher()
+        self._beats = Beats()  # leases busy with storage: loading, publishing
+        self._publisher = Publisher(self._beats)
         # The next lease request, made while a segment's last epoch runs.
         self._asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autolfads-ask")
         self._asking: Future[WorkReply | None] | None = None
@@ -188,6 +192,7 @@ class Worker:
         finally:
             self._asker.shutdown(wait=True)
             self._publisher.close()
+            self._beats.close()
             self.clock.emit("exit")
 
     def _loop(self) -> int:
@@ -287,9 +292,12 @@ class Worker:
 
     def train(self, leases: list[Lease]) -> None:
         segs: list[LeasedSegment] = []
+        # Downloads can outlast the lease timeout: beat every lease meanwhile.
+        loading = [self._lease_beat(LeasedSegment(lease)) for lease in leases]
         try:
-            for lease in leases:
-                segs.append(self._load(lease))
+            with self._beats.during(loading):
+                for lease in leases:
+                    segs.append(self._load(lease))
         except BaseException:
             # Storage failed this worker, not the segments: none has trained,
             # so every lease of the round goes back at once for another
@@ -466,7 +474,9 @@ class Worker:
         lease = seg.lease
         if seg.failure:
             log.error("%s generation %d failed: %s", lease.member, lease.generation, seg.failure)
-            self._publisher.submit(lambda: self._report(seg, self._failed_report(seg)))
+            self._publisher.submit(
+                lambda: self._report(seg, self._failed_report(seg)), self._lease_beat(seg)
+            )
             return
         assert seg.session is not None
         # Serialised here, before the session moves on to the next lease; stored
@@ -475,7 +485,9 @@ class Worker:
             blob = seg.session.checkpoint()
             fitness_metric = seg.session.cfg.pbt.fitness
             metric = float(seg.session.smoothed(fitness_metric))
-        self._publisher.submit(lambda: self._publish(seg, blob, fitness_metric, metric))
+        self._publisher.submit(
+            lambda: self._publish(seg, blob, fitness_metric, metric), self._lease_beat(seg)
+        )
 
     def _failed_report(self, seg: LeasedSegment) -> SegmentReport:
         lease = seg.lease
@@ -519,6 +531,22 @@ class Worker:
                 corrupt=tuple(seg.corrupt),
             ),
         )
+
+    def _lease_beat(self, seg: LeasedSegment) -> Beat:
+        """A heartbeat of `seg`'s lease from the helper thread (while its
+        worker loads or publishes it)."""
+        lease = seg.lease
+
+        def beat() -> bool:  # False: the coordinator no longer holds the lease for us
+            try:
+                reply = self.client.heartbeat(
+                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=self._halt
+                )
+            except UnknownLease:
+                return False
+            return reply.action == "continue"
+
+        return Beat(beat, lease.heartbeat_interval_s)
 
     def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
