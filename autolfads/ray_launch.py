@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from autolfads.progress_display import ProgressPrinter
 from autolfads.ray_actors import CoordinatorActor, CoordinatorView, TrainerSpec
 from autolfads.signals import interrupt_on_sigterm
 from autolfads.storage import Store
-from autolfads.storage.claims import claim_run
+from autolfads.storage.claims import RunClaimed, claim_run
 from autolfads.worker_pool import SearchFailed
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ FORWARDED_ENV_PREFIXES = ("AWS_", "MINIO_", "AUTOLFADS_S3_")
 FORWARDED_ENV_NAMES = ("AUTOLFADS_LOG_LEVEL", "SSL_CERT_FILE")
 POLL_S = 0.5
 STOP_TIMEOUT_S = 120.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the actor names in its errors
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def run_on_ray(
     interrupt_on_sigterm()
     try:
         if token_file is not None:  # just started: wait until it serves
-            address = ray.get(actor.address_of.remote())
+            address = serving_address(actor)
             log.info("coordinator actor up in %.1f s", time.monotonic() - started)
             log_watch_hint(address, token_file)
         view = watch(actor, printer)
@@ -234,6 +236,32 @@ def run_on_ray(
     if view.error:
         raise SearchFailed(f"search stopped on the Ray cluster: {view.error}")
     return view.status
+
+
+def serving_address(actor) -> str:
+    """The just-started coordinator actor's address once it serves. If its
+    start failed (another coordinator claimed the run after this driver
+    staged it, storage unreachable from the head node), the error in one line."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        address: str = ray.get(actor.address_of.remote())
+    except RayActorError as err:
+        if not err.actor_init_failed:
+            raise
+        kind, _, message = creation_error(str(err)).partition(": ")
+        if kind.endswith(".RunClaimed"):
+            raise RunClaimed(message) from None
+        raise SearchFailed(f"the coordinator actor could not start: {message or kind}") from None
+    return address
+
+
+def creation_error(text: str) -> str:
+    """The last line of a Ray creation-task error ("module.Class: message"):
+    the exception its actor raised, without Ray's traceback around it."""
+    lines = [ANSI.sub("", line).strip() for line in text.splitlines()]
+    return next((line for line in reversed(lines) if line), text)
 
 
 def watch(actor, printer: ProgressPrinter) -> CoordinatorView:

@@ -19,13 +19,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from coordinator_helpers import saved_state
-from run_helpers import RUN, Workspace, autolfads, make_workspace, one_line_error, run_args
+from run_helpers import (
+    RUN,
+    Workspace,
+    autolfads,
+    make_workspace,
+    one_line_error,
+    run_args,
+    until,
+)
 from s3_proxy import Hold, ScriptedS3Proxy
 
 # Keep Ray on loopback and offline: no usage reports, and 127.0.0.1 is not
@@ -271,6 +280,60 @@ def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
 
 
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
+
+
+class ClaimedBetween:
+    """A proxy rule: once the driver has released its staging claim (the
+    DELETE of the run's owner record), the owner-record requests that follow
+    (the coordinator actor's claim) wait until `claimed` is set, so another
+    coordinator claims the run in between."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.claimed = threading.Event()
+
+    def __call__(self, n: int, method: str, path: str) -> str | None:
+        if path.endswith("/coordinator/owner.json"):
+            if method == "DELETE":
+                self.released.set()
+            elif self.released.is_set():
+                self.claimed.wait(240)
+        return None
+
+
+def test_a_run_claimed_between_staging_and_the_actor_start_is_one_line(
+    cluster, tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    from autolfads.storage import open_store
+    from autolfads.storage.claims import claim_run
+
+    ws = make_workspace(tmp_path)
+    rule = ClaimedBetween()
+    proxy = ScriptedS3Proxy(s3_server.endpoint_url, rule).start()
+    try:
+        url = f"s3://{s3_bucket}/between?endpoint={proxy.endpoint_url}"
+        args = ray_args(ws, cluster, "--storage", url, "--no-report")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autolfads", *args],
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **s3_server.env},
+        )
+        assert rule.released.wait(240), "the driver never released its staging claim"
+        direct = f"s3://{s3_bucket}/between?endpoint={s3_server.endpoint_url}"
+        store = open_store(direct, env=s3_server.env)
+        until(lambda: not store.exists(f"{RUN}/coordinator/owner.json"), "the release")
+        with claim_run(store, RUN, command="another coordinator", renew_every_s=0.5):
+            rule.claimed.set()
+            out, err = proc.communicate(timeout=240)
+    finally:
+        rule.claimed.set()
+        proxy.stop()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    one_line_error(done, f"run {RUN!r} is being served by another coordinator")
+    assert proc.returncode == 2
 
 
 def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
