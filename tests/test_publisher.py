@@ -11,7 +11,7 @@ import pytest
 from run_helpers import until
 
 from autolfads.storage import StorageError
-from autolfads.trainer.beats import Beat
+from autolfads.trainer.beats import Beat, Beats
 from autolfads.trainer.publisher import Publisher
 
 
@@ -105,3 +105,19 @@ def test_a_lease_the_coordinator_dropped_is_not_beaten_again_and_errors_do_not_s
     assert dropped.calls == 1
     release.set()
     publisher.close()
+
+
+def test_closing_cuts_short_a_beat_riding_out_an_outage():
+    beats = Beats()
+    entered = threading.Event()
+    ended_by_close: list[bool] = []
+
+    def beat() -> bool:  # as the client does with `cancel`: retry until it is set
+        entered.set()
+        ended_by_close.append(beats.closing.wait(60))
+        return True
+
+    beats.add(Beat(beat, 0.01))
+    assert entered.wait(30)
+    beats.close()  # returns once the beat in flight has given up
+    assert ended_by_close == [True]

@@ -119,6 +119,18 @@ def coordinator():
     return ray.get_actor(f"coordinator-{RUN}", namespace="autolfads")
 
 
+def start_driver(ws: Workspace, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`autolfads <args>` in `ws`, running while the test goes on."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autolfads", *args],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
 def listing(root: Path) -> list[Path]:
     return sorted(root.rglob("*"))
 
@@ -157,14 +169,7 @@ class HeldSearch:
         # started where SIGINT is ignored (a background job of a script).
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "autolfads", *args],
-                cwd=ws.root,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, **s3_server.env},
-            )
+            self.proc = start_driver(ws, args, s3_server.env)
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -313,14 +318,7 @@ def test_a_run_claimed_between_staging_and_the_actor_start_is_one_line(
     try:
         url = f"s3://{s3_bucket}/between?endpoint={proxy.endpoint_url}"
         args = ray_args(ws, cluster, "--storage", url, "--no-report")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autolfads", *args],
-            cwd=ws.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **s3_server.env},
-        )
+        proc = start_driver(ws, args, s3_server.env)
         assert rule.released.wait(240), "the driver never released its staging claim"
         direct = f"s3://{s3_bucket}/between?endpoint={s3_server.endpoint_url}"
         store = open_store(direct, env=s3_server.env)

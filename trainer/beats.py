@@ -37,6 +37,9 @@ class Beats:
         self._due: dict[object, tuple[Beat, float]] = {}  # token -> (beat, monotonic due time)
         self._closed = False
         self._thread: threading.Thread | None = None
+        # Set by `close`: a beat riding out an outage gives up (pass it as
+        # the client's `cancel`), so closing waits for one call at most.
+        self.closing = threading.Event()
 
     def add(self, beat: Beat) -> object:
         token = object()
@@ -65,6 +68,7 @@ class Beats:
                 self.discard(token)
 
     def close(self) -> None:
+        self.closing.set()
         with self._cond:
             self._closed = True
             self._cond.notify()

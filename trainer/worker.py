@@ -540,7 +540,7 @@ class Worker:
         def beat() -> bool:  # False: the coordinator no longer holds the lease for us
             try:
                 reply = self.client.heartbeat(
-                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=self._halt
+                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=self._beats.closing
                 )
             except UnknownLease:
                 return False
