@@ -5,6 +5,7 @@ failure ends the worker on its own thread."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -60,6 +61,10 @@ def gated(gate: threading.Event) -> Callable[[], None]:
     return lambda: None if gate.wait(30) else None
 
 
+def beat(call: Callable[[], bool]) -> Beat:
+    return Beat(call, 0.01, limit_s=60, what="m000 generation 1")
+
+
 class Counted:
     """A beat that counts its calls; it answers `answer` (or raises it)."""
 
@@ -78,8 +83,8 @@ def test_leases_are_heartbeated_while_waiting_and_uploading_then_no_more():
     publisher = Publisher()
     release = threading.Event()
     uploading, queued = Counted(), Counted()
-    publisher.submit(gated(release), Beat(uploading, 0.01))
-    publisher.submit(lambda: None, Beat(queued, 0.01))
+    publisher.submit(gated(release), beat(uploading))
+    publisher.submit(lambda: None, beat(queued))
     # The held upload's lease and the one queued behind it are both kept alive.
     until(lambda: uploading.calls >= 3 and queued.calls >= 3, "beats of both leases")
     release.set()
@@ -88,7 +93,7 @@ def test_leases_are_heartbeated_while_waiting_and_uploading_then_no_more():
     # Published: no more beats. A third segment's beats show time went on.
     held = threading.Event()
     later = Counted()
-    publisher.submit(gated(held), Beat(later, 0.01))
+    publisher.submit(gated(held), beat(later))
     until(lambda: later.calls >= 5, "beats of a later lease")
     assert (uploading.calls, queued.calls) == after
     held.set()
@@ -99,25 +104,52 @@ def test_a_lease_the_coordinator_dropped_is_not_beaten_again_and_errors_do_not_s
     publisher = Publisher()
     release = threading.Event()
     dropped, failing = Counted(answer=False), Counted(answer=ConnectionError("coordinator down"))
-    publisher.submit(gated(release), Beat(dropped, 0.01))
-    publisher.submit(lambda: None, Beat(failing, 0.01))
+    publisher.submit(gated(release), beat(dropped))
+    publisher.submit(lambda: None, beat(failing))
     until(lambda: failing.calls >= 5, "beats through errors")
     assert dropped.calls == 1
     release.set()
     publisher.close()
 
 
-def test_closing_cuts_short_a_beat_riding_out_an_outage():
+def test_a_lease_stuck_on_storage_past_the_limit_is_beaten_no_more():
     beats = Beats()
-    entered = threading.Event()
-    ended_by_close: list[bool] = []
+    stuck, slow = Counted(), Counted()
+    beats.add(Beat(stuck, 0.01, limit_s=0.2, what="m000 generation 1"))
+    beats.add(beat(slow))
+    # Once the first stops, the second's count runs ahead of it.
+    until(lambda: slow.calls >= stuck.calls + 20, "the limited beat to stop")
+    calls = stuck.calls
+    until(lambda: slow.calls >= calls + 40, "more beats of the other")
+    assert stuck.calls == calls
+    beats.close()
 
-    def beat() -> bool:  # as the client does with `cancel`: retry until it is set
-        entered.set()
-        ended_by_close.append(beats.closing.wait(60))
+
+def test_a_beat_discarded_while_others_are_called_is_not_called():
+    beats = Beats()
+    busy, free = threading.Event(), threading.Event()
+    first_called, go_on = threading.Event(), threading.Event()
+    second = Counted()
+
+    def blocker() -> bool:  # holds the helper thread while the other two fall due
+        busy.set()
+        free.wait(30)
+        return False
+
+    def first() -> bool:
+        first_called.set()
+        go_on.wait(30)
         return True
 
-    beats.add(Beat(beat, 0.01))
-    assert entered.wait(30)
-    beats.close()  # returns once the beat in flight has given up
-    assert ended_by_close == [True]
+    beats.add(Beat(blocker, 0.01, limit_s=60, what="m000"))
+    assert busy.wait(30)
+    beats.add(Beat(first, 0.01, limit_s=60, what="m001"))
+    token = beats.add(Beat(second, 0.01, limit_s=60, what="m002"))
+    added = time.monotonic()
+    until(lambda: time.monotonic() > added + 0.05, "both to fall due")
+    free.set()  # the next round finds both due; the first is called...
+    assert first_called.wait(30)
+    beats.discard(token)  # ...and the second dropped while it runs
+    go_on.set()
+    beats.close()
+    assert second.calls == 0

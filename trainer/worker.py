@@ -97,6 +97,14 @@ MAX_WAIT_S = 10.0
 # coordinator without long polls answers WAIT at once). SIGTERM ends a hold
 # within `client.CANCEL_CHECK_S`.
 WORK_WAIT_S = 20.0
+# A lease waiting on storage longer than this (loading, or its checkpoint
+# waiting to upload and uploading) has a stuck worker, not a slow store: its
+# beats stop, and the lease expires as a silent worker's does.
+STORAGE_BEAT_LIMIT_S = 900.0
+# Passed as a call's `cancel`, already set: the client tries once and does
+# not ride out an outage (a helper thread's beat retries on its interval).
+ONE_ATTEMPT = threading.Event()
+ONE_ATTEMPT.set()
 
 
 class CoordinatorLink(Protocol):
@@ -540,13 +548,14 @@ class Worker:
         def beat() -> bool:  # False: the coordinator no longer holds the lease for us
             try:
                 reply = self.client.heartbeat(
-                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=self._beats.closing
+                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=ONE_ATTEMPT
                 )
             except UnknownLease:
                 return False
             return reply.action == "continue"
 
-        return Beat(beat, lease.heartbeat_interval_s)
+        what = f"{lease.member} generation {lease.generation}"
+        return Beat(beat, lease.heartbeat_interval_s, STORAGE_BEAT_LIMIT_S, what)
 
     def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
