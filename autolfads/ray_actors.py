@@ -180,6 +180,9 @@ class CoordinatorActor:
         self._closed = threading.Event()
         self._stopped_lock = threading.Lock()
         self._stopped = False
+        # Set once shutdown has finished (state written, claim released):
+        # only then may the driver, told the search is done, kill this actor.
+        self._shut = threading.Event()
         for slot in range(workers):
             self._start_trainer(slot)
         self._loop = threading.Thread(target=self._tick_loop, name="search", daemon=True)
@@ -258,8 +261,13 @@ class CoordinatorActor:
             if not self._claim.held():
                 self._error = str(ClaimLost(self._claim))
                 break
-            self.service.tick()
-            self._check_trainers()
+            try:
+                self.service.tick()
+                self._check_trainers()
+            except Exception as err:  # the search cannot go on: say so, then shut down
+                log.exception("the coordinator actor's search loop failed")
+                self._error = f"the coordinator actor failed: {err}"
+                break
             time.sleep(0.5)
         if self._stopping.is_set():
             return  # stop() shuts down
@@ -268,23 +276,33 @@ class CoordinatorActor:
 
         if self._runs:
             ray.wait(list(self._runs), num_returns=len(self._runs), timeout=WORKER_EXIT_GRACE_S)
-        self._shut_down()
+        try:
+            self._shut_down()
+        except Exception:  # storage down at the end: `view` says so
+            log.exception("the coordinator actor's shutdown failed")
         # Nobody collected the result (the driver went away): exit on our own.
         if not self._closed.wait(ORPHAN_LINGER_S):
             os._exit(0)
 
     def _shut_down(self) -> None:
         with self._stopped_lock:
-            if self._stopped:
-                return
-            self._stopped = True
+            first, self._stopped = not self._stopped, True
+        if not first:  # stop() during the loop's own shutdown: the same end
+            self._shut.wait()
+            return
         try:
             shut_down(self.service, self.serving, self._stop_trainers, write=self._claim.held())
+        except Exception as err:
+            self._error = self._error or f"shutting down failed: {err}"
+            raise
         finally:
-            self._claim.release()
+            try:
+                self._claim.release()
+            finally:
+                self._shut.set()
 
     def view(self) -> CoordinatorView:
-        done = self._stopped or bool(self._error)
+        done = self._shut.is_set()
         return CoordinatorView(
             self._progress(), done=done, status=self.service.exit_status, error=self._error
         )

@@ -195,8 +195,6 @@ def run_on_ray(
     final state. KeyboardInterrupt propagates after the actors have stopped
     cleanly.
     """
-    import ray
-
     if not opts.storage_url.startswith("s3://"):
         # Actors do not share this process's working directory.
         opts = replace(opts, storage_url=store.url)
@@ -228,14 +226,30 @@ def run_on_ray(
         view = watch(actor, printer)
     except KeyboardInterrupt:
         printer.close()
-        ray.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
-        end(actor)
+        stop(actor)
         raise
     printer.close()
     end(actor)
     if view.error:
         raise SearchFailed(f"search stopped on the Ray cluster: {view.error}")
     return view.status
+
+
+def stop(actor) -> None:
+    """Ctrl-C: the actor stops the search (trainers, leases, state), then
+    ends. If it cannot, one line says so, and it is ended all the same."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        ray.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+    except RayError as err:
+        raise SearchFailed(
+            f"the coordinator actor did not stop cleanly ({last_line(str(err))}); "
+            "the state is saved up to its last write: run again with --resume"
+        ) from None
+    finally:
+        end(actor)
 
 
 def serving_address(actor) -> str:
@@ -250,16 +264,17 @@ def serving_address(actor) -> str:
     except RayActorError as err:
         if not err.actor_init_failed:
             raise
-        kind, _, message = creation_error(str(err)).partition(": ")
+        kind, _, message = last_line(str(err)).partition(": ")
         if kind.endswith(".RunClaimed"):
             raise RunClaimed(message) from None
         raise SearchFailed(f"the coordinator actor could not start: {message or kind}") from None
     return address
 
 
-def creation_error(text: str) -> str:
-    """The last line of a Ray creation-task error ("module.Class: message"):
-    the exception its actor raised, without Ray's traceback around it."""
+def last_line(text: str) -> str:
+    """The last line of a Ray error: for a task's or an actor creation's
+    error, the exception raised ("module.Class: message") without Ray's
+    traceback around it."""
     lines = [ANSI.sub("", line).strip() for line in text.splitlines()]
     return next((line for line in reversed(lines) if line), text)
 
@@ -267,14 +282,14 @@ def creation_error(text: str) -> str:
 def watch(actor, printer: ProgressPrinter) -> CoordinatorView:
     """Show progress until the coordinator actor says the search has ended."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayError
 
     while True:
         try:
             view: CoordinatorView = ray.get(actor.view.remote())
-        except RayActorError as err:
+        except RayError as err:
             raise SearchFailed(
-                f"the coordinator actor died ({str(err).splitlines()[0]}); the state is saved: "
+                f"the coordinator actor failed ({last_line(str(err))}); the state is saved: "
                 "run again with --resume"
             ) from None
         printer.show(view.progress)

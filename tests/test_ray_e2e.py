@@ -198,6 +198,9 @@ class HeldSearch:
         from autolfads.storage import open_store
 
         store = open_store(self.direct_url, env=self.s3_server.env)
+        # The driver ended the coordinator actor only once its shutdown was
+        # over: the run's claim was released (no record to wait out).
+        assert not store.exists(f"{RUN}/coordinator/owner.json")
         return json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
 
     def interrupt(self) -> str:
