@@ -153,6 +153,31 @@ def _find(run: str):
         return None
 
 
+def stopped_unended(actor) -> bool:
+    """The actor has shut down without an end to its search (Ctrl-C's stop)
+    and was never ended, or it is gone: nothing to re-attach to."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        view: CoordinatorView = ray.get(actor.view.remote(), timeout=STOP_TIMEOUT_S)
+    except RayError:
+        return True
+    return view.done and not view.error and view.status == "running"
+
+
+def wait_gone(run: str) -> None:
+    """Until the ended actor's name is free for a new one."""
+    end_by = time.monotonic() + STOP_TIMEOUT_S
+    while _find(run) is not None:
+        if time.monotonic() > end_by:
+            raise SearchFailed(
+                f"the old coordinator actor of run {run!r} is still registered; "
+                f"end it with `ray kill` (namespace {ray_cluster.NAMESPACE}) and run again"
+            )
+        time.sleep(POLL_S)
+
+
 def start_coordinator(cfg: RunConfig, opts: LaunchOptions, ray_opts: RayOptions, cluster: Cluster):
     """The detached coordinator actor on the head node (it starts the trainers)."""
     import ray
@@ -199,6 +224,13 @@ def run_on_ray(
         # Actors do not share this process's working directory.
         opts = replace(opts, storage_url=store.url)
     actor = _find(cfg.name)
+    if actor is not None and stopped_unended(actor):
+        # Stopped by a driver that was killed before it could end it: the
+        # state is saved; end it and start the search again from there.
+        log.info("ending the stopped coordinator actor of run %s", cfg.name)
+        end(actor)
+        wait_gone(cfg.name)
+        actor = None
     if actor is not None and not opts.resume:
         raise ConfigError(
             f"run {cfg.name!r} is already running on this Ray cluster; watch it again with --resume"

@@ -287,6 +287,33 @@ def test_ctrl_c_stops_the_actors_and_resume_reaches_the_same_best(
     assert not leaked
 
 
+def test_resume_ends_an_actor_stopped_by_a_driver_killed_meanwhile_and_reaches_the_same_best(
+    cluster, local_run: tuple[Workspace, dict], tmp_path: Path, s3_server, s3_bucket, monkeypatch
+) -> None:
+    from autolfads.storage import open_store
+
+    ws = make_workspace(tmp_path)
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "2", generation=0)
+    search.hold.wait_held()
+    # The driver asks the actor to stop (Ctrl-C) and is killed before it can
+    # end it: the actor stops the search and stays, never ended.
+    search.proc.kill()
+    search.proc.communicate()
+    stopping = coordinator().stop.remote()
+    search.hold.release("503:SlowDown")  # the held uploads fail, as after Ctrl-C
+    try:
+        assert ray.get(stopping, timeout=240) == "running"
+    finally:
+        search.proxy.stop()
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    args = ray_args(ws, cluster, "--workers", "2", "--resume", "--no-report")
+    resumed = autolfads(ws, *args, "--storage", search.direct_url)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    store = open_store(search.direct_url, env=s3_server.env)
+    same_best(json.loads(store.get_bytes(f"{RUN}/best/metrics.json")), local_run)
+
+
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
 
 
