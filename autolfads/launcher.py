@@ -221,19 +221,17 @@ def shut_down(
         serving.server.graceful_stop(grace_s=0.0)  # no call may write either
         stop_trainers()
         return
-    trainers_stopped = False
+    # Storage failing (the error goes on up) still leaves no trainer training
+    # and no call served for a state nobody writes any more.
     try:
-        service.drain()
-        stop_trainers()
-        trainers_stopped = True
+        try:
+            service.drain()
+        finally:
+            stop_trainers()
         released = service.release_leases("autolfads run stopped its trainers")
         if released:
             log.info("handed back %d leases of stopped trainers", released)
     finally:
-        # Storage failing (the error goes on up) still leaves no trainer
-        # training and no call served for a state nobody writes any more.
-        if not trainers_stopped:
-            stop_trainers()
         serving.server.graceful_stop(grace_s=2.0)
     # A call cut off at the end of the grace may have staged a change: written
     # now, while the run is still claimed (its claim ends after this).

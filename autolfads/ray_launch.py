@@ -294,12 +294,11 @@ def serving_address(actor) -> str:
     try:
         address: str = ray.get(actor.address_of.remote())
     except RayActorError as err:
-        if not err.actor_init_failed:
-            raise
-        kind, _, message = last_line(str(err)).partition(": ")
-        if kind.endswith(".RunClaimed"):
+        line = last_line(str(err))
+        kind, _, message = line.partition(": ")
+        if err.actor_init_failed and kind.endswith(".RunClaimed"):
             raise RunClaimed(message) from None
-        raise SearchFailed(f"the coordinator actor could not start: {message or kind}") from None
+        raise SearchFailed(f"the coordinator actor could not start ({line})") from None
     return address
 
 

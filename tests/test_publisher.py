@@ -17,7 +17,7 @@ from autolfads.trainer.publisher import Publisher
 
 
 def test_publishes_in_order_off_the_calling_thread_and_waits_for_all():
-    publisher = Publisher()
+    publisher = Publisher(Beats())
     release = threading.Event()
     done: list[str] = []
     threads: set[str] = set()
@@ -42,7 +42,7 @@ def test_publishes_in_order_off_the_calling_thread_and_waits_for_all():
 
 
 def test_a_failed_publish_is_raised_on_the_trainers_thread():
-    publisher = Publisher()
+    publisher = Publisher(Beats())
 
     def upload() -> None:
         raise StorageError("bucket gone")
@@ -80,7 +80,8 @@ class Counted:
 
 
 def test_leases_are_heartbeated_while_waiting_and_uploading_then_no_more():
-    publisher = Publisher()
+    beats = Beats()
+    publisher = Publisher(beats)
     release = threading.Event()
     uploading, queued = Counted(), Counted()
     publisher.submit(gated(release), beat(uploading))
@@ -98,10 +99,12 @@ def test_leases_are_heartbeated_while_waiting_and_uploading_then_no_more():
     assert (uploading.calls, queued.calls) == after
     held.set()
     publisher.close()
+    beats.close()
 
 
 def test_a_lease_the_coordinator_dropped_is_not_beaten_again_and_errors_do_not_stop_beats():
-    publisher = Publisher()
+    beats = Beats()
+    publisher = Publisher(beats)
     release = threading.Event()
     dropped, failing = Counted(answer=False), Counted(answer=ConnectionError("coordinator down"))
     publisher.submit(gated(release), beat(dropped))
@@ -110,6 +113,7 @@ def test_a_lease_the_coordinator_dropped_is_not_beaten_again_and_errors_do_not_s
     assert dropped.calls == 1
     release.set()
     publisher.close()
+    beats.close()
 
 
 def test_a_lease_stuck_on_storage_past_the_limit_is_beaten_no_more():

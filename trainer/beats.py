@@ -60,6 +60,7 @@ class Beats:
         self._scheduled: dict[object, _Scheduled] = {}  # token -> its schedule
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._calling: object | None = None  # the token whose beat is under way
 
     def add(self, beat: Beat) -> object:
         token = object()
@@ -71,13 +72,16 @@ class Beats:
                     target=self._run, name="autolfads-beats", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            self._cond.notify_all()
         return token
 
     def discard(self, token: object) -> None:
-        """No more calls of that beat (one already under way may still end)."""
+        """No more calls of that beat; returns once a call of it under way has
+        ended (no heartbeat lands after the report that follows)."""
         with self._cond:
             self._scheduled.pop(token, None)
+            while self._calling is token:
+                self._cond.wait()
 
     @contextlib.contextmanager
     def during(self, beats: Iterable[Beat]) -> Iterator[None]:
@@ -93,7 +97,7 @@ class Beats:
         """Stop, once a call under way (one attempt) has ended."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
 
@@ -111,7 +115,15 @@ class Beats:
                     continue
             for token in due:  # each outside the lock: a beat is an RPC
                 beat = self._next(token)
-                if beat is not None and not self._call(beat):
+                if beat is None:
+                    continue
+                try:
+                    keep = self._call(beat)
+                finally:
+                    with self._cond:
+                        self._calling = None
+                        self._cond.notify_all()
+                if not keep:
                     self.discard(token)
 
     def _drop_expired(self, now: float) -> None:
@@ -133,6 +145,7 @@ class Beats:
             if self._closed or scheduled is None:
                 return None
             scheduled.due = time.monotonic() + scheduled.beat.interval_s
+            self._calling = token
             return scheduled.beat
 
     @staticmethod

@@ -24,11 +24,10 @@ from autolfads.trainer.beats import Beat, Beats
 
 
 class Publisher:
-    def __init__(self, beats: Beats | None = None) -> None:
+    def __init__(self, beats: Beats) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autolfads-publish")
         self._pending: list[Future[None]] = []
-        self._own_beats = beats is None
-        self._beats = Beats() if beats is None else beats
+        self._beats = beats  # the owner closes them, after `close`
 
     def submit(self, publish: Callable[[], None], beat: Beat | None = None) -> None:
         """Run `publish` after everything submitted before it; until it has
@@ -69,7 +68,5 @@ class Publisher:
 
     def close(self) -> None:
         """Finish what was submitted (errors are left to `wait`; the beats go
-        on meanwhile), then stop the thread (and the beats' own, if not given)."""
+        on meanwhile), then stop the thread."""
         self._pool.shutdown(wait=True)
-        if self._own_beats:
-            self._beats.close()
