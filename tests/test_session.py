@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from autolfads.config import parse_config
 from autolfads.errors import ConfigError
 from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.leased import exploit_generator_seed
 from autolfads.trainer.model.batches import SplitTensors, bits_per_spike_terms
 from autolfads.trainer.model.lfads import DataDims
 from autolfads.trainer.model.session import CheckpointError, TrainingSession, read_checkpoint
@@ -203,6 +204,33 @@ def test_restored_session_continues_exactly_like_an_uninterrupted_one(tiny_data)
     assert _params_equal(straight, restored)
     sa, sb = straight.optimizer.state_dict()["state"], restored.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+
+def test_an_exploiting_copy_draws_its_own_randomness(tiny_data):
+    # PBT's exploit copies the winner's checkpoint: with the winner's generator
+    # the copy would draw the same batches, dropout masks and samples, and
+    # follow the winner (here even with the same hyperparameters).
+    cfg = _cfg(sv_rate=0.2)
+    winner = TrainingSession.fresh(cfg, tiny_data, {}, seed=7)
+    winner.train_epoch()
+    blob = winner.checkpoint()
+    seed = exploit_generator_seed(cfg.pbt.seed, "m001", 1)
+    kept = TrainingSession.from_checkpoint(cfg, tiny_data, blob)
+    copy = TrainingSession.from_checkpoint(cfg, tiny_data, blob, generator_seed=seed)
+    again = TrainingSession.from_checkpoint(cfg, tiny_data, blob, generator_seed=seed)
+    ahead = _strip_time(winner.train_epoch())
+    assert _strip_time(kept.train_epoch()) == ahead and _params_equal(kept, winner)
+    copied = _strip_time(copy.train_epoch())
+    assert copied != ahead and not _params_equal(copy, winner)
+    assert copied == _strip_time(again.train_epoch()) and _params_equal(copy, again)
+
+
+def test_exploit_seeds_differ_by_member_generation_and_search_seed():
+    seeds = {
+        exploit_generator_seed(s, m, g) for s in (0, 1) for m in ("m000", "m001") for g in (1, 2)
+    }
+    assert len(seeds) == 8 and all(0 <= x < 2**63 for x in seeds)
+    assert exploit_generator_seed(0, "m001", 1) == exploit_generator_seed(0, "m001", 1)
 
 
 def test_a_checkpoint_from_another_kind_of_device_continues_deterministically(tiny_data):

@@ -8,6 +8,7 @@ checkpoint is complete. `worker.py` is the loop that uses them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -69,6 +70,23 @@ def last_short_round(segs: list[LeasedSegment]) -> bool:
         and seg.epochs[-1][1]["seconds"] < seg.lease.heartbeat_interval_s / 2
         for seg in training
     )
+
+
+def exploit_generator_seed(pbt_seed: int, member: str, generation: int) -> int:
+    """The generator seed of `member`'s segment of `generation` when it starts
+    from another member's checkpoint (an exploit, or a fallback to one). A
+    copy that kept the winner's generator would draw the same batches,
+    dropout masks and posterior samples as the winner and, a perturbation
+    apart in its hyperparameters, follow it closely: the population would
+    lose a member's worth of search. Derived only from the search seed, the
+    member and the generation, so a search stays reproducible."""
+    key = f"exploit/{pbt_seed}/{member}/{generation}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def copied(lease: Lease, point: StartPoint) -> bool:
+    """The segment starts from another member's checkpoint."""
+    return not point.fresh and point.member != lease.member
 
 
 def session_key(lease: Lease) -> tuple[str, str]:

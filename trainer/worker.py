@@ -76,6 +76,8 @@ from autolfads.trainer.data.lfads_h5 import load_lfads_h5
 from autolfads.trainer.leased import (
     LeasedSegment,
     SessionPool,
+    copied,
+    exploit_generator_seed,
     last_short_round,
     metrics_doc,
     session_key,
@@ -452,7 +454,10 @@ class Worker:
                 if state is None:
                     session.start_fresh(lease.hparams, point.seed)
                 else:
-                    session.start_from(state, lease.hparams)
+                    seed = None
+                    if copied(lease, point):
+                        seed = exploit_generator_seed(cfg.pbt.seed, lease.member, lease.generation)
+                    session.start_from(state, lease.hparams, seed)
             except BaseException:
                 self._sessions.put_back(session_key(lease), session)
                 raise

@@ -140,12 +140,14 @@ class TrainingSession:
         checkpoint: bytes,
         hparams: Mapping[str, float] | None = None,
         device: str = "cpu",
+        generator_seed: int | None = None,
     ) -> TrainingSession:
-        """Restore a session; `hparams` None keeps the checkpoint's values."""
+        """Restore a session; `hparams` None keeps the checkpoint's values
+        (`generator_seed`: see `start_from`)."""
         state = read_checkpoint(checkpoint)
         _check_compatible(state, cfg, DataDims.from_data(data))
         session = cls(cfg, data, device)
-        session.start_from(state, hparams)
+        session.start_from(state, hparams, generator_seed)
         return session
 
     def start_fresh(self, hparams: Mapping[str, float], seed: int) -> None:
@@ -160,9 +162,17 @@ class TrainingSession:
         self.optimizer.load_state_dict(self._blank_optimizer)
         self._restart(merged, 0, {})
 
-    def start_from(self, state: Mapping[str, Any], hparams: Mapping[str, float] | None) -> None:
+    def start_from(
+        self,
+        state: Mapping[str, Any],
+        hparams: Mapping[str, float] | None,
+        generator_seed: int | None = None,
+    ) -> None:
         """Continue a checkpoint (`read_checkpoint`'s state), its hyperparameters
-        updated by `hparams`: what `from_checkpoint` builds. Raises
+        updated by `hparams`: what `from_checkpoint` builds. `generator_seed`
+        starts the generator (batch order, dropout, posterior samples) on a
+        stream of its own instead of the checkpoint's: an exploiting member
+        must not draw the same randomness as the member it copied. Raises
         CheckpointError (nothing is usable then until the next start)."""
         _check_compatible(state, self.cfg, self.dims)
         merged = dict(state["hparams"])
@@ -173,6 +183,8 @@ class TrainingSession:
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
         restore_generator(self.generator, state["generator_state"])
+        if generator_seed is not None:
+            self.generator.manual_seed(int(generator_seed))
         self.optimizer.load_state_dict(state["optimizer_state"])
         # Checkpoints from before held-out smoothing carry only valid_recon_smth.
         self._restart(merged, int(state["epoch"]), state)
