@@ -5,6 +5,7 @@ The silence is a real TCP relay on loopback that stops forwarding."""
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import threading
@@ -17,6 +18,7 @@ from autolfads.coordinator.search.errors import CoordinatorUnavailable
 from autolfads.coordinator.security import limits
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
+from autolfads.errors import ConfigError
 
 
 class Relay:
@@ -102,3 +104,22 @@ def test_a_watcher_of_a_coordinator_gone_silent_ends_unavailable(relay):
     watcher.close()
     assert not thread.is_alive(), "the watcher still waits on a silent coordinator"
     assert len(ended) == 1 and isinstance(ended[0], CoordinatorUnavailable), ended
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"keepalive_s": 1.0}, "keepalive_s=1.0: must be a number >= 5 (the coordinator allows"),
+        ({"keepalive_s": float("nan")}, "keepalive_s=nan"),
+        ({"timeout_s": 0}, "timeout_s=0: must be a number > 0"),
+        ({"timeout_s": float("inf")}, "timeout_s=inf"),
+        ({"unavailable_wait_s": -1.0}, "unavailable_wait_s=-1.0: must be a number >= 0"),
+    ],
+)
+def test_client_settings_the_coordinator_would_refuse_are_one_line(setting, fragment):
+    # A client pinging faster than the server's minimum is sent GOAWAY
+    # ("too_many_pings") mid-search and every call on it fails: refuse it
+    # when the client is made, naming the setting and the bound.
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
+        CoordinatorClient("127.0.0.1:1", **setting)
+    assert "\n" not in str(err.value)

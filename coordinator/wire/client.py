@@ -43,12 +43,14 @@ from autolfads.coordinator.search.messages import (
     StatusView,
     WorkReply,
 )
+from autolfads.coordinator.security import limits
 from autolfads.coordinator.security.auth import bearer_metadata
 from autolfads.coordinator.security.exposure import ClientSecurity
 from autolfads.coordinator.security.limits import MAX_REPLY_BYTES
 from autolfads.coordinator.wire import convert
 from autolfads.coordinator.wire.server import SERVICE_NAME
 from autolfads.coordinator.wire.status_codes import error_kind, from_rpc_error
+from autolfads.errors import ConfigError
 from autolfads.pbt.v1 import coordinator_pb2 as pb
 from autolfads.pbt.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -125,6 +127,14 @@ _TLS_FAILURES = (
 )
 
 
+def _check_seconds(name: str, value: float, low: float, fix: str, strict: bool = False) -> None:
+    """A client setting in seconds, finite and above (or at) `low`: else one line."""
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    if not (ok and (value > low if strict else value >= low)):
+        bound = f"{'>' if strict else '>='} {low:g}"
+        raise ConfigError(f"CoordinatorClient {name}={value!r}: must be a number {bound} ({fix})")
+
+
 class CoordinatorClient:
     def __init__(
         self,
@@ -140,6 +150,19 @@ class CoordinatorClient:
         often; one unanswered for as long again ends the call (UNAVAILABLE),
         so a watcher or a held request notices a coordinator that went
         silent (at least the server's `MIN_CLIENT_PING_MS`)."""
+        _check_seconds(
+            "timeout_s", timeout_s, 0.0, "a deadline in seconds, such as 30", strict=True
+        )
+        _check_seconds("unavailable_wait_s", unavailable_wait_s, 0.0, "0 to never wait")
+        # A client that pings more often than the server allows is sent
+        # GOAWAY ("too_many_pings") and every call on it fails.
+        floor_s = limits.MIN_CLIENT_PING_MS / 1000
+        _check_seconds(
+            "keepalive_s",
+            keepalive_s,
+            floor_s,
+            f"the coordinator allows a ping every {floor_s:g} s at most",
+        )
         security = security or ClientSecurity()
         security.check(target)
         self.target = target
