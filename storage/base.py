@@ -194,8 +194,29 @@ def open_temp_beside(path: Path) -> tuple[int, Path]:
             # after it was made: make it and try again.
             if attempt == 3:
                 raise
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(path.parent)
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+
+
+def make_folders(folder: Path) -> None:
+    """`mkdir -p folder`, each new folder's name made durable in its parent:
+    a file renamed into a new folder and fsynced there must not vanish with
+    its folder after a power loss (a journal entry naming a checkpoint in a
+    new `gen-NNNN/` folder would then name nothing)."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:
+            if not new.is_dir():  # a file in the way: the open that follows says so
+                return
+            # Made by a concurrent writer, which may not have synced it yet.
+        fsync_dir(new.parent)
 
 
 def fsync_file(path: Path) -> None:

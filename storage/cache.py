@@ -64,15 +64,19 @@ class DataCache:
         was damaged on disk.
         """
         dest = self.path_for(key, sha256)
-        if self._usable(dest, sha256, rehash):
+        if not rehash and dest.is_file():
             self.hits += 1
             return dest
+        # A re-check hashes under the lock too: another process re-checking
+        # may be replacing the copy meanwhile.
         with FileLock(self.cache_dir / f".{sha256}.lock"):
             # Another process may have finished the download while we waited.
             if self._usable(dest, sha256, rehash):
                 self.hits += 1
                 return dest
             log.info("downloading %s from %s into %s", key, self.store.url, dest)
+            # Replaces a damaged copy by rename, never by deleting it first:
+            # a process that just found the path must not find it gone.
             self.store.get_file(key, dest, expected_sha256=sha256)
             self.downloads += 1
         return dest
@@ -83,7 +87,6 @@ class DataCache:
             return False
         if rehash and sha256_file(path)[0] != sha256:
             log.warning("cached %s is damaged; downloading it again", path)
-            path.unlink(missing_ok=True)
             return False
         return True
 

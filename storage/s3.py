@@ -127,10 +127,30 @@ def _http_client(settings: S3Settings) -> urllib3.PoolManager:
 
 
 def tls_failure(err: BaseException) -> bool:
-    """A failed TLS handshake (a wrong scheme or certificate): no retry mends it."""
+    """A failed TLS handshake (a wrong scheme or certificate): no retry mends it.
+    A connection closed mid-handshake is not one: a load balancer or proxy
+    drops connections that way while the MinIO pod behind it restarts."""
     if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
         err = err.reason
-    return isinstance(err, urllib3.exceptions.SSLError | ssl.SSLError)
+    if not isinstance(err, urllib3.exceptions.SSLError | ssl.SSLError):
+        return False
+    return not _closed_mid_handshake(err)
+
+
+def _closed_mid_handshake(err: BaseException) -> bool:
+    seen: set[int] = set()
+    todo: list[object] = [err]
+    while todo:  # urllib3 wraps ssl's error in args, causes or contexts
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionResetError):
+            return True
+        if "UNEXPECTED_EOF" in str(e) or "EOF occurred in violation of protocol" in str(e):
+            return True
+        todo += [*e.args, e.__cause__, e.__context__]
+    return False
 
 
 def is_transient(err: BaseException) -> bool:
@@ -138,16 +158,22 @@ def is_transient(err: BaseException) -> bool:
     if tls_failure(err):  # (urllib3's SSLError is one of its HTTPErrors)
         return False
     if isinstance(err, S3Error):
-        return err.code in _TRANSIENT_CODES or err.response.status >= 500
+        return err.code in _TRANSIENT_CODES or _server_hiccup(err.response.status)
     if isinstance(err, ServerError):
-        return err.status_code >= 500
+        return _server_hiccup(err.status_code)
     if isinstance(err, InvalidResponseError):
         # Non-XML answers (a proxy's 502 page); the status is only in the text.
         match = re.search(r"Response code: (\d+)", str(err))
-        return match is not None and int(match.group(1)) >= 500
+        return match is not None and _server_hiccup(int(match.group(1)))
     return isinstance(
         err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError | socket.timeout
     )
+
+
+def _server_hiccup(status: int) -> bool:
+    """A 5xx worth retrying; 501 Not Implemented (a request this server never
+    supports) and 505 are answered the same way every time."""
+    return status >= 500 and status not in (501, 505)
 
 
 class _HashingReader(SourceFile):

@@ -196,7 +196,10 @@ def open_store(
             raise StorageError("file:// URLs must be local: use file:///absolute/path")
         if parts.query or parts.fragment:
             raise StorageError("file:// store URLs take no query or fragment")
-        return LocalStore(Path(unquote(parts.path)), create=create_bucket)
+        path = unquote(parts.path)
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):  # %00 and the like
+            raise StorageError("store URL's path contains control characters once decoded")
+        return LocalStore(Path(path), create=create_bucket)
     if scheme:
         raise StorageError(
             f"unsupported store URL scheme {scheme!r}; use s3://bucket/prefix "

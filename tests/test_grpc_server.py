@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autolfads.coordinator.search.errors import (
+    CoordinatorError,
     CoordinatorUnavailable,
     InvalidRequest,
     SearchFinished,
@@ -259,3 +260,10 @@ def test_an_internal_error_tells_the_caller_a_reference_not_its_details(caplog):
     reference = said.split("reference ", 1)[1].split(";", 1)[0]
     assert f"internal error (reference {reference})" in caplog.text
     assert "operator.token" in caplog.text  # the server's log has it
+
+
+def test_a_port_above_65535_is_refused_not_wrapped(service):
+    # gRPC binds port 99999 as 34463 (modulo 65536): a coordinator or Katib
+    # suggestion service would serve where nobody looks for it.
+    with pytest.raises(CoordinatorError, match=r"cannot listen on 127.0.0.1:99999: port 99999"):
+        create_server("127.0.0.1:99999", service)

@@ -27,6 +27,8 @@ from autolfads.storage import (
     open_store,
     upload_data,
 )
+from autolfads.storage import base as storage_base
+from autolfads.storage import local as storage_local
 from autolfads.storage.base import open_temp_beside, write_all
 
 # A child process that writes one object and hangs at a chosen point of the
@@ -95,6 +97,30 @@ def test_crash_while_writing_a_new_key_leaves_nothing_visible(
     local_store.put_bytes(KEY, b"complete")
     assert local_store.get_bytes(KEY) == b"complete"
     assert [i.key for i in local_store.list()] == [KEY]
+
+
+def test_a_write_into_new_folders_makes_each_folder_durable(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a power cut to test with, the protocol is checked: each new
+    # folder's name is synced in its parent, and the object's name in its
+    # folder. (Before, only the last: after a power loss the new gen-NNNN/
+    # folder, and the checkpoint a journal entry names, could be gone.)
+    synced: list[Path] = []
+    real = storage_base.fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(storage_base, "fsync_dir", recording)
+    monkeypatch.setattr(storage_local, "fsync_dir", recording)
+    local_store.put_bytes(KEY, b"checkpoint")
+    root = local_store.root
+    made = [root / "run", root / "run/members", root / "run/members/m001"]
+    made.append(root / "run/members/m001/gen-0002")
+    assert all(folder.parent in synced for folder in made), synced
+    assert synced[-1] == made[-1]  # the rename, after the folders
 
 
 def test_crash_before_publishing_an_overwrite_keeps_the_old_object(

@@ -244,6 +244,49 @@ def test_slow_down_503_is_retried_then_reported(proxy, s3_server, s3_bucket) -> 
     assert proxy.count() - before == SHORT_RETRY.max_attempts
 
 
+def test_not_implemented_501_is_not_retried(proxy, s3_server, s3_bucket) -> None:
+    # A gateway that lacks an operation answers 501 every time: retrying it
+    # through the whole budget only delays the error.
+    store = proxied_store(proxy, s3_server, s3_bucket, SHORT_RETRY)
+    store.put_bytes("k.bin", b"payload")
+    proxy.rule = lambda n, method, path: "501:NotImplemented"
+    before = proxy.count()
+    with pytest.raises(StorageError, match=r"NotImplemented \(HTTP 501\)") as caught:
+        store.get_bytes("k.bin")
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert proxy.count() - before == 1
+
+
+def test_a_connection_closed_mid_tls_handshake_is_retried() -> None:
+    # What a load balancer does while the MinIO pod behind it restarts: it
+    # accepts, then closes before the handshake ends. That is an outage to
+    # ride out, not a wrong certificate or scheme (which fails at once).
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def close_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.recv(4096)  # the ClientHello
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    port = listener.getsockname()[1]
+    env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1"}
+    try:
+        with pytest.raises(StorageUnavailable, match="after 4 attempts"):
+            open_store(
+                f"s3://bucket/run?endpoint=https://127.0.0.1:{port}", env=env, retry=SHORT_RETRY
+            )
+    finally:
+        listener.close()
+    assert len(accepted) == SHORT_RETRY.max_attempts
+
+
 def test_server_that_never_returns_fails_clearly_within_budget(proxy, s3_server, s3_bucket) -> None:
     store = proxied_store(proxy, s3_server, s3_bucket, SHORT_RETRY)
     proxy.stop()
@@ -435,6 +478,8 @@ def test_a_failed_tls_handshake_is_not_retried(s3_server, s3_bucket) -> None:
         ("s3://bucket/p?colour=red", StorageError),
         ("gs://bucket/prefix", StorageError),
         ("file://remote-host/dir", StorageError),
+        ("file:///tmp/a%00b", StorageError),  # was a bare ValueError (embedded null byte)
+        ("file:///tmp/a%0Ab", StorageError),
     ],
 )
 def test_bad_store_urls(url, error) -> None:

@@ -318,6 +318,10 @@ def add_port(
 ) -> int:
     """Bind `addr` (TLS when `credentials` are given) and return the port;
     one line naming the address if it cannot be bound."""
+    port_text = addr.rpartition(":")[2]
+    if port_text.isdigit() and int(port_text) > 65535:
+        # gRPC would bind the port modulo 65536 and serve on another one.
+        raise CoordinatorError(f"cannot listen on {addr}: port {port_text} is above 65535")
     try:
         if credentials is not None:
             port = server.add_secure_port(addr, credentials)
