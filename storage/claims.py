@@ -39,7 +39,11 @@ What this cannot rule out without conditional writes (which the `minio`
 client does not offer): two comers racing for an empty key whose writes
 land more than `settle_s` apart both hold it until the first renewal; and
 a renewal whose write hangs past the lapse can land over a newcomer's
-record (both then count the claim as lost: neither writes on).
+record (both then count the claim as lost: neither writes on); and a fenced
+write that began before the claim was lost can land after a newcomer took
+over (the coordinator's journal is safe from that: a resumed coordinator
+numbers its writes past anything a predecessor can have in flight,
+`GroupCommit.start_past_predecessor`).
 """
 
 from __future__ import annotations

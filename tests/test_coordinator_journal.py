@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
+from run_helpers import until
 from test_coordinator_service import DATA_KEY, LAYOUT, outcome, run_search
 
 from autolfads.coordinator.search.clock import ManualClock
@@ -180,6 +181,34 @@ def test_a_torn_last_entry_is_discarded_and_overwritten(tmp_path, caplog):
     run_search(resumed, store)
     assert canon(read_state(store, "search")) == canon(resumed.snapshot())
     assert resumed.snapshot().status == "finished"
+
+
+def test_a_write_a_lapsed_predecessor_had_in_flight_cannot_replace_the_successors(tmp_path):
+    # A coordinator cut off from its claim but not from the store (a network
+    # split) passed its fence, began a write, and hangs. Its claim lapses, a
+    # successor resumes and goes on; then the old write lands. Numbered where
+    # the successor's own first entry used to go, it replaced that entry and
+    # recovery mixed two states without a word.
+    base = LocalStore(tmp_path)
+    old_view = FaultyStore(base)
+    rare = {"snapshot_every": 1000}  # no snapshot of the successor's covers the late write
+    old = open_service(old_view, **rare)
+    run_search(old, old_view, stop_after=5)
+    split = threading.Event()
+    held = old_view.inject("put", COORDINATOR, hold=split, times=None)
+    late = threading.Thread(target=lambda: old.request_work("w-old", 1))
+    late.start()
+    until(lambda: held.hits > 0, "the old coordinator's write to start")
+    successor = open_service(base, **rare)  # the claim lapsed: the successor takes over
+    grant = successor.request_work("w-new", 1).leases[0]
+    successor.report(fake_train(base, grant, "w-new"))
+    acked = canon(successor.snapshot())
+    split.set()  # the split heals: the old write lands
+    late.join(30)
+    assert canon(read_state(base, "search")) == acked
+    run_search(open_service(base), base)
+    final = read_state(base, "search")
+    assert final is not None and final.status == "finished"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])

@@ -48,7 +48,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count, islice
 
 from autolfads.coordinator.search.journal import Batch, Image, JournalWriter, image_state, prime
@@ -58,6 +58,11 @@ from autolfads.storage.base import Store
 from autolfads.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+# How far past the recovered sequence a resumed coordinator starts
+# (`GroupCommit.start_past_predecessor`): beyond any write a predecessor can
+# still have in flight (one entry and one snapshot, one leader at a time).
+PREDECESSOR_GAP = 8
 
 # Side documents of one batch are written `store.capabilities.parallel_writes`
 # at a time, by at most this many threads (a closing generation of 1024
@@ -371,6 +376,32 @@ class GroupCommit:
         state = image_state(image)
         self._restore(state)
         return prime(state, image)
+
+    def start_past_predecessor(self) -> None:
+        """Before a resumed coordinator's first change: write a snapshot of
+        the recovered state numbered `PREDECESSOR_GAP` past it, so that its
+        journal goes on from there.
+
+        A predecessor cut off from this process but not from the store (a
+        network split, a pod whose claim lapsed) may still have a write in
+        flight: one journal entry and one snapshot at most, all numbered at or
+        below the recovered sequence plus one. Such a write can land at any
+        time later; numbered below this snapshot, recovery then ignores it
+        and the next compaction deletes it, where it would otherwise replace
+        one of this coordinator's entries and mix two states silently. (A
+        crash-torn last entry is left below the snapshot likewise.)"""
+        with self._cond:
+            if self._persisted is None:  # a new search, or a state.json to move
+                return
+            image = replace(self._persisted, seq=self._persisted.seq + PREDECESSOR_GAP)
+        key, data = self.writer.snapshot(image)
+        self.store.put_bytes(key, data, content_type="application/json")
+        with self._cond:
+            self._persisted = self._encoded = image
+            self._snapshots.append(image.seq)
+            self._snapshot_bytes = len(data)
+            self._entry_bytes = 0
+            self.snapshots_written += 1
 
     def _snapshot_job(self) -> Image | None:
         """Lock held, after a write: the image to snapshot, if one is due and

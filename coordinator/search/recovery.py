@@ -10,8 +10,13 @@ What can be found after a crash, and what it means:
 
 - an entry past the snapshot that is torn or corrupt, with nothing after it:
   that write never finished, so nobody was told of its change (the group
-  commit answers only after the write). It is discarded with a warning, and
-  the next write reuses its number.
+  commit answers only after the write). It is discarded with a warning; the
+  resumed coordinator's first write is a snapshot numbered past it
+  (`GroupCommit.start_past_predecessor`), so it is then ignored like any
+  object below the newest snapshot.
+- an entry or snapshot that a predecessor still had in flight when this
+  coordinator took over, landing late: numbered below that first snapshot,
+  ignored.
 - a corrupt entry or a gap followed by more entries: acknowledged changes
   would be lost; an error, never skipped.
 - a corrupt newest snapshot: the one before it (kept, with the journal
@@ -148,7 +153,7 @@ def _newest_snapshot(
 
 def _replay(store: Store, layout: RunLayout, doc: Doc, pending: list[int]) -> None:
     """Apply journal entries `pending` (ascending) to `doc`. A torn last entry
-    is left in place: the next write reuses its number and replaces it."""
+    is left in place, below the snapshot the resumed coordinator writes first."""
     # Closed here when a damaged entry stops the replay: left to the garbage
     # collector, the reads' pool could be shut down from one of its own threads.
     with closing(_read_all(store, [layout.journal_entry(seq) for seq in pending])) as reads:

@@ -195,6 +195,7 @@ class CoordinatorService:
             service.flush()
             return service
         service = cls(cfg, store, recovered.state, recovered=recovered, **kwargs)
+        service._commit.start_past_predecessor()
         service._resume()
         service.flush()
         return service
