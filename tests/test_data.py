@@ -213,6 +213,15 @@ BAD_FILES = [
         _set("train_inds", lambda c: np.full(N_TRAIN, 1.7)),
         "train_inds: trial indices must be whole",
     ),
+    # Used to pass: to-nwb would then take a trial or unit from the end of its table.
+    (
+        _set("valid_inds", lambda c: np.arange(N_VALID) - 1),
+        "valid_inds: trial indices must be >= 0, got -1",
+    ),
+    (
+        _set("nwb_unit_index", lambda c: np.arange(D_IN + D_OUT) - 2),
+        "nwb_unit_index: unit rows must be >= 0, got -2",
+    ),
 ]
 
 

@@ -226,7 +226,7 @@ BAD_CASES = {
     "preset bin": ("maze", ("--preset", "mc_maze", "--bin-ms", "30"), "--bin-ms 5 or 20"),
     "split values": ("odd_split", MAZE, "values ['calibration']"),
     "behaviour missing": ("maze", (*MAZE, "--behavior", "behavior/eye_pos"), "has no 'eye_pos'"),
-    "align without window": ("maze", ("--align", "move_onset_time"), "--align and --window go together"),
+    "align without window": ("maze", ("--align", "move_onset_time"), "--align move_onset_time needs --window START_MS END_MS"),
     "fraction and split column": ("maze", (*MAZE, "--valid-fraction", "0.3"), "drop one of them"),
     # Each of these used to end in a traceback (or, for tags, in one condition per trial).
     "ragged column": ("tags", (*MAZE, "--condition-columns", "tags"), "'tags' holds several values per trial"),

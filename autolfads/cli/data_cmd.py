@@ -79,7 +79,8 @@ def _register_from_nwb(actions: argparse._SubParsersAction) -> None:
         nargs=2,
         type=int,
         metavar=("START_MS", "END_MS"),
-        help="window around the align time (default: whole trials, start_time..stop_time)",
+        help="window around the --align time, else around start_time "
+        "(default: whole trials, start_time..stop_time)",
     )
     p.add_argument("--fp-ms", type=int, help="forward-prediction ms after the window (default 0)")
     p.add_argument("--heldout-column", help="boolean units column marking held-out neurons")

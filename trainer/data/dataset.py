@@ -25,8 +25,19 @@ MAX_DATASET_BYTES = 4 * 1024**3
 SPLITS = ("train", "valid", "test")
 # Provenance of a file made from NWB: the source units table's row of each
 # recon_data channel, the bin width in seconds, and each trial's first bin
-# start time in seconds per split (trial rows are in `{split}_inds`).
-NWB_KEYS = ("nwb_unit_index", "nwb_bin_width", *(f"nwb_{s}_start" for s in SPLITS))
+# start time in seconds per split (trial rows are in `{split}_inds`). Which
+# recording that was: its `identifier` (UTF-8 bytes as uint8: the loader reads
+# numbers only), the SHA-256 of its trials' start/stop times, and the units
+# table's id of each channel, so `to-nwb` and `--units-from` can refuse
+# another recording that merely has enough rows.
+NWB_KEYS = (
+    "nwb_unit_index",
+    "nwb_bin_width",
+    *(f"nwb_{s}_start" for s in SPLITS),
+    "nwb_identifier",
+    "nwb_trials_sha256",
+    "nwb_unit_id",
+)
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,11 @@ def _check_optional(
     for key, arr in ((f"{name}_cond_idx", split.cond_idx), (f"{name}_inds", split.trial_idx)):
         if arr is not None and (arr.ndim != 1 or arr.shape[0] != n):
             raise data_error(source, key, f"shape {arr.shape} needs one entry per trial ({n},)")
+    if split.trial_idx is not None and split.trial_idx.size and split.trial_idx.min() < 0:
+        # Rows of the source's trials: a negative one would index from the end.
+        raise data_error(
+            source, f"{name}_inds", f"trial indices must be >= 0, got {int(split.trial_idx.min())}"
+        )
     if split.decode_mask is not None:
         key = f"{name}_decode_mask"
         if split.decode_mask.ndim != 2 or split.decode_mask.shape[0] != n:
@@ -259,11 +275,17 @@ def validate_data(data: LfadsData) -> None:
 
 def _check_nwb(source: str, data: LfadsData) -> None:
     """NWB provenance, when present, must describe every channel and trial."""
-    units = data.attrs.get("nwb_unit_index")
-    if units is not None and units.shape != (data.recon_data_dim,):
-        raise data_error(
-            source, "nwb_unit_index", f"shape {units.shape}, expected ({data.recon_data_dim},)"
-        )
+    for key in ("nwb_unit_index", "nwb_unit_id"):
+        units = data.attrs.get(key)
+        if units is None:
+            continue
+        if units.shape != (data.recon_data_dim,):
+            raise data_error(source, key, f"shape {units.shape}, expected ({data.recon_data_dim},)")
+        if units.dtype.kind not in "iu":
+            raise data_error(source, key, f"expected whole numbers, got {units.dtype}")
+        if key == "nwb_unit_index" and units.min() < 0:
+            # Rows of the source's units: a negative one would index from the end.
+            raise data_error(source, key, f"unit rows must be >= 0, got {int(units.min())}")
     width = data.attrs.get("nwb_bin_width")
     if width is not None and not (width.size == 1 and float(width.reshape(-1)[0]) > 0):
         raise data_error(source, "nwb_bin_width", "expected one positive number (seconds)")
@@ -273,3 +295,22 @@ def _check_nwb(source: str, data: LfadsData) -> None:
             raise data_error(
                 source, f"nwb_{name}_start", f"shape {starts.shape}, expected ({split.n_trials},)"
             )
+        if starts is not None and not np.all(np.isfinite(starts)):
+            raise data_error(source, f"nwb_{name}_start", "NaN or infinite window starts")
+    ident = data.attrs.get("nwb_identifier")
+    if ident is not None:
+        if ident.ndim != 1 or ident.dtype != np.uint8:
+            raise data_error(source, "nwb_identifier", "expected UTF-8 bytes (uint8, 1-D)")
+        try:
+            bytes(ident).decode("utf-8")
+        except UnicodeDecodeError:
+            raise data_error(source, "nwb_identifier", "not UTF-8 text") from None
+    digest = data.attrs.get("nwb_trials_sha256")
+    if digest is not None and (digest.shape != (32,) or digest.dtype != np.uint8):
+        raise data_error(source, "nwb_trials_sha256", "expected 32 bytes (uint8) of SHA-256")
+
+
+def nwb_identifier(data: LfadsData) -> str | None:
+    """The source NWB file's identifier, or None for a file made before it was kept."""
+    ident = data.attrs.get("nwb_identifier")
+    return None if ident is None else bytes(ident).decode("utf-8")

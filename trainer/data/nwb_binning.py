@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from autolfads.errors import DataError
+
 # Times are floats in seconds, and many recordings store them on a whole-
 # millisecond grid: a spike exactly on a bin edge can compute as 1e-16 s
 # before it. Edges are moved 1 ns earlier, so such a spike lands in the bin
@@ -62,7 +64,14 @@ def resample_signal(
     window lies within the series (to one sample period beyond either end).
     """
     timestamps = np.asarray(timestamps, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64).reshape(timestamps.size, -1)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0 or values.shape[0] != timestamps.size:
+        # Reshaping to (timestamps.size, -1) would fold 2n samples into n x 2.
+        raise DataError(
+            f"behaviour data has {values.shape[0] if values.ndim else 0} samples but "
+            f"timestamps has {timestamps.size}"
+        )
+    values = values.reshape(timestamps.size, -1)
     starts = np.asarray(starts, dtype=np.float64)
     edges = starts[:, None] + bin_width * np.arange(n_bins + 1)  # (trials, n_bins + 1)
     # The same half-open bins as the spikes': a sample on an edge (up to

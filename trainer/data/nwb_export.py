@@ -31,8 +31,9 @@ import h5py
 import numpy as np
 
 from autolfads.errors import DataError
-from autolfads.trainer.data.dataset import LfadsData
+from autolfads.trainer.data.dataset import LfadsData, nwb_identifier
 from autolfads.trainer.data.lfads_h5 import load_lfads_h5
+from autolfads.trainer.data.nwb_read import trials_sha256
 
 # lfads_output dataset -> (TimeSeries name, unit, description)
 SERIES = {
@@ -90,6 +91,7 @@ def read_outputs(path: str | Path) -> tuple[LfadsData, TrialOutputs]:
 
 
 def _check_source(nwbfile, data: LfadsData, out: TrialOutputs, source: str) -> None:
+    """Refuse an NWB file other than the one the outputs' data was converted from."""
     n_units = 0 if nwbfile.units is None else len(nwbfile.units)
     n_trials = 0 if nwbfile.trials is None else len(nwbfile.trials)
     need_units = int(data.attrs["nwb_unit_index"].max()) + 1
@@ -98,6 +100,43 @@ def _check_source(nwbfile, data: LfadsData, out: TrialOutputs, source: str) -> N
             f"{source}: has {n_units} units and {n_trials} trials, but the outputs refer to "
             f"unit row {need_units - 1} and trial row {int(out.trial_rows.max())}; "
             "pass the NWB file the data was converted from"
+        )
+    fix = "pass the NWB file the data was converted from"
+    made_from = nwb_identifier(data)
+    if made_from is not None and str(nwbfile.identifier) != made_from:
+        raise DataError(
+            f"{source}: is recording {str(nwbfile.identifier)!r} (NWB identifier), but the "
+            f"outputs were converted from {made_from!r}; {fix}"
+        )
+    start = np.asarray(nwbfile.trials["start_time"].data[:], dtype=np.float64)
+    stop = np.asarray(nwbfile.trials["stop_time"].data[:], dtype=np.float64)
+    digest = data.attrs.get("nwb_trials_sha256")
+    if digest is not None and not np.array_equal(digest, trials_sha256(start, stop)):
+        raise DataError(
+            f"{source}: its trials' start/stop times differ from those of the recording the "
+            f"outputs were converted from (same identifier {made_from!r}); {fix}"
+        )
+    unit_ids = data.attrs.get("nwb_unit_id")
+    if unit_ids is not None:
+        have = np.asarray(nwbfile.units.id.data[:], dtype=np.int64)[data.attrs["nwb_unit_index"]]
+        if not np.array_equal(have, unit_ids):
+            raise DataError(
+                f"{source}: its units table holds other unit ids at the outputs' unit rows; {fix}"
+            )
+    # Every window from-nwb keeps lies inside its trial. For files made before
+    # the identifier and trial times were kept this is the only check there
+    # is: refusing them instead would mean converting and applying again,
+    # while another recording's trials almost never hold every window.
+    width = float(np.asarray(data.attrs["nwb_bin_width"]).reshape(-1)[0])
+    win_end = out.starts + data.encod_seq_len * width
+    rows = out.trial_rows
+    with np.errstate(invalid="ignore"):
+        outside = ~((out.starts >= start[rows] - 1e-6) & (win_end <= stop[rows] + 1e-6))
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"{source}: trial row {int(rows[k])} runs {start[rows[k]]:.3f}..{stop[rows[k]]:.3f} s, "
+            f"but the outputs' window for it starts at {out.starts[k]:.3f} s; {fix}"
         )
 
 

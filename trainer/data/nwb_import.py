@@ -25,7 +25,7 @@ import numpy as np
 from autolfads.errors import DataError
 from autolfads.trainer.data.dataset import LfadsData, Split
 from autolfads.trainer.data.nwb_binning import bin_spike_times, condition_psth, resample_signal
-from autolfads.trainer.data.nwb_read import NwbRecording, read_nwb
+from autolfads.trainer.data.nwb_read import NwbRecording, read_nwb, trials_sha256
 
 SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "test": "test", "none": None}
 
@@ -71,6 +71,8 @@ class NwbImportOptions:
     drop_bad_trials: bool = False
     unit_index: tuple[int, ...] | None = None  # fixed channels (held-in then held-out)
     n_heldin: int | None = None  # with unit_index
+    unit_ids: tuple[int, ...] | None = None  # with unit_index: the units' ids (None: unknown)
+    units_from: str = ""  # the file unit_index came from (for messages)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: object) -> NwbImportOptions:
@@ -108,10 +110,11 @@ class Windows:
 
 
 def _check_ms(opts: NwbImportOptions) -> None:
-    if (opts.align is None) != (opts.window_ms is None):
+    # --window alone is placed around start_time (README); --align alone has no window.
+    if opts.align is not None and opts.window_ms is None:
         raise DataError(
-            "--align and --window go together (the window is placed around the align "
-            "time); pass both, or neither to bin whole trials from start_time to stop_time"
+            f"--align {opts.align} needs --window START_MS END_MS (the window is placed around "
+            "the align time); pass both, or neither to bin whole trials from start_time to stop_time"
         )
     if opts.bin_ms < 1:
         raise DataError(f"--bin-ms must be >= 1, got {opts.bin_ms}")
@@ -137,12 +140,27 @@ def _check_ms(opts: NwbImportOptions) -> None:
             )
 
 
-def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.ndarray]:
+def _nan_times(rec: NwbRecording) -> np.ndarray:
+    """(trials,) True where start_time or stop_time is NaN: such a trial has no
+    extent to bin (or to check a window against: NaN compares false)."""
+    start, stop = rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
+    return np.isnan(start.astype(np.float64)) | np.isnan(stop.astype(np.float64))
+
+
+def _windows(
+    rec: NwbRecording, opts: NwbImportOptions, nan_times: np.ndarray
+) -> tuple[Windows, np.ndarray]:
     """Each trial's window, and a bool (trials,) of trials whose align time is NaN."""
     width = opts.bin_ms / 1000.0
     n_fp = opts.fp_ms // opts.bin_ms
     if opts.window_ms is None:
-        start, stop = rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
+        start = rec.trial_columns["start_time"].astype(np.float64)
+        stop = rec.trial_columns["stop_time"].astype(np.float64)
+        if nan_times.all():
+            raise DataError(f"{rec.source}: every trial has a NaN start_time or stop_time")
+        # Trials without times are refused or dropped by `_bad_trials`; the
+        # length is that of the others.
+        start, stop = start[~nan_times], stop[~nan_times]
         # One length (to float error): lengths that differ by less than half
         # a bin would round to one bin count.
         if np.ptp(stop - start) > 1e-6:
@@ -157,7 +175,8 @@ def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.nda
                 f"--bin-ms {opts.bin_ms} does not divide the trials' length of "
                 f"{(stop[0] - start[0]) * 1000:.3f} ms; choose a bin size that divides it"
             )
-        return Windows(start.astype(np.float64), int(n_bins[0]), n_fp), np.zeros(start.size, bool)
+        starts = rec.trial_columns["start_time"].astype(np.float64)
+        return Windows(starts, int(n_bins[0]), n_fp), np.zeros(starts.size, bool)
     column = opts.align or "start_time"
     values = np.asarray(rec.trial_columns[column])
     if values.dtype.kind not in "iuf":
@@ -171,18 +190,26 @@ def _windows(rec: NwbRecording, opts: NwbImportOptions) -> tuple[Windows, np.nda
 
 
 def _bad_trials(
-    rec: NwbRecording, opts: NwbImportOptions, win: Windows, nan_align: np.ndarray
+    rec: NwbRecording,
+    opts: NwbImportOptions,
+    win: Windows,
+    nan_times: np.ndarray,
+    nan_align: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Trials each check rejects, by the reason a user reads, in check order."""
+    """Trials each check rejects, by the reason a user reads, in check order
+    (each trial under its first reason only, so dropped counts add up)."""
     width = opts.bin_ms / 1000.0
     start, stop = rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
     obs_end = win.starts + win.n_obs * width
     full_end = obs_end + win.n_fp * width
+    no_align = nan_align & ~nan_times
+    timed = ~(nan_times | nan_align)
     with np.errstate(invalid="ignore"):
-        outside = ~nan_align & ((win.starts < start - 1e-9) | (obs_end > stop + 1e-9))
-        beyond = ~nan_align & ~outside & ((full_end > rec.recording_end + 1e-9) | (win.starts < 0))
+        outside = timed & ((win.starts < start - 1e-9) | (obs_end > stop + 1e-9))
+        beyond = timed & ~outside & ((full_end > rec.recording_end + 1e-9) | (win.starts < 0))
     bad = {
-        f"have no {opts.align} (NaN)": nan_align,
+        "have a NaN start_time or stop_time": nan_times,
+        f"have no {opts.align or 'start_time'} (NaN)": no_align,
         "have a window outside the trial's start_time..stop_time": outside,
         f"have a window (with {opts.fp_ms} ms forward bins) past the recording's end "
         f"at {rec.recording_end:.3f} s": beyond,
@@ -196,7 +223,7 @@ def _bad_trials(
                 f"coarser than --bin-ms {opts.bin_ms}: its bins would hold no samples; "
                 "choose a larger --bin-ms"
             )
-        ok = ~(nan_align | outside | beyond)
+        ok = timed & ~(outside | beyond)
         lagged = np.where(ok, win.starts, 0.0) + opts.behavior_lag_ms / 1000.0
         _, covered = resample_signal(*rec.behavior, lagged, win.n_obs, width)
         bad[f"have a window that {rec.behavior_name} does not cover"] = ok & ~covered
@@ -268,9 +295,16 @@ def _choose_units(
                 f"{rec.source}: the units table has {rec.n_units} rows, but --units-from names "
                 f"row {int(index.max())}; convert data recorded from the same units"
             )
+        _check_unit_ids(rec, opts, index)
         assert opts.n_heldin is not None
         return index, opts.n_heldin
     active = counts.sum(axis=(0, 1)) > 0
+    if not active.any():
+        # Else the held-out count check below would say "between 0 and -1".
+        raise DataError(
+            f"{rec.source}: no unit has a spike in any trial window; check --align / --window "
+            "against the units' spike times"
+        )
     report.dropped_units = [int(u) for u in np.flatnonzero(~active)]
     if opts.heldout_column:
         raw = rec.unit_columns[opts.heldout_column]
@@ -297,6 +331,29 @@ def _choose_units(
     return np.concatenate([heldin_rows, np.flatnonzero(active & heldout)]), int(heldin_rows.size)
 
 
+def _check_unit_ids(rec: NwbRecording, opts: NwbImportOptions, index: np.ndarray) -> None:
+    """--units-from: each channel's row here must hold the unit (by id) it held there.
+
+    A new session of the same neurons is another NWB file (another
+    identifier), so the identifier cannot be compared; the units table's ids
+    can: a table with other units or another order puts the model's
+    channels on the wrong neurons, with no other sign.
+    """
+    if opts.unit_ids is None:
+        return  # a file from before unit ids were kept: rows are all there is
+    want = np.asarray(opts.unit_ids, dtype=np.int64)
+    have = rec.ids[index]
+    differ = np.flatnonzero(have != want)
+    if differ.size:
+        k = int(differ[0])
+        raise DataError(
+            f"{rec.source}: units table row {int(index[k])} is unit id {int(have[k])}, but "
+            f"channel {k} of --units-from {opts.units_from} is unit id {int(want[k])} "
+            f"({differ.size} of {want.size} channels differ); convert data recorded from "
+            "the same units, with the same unit ids"
+        )
+
+
 def _order_key(value: object) -> tuple[int, float, str]:
     """Numbers in numeric order (2 before 10), then text; NaN last."""
     try:
@@ -321,13 +378,13 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     """The LFADS dataset of a recording under `opts`, and what was dropped."""
     _check_ms(opts)
     report = ImportReport(n_units=rec.n_units)
-    win, nan_align = _windows(rec, opts)
+    nan_times = _nan_times(rec)
+    win, nan_align = _windows(rec, opts, nan_times)
     # Trials the split column leaves out ("none", often failed trials) are
     # neither checked nor counted as dropped.
     unused = _unused_by_split(rec, opts)
-    bad = {
-        reason: mask & ~unused for reason, mask in _bad_trials(rec, opts, win, nan_align).items()
-    }
+    found = _bad_trials(rec, opts, win, nan_times, nan_align)
+    bad = {reason: mask & ~unused for reason, mask in found.items()}
     keep = _apply_bad(bad, opts, rec.source)
     report.dropped_trials = {reason: int(m.sum()) for reason, m in bad.items() if m.any()}
     split_of = _splits(rec, opts, keep)
@@ -347,6 +404,12 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     attrs: dict[str, np.ndarray] = {
         "nwb_unit_index": units.astype(np.int64),
         "nwb_bin_width": np.asarray(width, dtype=np.float64),
+        # Which recording, for to-nwb and --units-from (dataset.NWB_KEYS).
+        "nwb_identifier": np.frombuffer(rec.identifier.encode("utf-8"), dtype=np.uint8).copy(),
+        "nwb_trials_sha256": trials_sha256(
+            rec.trial_columns["start_time"], rec.trial_columns["stop_time"]
+        ),
+        "nwb_unit_id": rec.ids[units].astype(np.int64),
     }
     if opts.condition_columns:
         cond_all, n_cond = _conditions(rec, opts.condition_columns)
@@ -380,6 +443,11 @@ def build_dataset(rec: NwbRecording, opts: NwbImportOptions) -> tuple[LfadsData,
     assert splits["train"] is not None and splits["valid"] is not None
     data = LfadsData(splits["train"], splits["valid"], splits["test"], rec.source, attrs)
     report.lines = _summary(data, report, n_heldin, units.size - n_heldin, opts)
+    if opts.unit_index is not None and opts.unit_ids is None:
+        report.lines.append(
+            f"unit ids not checked: {opts.units_from} was made before from-nwb kept them "
+            "(channels taken by units table row)"
+        )
     return data, report
 
 
@@ -423,4 +491,10 @@ def units_like(data: LfadsData) -> dict[str, object]:
         raise DataError(
             f"{data.source}: has no nwb_unit_index; --units-from needs a file made by from-nwb"
         )
-    return {"unit_index": tuple(int(u) for u in index), "n_heldin": data.encod_data_dim}
+    ids = data.attrs.get("nwb_unit_id")
+    return {
+        "unit_index": tuple(int(u) for u in index),
+        "n_heldin": data.encod_data_dim,
+        "unit_ids": None if ids is None else tuple(int(u) for u in ids),
+        "units_from": data.source,
+    }

@@ -8,6 +8,8 @@ splits, checks) is numpy on the recording, in trainer/data/nwb_import.py.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,11 @@ class NwbRecording:
     recording_end: float  # end of the last observation interval (else last trial stop)
     behavior: tuple[np.ndarray, np.ndarray] | None = None  # (timestamps (s,), values (s, d))
     behavior_name: str = ""
+    unit_ids: np.ndarray | None = None  # (units,) the units table's `id`s; None: row numbers
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(self.n_units) if self.unit_ids is None else self.unit_ids
 
     @property
     def n_units(self) -> int:
@@ -39,6 +46,16 @@ class NwbRecording:
     @property
     def n_trials(self) -> int:
         return int(self.trial_columns["start_time"].shape[0])
+
+
+def trials_sha256(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """SHA-256 (32 uint8) of a trials table's start and stop times, as float64.
+
+    Kept by from-nwb and compared by to-nwb: identifiers are often reused
+    (a rig's default, a copied script), the trial times of two sessions are not.
+    """
+    times = np.stack([np.asarray(start, "<f8"), np.asarray(stop, "<f8")])
+    return np.frombuffer(hashlib.sha256(times.tobytes()).digest(), dtype=np.uint8).copy()
 
 
 def _as_text(values: np.ndarray) -> np.ndarray:
@@ -77,7 +94,9 @@ def _recording_end(units, trial_stop: np.ndarray, spikes: list[np.ndarray]) -> f
         if flat.size:
             return float(flat.reshape(-1, 2)[:, 1].max())
     last_spike = max((float(s[-1]) for s in spikes if s.size), default=-np.inf)
-    return float(max(np.max(trial_stop), last_spike))
+    # A NaN stop_time (refused or dropped later, by trial) must not make the end NaN.
+    stops = np.asarray(trial_stop, dtype=np.float64)
+    return float(max(np.max(stops[np.isfinite(stops)], initial=-np.inf), last_spike))
 
 
 def _behavior(nwbfile, path: str, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +133,28 @@ def _behavior(nwbfile, path: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     values = values + float(getattr(obj, "offset", 0.0) or 0.0)
     values = values.reshape(values.shape[0], -1)
     if obj.timestamps is not None:
-        times = np.asarray(obj.timestamps[:], dtype=np.float64)
+        times = np.asarray(obj.timestamps[:], dtype=np.float64).reshape(-1)
+        # Binning pairs sample i with timestamp i: any other length would pair
+        # values with the wrong times (or reshape 2n samples into n x 2).
+        if times.size != values.shape[0]:
+            raise DataError(
+                f"{source}: --behavior {path!r}: data has {values.shape[0]} samples but "
+                f"timestamps has {times.size}; they must have one timestamp per sample"
+            )
     else:
-        times = float(obj.starting_time or 0.0) + np.arange(values.shape[0]) / float(obj.rate)
+        rate = float(obj.rate)
+        if not (np.isfinite(rate) and rate > 0):
+            raise DataError(
+                f"{source}: --behavior {path!r}: rate {rate:g} must be a positive sampling rate (Hz)"
+            )
+        times = float(obj.starting_time or 0.0) + np.arange(values.shape[0]) / rate
+    if not np.all(np.isfinite(times)):
+        first = int(np.flatnonzero(~np.isfinite(times))[0])
+        # NaN compares false, so it would pass the increasing check below.
+        raise DataError(
+            f"{source}: --behavior {path!r}: timestamps contain NaN or infinite values "
+            f"(first: sample {first})"
+        )
     if times.size < 1 or np.any(np.diff(times) <= 0):
         raise DataError(f"{source}: --behavior {path!r}: timestamps must be strictly increasing")
     return times, values
@@ -137,7 +175,12 @@ def read_nwb(
     io = None
     try:
         io = NWBHDF5IO(source, "r")
-        nwbfile = io.read()
+        with warnings.catch_warnings():
+            # pynwb warns of every series whose data and timestamps differ in
+            # length: the one --behavior reads is refused in one line below,
+            # the others are not used.
+            warnings.filterwarnings("ignore", message=".*does not match length of timestamps")
+            nwbfile = io.read()
     except Exception as err:  # h5py and hdmf raise many types for foreign files
         if io is not None:
             io.close()
@@ -179,4 +222,5 @@ def read_nwb(
             recording_end=_recording_end(units, tcols["stop_time"], spikes),
             behavior=None if behavior is None else _behavior(nwbfile, behavior, source),
             behavior_name=behavior or "",
+            unit_ids=np.asarray(units.id.data[:], dtype=np.int64),
         )
