@@ -29,10 +29,12 @@ def experiment_from_proto(msg: api.Experiment) -> ExperimentView:
         ),
         objective_type=_enum_name(api.ObjectiveType, spec.objective.type),
         objective_metric=spec.objective.objective_metric_name,
+        goal=spec.objective.goal,
         algorithm=spec.algorithm.algorithm_name,
         settings=tuple((s.name, s.value) for s in spec.algorithm.algorithm_settings),
         parallel_trials=spec.parallel_trial_count,
         max_trials=spec.max_trial_count,
+        early_stopping=spec.early_stopping.algorithm_name,
     )
 
 

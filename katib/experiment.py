@@ -39,6 +39,8 @@ class ExperimentView:
     settings: tuple[tuple[str, str], ...] = ()
     parallel_trials: int = 0
     max_trials: int = 0
+    goal: float = 0.0  # 0 when unset (proto3: a goal of 0 cannot be told apart)
+    early_stopping: str = ""  # the early-stopping algorithm, "" when none
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,59 @@ def check_experiment(exp: ExperimentView, cfg: RunConfig) -> None:
             f"parallelTrialCount {exp.parallel_trials} must equal the population {population} "
             "in sync mode (or use pbt.mode: async)"
         )
-    if exp.max_trials and exp.max_trials < exp.parallel_trials:
+    if exp.goal:
         raise InvalidRequest(
-            f"maxTrialCount {exp.max_trials} is below parallelTrialCount {exp.parallel_trials}"
+            f"objective.goal {exp.goal!r} would end the Experiment once one trial reaches it, "
+            "with the search still running: remove objective.goal (the search stops by "
+            "pbt.max_generations or its plateau rule)"
+        )
+    if exp.early_stopping:
+        raise InvalidRequest(
+            f"earlyStopping {exp.early_stopping[:80]!r} would stop segments the search is "
+            "waiting for: remove spec.earlyStopping (PBT itself replaces weak members)"
+        )
+    _check_max_trials(exp.max_trials, cfg)
+
+
+def trial_counts(cfg: RunConfig) -> tuple[int, int]:
+    """(fewest, most) maxTrialCount that fit the run's search.
+
+    Each member trains one segment (one Katib trial) per generation, so a
+    search takes at most population x max_generations segment trials (fewer
+    when the plateau rule stops it early; a segment handed out again after
+    Katib lost or deleted its trial keeps its name and counts once). Katib
+    hands the last results to the service only inside one more
+    GetSuggestions call, which it makes only while fewer than maxTrialCount
+    trials have completed: so at least one trial more. The service answers
+    that call, and every one after the end, with no-op "end" trials until
+    Katib reaches maxTrialCount; `render` writes one round of them,
+    population x (max_generations + 1), and more would only run no-op pods.
+    """
+    segments = cfg.pbt.population * cfg.pbt.max_generations
+    return segments + 1, segments + cfg.pbt.population
+
+
+def _check_max_trials(max_trials: int, cfg: RunConfig) -> None:
+    fewest, most = trial_counts(cfg)
+    pbt = cfg.pbt
+    fix = (
+        f"set maxTrialCount to {most} = population {pbt.population} x (max_generations "
+        f"{pbt.max_generations} + 1), as `autolfads katib render` writes"
+    )
+    if max_trials <= 0:
+        raise InvalidRequest(
+            f"maxTrialCount is unset: Katib would start no-op trials forever once the search "
+            f"ends; {fix}"
+        )
+    if max_trials < fewest:
+        raise InvalidRequest(
+            f"maxTrialCount {max_trials} is below the {fewest} trials the search can take "
+            f"(Katib would end the Experiment with the search still running); {fix}"
+        )
+    if max_trials > most:
+        raise InvalidRequest(
+            f"maxTrialCount {max_trials} is above {most}: the trials past the search's "
+            f"{fewest - 1} segments and one round of end trials only run no-op pods; {fix}"
         )
 
 

@@ -22,7 +22,12 @@ from typing import Any
 from autolfads.argo.render import split_storage
 from autolfads.config import RunConfig
 from autolfads.errors import ConfigError
-from autolfads.katib.experiment import ALGORITHM_NAME, OBJECTIVE_METRIC, searched_parameters
+from autolfads.katib.experiment import (
+    ALGORITHM_NAME,
+    OBJECTIVE_METRIC,
+    searched_parameters,
+    trial_counts,
+)
 from autolfads.katib.names import MAX_EXPERIMENT_NAME
 from autolfads.katib.options import KatibOptions
 
@@ -184,7 +189,7 @@ def render_experiment(cfg: RunConfig, opts: KatibOptions) -> dict[str, Any]:
             },
             "algorithm": {"algorithmName": ALGORITHM_NAME},
             "parallelTrialCount": pbt.population,
-            "maxTrialCount": pbt.population * (pbt.max_generations + 1),
+            "maxTrialCount": trial_counts(cfg)[1],
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
             "parameters": [
                 {

@@ -3,21 +3,30 @@
 One `CoordinatorService` per run holds the population; it is rebuilt from
 the run's stored state (`coordinator.recovery`) whenever this process
 starts, so a restarted suggestion pod carries on. Each Katib trial is one
-lease (one training segment of one member). A GetSuggestions call:
+lease (one training segment of one member), named after member and
+generation. The coordinator's open leases are the one record of what is
+out; a GetSuggestions call:
 
 1. checks the Experiment against the run's config and every trial name
    (nothing changes if one is unknown);
 2. turns each ended trial whose lease is still open into a segment report:
-   the trial's own report.json if it wrote one, else a failed segment (a
-   killed pod); reports already counted change nothing, so duplicate and
-   out-of-order trial lists are harmless;
-3. asks the service for exactly `count` leases (all or nothing, idempotent
-   by Katib's total request number), writes each lease to storage for its
-   trial and names the trial after member and generation. When fewer
-   members are ready (sync mode, between generations) it answers
-   UNAVAILABLE: Katib's controller logs it and asks again later. Once the
-   search has ended, it answers with no-op "end" trials so that Katib
-   reaches maxTrialCount and ends the Experiment.
+   the trial's own report.json if it wrote a readable one that fits its
+   lease, else a failed segment (a killed pod, an unreadable report);
+   reports already counted change nothing, so duplicate and out-of-order
+   trial lists are harmless;
+3. hands out again, before any new work, every open lease whose trial Katib
+   does not list (`_orphans`): its reply was lost (Katib's 60 s deadline, a
+   pod killed after the lease was committed), Katib deleted the trial, or
+   the Experiment was deleted and submitted again. An unlisted trial that
+   wrote a report (Katib lists no trial whose metrics were unavailable) is
+   counted instead. The trial keeps its name, so it is one Katib trial; a
+   trial Katib lists is never handed out twice;
+4. asks the service for the rest as new leases (all or nothing), writes
+   each lease to storage for its trial. When fewer members are ready (sync
+   mode, between generations) it answers UNAVAILABLE: Katib's controller
+   logs it and asks again later. Once the search has ended, it answers with
+   no-op "end" trials so that Katib reaches maxTrialCount and ends the
+   Experiment.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from autolfads.coordinator.search.errors import (
 from autolfads.coordinator.search.messages import Lease, SegmentReport
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import load_run
+from autolfads.coordinator.search.views import lease_view
 from autolfads.errors import ConfigError, DataError
 from autolfads.katib import records
 from autolfads.katib.experiment import (
@@ -54,6 +64,7 @@ from autolfads.katib.names import (
     parse_trial_name,
     segment_trial,
 )
+from autolfads.katib.records import TrialRecordError
 from autolfads.storage import Store
 from autolfads.storage.claims import ClaimLost, RunClaim, RunClaimed, claim_run
 
@@ -105,18 +116,25 @@ class KatibSuggestion:
                     f"{count} suggestions requested; at most the population {population} "
                     "can train at once"
                 )
-            ended = self._check_trials(service, exp.name, trials)
+            listed, ended = self._check_trials(service, exp.name, trials)
             for trial, view in ended:
-                self._ingest(service, trial, view)
-            reply = service.request_exactly(WORKER_ID, count, f"katib-{total}")
+                self._ingest(service, trial, f"ended {view.condition}")
+            orphans = self._orphans(service, exp.name, listed, held=total - count)[:count]
+            assignments = [self._assign(service, grant) for grant in orphans]
+            if len(assignments) == count:
+                return assignments
+            # A fresh id: a lost reply's leases come back as orphans (above),
+            # never by the coordinator's replay of a request id.
+            request_id = f"katib-r{service.status().revision}"
+            reply = service.request_exactly(WORKER_ID, count - len(assignments), request_id)
             if reply is None:
                 raise NotReady(
                     f"fewer than {count} members are ready (generation "
                     f"{service.status().generation} is still running); ask again later"
                 )
-            if reply.action == "done":
+            if reply.action == "done":  # no lease is open then: no orphan either
                 return self._end_assignments(service, exp.name, count, total)
-            return [self._assign(service, grant) for grant in reply.leases]
+            return assignments + [self._assign(service, grant) for grant in reply.leases]
 
     # ------------------------------------------------------------ internals
 
@@ -200,12 +218,15 @@ class KatibSuggestion:
 
     def _check_trials(
         self, service: CoordinatorService, run: str, trials: list[TrialView]
-    ) -> list[tuple[TrialName, TrialView]]:
-        """Ended trials whose lease is still open, in (generation, member)
-        order; InvalidRequest for a trial this search never handed out."""
+    ) -> tuple[set[str], list[tuple[TrialName, TrialView]]]:
+        """The names Katib lists, and its ended trials whose lease is still
+        open, in (generation, member) order; InvalidRequest for a trial this
+        search never handed out."""
+        listed: set[str] = set()
         open_leases: dict[str, tuple[TrialName, TrialView]] = {}
         for view in trials:
             trial = parse_trial_name(view.name, run)
+            listed.add(view.name)
             if trial.is_end:
                 continue
             where, _ = service.unit_status(trial.member, trial.generation)
@@ -213,22 +234,82 @@ class KatibSuggestion:
                 raise InvalidRequest(f"unknown trial {view.name!r}: this search never named it")
             if where == "leased" and view.ended:
                 open_leases.setdefault(view.name, (trial, view))
-        return sorted(open_leases.values(), key=lambda x: (x[0].generation, x[0].member))
+        ended = sorted(open_leases.values(), key=lambda x: (x[0].generation, x[0].member))
+        return listed, ended
 
-    def _ingest(self, service: CoordinatorService, trial: TrialName, view: TrialView) -> None:
+    def _orphans(
+        self, service: CoordinatorService, run: str, listed: set[str], held: int
+    ) -> list[Lease]:
+        """The open leases to hand out again, in (generation, member) order:
+        those whose trial Katib neither lists nor holds.
+
+        Katib holds `held` trial names (total - current request number: the
+        suggestions it has stored) and lists those whose trials it has
+        created. While it holds more names than it lists (a trial it is
+        creating, not yet in the list it sent), any unlisted lease may be
+        one of them and none is handed out: Katib asks again and lists it
+        then. An unlisted trial that left a report ran to the end and is
+        counted now (Katib never lists a trial whose metrics were
+        unavailable)."""
+        unlisted = [
+            segment_trial(run, m.member, m.generation)
+            for m in service.status().members
+            if m.phase == "training"
+            and str(segment_trial(run, m.member, m.generation)) not in listed
+        ]
+        unlisted.sort(key=lambda t: (t.generation, t.member))
+        waiting: list[TrialName] = []
+        for trial in unlisted:
+            if self.store.exists(records.report_key(trial)):
+                self._ingest(service, trial, "not listed by Katib")
+            else:
+                waiting.append(trial)
+        if not waiting:
+            return []
+        if held > len(listed):
+            log.info(
+                "%d lease(s) without a listed trial kept back: Katib holds %d trials and lists %d",
+                len(waiting),
+                held,
+                len(listed),
+            )
+            return []
+        state = service.snapshot()  # a copy: only when a lease is to be handed out again
+        open_now = {
+            x.member: lease_view(state, x, service.layout, service.lease_timeout_s)
+            for x in state.leases.values()
+            if x.status == "active" and x.worker_id == WORKER_ID
+        }
+        orphans = [open_now[t.member] for t in waiting if t.member in open_now]
+        for lease in orphans:
+            log.warning(
+                "trial %s handed out again: Katib does not list it (reply lost, trial deleted "
+                "or Experiment submitted again)",
+                segment_trial(run, lease.member, lease.generation),
+            )
+        return orphans
+
+    def _ingest(self, service: CoordinatorService, trial: TrialName, how: str) -> None:
+        """Count the trial's segment: its report if readable and fitting its
+        lease, else a failed segment (one bad trial must not stall the rest)."""
         where, lease_id = service.unit_status(trial.member, trial.generation)
         if where != "leased":
             return
-        written = records.get_report(self.store, trial)
+        member = next(m for m in service.status().members if m.member == trial.member)
         failed = SegmentReport(
             lease_id,
             WORKER_ID,
             trial.member,
             trial.generation,
             "failed",
-            hparams=dict(records.get_lease(self.store, trial).hparams),
-            message=f"Katib trial {trial} ended {view.condition} without a report",
+            hparams=dict(member.hparams),
+            message=f"Katib trial {trial} {how} without a report",
         )
+        try:
+            written = records.get_report(self.store, trial)
+        except TrialRecordError as err:
+            written = None
+            failed = replace(failed, message=f"Katib trial {trial}: unreadable report: {err}"[:500])
         if written is not None and written.outcome in ("succeeded", "failed"):
             try:
                 self._report(service, replace(written, lease_id=lease_id, worker_id=WORKER_ID))
@@ -236,6 +317,10 @@ class KatibSuggestion:
             except InvalidRequest as err:
                 # A report that does not fit its lease must not stall the member.
                 failed = replace(failed, message=f"Katib trial {trial}: bad report: {err}"[:500])
+        if failed.message.endswith("without a report"):
+            log.info("%s", failed.message)
+        else:
+            log.warning("%s; counted as a failed segment", failed.message)
         self._report(service, failed)
 
     def _report(self, service: CoordinatorService, report: SegmentReport) -> None:

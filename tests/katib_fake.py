@@ -11,13 +11,26 @@ error reply creates nothing; Katib logs it and reconciles again when a trial
 changes, so the fake only asks again after its running trials have ended.
 The Experiment succeeds once maxTrialCount trials have completed.
 
+Like Katib's ConvertTrials, a request leaves out trials whose metrics were
+unavailable and early-stopped trials without an observation. `requested` is
+the Suggestion's SuggestionCount (the assignments Katib has stored): each
+request asks for `current_request_number` = count and `total_request_number`
+= requested + count (Spec.Requests), so a request after a lost reply asks
+for the lost slots again, plus any freed meanwhile.
+
+Faults a test can inject: `lose_replies` (the service answers, Katib never
+gets it: its 60 s deadline passed, or the suggestion pod was killed after
+its answer was committed; nothing is stored), `delete` (deleteTrials when
+parallelTrialCount is lowered: the trials and their assignments go).
+
 Rounds are batched (all running trials end before the next request), which
-makes the order in which the service sees results deterministic.
+makes the order in which the service sees results deterministic; tests that
+need another order call `request` and `run_trials` themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +39,10 @@ from autolfads.katib_api.v1beta1 import api_pb2 as api
 from autolfads.katib_api.v1beta1 import api_pb2_grpc as api_grpc
 
 Condition = api.TrialStatus.TrialConditionType
+
+
+class LostReply(Exception):
+    """The service answered, but Katib never got the reply."""
 
 
 @dataclass
@@ -82,8 +99,12 @@ class FakeKatib:
         self.experiment = experiment
         self.run_trials = run_trials
         self.trials: list[FakeTrial] = []
-        self.requested = 0  # Suggestion.Spec.Requests
+        self.requested = 0  # Suggestion.Status.SuggestionCount
         self.errors: list[grpc.StatusCode] = []
+        self.lose_replies = 0  # how many of the next replies never reach Katib
+        # Trials created but not yet in the list Katib's suggestion
+        # controller sends (its cache lags the experiment controller).
+        self.unlisted: set[str] = set()
 
     def _stub(self, channel: grpc.Channel) -> api_grpc.SuggestionStub:
         return api_grpc.SuggestionStub(channel)
@@ -98,12 +119,16 @@ class FakeKatib:
         """One SyncAssignments: exactly `count` new trials, or an RpcError."""
         request = api.GetSuggestionsRequest(
             experiment=self.experiment,
-            trials=[t.to_proto() for t in self.trials],
+            trials=[t.to_proto() for t in self.trials if self._sent(t)],
             current_request_number=count,
             total_request_number=self.requested + count,
         )
         with grpc.insecure_channel(self.target) as channel:
             reply = self._stub(channel).GetSuggestions(request, timeout=60)
+        if self.lose_replies > 0:
+            self.lose_replies -= 1
+            self.errors.append(grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise LostReply(f"reply to GetSuggestions({count}, {request.total_request_number})")
         assert len(reply.parameter_assignments) == count, "The response contains unexpected trials"
         self.requested += count
         new = [
@@ -114,6 +139,19 @@ class FakeKatib:
         assert not {t.name for t in new} & {t.name for t in self.trials}, "trial names repeat"
         self.trials.extend(new)
         return new
+
+    def _sent(self, trial: FakeTrial) -> bool:
+        """ConvertTrials: which trials a GetSuggestions request lists."""
+        if trial.name in self.unlisted:
+            return False
+        if trial.condition == Condition.METRICSUNAVAILABLE:
+            return False
+        return not (trial.condition == Condition.EARLYSTOPPED and not trial.metrics)
+
+    def delete(self, names: Collection[str]) -> None:
+        """deleteTrials: the trials go, and their assignments with them."""
+        self.trials = [t for t in self.trials if t.name not in names]
+        self.requested = len(self.trials)
 
     def step(self) -> bool:
         """One round: ask for the free slots, run what comes back. False once

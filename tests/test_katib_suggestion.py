@@ -15,7 +15,7 @@ import grpc
 import pytest
 from coordinator_helpers import fake_train, saved_state, tiny_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from katib_fake import Condition, FakeKatib, FakeTrial, TrialRunner, experiment_proto
+from katib_fake import Condition, FakeKatib, FakeTrial, LostReply, TrialRunner, experiment_proto
 from run_helpers import until
 
 from autolfads.coordinator.search.recovery import read_state
@@ -191,10 +191,10 @@ def test_a_failed_trial_counts_as_a_failed_segment_and_the_search_goes_on(store,
 
 
 def test_after_the_search_ends_katib_gets_end_trials(store, cfg, served):
-    katib = katib_for(served, cfg, fake_trials(store), max_trials=14)
+    katib = katib_for(served, cfg, fake_trials(store))
     katib.run()
     ends = [t for t in katib.trials if t.labels.get("autolfads.end") == "true"]
-    assert [t.name for t in ends] == [f"search-end-{i}" for i in range(9, 14)]
+    assert [t.name for t in ends] == [f"search-end-{i}" for i in range(9, 12)]
 
 
 def call(target, method: str, request) -> grpc.RpcError:
@@ -224,6 +224,15 @@ def call(target, method: str, request) -> grpc.RpcError:
         ),
         (lambda e: setattr(e.spec.objective, "type", api.MAXIMIZE), "must minimise"),
         (lambda e: setattr(e.spec, "parallel_trial_count", 4), "parallelTrialCount 4"),
+        (lambda e: setattr(e.spec, "max_trial_count", 0), "maxTrialCount is unset"),
+        # population x max_generations: Katib would end it before the last results
+        (lambda e: setattr(e.spec, "max_trial_count", 9), "maxTrialCount 9 is below the 10"),
+        (lambda e: setattr(e.spec, "max_trial_count", 100), "maxTrialCount 100 is above 12"),
+        (lambda e: setattr(e.spec.objective, "goal", 0.5), "objective.goal 0.5"),
+        (
+            lambda e: setattr(e.spec.early_stopping, "algorithm_name", "medianstop"),
+            "earlyStopping 'medianstop'",
+        ),
         (lambda e: setattr(e, "name", "other-run"), "no config.yaml"),
         (lambda e: setattr(e, "name", "Bad_Name"), "Kubernetes name"),
     ],
@@ -429,3 +438,126 @@ def test_waiting_out_one_run_s_previous_holder_holds_up_no_other_experiment(capl
         store.delete(owner)  # (a failed check above must not leave it waiting)
         thread.join(timeout=60)
         served.stop()
+
+
+def segment_names(katib: FakeKatib) -> list[str]:
+    return [t.name for t in katib.trials if t.labels.get("autolfads.end") != "true"]
+
+
+def finish(katib: FakeKatib) -> None:
+    """Katib carries on: rounds until maxTrialCount trials have completed."""
+    live = (Condition.CREATED, Condition.RUNNING)
+    katib.run_trials([t for t in katib.trials if t.condition in live])
+    while katib.step():
+        pass
+
+
+def test_a_lost_reply_s_trial_is_handed_out_again_before_new_work(tmp_path, store, cfg, served):
+    """Katib never got a committed reply (its 60 s deadline, the pod killed
+    after the commit); before it asked again another trial ended, so the
+    retry asks for more (count 2, total 5): the lost trial comes first, under
+    its own name, and the search ends as it would have without the loss."""
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    first = katib.request(3)
+    katib.run_trials(first[:1])
+    katib.lose_replies = 1
+    with pytest.raises(LostReply):
+        katib.request(1)  # the service granted search-m000-g1
+    katib.run_trials(first[1:2])
+    katib.unlisted = {first[2].name}  # Katib's list lags: holds it, does not list it
+    with pytest.raises(grpc.RpcError) as info:
+        katib.request(2)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # nothing handed out twice
+    katib.unlisted = set()
+    again = katib.request(2)
+    assert [t.name for t in again] == ["search-m000-g1", "search-m001-g1"]
+    assert (katib.requested, len(katib.trials)) == (5, 5)
+    katib.run_trials(first[2:])
+    assert [t.name for t in katib.request(1)] == ["search-m002-g1"]
+    finish(katib)
+    names = segment_names(katib)
+    assert len(names) == len(set(names)) == 9  # one trial per segment
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+def test_a_resubmitted_experiment_carries_on_the_search(tmp_path, store, cfg, served):
+    """The user deletes the Experiment (its trials go) and submits it again
+    for the same run, as the 409 message says: the open leases are handed
+    out again to the new Experiment."""
+    old = katib_for(served, cfg, fake_trials(store))
+    old.validate()
+    old.step()
+    old.run_trials = lambda trials: None  # the old Experiment's pods die with it
+    old.step()
+    served.restart()
+    new = katib_for(served, cfg, fake_trials(store))
+    new.run()
+    assert segment_names(new)[:3] == ["search-m000-g1", "search-m001-g1", "search-m002-g1"]
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+def test_a_trial_whose_metrics_were_unavailable_still_counts(tmp_path, store, cfg, served):
+    """Katib lists no trial whose metrics were unavailable; its report counts anyway."""
+    run = fake_trials(store)
+
+    def unavailable(trials: list[FakeTrial]) -> None:
+        run(trials)
+        for trial in trials:
+            if trial.name == "search-m001-g1":
+                trial.condition = Condition.METRICSUNAVAILABLE
+
+    katib = katib_for(served, cfg, unavailable)
+    katib.run()
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+def test_deleted_trials_are_handed_out_again(store, cfg, served):
+    """Katib deletes the newest trials when parallelTrialCount is lowered:
+    their segments are handed out again."""
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.validate()
+    katib.step()
+    katib.request(3)
+    katib.experiment.spec.parallel_trial_count = 2
+    katib.delete(["search-m002-g1"])
+    katib.run_trials(katib.trials[3:])
+    assert [t.name for t in katib.request(2)] == ["search-m002-g1", "search-m000-g2"]
+    katib.run_trials(katib.trials[-2:])
+    assert [t.name for t in katib.request(2)] == ["search-m001-g2", "search-m002-g2"]
+    names = segment_names(katib)
+    assert len(names) == len(set(names))
+    state = json.loads(saved_state(store, cfg.name).to_json())
+    assert not [e for e in state["events"] if e["kind"] == "segment_failed"]
+
+
+@pytest.mark.parametrize("damage", ["report", "lease"])
+def test_one_bad_trial_record_does_not_stall_the_experiment(store, cfg, served, caplog, damage):
+    """An unreadable report.json counts as a failed segment (logged, an
+    event); a lost lease.json beside a valid report changes nothing."""
+    run = fake_trials(store)
+
+    def damaged(trials: list[FakeTrial]) -> None:
+        run(trials)
+        trial = parse_trial_name("search-m001-g1")
+        if any(t.name == str(trial) for t in trials):
+            if damage == "report":
+                doc = json.loads(store.get_bytes(records.report_key(trial)))
+                doc["written_by"] = "a newer trainer"
+                store.put_bytes(records.report_key(trial), json.dumps(doc).encode())
+            else:
+                store.delete(records.lease_key(trial))
+
+    katib = katib_for(served, cfg, damaged)
+    with caplog.at_level(logging.WARNING, logger="autolfads.katib.suggestion"):
+        katib.run()
+    state = json.loads(saved_state(store, cfg.name).to_json())
+    assert state["status"] == "finished" and katib.errors == []
+    failed = [
+        (e["member"], e["generation"]) for e in state["events"] if e["kind"] == "segment_failed"
+    ]
+    if damage == "report":
+        assert failed == [("m001", 1)]
+        assert "search-m001-g1: unreadable report" in caplog.text
+    else:
+        assert failed == []
