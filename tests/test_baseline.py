@@ -122,6 +122,25 @@ def test_a_metric_the_data_cannot_give_is_left_out_not_nan(data) -> None:
     assert "co_bps" not in doc["floor"] and "vel_r2" in doc["floor"]
 
 
+def test_a_neuron_silent_in_train_is_not_predicted_as_never_spiking(data) -> None:
+    # Its GLM and mean rate are exactly 0: each of its valid spikes then cost
+    # the floor ~20 nats (the 1e-9 clip), dragging the floor's co-bps far
+    # down and making any model look close to the ceiling.
+    from autolfads.trainer.evaluation.smoothing import smoothing_baseline
+
+    silent = data.encod_data_dim  # the first held-out neuron
+    recon = data.train.recon_data.copy()
+    recon[:, :, silent] = 0
+    quiet = replace(data, train=replace(data.train, recon_data=recon))
+    valid = smoothing_baseline(quiet)["valid_output_params"]
+    least = 0.5 / (data.train.n_trials * data.recon_seq_len)
+    assert valid[:, :, silent].min() >= least  # observed and forward bins
+    assert valid[:, : data.encod_seq_len, : data.encod_data_dim].min() >= 0
+    normal = smoothing_baseline(data)["valid_output_params"]
+    others = np.s_[:, : data.encod_seq_len, silent + 1 :]
+    assert np.array_equal(valid[others], normal[others])  # the others as before
+
+
 def test_fraction_of_range() -> None:
     assert fraction_of_range(0.154, 0.154, 0.342) == 0.0
     assert fraction_of_range(0.342, 0.154, 0.342) == pytest.approx(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -223,6 +224,33 @@ def test_evaluate_reports_every_metric_the_data_supports():
     bare = tiny_data(with_extras=False)
     rates = {"valid_output_params": np.ones((8, 12, 7))}
     assert set(evaluate(bare, rates)) == {"bps", "co_bps", "fp_bps"}
+
+
+def test_evaluate_leaves_out_what_the_split_cannot_give_and_scores_the_rest():
+    # Valid trials without condition labels (NLB index lists that cover only
+    # train), and a decode mask that selects no valid trial: these metrics
+    # cannot be computed, and used to fail finalize (after posterior
+    # sampling), staging's reference scores and apply with them.
+    data = tiny_data()
+    assert data.train.truth is not None and data.valid.truth is not None
+    output = {"train_output_params": data.train.truth, "valid_output_params": data.valid.truth}
+    unlabelled = replace(data, valid=replace(data.valid, cond_idx=np.full(8, -1)))
+    assert set(evaluate(unlabelled, output)) == {"bps", "co_bps", "fp_bps", "vel_r2", "rate_r2"}
+    masks = np.ones((16, 2), bool), np.ones((8, 2), bool)
+    masks[1][:, 1] = False  # the second mask has no valid trial
+    masked = replace(
+        data,
+        train=replace(data.train, decode_mask=masks[0]),
+        valid=replace(data.valid, decode_mask=masks[1]),
+    )
+    one_mask = replace(
+        data,
+        train=replace(data.train, decode_mask=masks[0][:, :1]),
+        valid=replace(data.valid, decode_mask=masks[1][:, :1]),
+    )
+    assert evaluate(masked, output)["vel_r2"] == evaluate(one_mask, output)["vel_r2"]
+    none = replace(masked, valid=replace(masked.valid, decode_mask=np.zeros((8, 2), bool)))
+    assert "vel_r2" not in evaluate(none, output)
 
 
 def test_evaluate_rejects_missing_or_misshapen_outputs():

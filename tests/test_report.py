@@ -89,3 +89,13 @@ def test_records_are_read_from_member_histories(local_store) -> None:
     recs = read_records(local_store, layout)
     assert [(r.generation, r.parent) for r in recs] == [(0, "m001"), (1, "m000")]
     assert math.isnan(recs[0].metric) and recs[1].metric == 0.4
+
+
+def test_trials_without_a_condition_are_not_drawn_as_one():
+    # -1 marks a trial without a condition (NLB index lists covering part of
+    # the trials); as the most common "condition" it became a PSTH panel
+    # averaging unrelated trials.
+    from autolfads.report.build import _example_conditions
+
+    assert _example_conditions(np.array([-1, -1, -1, -1, 2, 2, 0, 1, 1])) == [1, 2, 0]
+    assert _example_conditions(np.array([-1, -1])) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import h5py
 import pytest
@@ -159,7 +160,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys, setup, fragment):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
-def test_apply_on_the_train_folder_reproduces_its_outputs(tmp_path):
+def test_apply_on_the_train_folder_reproduces_its_outputs(tmp_path, capsys):
     # `apply` samples the posterior with `training.seed`; `train` used seed 0,
     # so with any other seed the two disagreed on the same checkpoint and data.
     data = make_chaotic_rnn(
@@ -177,3 +178,19 @@ def test_apply_on_the_train_folder_reproduces_its_outputs(tmp_path):
     with h5py.File(out / "lfads_output_data.h5", "r") as a, h5py.File(applied, "r") as b:
         for name in ("train_output_params", "valid_output_params", "valid_factors"):
             assert (a[name][()] == b[name][()]).all(), name
+    # Data whose valid held-out neurons never spike: co-bps is NaN, which the
+    # printed summary must give as null (strict JSON: jq refuses NaN).
+    assert data.valid.recon_data is not None
+    recon = data.valid.recon_data.copy()
+    recon[:, :, data.encod_data_dim :] = 0
+    quiet = replace(data, valid=replace(data.valid, recon_data=recon))
+    write_lfads_h5(quiet, tmp_path / "quiet.h5")
+    capsys.readouterr()
+    args = ["apply", str(out), str(tmp_path / "quiet.h5"), "--out", str(tmp_path / "q.h5")]
+    assert main(args) == 0
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    summary = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert summary["co_bps"] is None and summary["bps"] is not None

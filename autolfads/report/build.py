@@ -96,7 +96,8 @@ def _example_neurons(outputs: BestOutputs, n: int = 4) -> list[int]:
 
 
 def _example_conditions(cond_idx: np.ndarray, n: int = 3) -> list[int]:
-    ids, counts = np.unique(cond_idx, return_counts=True)
+    """The conditions with the most trials; -1 (no condition) is none."""
+    ids, counts = np.unique(cond_idx[cond_idx >= 0], return_counts=True)
     return [int(i) for i in ids[np.argsort(-counts, kind="stable")][:n]]
 
 
@@ -122,7 +123,7 @@ def build_report(store: Store, run: str, out_dir: Path | None = None) -> dict[st
     lineage = [(int(e["generation"]), str(e["member"])) for e in search.get("lineage", [])]
     outputs = read_best_outputs(store, metrics["lfads_output"])
     cond = outputs.cond_idx
-    if cond is None:  # no conditions: treat all trials as one, PSTH = trial average
+    if cond is None or not (cond >= 0).any():  # no conditions: all trials as one, PSTH = mean
         cond = np.zeros(outputs.rates.shape[0], dtype=int)
     pngs = {
         "Hyperparameter progression": ("hparams.png", figures.hparam_progression(records)),

@@ -15,6 +15,7 @@ same datasets as finalize's lfads_output_*.h5.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,5 +156,6 @@ def apply_model(
         "seed": seed,
         "trials": {name: split.n_trials for name, split in data.splits().items()},
         "split": "valid",
-        **{k: float(v) for k, v in metrics.items()},
+        # JSON has no NaN (strict parsers such as jq refuse it): null instead.
+        **{k: float(v) if math.isfinite(float(v)) else None for k, v in metrics.items()},
     }

@@ -13,7 +13,7 @@ psth_r2, rate_r2 (vs true rates) and bps (held-in neurons).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.special import gammaln
@@ -115,18 +115,28 @@ def _flatten(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
 
 
+class NotScorable(DataError):
+    """The data cannot give this metric (no rows to score): `evaluate` leaves
+    it out, as it does a metric whose inputs the data lacks altogether."""
+
+
 def _fit_and_score(
     train_rates: np.ndarray,
     train_behavior: np.ndarray,
     eval_rates: np.ndarray,
     eval_behavior: np.ndarray,
     grid_search: bool,
-) -> float:
-    """Ridge from rates to behaviour on 2-D rows; rows with NaN behaviour dropped."""
+) -> float | None:
+    """Ridge from rates to behaviour on 2-D rows; rows with NaN behaviour
+    dropped. None when either side has no row left (a decode mask that
+    selects no trial with behaviour)."""
     keep_train = ~np.isnan(train_behavior[:, 0])
     keep_eval = ~np.isnan(eval_behavior[:, 0])
     train_rates, train_behavior = train_rates[keep_train], train_behavior[keep_train]
     eval_rates, eval_behavior = eval_rates[keep_eval], eval_behavior[keep_eval]
+    if train_rates.shape[0] < 2 or eval_rates.shape[0] < 2:
+        # Ridge cannot fit, nor R2 score, fewer rows.
+        return None
     if np.isnan(train_rates).any() or np.isnan(eval_rates).any():
         raise DataError("vel_r2: NaN rate predictions where behaviour is present")
     # cv=None: 5-fold KFold without shuffling, i.e. contiguous blocks of trials.
@@ -149,7 +159,9 @@ def vel_r2(
     the observed bins. The decoder is fitted on train rows and scored
     (`Ridge.score`, uniform over behaviour columns) on eval rows; with
     `decode_masks` = (train_mask, eval_mask), each (trials, n_masks) bool, one
-    decoder per mask column and the mean R2 over masks.
+    decoder per mask column and the mean R2 over masks. A mask that leaves no
+    trial with behaviour on either split is left out (NLB's code would fail
+    on it); NotScorable if every one is.
     """
     train_rates, eval_rates = np.asarray(train_rates), np.asarray(eval_rates)
     train_behavior, eval_behavior = np.asarray(train_behavior), np.asarray(eval_behavior)
@@ -176,7 +188,16 @@ def vel_r2(
         )
         for i in range(train_mask.shape[1])
     ]
-    return float(np.mean(scores))
+    scored = [x for x in scores if x is not None]
+    if not scored:
+        raise NotScorable("vel_r2: no decode mask selects trials with behaviour on both splits")
+    if len(scored) < len(scores):
+        log.warning(
+            "vel_r2: %d of %d decode masks select no trial with behaviour; left out",
+            len(scores) - len(scored),
+            len(scores),
+        )
+    return float(np.mean(scored))
 
 
 def condition_trials(
@@ -227,7 +248,7 @@ def psth_r2(
         true_rows.append(true_psth[cond][keep])
         pred_rows.append(pred)
     if not true_rows:
-        raise DataError("psth_r2: no condition has eval trials")
+        raise NotScorable("psth_r2: no condition has eval trials")
     return float(r2_score(np.vstack(true_rows), np.vstack(pred_rows)))
 
 
@@ -275,20 +296,37 @@ def evaluate(
         results["co_bps"] = co_bps(rates, spikes, d_in, t_obs)
     if data.fp_seq_len > 0:
         results["fp_bps"] = fp_bps(rates, spikes, t_obs)
-    if target.behavior is not None and data.train.behavior is not None:
+    train_behavior, eval_behavior = data.train.behavior, target.behavior
+    if eval_behavior is not None and train_behavior is not None:
         train_rates = rates if split == "train" else _output_rates(data, output, "train")
         masks = None
         if target.decode_mask is not None and data.train.decode_mask is not None:
             masks = (data.train.decode_mask, target.decode_mask)
-        results["vel_r2"] = vel_r2(
-            train_rates[:, :t_obs], data.train.behavior, rates[:, :t_obs], target.behavior, masks
+        _scored(
+            results,
+            "vel_r2",
+            lambda: vel_r2(
+                train_rates[:, :t_obs], train_behavior, rates[:, :t_obs], eval_behavior, masks
+            ),
         )
     psth = _true_psth(data)
     if target.cond_idx is not None and psth is not None:
-        results["psth_r2"] = psth_r2(rates[:, :t_obs], target.cond_idx, psth[:, :t_obs])
+        _scored(
+            results, "psth_r2", lambda: psth_r2(rates[:, :t_obs], target.cond_idx, psth[:, :t_obs])
+        )
     if target.truth is not None:
         results["rate_r2"] = rate_r2(rates, target.truth)
     return results
+
+
+def _scored(results: dict[str, float], name: str, score: Callable[[], float]) -> None:
+    """results[name] = score(), left out (with a warning) where the data
+    cannot give it: one metric must not cost the others (finalize scores
+    after posterior sampling)."""
+    try:
+        results[name] = score()
+    except NotScorable as err:
+        log.warning("%s; left out", err)
 
 
 def _true_psth(data: LfadsData) -> np.ndarray | None:

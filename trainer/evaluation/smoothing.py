@@ -5,7 +5,9 @@ section 10): Gaussian-smooth the held-in spikes of each trial over time, take
 log(x + 1e-4), and fit one Poisson GLM (sklearn PoissonRegressor, alpha 0.01)
 per held-out neuron on the train split. Held-in rates are the smoothed spikes
 themselves. There is no dynamics to extrapolate with, so forward bins predict
-each neuron's mean train rate (fp-bps ~ 0).
+each neuron's mean train rate (fp-bps ~ 0). Predicted rates of held-out
+neurons and forward bins are at least half a spike per train split (a
+neuron silent in train is not predicted as never spiking).
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def smoothing_baseline(
         targets = data.train.recon_data[:, :t_obs, d_in:].reshape(-1, data.heldout_dim)
         models = _fit_heldout(features, targets, alpha)
     mean_rate = data.train.recon_data.mean(axis=(0, 1))  # (recon_data_dim,)
+    # A neuron silent in train gets a GLM intercept of -inf and a mean rate of
+    # 0: predicted as exactly 0, each of its valid spikes would cost ~20 nats
+    # and pull the floor far down (a mediocre model then looks close to the
+    # ceiling). Half a spike over the train split's bins is what the data
+    # cannot rule out, and the least any predicted rate may be.
+    min_rate = 0.5 / (data.train.n_trials * data.recon_seq_len)
     output = {}
     for name, heldin in smoothed.items():
         n = heldin.shape[0]
@@ -74,5 +82,8 @@ def smoothing_baseline(
         rows = np.log(heldin + LOG_OFFSET).reshape(-1, d_in)
         for channel, glm in enumerate(models):
             rates[:, :t_obs, d_in + channel] = glm.predict(rows).reshape(n, t_obs)
+        heldout = rates[:, :, d_in:]
+        np.maximum(heldout, min_rate, out=heldout)  # held-out neurons and forward bins
+        rates[:, t_obs:, :d_in] = np.maximum(rates[:, t_obs:, :d_in], min_rate)
         output[f"{name}_output_params"] = rates
     return output
