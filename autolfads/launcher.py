@@ -29,7 +29,7 @@ from pathlib import Path
 from autolfads.config import RunConfig
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import stage_run
-from autolfads.coordinator.security.exposure import ServerSecurity
+from autolfads.coordinator.security.exposure import ServerSecurity, listen_host
 from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet
 from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import AutolfadsError
@@ -114,12 +114,27 @@ def prepare_run(store: Store, cfg: RunConfig, data_path: Path, opts: LaunchOptio
     return stage_run(store, cfg, data_path)
 
 
+def local_target(listen: str, port: int) -> str:
+    """Where a process of this machine reaches a server bound to `listen`:
+    the bound host itself ('[::1]:0', a LAN address), or loopback for a
+    wildcard. (Always dialling 127.0.0.1 was refused by a server bound to
+    ::1 or to one interface.)"""
+    host = listen_host(listen)
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int], list[str]]:
+    target = local_target(opts.listen, port)
+
     def command(slot: int) -> list[str]:
         # No token here: it travels in the environment (`worker_env`).
         return [
             "trainer",
-            "--coordinator", f"127.0.0.1:{port}",
+            "--coordinator", target,
             "--storage", opts.storage_url,
             "--threads", str(opts.threads_per_worker),
             "--device", opts.device,
@@ -127,6 +142,8 @@ def _worker_command(opts: LaunchOptions, port: int, run: str) -> Callable[[int],
             "--run", run,
             # If this process dies, orphaned workers give up within a minute.
             "--unavailable-wait", "60",
+            # Plaintext to a non-loopback address, as the server was allowed.
+            *(["--allow-plaintext"] if opts.allow_plaintext else []),
         ]  # fmt: skip
 
     return command
@@ -287,7 +304,9 @@ def run_search(
             return service.exit_status
         serving = serve(service, opts.listen, security)
         log_dir = make_log_dir(opts, cfg.name)
-        log_watch_hint(f"127.0.0.1:{serving.port}", write_observer_token(log_dir, tokens))
+        log_watch_hint(
+            local_target(opts.listen, serving.port), write_observer_token(log_dir, tokens)
+        )
         progress = progress_source(service, cfg)
         pool: WorkerPool | None = None
         try:

@@ -222,8 +222,11 @@ def test_s3_storage_and_four_workers_reach_the_same_best(
 ) -> None:
     # The same seed on local storage with 1 worker and on S3 with 4 workers:
     # neither the deployment path nor the worker count changes the science.
+    # And on IPv6 loopback: the trainers dial the address the coordinator is
+    # bound to (they always dialled 127.0.0.1 and were refused).
     ws = make_workspace(tmp_path)
-    proc = autolfads(ws, *run_args(ws, "--workers", "4", "--storage", s3_store_url))
+    listen = ["--listen", "[::1]:0"] if ipv6_loopback() else []
+    proc = autolfads(ws, *run_args(ws, "--workers", "4", "--storage", s3_store_url, *listen))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not ws.runs.exists()  # nothing went to local storage
     bucket = s3_store_url.split("/")[2]
@@ -236,6 +239,15 @@ def test_s3_storage_and_four_workers_reach_the_same_best(
     assert metrics["member"] == expected["member"]
     assert metrics["valid_heldout_recon_smth"] == expected["valid_heldout_recon_smth"]
     assert metrics["co_bps"] == expected["co_bps"]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
@@ -321,8 +333,14 @@ def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
             ["'cuda'", "no CUDA GPU"],
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
         ),
+        (["--trainer-gpus", "1"], ["--trainer-gpus are for --ray"]),
     ],
-    ids=["log-dir is a file", "lease-timeout inf", "cuda without a GPU"],
+    ids=[
+        "log-dir is a file",
+        "lease-timeout inf",
+        "cuda without a GPU",
+        "trainer-gpus without ray",
+    ],
 )
 def test_options_that_cannot_work_are_one_line_and_stage_nothing(
     tmp_path: Path, flags: list[str], needles: list[str]

@@ -62,12 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ADDRESS",
         help="run on the existing Ray cluster at auto, HEAD:6379 or ray://HEAD:10001",
     )
+    # Defaults applied in `_join_ray`: None says the flag was not given.
     ray.add_argument(
-        "--trainer-cpus", type=float, default=1.0, metavar="N",
+        "--trainer-cpus", type=float, metavar="N",
         help="CPUs Ray reserves per trainer actor (default 1)",
     )  # fmt: skip
     ray.add_argument(
-        "--trainer-gpus", type=float, default=0.0, metavar="N",
+        "--trainer-gpus", type=float, metavar="N",
         help="GPUs per trainer actor; a fraction (0.5) lets trainers share a GPU (default 0)",
     )  # fmt: skip
     ray.add_argument(
@@ -135,16 +136,18 @@ def _join_ray(args: argparse.Namespace, opts, security):
     from autolfads import ray_launch
     from autolfads.ray_cluster import TrainerResources
 
+    cpus = 1.0 if args.trainer_cpus is None else args.trainer_cpus
+    gpus = 0.0 if args.trainer_gpus is None else args.trainer_gpus
     ray_opts = ray_launch.RayOptions(
         address=args.ray,
-        resources=TrainerResources(cpus=args.trainer_cpus, gpus=args.trainer_gpus),
+        resources=TrainerResources(cpus=cpus, gpus=gpus),
         tls_dir=args.tls_dir,
     )
     cluster = ray_launch.join(opts, ray_opts, security)
     if args.workers is None:  # the cluster's size, not this machine's
         opts = replace(opts, workers=ray_launch.default_workers(ray_opts.resources))
     if args.threads is None:
-        opts = replace(opts, threads_per_worker=max(1, int(args.trainer_cpus)))
+        opts = replace(opts, threads_per_worker=max(1, int(cpus)))
 
     def launch(cfg, store, data_path, printer) -> str:
         return ray_launch.run_on_ray(cfg, store, data_path, opts, ray_opts, cluster, printer)
@@ -174,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--listen is not for --ray: the coordinator actor picks its address")
     elif args.tls_dir is not None:
         raise ConfigError("--tls-dir is for --ray; `autolfads coordinator` takes TLS flags")
+    elif args.trainer_cpus is not None or args.trainer_gpus is not None:
+        # Without Ray nothing reserves them: a local run would silently train
+        # on --device with --threads.
+        raise ConfigError(
+            "--trainer-cpus and --trainer-gpus are for --ray; a local run takes "
+            "--threads and --device"
+        )
     opts = _options(args)
     cfg = load_config(args.config)
     security = check_launch(opts)  # before the data is made (synthetic) or read
