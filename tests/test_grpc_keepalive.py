@@ -123,3 +123,15 @@ def test_client_settings_the_coordinator_would_refuse_are_one_line(setting, frag
     with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
         CoordinatorClient("127.0.0.1:1", **setting)
     assert "\n" not in str(err.value)
+
+
+def test_a_coordinator_port_out_of_range_is_one_line(capsys):
+    # `autolfads cancel localhost:99999` dialled port 34463 (gRPC wraps it)
+    # and reported the coordinator unreachable; now every client says so.
+    with pytest.raises(ConfigError, match="port 99999 is outside 1-65535"):
+        CoordinatorClient("localhost:99999")
+    from autolfads.cli import main
+
+    assert main(["cancel", "localhost:99999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "port 99999 is outside 1-65535" in err and "\n" not in err
