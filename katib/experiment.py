@@ -108,29 +108,42 @@ def check_experiment(exp: ExperimentView, cfg: RunConfig) -> None:
             f"earlyStopping {exp.early_stopping[:80]!r} would stop segments the search is "
             "waiting for: remove spec.earlyStopping (PBT itself replaces weak members)"
         )
-    _check_max_trials(exp.max_trials, cfg)
+    _check_max_trials(exp.max_trials, exp.parallel_trials, cfg)
 
 
-def trial_counts(cfg: RunConfig) -> tuple[int, int]:
-    """(fewest, most) maxTrialCount that fit the run's search.
+def trial_counts(cfg: RunConfig, parallel: int) -> tuple[int, int]:
+    """(fewest, most) maxTrialCount that fit the run's search with
+    `parallel` trials at once (parallelTrialCount).
 
     Each member trains one segment (one Katib trial) per generation, so a
     search takes at most population x max_generations segment trials (fewer
     when the plateau rule stops it early; a segment handed out again after
-    Katib lost or deleted its trial keeps its name and counts once). Katib
-    hands the last results to the service only inside one more
+    Katib lost or deleted its trial keeps its name and counts once).
+
+    In async mode members drift apart: one may have trained its last
+    generation while others still train. Its slot is then answered with a
+    no-op "end" trial that waits for the search to end (Katib must be
+    answered in full and never lowers a request), at most parallel - 1 of
+    them, since a member still training holds a slot. Sync mode never has
+    one: between generations no member has finished.
+
+    Katib hands the last results to the service only inside one more
     GetSuggestions call, which it makes only while fewer than maxTrialCount
-    trials have completed: so at least one trial more. The service answers
-    that call, and every one after the end, with no-op "end" trials until
-    Katib reaches maxTrialCount; `render` writes one round of them,
-    population x (max_generations + 1), and more would only run no-op pods.
+    trials exist (the waiting end trials included): so at least one trial
+    more. The service answers that call, and every one after the end, with
+    end trials until Katib reaches maxTrialCount; `render` writes one round
+    of them, population x (max_generations + 1) (with parallelTrialCount =
+    population, async mode needs exactly that), and more would only run
+    no-op pods.
     """
-    segments = cfg.pbt.population * cfg.pbt.max_generations
-    return segments + 1, segments + cfg.pbt.population
+    pbt = cfg.pbt
+    segments = pbt.population * pbt.max_generations
+    waiting = 0 if pbt.mode == "sync" else max(parallel, 1) - 1
+    return segments + waiting + 1, segments + pbt.population
 
 
-def _check_max_trials(max_trials: int, cfg: RunConfig) -> None:
-    fewest, most = trial_counts(cfg)
+def _check_max_trials(max_trials: int, parallel: int, cfg: RunConfig) -> None:
+    fewest, most = trial_counts(cfg, parallel)
     pbt = cfg.pbt
     fix = (
         f"set maxTrialCount to {most} = population {pbt.population} x (max_generations "
@@ -148,8 +161,9 @@ def _check_max_trials(max_trials: int, cfg: RunConfig) -> None:
         )
     if max_trials > most:
         raise InvalidRequest(
-            f"maxTrialCount {max_trials} is above {most}: the trials past the search's "
-            f"{fewest - 1} segments and one round of end trials only run no-op pods; {fix}"
+            f"maxTrialCount {max_trials} is above {most}: trials past the search's "
+            f"{pbt.population * pbt.max_generations} segments and one round of end trials only "
+            f"run no-op pods; {fix}"
         )
 
 

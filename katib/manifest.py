@@ -8,10 +8,13 @@ hardened like the Argo pods. Katib's StdOut collector reads its
 `fitness=` line.
 
 Counts: parallelTrialCount = population (one running trial per member) and
-maxTrialCount = population x (max_generations + 1). The extra round exists
-because Katib hands the last generation's results to the suggestion service
-only inside another GetSuggestions call; the service answers it with no-op
-"end" trials, which complete at once and bring Katib to maxTrialCount.
+maxTrialCount = population x (max_generations + 1) (`experiment.trial_counts`,
+which validation uses too). The extra round exists because Katib hands the
+last generation's results to the suggestion service only inside another
+GetSuggestions call, and because in async mode a member that has finished
+while others still train holds its slot with a no-op "end" trial that waits
+for the search to end; after the end, end trials complete at once and bring
+Katib to maxTrialCount.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ def render_experiment(cfg: RunConfig, opts: KatibOptions) -> dict[str, Any]:
             },
             "algorithm": {"algorithmName": ALGORITHM_NAME},
             "parallelTrialCount": pbt.population,
-            "maxTrialCount": trial_counts(cfg)[1],
+            "maxTrialCount": trial_counts(cfg, pbt.population)[1],
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
             "parameters": [
                 {

@@ -22,11 +22,16 @@ out; a GetSuggestions call:
    counted instead. The trial keeps its name, so it is one Katib trial; a
    trial Katib lists is never handed out twice;
 4. asks the service for the rest as new leases (all or nothing), writes
-   each lease to storage for its trial. When fewer members are ready (sync
-   mode, between generations) it answers UNAVAILABLE: Katib's controller
-   logs it and asks again later. Once the search has ended, it answers with
-   no-op "end" trials so that Katib reaches maxTrialCount and ends the
-   Experiment.
+   each lease to storage for its trial. When fewer members are ready it
+   answers every ready one plus an "end" trial per missing slot if members
+   that have finished the search cover them (async mode, members out of
+   step: they will never need a slot again); such an end trial waits for
+   the search to end, holding its slot (`_padded`). Otherwise (sync mode,
+   between generations) it answers UNAVAILABLE: Katib's controller logs it
+   and asks again later. Once the search has ended, it answers with no-op
+   "end" trials so that Katib reaches maxTrialCount and ends the
+   Experiment. End trials are named after Katib's sequence number of the
+   assignment (`<run>-end-<n>`), so no name repeats.
 """
 
 from __future__ import annotations
@@ -128,12 +133,9 @@ class KatibSuggestion:
             request_id = f"katib-r{service.status().revision}"
             reply = service.request_exactly(WORKER_ID, count - len(assignments), request_id)
             if reply is None:
-                raise NotReady(
-                    f"fewer than {count} members are ready (generation "
-                    f"{service.status().generation} is still running); ask again later"
-                )
+                return self._padded(service, exp.name, trials, assignments, count, total)
             if reply.action == "done":  # no lease is open then: no orphan either
-                return self._end_assignments(service, exp.name, count, total)
+                return self._end_assignments(service, exp.name, range(total - count, total))
             return assignments + [self._assign(service, grant) for grant in reply.leases]
 
     # ------------------------------------------------------------ internals
@@ -340,15 +342,62 @@ class KatibSuggestion:
         )
         return Assignment(str(trial), values, labels)
 
-    def _end_assignments(
-        self, service: CoordinatorService, run: str, count: int, total: int
+    def _padded(
+        self,
+        service: CoordinatorService,
+        run: str,
+        trials: list[TrialView],
+        assignments: list[Assignment],
+        count: int,
+        total: int,
     ) -> list[Assignment]:
-        """No-op trials that let Katib count up to maxTrialCount and stop."""
+        """Fewer members are ready than Katib asked for: every ready one, and
+        an end trial for each missing slot, if members that have finished
+        the search (async mode: they will never need a slot again) and hold
+        no waiting end trial yet cover them; NotReady otherwise (nothing
+        changes).
+
+        Such an end trial waits for the search to end (`trial.run_trial`),
+        holding its slot: Katib asks only for slots freed by members that
+        still train, so it neither stalls the search (Katib must be answered
+        in full, and with the finished members' slots free it would ask for
+        more than will ever be ready) nor spends maxTrialCount on no-op
+        trials. A member still training holds a slot, so at most
+        parallelTrialCount - 1 wait at once (`experiment.trial_counts`).
+        Katib's list of trials is the record of those waiting: one that
+        ended (a killed pod) frees its member for another."""
+        ready = service.work_ready() or 0  # None: draining; nothing is handed out
+        missing = count - len(assignments) - ready
+        status = service.status()
+        finished = sum(1 for m in status.members if m.phase == "finished")
+        waiting = len({t.name for t in trials if not t.ended and parse_trial_name(t.name).is_end})
+        if service.draining or status.state != "running" or missing > finished - waiting:
+            raise NotReady(
+                f"fewer than {count} members are ready (generation {status.generation} is "
+                "still running); ask again later"
+            )
+        if ready:
+            reply = service.request_exactly(WORKER_ID, ready, f"katib-r{status.revision}")
+            assert reply is not None and reply.action == "train", "queued work vanished"
+            assignments = assignments + [self._assign(service, grant) for grant in reply.leases]
+        first = total - count + len(assignments)  # Katib's sequence numbers: unique names
+        ends = self._end_assignments(service, run, range(first, first + missing))
+        log.info(
+            "%d end trial(s) hold the slots of members that have finished until the search ends",
+            missing,
+        )
+        return assignments + ends
+
+    def _end_assignments(
+        self, service: CoordinatorService, run: str, indexes: range
+    ) -> list[Assignment]:
+        """No-op trials that let Katib count up to maxTrialCount and stop
+        (each waits for the search to end)."""
         best = service.status().best
         hparams = best.hparams if best is not None else service.cfg.initial_hparams()
         names = searched_parameters(service.cfg)
         values = tuple((name, format_value(hparams[name])) for name in names)
         return [
             Assignment(str(end_trial(run, index)), values, (("autolfads.end", "true"),))
-            for index in range(total - count, total)
+            for index in indexes
         ]

@@ -8,9 +8,17 @@ out once and writing the report to storage instead of sending it, where the
 suggestion service picks it up when Katib next calls. The last stdout line,
 `fitness=<value>`, is what Katib's StdOut metrics collector reads.
 
-Exit codes: 0 trained and published (or an "end" trial, or the report was
-already written by an earlier attempt); 1 the segment failed (Katib marks
-the trial FAILED; the service counts a failed segment); 143 SIGTERM.
+An "end" trial trains nothing: it waits until the run's stored state says
+the search has ended (reading it every `END_POLL_S`), then prints the best
+fitness and exits 0. Handed out after the end it exits at once; handed out
+while the search still runs (a member that has finished while others
+train, async mode) it holds its Katib slot until the end, so Katib does
+not ask again at once and spend maxTrialCount on no-op trials.
+
+Exit codes: 0 trained and published (or an "end" trial once the search
+ended, or the report was already written by an earlier attempt); 1 the
+segment failed (Katib marks the trial FAILED; the service counts a failed
+segment); 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# How often an end trial reads the run's stored state while the search runs.
+END_POLL_S = 10.0
 
 
 class TrialClient:
@@ -89,11 +99,11 @@ def run_trial(
     device: str,
     stop: threading.Event,
     worker_id: str,
+    poll_s: float = END_POLL_S,
 ) -> int:
     trial = parse_trial_name(name)
     if trial.is_end:
-        print(fitness_line(_best_metric(store, trial.run)), flush=True)
-        return EXIT_OK
+        return _end_trial(store, trial, stop, poll_s)
     earlier = records.get_report(store, trial)
     if earlier is not None and earlier.outcome == "succeeded":
         # A retried pod: the segment is trained and published already.
@@ -114,10 +124,24 @@ def run_trial(
     return EXIT_OK
 
 
-def _best_metric(store: Store, run: str) -> float:
-    """The search's best metric (what an end trial shows Katib)."""
-    try:
-        state = read_state(store, run, history=False)
-    except AutolfadsError:
-        return math.nan
-    return state.best.metric if state is not None and state.best is not None else math.nan
+def _end_trial(store: Store, trial: TrialName, stop: threading.Event, poll_s: float) -> int:
+    """Wait until the search has ended, then show Katib its best metric."""
+    waiting = False
+    while True:
+        try:
+            state = read_state(store, trial.run, history=False)
+        except AutolfadsError as err:  # storage trouble: look again later
+            log.warning("end trial %s: the search's state is unreadable: %s", trial, err)
+        else:
+            # No state at all: nothing to wait for (the run is gone).
+            if state is None or state.terminal:
+                best = state.best if state is not None else None
+                print(fitness_line(best.metric if best is not None else math.nan), flush=True)
+                return EXIT_OK
+            if not waiting:
+                log.info("end trial %s: waiting for the search to end", trial)
+                waiting = True
+        if stop.wait(poll_s):
+            from autolfads.trainer.worker import EXIT_TERMINATED
+
+            return EXIT_TERMINATED

@@ -25,7 +25,10 @@ parallelTrialCount is lowered: the trials and their assignments go).
 
 Rounds are batched (all running trials end before the next request), which
 makes the order in which the service sees results deterministic; tests that
-need another order call `request` and `run_trials` themselves.
+need another order call `request` and `run_trials` themselves, or
+`run_clocked`, which runs trials of different lengths as Katib does: each
+tick it asks for min(parallelTrialCount, maxTrialCount - completed) -
+active trials, as Katib's experiment controller does.
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ class FakeTrial:
         return trial
 
 
-# run_trials(trials) runs them and sets each one's condition and metrics.
+# run_trials(trials) runs them and sets each one's condition and metrics;
+# one it leaves CREATED or RUNNING is still running (a pod still waiting).
 TrialRunner = Callable[[list[FakeTrial]], None]
+LIVE = (Condition.CREATED, Condition.RUNNING)
 
 
 def experiment_proto(
@@ -176,3 +181,40 @@ class FakeKatib:
             if not self.step():
                 return
         raise AssertionError("the Experiment did not end")
+
+    def run_clocked(self, length: Callable[[FakeTrial], int], max_ticks: int = 1000) -> None:
+        """Trials of different lengths: a trial created at tick t ends at tick
+        t + length(trial) - 1 (`run_trials`); one it leaves running is a pod
+        still waiting, run again each tick. Each tick Katib first asks for
+        its free slots, min(parallelTrialCount, maxTrialCount - completed) -
+        active; an error reply creates nothing and Katib asks again next tick
+        (it reconciles whenever a trial changes). The Experiment succeeds
+        once maxTrialCount trials have completed; AssertionError when the
+        service refuses with nothing running (nothing can change: Katib
+        would ask for ever) or after max_ticks."""
+        self.validate()
+        spec = self.experiment.spec
+        due: dict[str, int] = {}
+        for tick in range(max_ticks):
+            active = [t for t in self.trials if t.condition in LIVE]
+            completed = len(self.trials) - len(active)
+            if completed >= spec.max_trial_count:
+                return
+            free = min(spec.parallel_trial_count, spec.max_trial_count - completed) - len(active)
+            if free > 0:
+                try:
+                    new = self.request(free)
+                except grpc.RpcError as err:
+                    self.errors.append(err.code())
+                    if not active:
+                        raise AssertionError(
+                            f"the Experiment never ends: no trial runs and GetSuggestions "
+                            f"answers {err.code().name}: {err.details()}"
+                        ) from None
+                    new = []
+                for trial in new:
+                    trial.condition = Condition.RUNNING
+                    due[trial.name] = tick + max(length(trial), 1) - 1
+                active += new
+            self.run_trials([t for t in active if due.get(t.name, tick) <= tick])
+        raise AssertionError(f"the Experiment did not end in {max_ticks} ticks")

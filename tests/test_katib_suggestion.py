@@ -82,7 +82,9 @@ def fake_trials(store, fail: Collection[str] = frozenset()) -> TrialRunner:
     def run(trials: list[FakeTrial]) -> None:
         for trial in trials:
             name = parse_trial_name(trial.name)
-            if name.is_end:  # `trainer --katib-trial` prints the best and exits 0
+            if name.is_end:  # `trainer --katib-trial` waits for the end, prints the best
+                if not saved_state(store, name.run, history=False).terminal:
+                    continue  # still waiting: it holds its slot
                 trial.condition = Condition.SUCCEEDED
                 trial.metrics = {"fitness": "0.0"}
                 continue
@@ -112,15 +114,24 @@ def katib_for(served, cfg, run_trials, *, max_trials=None, parallel=None, **kw) 
     return FakeKatib(served.target, exp, run_trials)
 
 
-def reference_best(tmp_path, cfg) -> tuple:
-    """The same search under the coordinator with one worker, one lease at a time."""
+def reference_best(tmp_path, cfg, order: list[tuple[str, int]] | None = None) -> tuple:
+    """The same search under the coordinator with one worker, one lease at a
+    time; or, given the order of the (member, generation) reports, every
+    queued segment leased at once and reported in that order."""
     store = LocalStore(tmp_path / "reference")
     stage(store, cfg)
     service = CoordinatorService.open_search(cfg, store, f"{cfg.name}/data/{DATA_SHA}.h5", DATA_SHA)
+    held = {}
     while not service.terminal:
-        reply = service.request_work("w", 1)
-        for grant in reply.leases:
-            service.report(fake_train(store, grant, "w"))
+        if order is None:
+            for grant in service.request_work("w", 1).leases:
+                service.report(fake_train(store, grant, "w"))
+            continue
+        worker = f"w{len(order)}"  # a worker per request: no per-worker lease cap
+        for grant in service.request_work(worker, cfg.pbt.population).leases:
+            held[grant.member, grant.generation] = grant, worker
+        grant, worker = held.pop(order.pop(0))
+        service.report(fake_train(store, grant, worker))
     return best_of(store, cfg)
 
 
@@ -226,7 +237,15 @@ def call(target, method: str, request) -> grpc.RpcError:
         (lambda e: setattr(e.spec, "parallel_trial_count", 4), "parallelTrialCount 4"),
         (lambda e: setattr(e.spec, "max_trial_count", 0), "maxTrialCount is unset"),
         # population x max_generations: Katib would end it before the last results
-        (lambda e: setattr(e.spec, "max_trial_count", 9), "maxTrialCount 9 is below the 10"),
+        # One round more: a member that finished early waits with an end
+        # trial (async mode), at most parallelTrialCount - 1 of them.
+        (lambda e: setattr(e.spec, "max_trial_count", 11), "maxTrialCount 11 is below the 12"),
+        (
+            lambda e: e.spec.MergeFrom(
+                api.ExperimentSpec(parallel_trial_count=2, max_trial_count=10)
+            ),
+            "maxTrialCount 10 is below the 11",
+        ),
         (lambda e: setattr(e.spec, "max_trial_count", 100), "maxTrialCount 100 is above 12"),
         (lambda e: setattr(e.spec.objective, "goal", 0.5), "objective.goal 0.5"),
         (
@@ -316,6 +335,18 @@ def test_sync_mode_answers_unavailable_until_the_generation_closes(tmp_path, sto
     while katib.step():
         pass
     assert best_of(store, cfg) == reference_best(tmp_path, cfg)
+
+
+@pytest.mark.parametrize(
+    ("mode", "parallel", "max_trials"),
+    # sync: no member waits with an end trial, one trial more is enough;
+    # async: up to parallelTrialCount - 1 of them wait before the last call.
+    [("sync", 3, 10), ("sync", 3, 12), ("async", 2, 11), ("async", 2, 12), ("async", 1, 10)],
+)
+def test_max_trial_count_fits_what_the_search_can_take(store, served, mode, parallel, max_trials):
+    cfg = tiny_config(mode=mode, population=3, max_generations=3)
+    stage(store, cfg)
+    katib_for(served, cfg, None, parallel=parallel, max_trials=max_trials).validate()
 
 
 def test_sync_mode_needs_a_slot_per_member(store, served):
@@ -561,3 +592,97 @@ def test_one_bad_trial_record_does_not_stall_the_experiment(store, cfg, served, 
         assert "search-m001-g1: unreadable report" in caplog.text
     else:
         assert failed == []
+
+
+def test_async_members_out_of_step_still_end_the_experiment(tmp_path, store, served):
+    """m000's segments are short, the others' long: m000 trains its last
+    generation while m001 and m002 still train their first. Katib then asks
+    for all three slots with two members ready; answering NotReady would
+    stall for ever (nothing runs, nothing changes). The finished member's
+    slot gets an end trial that waits for the search's end instead."""
+    cfg = tiny_config(mode="async", population=3, max_generations=3, seed=6)  # order matters
+    stage(store, cfg)
+    pbt = cfg.pbt
+    katib = katib_for(served, cfg, fake_trials(store))
+    katib.run_clocked(lambda t: 1 if "-m000-" in t.name or "-end-" in t.name else 3)
+    max_trials = pbt.population * (pbt.max_generations + 1)
+    assert len(katib.trials) == max_trials  # the Experiment succeeded at maxTrialCount
+    assert all(t.condition == Condition.SUCCEEDED for t in katib.trials)
+    names = [t.name for t in katib.trials]
+    assert len(set(names)) == len(names)
+    # The end trial handed out while m001 and m002 still trained, then the final round.
+    assert names[5:8] == ["search-m001-g1", "search-m002-g1", "search-end-7"]
+    assert [n for n in names if "-end-" in n] == ["search-end-7", "search-end-10", "search-end-11"]
+    assert katib.errors == []
+    order = [("m000", 0), ("m000", 1), ("m001", 0), ("m002", 0), ("m000", 2)]
+    order += [("m001", 1), ("m002", 1), ("m001", 2), ("m002", 2)]
+    assert best_of(store, cfg) == reference_best(tmp_path, cfg, order)
+
+
+class EndTrialPod:
+    """`trainer --katib-trial <run>-end-<n>` in a thread, polling at once;
+    `reads` counts its looks at the stored state."""
+
+    def __init__(self, store, monkeypatch) -> None:
+        from autolfads.katib import trial as trial_module
+
+        self.reads = threading.Semaphore(0)
+        real = trial_module.read_state
+
+        def counted(*args, **kwargs):
+            state = real(*args, **kwargs)
+            self.reads.release()
+            return state
+
+        monkeypatch.setattr(trial_module, "read_state", counted)
+        self.stop = threading.Event()
+        self.code: list[int] = []
+        self.thread = threading.Thread(
+            target=lambda: self.code.append(
+                trial_module.run_trial(
+                    store,
+                    "search-end-7",
+                    cache_dir=store.root,
+                    device="cpu",
+                    stop=self.stop,
+                    worker_id="x",
+                    poll_s=0.001,
+                )
+            )
+        )
+        self.thread.start()
+
+    def polled(self, times: int) -> None:
+        for _ in range(times):
+            assert self.reads.acquire(timeout=60), "the end trial stopped reading the state"
+
+    def join(self) -> int:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        return self.code[0]
+
+
+def test_an_end_trial_handed_out_mid_search_waits_for_the_search_to_end(
+    store, cfg, capsys, monkeypatch
+):
+    service = CoordinatorService.open_search(cfg, store, f"{cfg.name}/data/{DATA_SHA}.h5", DATA_SHA)
+    pod = EndTrialPod(store, monkeypatch)
+    try:
+        pod.polled(3)  # it has seen the search running three times and is waiting
+        assert pod.thread.is_alive() and capsys.readouterr().out == ""
+        while not service.terminal:  # the search ends meanwhile
+            for grant in service.request_work("w", 1).leases:
+                service.report(fake_train(store, grant, "w"))
+    except BaseException:
+        pod.stop.set()  # a failed check must not leave it waiting
+        raise
+    assert pod.join() == 0
+    assert capsys.readouterr().out == f"fitness={best_of(store, cfg)[3]!r}\n"
+
+
+def test_a_waiting_end_trial_stops_on_sigterm(store, cfg, capsys, monkeypatch):
+    CoordinatorService.open_search(cfg, store, f"{cfg.name}/data/{DATA_SHA}.h5", DATA_SHA)
+    pod = EndTrialPod(store, monkeypatch)
+    pod.polled(1)
+    pod.stop.set()  # what the SIGTERM handler does
+    assert pod.join() == 143 and capsys.readouterr().out == ""
