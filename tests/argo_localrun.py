@@ -6,9 +6,12 @@ parameters, and executes the entrypoint DAG with the exact `command` + `args`
 of every container. It plays the parts of Argo and Kubernetes that the
 commands rely on, and only those:
 
-- DAG scheduling: `depends`, `when`, `withSequence`/`withItems` fan-out run
-  concurrently, `continueOn`, `retryStrategy` (limit, with backoff scaled by
-  `backoff_scale`), `spec.parallelism`, the workflow deadline.
+- DAG scheduling: `depends` (with AnySucceeded/AllFailed of fan-outs),
+  `when`, `withSequence`/`withItems` fan-out run concurrently, `retryStrategy`
+  (limit, retryPolicy for exits, backoff scaled by `backoff_scale`),
+  `spec.parallelism`, the workflow deadline; the finished workflow's phase as
+  Argo assesses it from the DAG's leaves, `continueOn` included
+  (`autolfads.argo.depends.dag_phase`).
 - Pods: env (`value`, `secretKeyRef` from `secrets`), the emptyDir mounted at
   /tmp/autolfads becomes a fresh folder per pod attempt, raw and key-only S3
   input artifacts, output parameters (`valueFrom.path`, `globalName`), output
@@ -18,7 +21,8 @@ commands rely on, and only those:
   place of 0.0.0.0:<targetPort>, and `<service>.<namespace>.svc:<port>` in any
   argument becomes that address. This is the only rewriting of a command line.
 
-Not emulated: images, resources, probes, security contexts, pod GC.
+Not emulated: images, resources, probes, security contexts, pod GC, envFrom
+(the Secrets of gRPC tokens: the coordinator listens on loopback without them).
 """
 
 from __future__ import annotations
@@ -219,15 +223,19 @@ class LocalWorkflowRun:
         return depends.evaluate(expr, results)
 
     def _conclude(self, tasks: list[dict[str, Any]]) -> None:
+        """The workflow's phase as Argo assesses a finished DAG (its leaves)."""
         if self.result.phase != "Running":
             return
-        for task in tasks:
-            got = self.result.results.get(task["name"], set())
-            tolerated = task.get("continueOn", {}).get("failed", False)
-            if "Errored" in got or ("Failed" in got and not tolerated):
-                self._finish("Failed", f"task {task['name']} failed")
-                return
-        self._finish("Succeeded")
+        phase = depends.dag_phase(tasks, self.result.results)
+        if phase == "Succeeded":
+            self._finish("Succeeded")
+            return
+        failed = [
+            t["name"]
+            for t in tasks
+            if self.result.results.get(t["name"], set()) & {"Failed", "Errored"}
+        ]
+        self._finish("Failed", f"{phase}: failed tasks {', '.join(failed)}")
 
     def _finish(self, phase: str, message: str = "") -> None:
         with self.lock:
@@ -286,6 +294,10 @@ class LocalWorkflowRun:
         }
         retry = template.get("retryStrategy", {})
         limit = int(substitute(str(retry.get("limit", 0)), self.lookup({})))
+        # A command's non-zero exit is a failure (not an error): retried under
+        # Always and OnFailure (the default) only.
+        if retry.get("retryPolicy", "OnFailure") not in ("Always", "OnFailure"):
+            limit = 0
         backoff = retry.get("backoff", {})
         delay = _seconds(backoff.get("duration", "1s"))
         for attempt in range(limit + 1):
@@ -363,6 +375,8 @@ class LocalWorkflowRun:
         local = [_mount(a, root) for a in argv]
         if local and local[0] == "autolfads":
             local = [sys.executable, "-m", "autolfads", *local[1:]]
+        elif local and local[0] == "python":  # the image's interpreter
+            local = [sys.executable, *local[1:]]
         with self.slots, open(log_path, "wb") as log:
             if self.stopping.is_set():
                 return False

@@ -8,6 +8,7 @@ workflow intends (e.g. the coordinator listens on the Service's target port).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_every_container_template_is_covered(spec: dict[str, Any]) -> None:
     containers = {t["name"] for t in spec["templates"] if "container" in t}
-    assert containers == set(CONTAINER_COMMANDS)
+    assert containers == set(CONTAINER_COMMANDS) | {"stop-search"}
+
+
+def test_stop_search_runs_a_module_of_the_image_with_the_operator_token(
+    spec: dict[str, Any],
+) -> None:
+    from autolfads.argo import stop_search
+
+    argv = argv_of(spec, "stop-search")
+    assert argv[:3] == ["python", "-m", "autolfads.argo.stop_search"]
+    args = stop_search.build_parser().parse_args(argv[3:])
+    trainer = parse(argv_of(spec, "trainer"))
+    assert args.coordinator == trainer.coordinator  # the Service, whichever pod serves
+    # Outlasts a coordinator restart (backoff capped at 2 minutes).
+    assert args.wait >= 300
+    template = templates_by_name(spec)["stop-search"]
+    container = template["container"]
+    # The same secret as the coordinator's operator token; never the workers'.
+    refs = [e["secretRef"]["name"] for e in container["envFrom"]]
+    assert refs == ["{{workflow.parameters.grpc-credentials}}"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Exit 1 is its answer: only a lost pod is tried again.
+    assert template["retryStrategy"]["retryPolicy"] == "OnError"
 
 
 @pytest.mark.parametrize("name", sorted(CONTAINER_COMMANDS))
@@ -143,6 +166,43 @@ def test_render_gpus_selects_the_cuda_image_and_device(tmp_path: Path) -> None:
     assert params["trainer-image"].endswith("autolfads-trainer-cuda:0.1.0")
     assert params["trainer-device"] == "cuda" and params["trainer-gpus"] == "1"
     assert params["stage"] == "false" and "config" not in params
+    # The combinations that agree still render.
+    for opts in (
+        RenderOptions(trainer_gpus=1, trainer_device="cuda"),
+        RenderOptions(trainer_gpus=1, trainer_device="auto"),
+        RenderOptions(trainer_gpus=0, trainer_device="cpu"),
+        RenderOptions(trainer_device="auto"),
+    ):
+        assert params_of(render_workflow(cfg, opts))["run"] == "tiny-run"
+
+
+@pytest.mark.parametrize("relays", [0, 1, 8, 64])
+def test_render_gives_every_relay_process_its_memory(
+    tmp_path: Path, spec: dict[str, Any], relays: int
+) -> None:
+    from autolfads.argo.validate import validate_k8s_object
+
+    cfg = load_config(write_config(tmp_path))
+    workflow = render_workflow(cfg, RenderOptions(coordinator_relays=relays, inline=True))
+    params = params_of(workflow)
+    coordinator = templates_by_name(workflow["spec"])["coordinator"]
+    patch = json.loads(substitute(coordinator["podSpecPatch"], sample_lookup(workflow["spec"])))
+    resources = patch["containers"][0]["resources"]
+    mib = {"Mi": 1, "Gi": 1024}
+    limit = int(resources["limits"]["memory"][:-2]) * mib[resources["limits"]["memory"][-2:]]
+    request = int(resources["requests"]["memory"][:-2]) * mib[resources["requests"]["memory"][-2:]]
+    # Measured: about 41 MB private memory per relay, 42 MB for the owner;
+    # 48 MiB each on top of what one process gets (512Mi request, 2Gi limit).
+    assert limit >= 2048 + relays * 48
+    assert 512 + relays * 48 <= request <= limit
+    assert params.get("coordinator-relays", "0") == str(relays)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "coordinator"},
+        "spec": {"containers": [{"name": "main", "image": "x", "resources": resources}]},
+    }
+    assert validate_k8s_object(pod) == []
 
 
 def test_render_sizes_the_coordinator(tmp_path: Path, spec: dict[str, Any]) -> None:
@@ -193,6 +253,16 @@ def test_render_inline_is_self_contained(tmp_path: Path) -> None:
         (["--name", "s" * 54], "at most 53 characters"),
         # One pod at a time: the coordinator would wait for a trainer forever.
         (["--parallelism", "1"], "--parallelism 1: must be at least 2"),
+        # GPUs and device must agree: every trainer fails, or a GPU sits idle.
+        (["--device", "cuda"], "--device cuda: trainer pods get no GPU without --gpus 1"),
+        (["--device", "cuda", "--gpus", "0"], "--device cuda: trainer pods get no GPU"),
+        (["--gpus", "1", "--device", "cpu"], "--device cpu with --gpus 1: the reserved GPU"),
+        (["--gpus", "2"], "--gpus 2: a trainer uses one GPU; use --gpus 1 and more --n-trainers"),
+        (["--gpus", "4", "--device", "cuda"], "--gpus 4: a trainer uses one GPU"),
+        (
+            ["--gpus", "1", "--trainer-image", "reg/autolfads-trainer-cpu:1"],
+            "--trainer-image reg/autolfads-trainer-cpu:1: a CPU image cannot use the GPU",
+        ),
     ],
 )
 def test_render_errors_are_one_line(

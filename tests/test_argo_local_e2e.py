@@ -11,6 +11,7 @@ the search still ends Succeeded with its results in the bucket.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,19 @@ def prepared_workflow(bucket: str, endpoint: str, data: Path) -> dict[str, Any]:
     return workflow
 
 
+def set_parameter(workflow: dict[str, Any], name: str, value: str) -> None:
+    """As `argo submit -p NAME=VALUE` would."""
+    params = workflow["spec"]["arguments"]["parameters"]
+    params[:] = [p for p in params if p["name"] != name] + [{"name": name, "value": value}]
+
+
 def run_locally(
-    workflow: dict[str, Any], s3_server, bucket: str, workdir: Path, faults: list[Fault]
+    workflow: dict[str, Any],
+    s3_server,
+    bucket: str,
+    workdir: Path,
+    faults: list[Fault],
+    deadline_s: float = 200,
 ):
     run = LocalWorkflowRun(
         workflow,
@@ -115,7 +127,7 @@ def run_locally(
             }
         },
         faults=faults,
-        deadline_s=200,
+        deadline_s=deadline_s,
         extra_env={"OMP_NUM_THREADS": "1", "AUTOLFADS_S3_CONNECT_TIMEOUT_S": "2"},
     )
     return run.run()
@@ -213,3 +225,38 @@ def test_search_survives_a_killed_trainer_and_a_restarted_coordinator(
     assert len({p.args[7] for p in coordinator}) == 1  # same Service address after restart
     trainer0 = [p for p in result.pods if p.task == "trainer" and p.item == "0"]
     assert trainer0[0].exit_code == -9 and trainer0[-1].exit_code == 0
+
+
+def test_a_workflow_whose_trainers_all_fail_ends_failed_promptly(
+    s3_server, s3_bucket: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    """Every trainer exits non-zero on every attempt (here `-p trainer-device=cuda`
+    on a machine without a GPU): the search is stopped and the workflow ends
+    Failed, instead of the coordinator serving nobody until the deadline."""
+    s3_server.raw_client().make_bucket(s3_bucket)
+    workflow = prepared_workflow(s3_bucket, s3_server.endpoint_url, tiny_data)
+    set_parameter(workflow, "trainer-device", "cuda")
+    set_parameter(workflow, "trainer-retries", "1")
+    started = time.monotonic()
+    result = run_locally(workflow, s3_server, s3_bucket, tmp_path, faults=[], deadline_s=120)
+    elapsed = time.monotonic() - started
+    assert result.phase == "Failed", explain(result)
+    assert result.message != "Step exceeded its deadline" and elapsed < 100, explain(result)
+    trainers = [p for p in result.pods if p.task == "trainer"]
+    assert len(trainers) == 4 and all(p.exit_code not in (0, None) for p in trainers)
+    assert result.results["trainer"] >= {"Failed", "AllFailed"}
+    # The stop step told the coordinator, which ended the search and exited 0.
+    (stop,) = [p for p in result.pods if p.task == "trainers-failed"]
+    assert stop.exit_code == 1, explain(result)
+    assert stop.log is not None
+    reason = stop.log.read_text().strip().splitlines()[-1]
+    assert reason.startswith("autolfads: error: every trainer task of the workflow failed")
+    assert "the search is now cancelled" in reason
+    (coordinator,) = [p for p in result.pods if p.task == "coordinator"]
+    assert coordinator.exit_code == 0
+    # Nothing is finalized from a search that never trained.
+    assert result.results["finalize"] == {"Omitted"} and result.results["report"] == {"Omitted"}
+    stored = keys(s3_server, s3_bucket, f"runs/{RUN}/best/")
+    assert f"runs/{RUN}/best/checkpoint.pt" not in stored
+    assert f"runs/{RUN}/best/metrics.json" not in stored
+    assert "best-metrics" not in result.outputs and not result.artifacts

@@ -1,8 +1,9 @@
 """`autolfads argo submit` against a fake Kubernetes API server over real HTTP.
 
-The fake (stdlib http.server on 127.0.0.1) answers the three calls submit
-makes (read the WorkflowTemplate, create the Workflow, read it back) like a
-real API server, including Status bodies for errors. The official kubernetes
+The fake (stdlib http.server on 127.0.0.1) answers the calls submit makes
+(read the WorkflowTemplate, create the Workflow as a dry run and for real,
+read it back) like a real API server, including Status bodies for errors,
+`dryRun=All` (checked like a create, nothing stored) and 409 for a taken name. The official kubernetes
 client talks HTTP to it through a kubeconfig; storage is moto's S3 server.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -39,7 +41,23 @@ class FakeKube:
     created: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def posts(self) -> list[dict[str, Any]]:
-        return [body for method, _, body, _ in self.requests if method == "POST" and body]
+        """Bodies of real creates (dry runs left out)."""
+        return [
+            body
+            for method, path, body, _ in self.requests
+            if method == "POST" and body and not is_dry_run(path)
+        ]
+
+    def dry_run_posts(self) -> list[dict[str, Any]]:
+        return [
+            body
+            for method, path, body, _ in self.requests
+            if method == "POST" and body and is_dry_run(path)
+        ]
+
+
+def is_dry_run(path: str) -> bool:
+    return "dryRun" in parse_qs(urlsplit(path).query)
 
 
 def status_reply(code: int, reason: str, message: str, **details: str) -> tuple[int, dict]:
@@ -101,12 +119,24 @@ def make_handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
             self.record(body)
+            # As the API server: a dry run (dryRun=All, the only value it
+            # accepts) passes every check of a create (authorization, a taken
+            # name, validation) and answers the same, but stores nothing.
+            dry_run = parse_qs(urlsplit(self.path).query).get("dryRun")
+            if dry_run is not None and dry_run != ["All"]:
+                message = f"Invalid dryRun value: {dry_run}"
+                return self.reply(400, status_body(400, "BadRequest", message))
             if fake.create_reply is not None:
                 return self.reply(*fake.create_reply)
             stored = json.loads(json.dumps(body))
             meta = stored["metadata"]
+            if meta.get("name") in fake.created:
+                message = f'workflows.argoproj.io "{meta["name"]}" already exists'
+                details = {"name": meta["name"], "group": "argoproj.io", "kind": "workflows"}
+                return self.reply(409, status_body(409, "AlreadyExists", message, **details))
             meta.setdefault("name", meta.get("generateName", "wf-") + "abc12")
-            fake.created[meta["name"]] = stored
+            if dry_run is None:
+                fake.created[meta["name"]] = stored
             return self.reply(201, stored)
 
     return Handler
@@ -209,9 +239,11 @@ def test_submit_uploads_the_run_and_creates_the_exact_workflow(
         load_config(config_path), RenderOptions(storage=storage, n_trainers=3, stage=False)
     )
     assert fake_kube.posts() == [expected]
+    assert fake_kube.dry_run_posts() == [expected]
     methods = [(m, p) for m, p, _, _ in fake_kube.requests]
     assert methods == [
         ("GET", f"{BASE}/autolfads/workflowtemplates/autolfads-pbt"),
+        ("POST", f"{BASE}/autolfads/workflows?dryRun=All&fieldValidation=Strict"),
         ("POST", f"{BASE}/autolfads/workflows?fieldValidation=Strict"),
     ]
     assert all(auth == f"Bearer {TOKEN}" for *_, auth in fake_kube.requests)
@@ -250,6 +282,35 @@ def test_submit_wait_fails_when_the_workflow_fails(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "autolfads: error: workflow autolfads-abc12 ended Failed: child 'coordinator' failed"
+    ]
+
+
+def test_submit_wait_names_the_step_that_failed_the_workflow(
+    fake_kube: FakeKube, storage: str, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Argo leaves a failed DAG's message empty; the pods' messages say why
+    # (trainers-failed's is its last log line: FallbackToLogsOnError).
+    reason = (
+        "autolfads: error: every trainer task of the workflow failed (after its retries); "
+        "the search is now cancelled; see the trainer pods' logs"
+    )
+    nodes = {
+        "a": {"type": "Pod", "displayName": "trainer(0:0)", "phase": "Failed",
+              "finishedAt": "2026-01-01T10:00:00Z",
+              "message": "main: Error (exit code 2): no CUDA GPU is available"},
+        "b": {"type": "Pod", "displayName": "trainers-failed", "phase": "Failed",
+              "finishedAt": "2026-01-01T10:05:00Z",
+              "message": f"main: Error (exit code 1): {reason}"},
+        "c": {"type": "Pod", "displayName": "coordinator", "phase": "Succeeded",
+              "finishedAt": "2026-01-01T10:06:00Z"},
+    }  # fmt: skip
+    fake_kube.phases = [{"phase": "Failed", "message": "", "nodes": nodes}]
+    argv = ["argo", "submit", str(config_path), "--storage", storage, "--wait"]
+    assert main([*argv, "--poll-seconds", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "autolfads: error: workflow autolfads-abc12 ended Failed: step trainers-failed: "
+        f"main: Error (exit code 1): {reason}"
     ]
 
 
@@ -335,7 +396,69 @@ def test_name_conflict_is_one_line(
     assert main(argv) == 2
     err = one_error_line(capsys)
     assert "a Workflow named 'nightly' already exists in namespace 'autolfads'" in err
-    assert fake_kube.posts()[0]["metadata"]["name"] == "nightly"
+    assert fake_kube.dry_run_posts()[0]["metadata"]["name"] == "nightly"
+    assert fake_kube.posts() == []
+
+
+FORBIDDEN_CREATE = status_reply(
+    403,
+    "Forbidden",
+    'workflows.argoproj.io is forbidden: User "alice" cannot create resource "workflows" '
+    'in API group "argoproj.io" in the namespace "autolfads"',
+)
+INVALID = status_reply(
+    422,
+    "Invalid",
+    'Workflow.argoproj.io "nightly" is invalid: spec.templates[0].container: Required value',
+)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "template"])
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (FORBIDDEN_CREATE, "forbidden: workflows.argoproj.io is forbidden"),
+        (
+            status_reply(409, "AlreadyExists", 'workflows.argoproj.io "nightly" already exists'),
+            "a Workflow named 'nightly' already exists",
+        ),
+        (INVALID, "the API server rejected the Workflow: Workflow.argoproj.io"),
+    ],
+    ids=["403", "409", "422"],
+)
+def test_a_refused_create_uploads_nothing_and_a_corrected_resubmit_works(
+    fake_kube: FakeKube,
+    storage: str,
+    config_path: Path,
+    uploaded,
+    capsys: pytest.CaptureFixture[str],
+    reply: tuple[int, Any],
+    message: str,
+    inline: bool,
+) -> None:
+    argv = ["argo", "submit", str(config_path), "--storage", storage, "--name", "nightly"]
+    argv += ["--inline"] if inline else []
+    fake_kube.create_reply = reply
+    assert main(argv) == 2
+    assert message in one_error_line(capsys)
+    assert uploaded() == [] and fake_kube.posts() == []
+    # Once the cluster would accept it, the same submit goes through: no half
+    # uploaded run stands in its way.
+    fake_kube.create_reply = None
+    assert main(argv) == 0
+    assert "workflow nightly created" in capsys.readouterr().out
+    assert "runs/submit-test/config.yaml" in uploaded()
+    assert [p["metadata"]["name"] for p in fake_kube.posts()] == ["nightly"]
+
+
+def test_a_taken_name_is_refused_before_the_upload(
+    fake_kube: FakeKube, storage: str, config_path: Path, uploaded, capsys
+) -> None:
+    argv = ["argo", "submit", str(config_path), "--storage", storage, "--name", "nightly"]
+    fake_kube.created["nightly"] = {"metadata": {"name": "nightly"}}
+    assert main([*argv, "--inline"]) == 2
+    assert "a Workflow named 'nightly' already exists" in one_error_line(capsys)
+    assert uploaded() == [] and fake_kube.posts() == []
 
 
 def test_no_cluster_configured_is_one_line(
@@ -351,10 +474,11 @@ def test_no_cluster_configured_is_one_line(
     assert "no Kubernetes cluster configured" in one_error_line(capsys)
 
 
-def test_unreachable_api_server_is_one_line(
+def test_unreachable_api_server_is_one_line_and_uploads_nothing(
     tmp_path: Path,
     storage: str,
     config_path: Path,
+    uploaded,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -367,6 +491,10 @@ def test_unreachable_api_server_is_one_line(
     argv = ["argo", "submit", str(config_path), "--storage", storage]
     assert main([*argv, "--kubeconfig", str(tmp_path / "kc")]) == 2
     assert "cannot reach the Kubernetes API server" in one_error_line(capsys)
+    # With --inline no template is read first: the dry-run create finds it.
+    assert main([*argv, "--inline", "--kubeconfig", str(tmp_path / "kc")]) == 2
+    assert "cannot reach the Kubernetes API server" in one_error_line(capsys)
+    assert uploaded() == []
 
 
 def test_unreachable_storage_is_one_line_and_creates_nothing(

@@ -170,7 +170,14 @@ def test_trainers_retry_with_backoff_and_the_search_can_end_succeeded(
         assert retry["retryPolicy"] == "Always" and retry["backoff"]["duration"]
         assert not tmpl(wt, name).get("daemon")
     assert tasks["trainer"]["withSequence"]["count"] == "{{workflow.parameters.n-trainers}}"
-    assert tasks["finalize"]["depends"] == "coordinator.Succeeded"
+    # Finalize only a search the coordinator finished, never one that
+    # trainers-failed stopped because every trainer task failed.
+    assert tasks["finalize"]["depends"] == (
+        "coordinator.Succeeded && !(trainers-failed.Failed || trainers-failed.Errored)"
+    )
+    assert tasks["trainers-failed"]["depends"] == (
+        "(trainer.Failed || trainer.Errored) && !trainer.AnySucceeded"
+    )
     assert tasks["report"]["depends"] == "finalize.Succeeded"
     outputs = tmpl(wt, "finalize")["outputs"]["parameters"]
     assert outputs[0]["globalName"] == "best-metrics"
@@ -254,7 +261,7 @@ def test_undeclared_input_parameter_is_an_error(wt: dict[str, Any]) -> None:
 
 def test_item_outside_a_loop_is_an_error(wt: dict[str, Any]) -> None:
     def change(d: dict[str, Any]) -> None:
-        task = tmpl(d, "search")["dag"]["tasks"][4]
+        task = next(t for t in tmpl(d, "search")["dag"]["tasks"] if t["name"] == "finalize")
         task["arguments"] = {"parameters": [{"name": "index", "value": "{{item}}"}]}
         tmpl(d, "finalize")["inputs"] = {"parameters": [{"name": "index"}]}
 

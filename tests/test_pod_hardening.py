@@ -319,7 +319,11 @@ REGRESSIONS: dict[str, tuple[Callable[[], dict], Callable[[dict], Any], str]] = 
     ),
     "no coordinator resources": (
         _wt,
-        lambda d: _tmpl(d, "coordinator")["container"].pop("resources"),
+        # Its podSpecPatch sets them too (scaled with the relays): both gone.
+        lambda d: (
+            _tmpl(d, "coordinator")["container"].pop("resources"),
+            _tmpl(d, "coordinator").pop("podSpecPatch"),
+        ),
         "resources.limits.memory",
     ),
     "no trainer patch": (

@@ -5,4 +5,5 @@ render     the Workflow of one run config (`argo render`)
 validate   strict offline validation (Argo and core Kubernetes schemas)
 semantics  checks no schema expresses; `depends` the DAG expressions
 submit     stage the run, create the Workflow, follow it (`argo submit`)
+stop_search  the workflow's step that stops a search whose trainers all failed
 """

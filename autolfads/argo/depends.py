@@ -8,6 +8,7 @@ bare name means "succeeded, skipped or daemoned", as in Argo.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from autolfads.errors import AutolfadsError
 
@@ -108,3 +109,74 @@ def evaluate(expr: str, results: dict[str, set[str]]) -> bool:
     if pos != len(tokens):
         raise DependsError(f"depends {expr!r}: unexpected {tokens[pos]!r}")
     return value
+
+
+# -- how Argo decides a finished DAG's phase ------------------------------------
+# workflow/controller/dag.go (assessDAGPhase, v4.1.2): the DAG's phase is that
+# of its *leaf* tasks (those no other task depends on). A leaf that ran has its
+# own phase (an expanded task: Failed if any item failed). A leaf that did not
+# run (Skipped, Omitted) inherits the phases of the branches that reach it,
+# Failed/Error winning over Succeeded; a branch through an expanded task
+# carries each item's phase. A failed leaf with `continueOn` for that phase
+# does not fail the DAG.
+
+_PHASE = {"Succeeded": "Succeeded", "Failed": "Failed", "Errored": "Error"}
+
+
+def task_dependencies(task: dict[str, Any]) -> list[str]:
+    expr = task.get("depends")
+    if isinstance(expr, str):
+        return list(dict.fromkeys(task_names(expr)))
+    deps = task.get("dependencies")
+    return [str(d) for d in deps] if isinstance(deps, list) else []
+
+
+def _own_phases(got: set[str]) -> set[str]:
+    """Phases a finished task passes down its branch (one per item)."""
+    phases = {_PHASE[r] for r in got if r in _PHASE}
+    if "AnySucceeded" in got:
+        phases.add("Succeeded")
+    if {"Failed", "AllFailed"} <= got:
+        phases.discard("Succeeded")
+    return phases
+
+
+def dag_phase(tasks: list[dict[str, Any]], results: dict[str, set[str]]) -> str:
+    """'Running', 'Succeeded', 'Failed' or 'Error' for a DAG's `tasks` given each
+    finished task's results (as `evaluate` takes them)."""
+    by_name = {str(t["name"]): t for t in tasks}
+    deps = {name: task_dependencies(t) for name, t in by_name.items()}
+    depended_on = {d for ds in deps.values() for d in ds}
+    leaves = [name for name in by_name if name not in depended_on]
+    memo: dict[str, set[str]] = {}
+
+    def outbound(name: str) -> set[str]:
+        if name not in memo:
+            own = _own_phases(results.get(name, set()))
+            memo[name] = own or arriving(name)
+        return memo[name]
+
+    def arriving(name: str) -> set[str]:
+        if not deps[name]:
+            return {"Succeeded"}
+        return {phase for dep in deps[name] for phase in outbound(dep)}
+
+    result = "Succeeded"
+    for name in leaves:
+        got = results.get(name)
+        if got is None:
+            result = "Running"
+            continue
+        own = _own_phases(got)
+        if own:
+            phase = "Error" if "Error" in own else "Failed" if "Failed" in own else "Succeeded"
+        else:
+            reached = arriving(name)
+            phase = next((p for p in ("Failed", "Error") if p in reached), "Succeeded")
+        continue_on = by_name[name].get("continueOn")
+        tolerated = isinstance(continue_on, dict) and bool(
+            continue_on.get("failed" if phase == "Failed" else "error")
+        )
+        if phase != "Succeeded" and not tolerated:
+            return phase
+    return result

@@ -44,6 +44,12 @@ _SERVICE_PREFIX = "autolfads-"
 _WORKFLOW_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_WORKFLOW_NAME = 63 - len(_SERVICE_PREFIX)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+# Coordinator memory (MiB): the template's defaults for one process, plus per
+# relay process (each measured at about 41 MB private memory; the owner 42 MB).
+COORDINATOR_MEMORY_REQUEST_MI = 512
+COORDINATOR_MEMORY_LIMIT_MI = 2048
+RELAY_MEMORY_REQUEST_MI = 48
+RELAY_MEMORY_LIMIT_MI = 64
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ def _check_options(opts: RenderOptions) -> None:
             f"--coordinator-relays {opts.coordinator_relays}: at most {MAX_RELAYS} "
             "(about one per core of the coordinator's pod beyond the first)"
         )
+    _check_gpus(opts)
     quantities: dict[str, str | None] = {
         "--cpu": opts.trainer_cpu,
         "--memory": opts.trainer_memory,
@@ -182,6 +189,40 @@ def _check_options(opts: RenderOptions) -> None:
     }.items():
         if name is not None and not _NAMESPACE.match(name):
             raise ConfigError(f"{what} {name!r}: not a valid Secret name")
+
+
+def _check_gpus(opts: RenderOptions) -> None:
+    """GPU count, device and image must agree: each contradiction leaves every
+    trainer failing, or a reserved GPU idle."""
+    gpus, device = opts.trainer_gpus or 0, opts.trainer_device
+    if gpus > 1:
+        # `autolfads trainer` trains on one device (cuda = the first GPU);
+        # --max-leases shares that device, it does not use more of them.
+        raise ConfigError(
+            f"--gpus {gpus}: a trainer uses one GPU; use --gpus 1 and more --n-trainers instead"
+        )
+    if device == "cuda" and gpus == 0:
+        raise ConfigError(
+            "--device cuda: trainer pods get no GPU without --gpus 1 (and the CPU image); "
+            "add --gpus 1, or use --device cpu"
+        )
+    if device == "cpu" and gpus:
+        raise ConfigError(
+            f"--device cpu with --gpus {gpus}: the reserved GPU would sit idle; "
+            "drop --gpus, or use --device cuda"
+        )
+    if gpus and opts.trainer_image is not None and "-trainer-cpu" in opts.trainer_image:
+        raise ConfigError(
+            f"--trainer-image {opts.trainer_image}: a CPU image cannot use the GPU --gpus "
+            "reserves; use the -trainer-cuda image"
+        )
+
+
+def coordinator_memory(relays: int) -> tuple[str, str]:
+    """(request, limit) of the coordinator pod serving through `relays` relays."""
+    request = COORDINATOR_MEMORY_REQUEST_MI + relays * RELAY_MEMORY_REQUEST_MI
+    limit = COORDINATOR_MEMORY_LIMIT_MI + relays * RELAY_MEMORY_LIMIT_MI
+    return f"{request}Mi", f"{limit}Mi"
 
 
 def cuda_image(cpu_image: str) -> str:
@@ -204,6 +245,9 @@ def workflow_parameters(
         trainer_image = cuda_image(defaults["trainer-image"])
     if gpus and device is None:
         device = "cuda"
+    memory_request = memory_limit = None
+    if opts.coordinator_relays:
+        memory_request, memory_limit = coordinator_memory(opts.coordinator_relays)
     values: dict[str, Any] = {
         "run": cfg.name,
         "s3-bucket": bucket,
@@ -225,6 +269,8 @@ def workflow_parameters(
         "coordinator-retries": opts.coordinator_retries,
         "coordinator-relays": opts.coordinator_relays,
         "coordinator-cpu": opts.coordinator_cpu,
+        "coordinator-memory-request": memory_request,
+        "coordinator-memory": memory_limit,
         "lease-timeout": opts.lease_timeout,
         "pod-deadline-seconds": opts.deadline_seconds,
         "grpc-credentials": opts.grpc_credentials,

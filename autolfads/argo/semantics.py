@@ -230,6 +230,28 @@ def check_tasks(
             except depends.DependsError as err:
                 problems.append(f"{at}.depends: {err}")
         problems += [f"{at}.depends: task {d!r} does not exist" for d in deps if d not in names]
+        problems += check_aggregates(task, tasks, at)
+    return problems
+
+
+def check_aggregates(task: dict[str, Any], tasks: list[dict[str, Any]], at: str) -> list[str]:
+    """AnySucceeded/AllFailed only of a task that loops (Argo refuses others)."""
+    loops = ("withItems", "withSequence", "withParam")
+    by_name = {t["name"]: t for t in tasks}
+    try:
+        tokens = depends.tokenize(task.get("depends", ""))
+    except depends.DependsError:
+        return []  # reported above
+    problems = []
+    for token in tokens:
+        if "." not in token:
+            continue
+        name, result = token.split(".", 1)
+        target = by_name.get(name)
+        if result in depends.AGGREGATE_RESULTS and target and not any(k in target for k in loops):
+            problems.append(
+                f"{at}.depends: {token} needs a task with withItems/withSequence/withParam"
+            )
     return problems
 
 

@@ -145,12 +145,16 @@ def check_template(api: Any, namespace: str, name: str) -> None:
     )
 
 
-def create_workflow(api: Any, workflow: dict[str, Any]) -> dict[str, Any]:
-    """Create `workflow`; the API server validates it strictly against its CRD."""
+def create_workflow(api: Any, workflow: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    """Create `workflow`; the API server validates it strictly against its CRD.
+
+    With `dry_run` the server runs every check of a real create (authorization,
+    a taken name, admission, schema) and stores nothing (`dryRun=All`)."""
     from kubernetes import client
 
     namespace = workflow["metadata"]["namespace"]
     custom = client.CustomObjectsApi(api)
+    extra = {"dry_run": "All"} if dry_run else {}
     created = _call(
         lambda: custom.create_namespaced_custom_object(
             ARGO_GROUP,
@@ -159,6 +163,7 @@ def create_workflow(api: Any, workflow: dict[str, Any]) -> dict[str, Any]:
             "workflows",
             workflow,
             field_validation="Strict",
+            **extra,
         ),
         namespace=namespace,
         doing="creating the Workflow",
@@ -244,7 +249,8 @@ def submit(
     out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Check the cluster, upload the run, create its Workflow; return the Workflow
-    (the finished one when `wait`). Nothing is uploaded if the cluster is unusable."""
+    (the finished one when `wait`). Nothing is uploaded if the cluster is unusable
+    or would refuse the Workflow (a server-side dry-run create comes first)."""
     out = out or sys.stdout
     config_path = Path(config_path)
     cfg = load_config(config_path)
@@ -255,6 +261,11 @@ def submit(
     api = api_client(target)
     if not opts.inline:
         check_template(api, namespace, load_workflow_template()["metadata"]["name"])
+    # Everything a create can refuse (forbidden, a taken name, an invalid
+    # object, an unreachable server) is found before anything is uploaded:
+    # an upload followed by a refused create would leave a run that a
+    # corrected resubmit is then refused to overwrite.
+    create_workflow(api, workflow, dry_run=True)
     stage_locally(config_path, opts.storage)
     created = create_workflow(api, workflow)
     name = created["metadata"]["name"]
@@ -270,6 +281,23 @@ def submit(
         print(f"{param.get('name')}: {param.get('value')}", file=out)
     phase = finished["status"]["phase"]
     if phase != "Succeeded":
-        message = finished["status"].get("message", "no message")
-        raise ClusterError(f"workflow {name} ended {phase}: {message}")
+        raise ClusterError(f"workflow {name} ended {phase}: {failure_message(finished['status'])}")
     return finished
+
+
+def failure_message(status: dict[str, Any]) -> str:
+    """Why a workflow failed: its message, else that of the step that failed
+    last (Argo leaves a failed DAG's message empty; the step that ended the
+    search, e.g. trainers-failed, finishes after the steps it reacts to)."""
+    if status.get("message"):
+        return str(status["message"]).splitlines()[0]
+    failed = [
+        node
+        for node in status.get("nodes", {}).values()
+        if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error")
+    ]
+    if not failed:
+        return "no message"
+    last = max(failed, key=lambda node: str(node.get("finishedAt") or ""))
+    lines = str(last.get("message") or "no message").strip().splitlines() or ["no message"]
+    return f"step {last.get('displayName', '?')}: {lines[-1]}"
