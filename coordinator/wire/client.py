@@ -166,7 +166,7 @@ class CoordinatorClient:
         port = target.rpartition(":")[2]
         if port.isdigit() and not 1 <= int(port) <= 65535:
             # gRPC would dial the port modulo 65536 (99999 -> 34463).
-            raise ConfigError(f"coordinator address {target}: port {port} is outside 1-65535")
+            raise ConfigError(f"{target}: port {port} is outside 1-65535")
         security = security or ClientSecurity()
         security.check(target)
         self.target = target
