@@ -111,6 +111,19 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
         ("--bin-ms", "20", "--align", "start_time", "--window", "100", "300"),
         "1 of 30 trials have a NaN start_time or stop_time (first: trial row 7)",
     ),
+    # Both were "--bin-ms 20 does not divide the trials' length": a stop
+    # before its start, and trials that all last no time.
+    "a trial that ends before it starts, whole trials": (
+        {"stop": np.where(np.arange(N_TRIALS) == 3, START - 0.5, STOP)},
+        WHOLE,
+        "1 of 30 trials end before they start or last no time (first: trial row 3, "
+        "start_time 4.000000 s, stop_time 3.500000 s)",
+    ),
+    "trials that last no time, whole trials": (
+        {"stop": START},
+        WHOLE,
+        "30 of 30 trials end before they start or last no time (first: trial row 0,",
+    ),
     # Was: "--heldout 0 must lie between 0 and -1".
     "no spikes in any window": (
         {"unit_spikes": [np.array([0.1, 0.2])] * N_UNITS},

@@ -147,6 +147,23 @@ def _nan_times(rec: NwbRecording) -> np.ndarray:
     return np.isnan(start.astype(np.float64)) | np.isnan(stop.astype(np.float64))
 
 
+def _check_positive_lengths(
+    rec: NwbRecording, rows: np.ndarray, start: np.ndarray, stop: np.ndarray
+) -> None:
+    """Whole-trial binning: a trial that ends before it starts (or at once) has
+    no extent, and its length would otherwise surface as a bin size that "does
+    not divide" it or as trials of many lengths."""
+    empty = stop - start <= 0
+    if empty.any():
+        first = int(np.argmax(empty))
+        raise DataError(
+            f"{rec.source}: {int(empty.sum())} of {rec.trial_columns['start_time'].size} "
+            f"trials end before they start or last no time (first: trial row {rows[first]}, "
+            f"start_time {start[first]:.6f} s, stop_time {stop[first]:.6f} s); "
+            "fix the trials table or bin a window with --align COLUMN --window START_MS END_MS"
+        )
+
+
 def _windows(
     rec: NwbRecording, opts: NwbImportOptions, nan_times: np.ndarray
 ) -> tuple[Windows, np.ndarray]:
@@ -160,7 +177,9 @@ def _windows(
             raise DataError(f"{rec.source}: every trial has a NaN start_time or stop_time")
         # Trials without times are refused or dropped by `_bad_trials`; the
         # length is that of the others.
+        rows = np.flatnonzero(~nan_times)
         start, stop = start[~nan_times], stop[~nan_times]
+        _check_positive_lengths(rec, rows, start, stop)
         # One length (to float error): lengths that differ by less than half
         # a bin would round to one bin count.
         if np.ptp(stop - start) > 1e-6:
