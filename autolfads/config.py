@@ -97,6 +97,11 @@ NonNegInt = Annotated[int, Field(ge=0)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+# Epochs and generations travel as uint32 in the coordinator protocol
+# (proto/autolfads/pbt/v1/coordinator.proto): a larger value would pass here
+# and fail every lease and status reply with an internal error instead.
+MAX_WIRE_COUNT = 2**32 - 1
+WireCount = Annotated[int, Field(gt=0, le=MAX_WIRE_COUNT)]
 
 
 class _Frozen(BaseModel):
@@ -265,10 +270,10 @@ class PbtConfig(_Frozen):
     """Population-based training, AutoLFADS defaults."""
 
     population: Annotated[int, Field(ge=2, le=1024)] = 20
-    generation_epochs: PosInt = 25
+    generation_epochs: WireCount = 25
     # Epochs of generation 0; must cover the KL/L2 ramps (80 + 25 in lfads-torch).
-    burn_in_epochs: PosInt = 105
-    max_generations: PosInt = 50
+    burn_in_epochs: WireCount = 105
+    max_generations: WireCount = 50
     exploit: Literal["binary_tournament", "truncation"] = "binary_tournament"
     truncation_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
     resample_probability: Rate = 0.0

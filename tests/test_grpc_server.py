@@ -267,3 +267,23 @@ def test_a_port_above_65535_is_refused_not_wrapped(service):
     # suggestion service would serve where nobody looks for it.
     with pytest.raises(CoordinatorError, match=r"cannot listen on 127.0.0.1:99999: port 99999"):
         create_server("127.0.0.1:99999", service)
+
+
+@pytest.mark.parametrize("field", ["max_generations", "generation_epochs", "burn_in_epochs"])
+def test_epoch_and_generation_counts_are_bounded_by_the_protocol(local_store, field):
+    # The protocol carries them as uint32: 2**32 used to pass the config and
+    # then fail every lease and status reply with an internal error.
+    from autolfads.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"pbt\.{field}: .*4294967295 \(got 4294967296\)"):
+        tiny_config(**{field: 2**32})
+    largest = tiny_config(**{field: 2**32 - 1})
+    service = CoordinatorService.open_search(largest, local_store, "search/data/x.h5", "ab" * 32)
+    server, port = create_server("127.0.0.1:0", service)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5) as client:
+            (grant,) = client.request_work("w0", 1).leases
+            assert grant.epochs == largest.pbt.burn_in_epochs
+            assert client.status().max_generations == largest.pbt.max_generations
+    finally:
+        server.stop(0)
