@@ -13,12 +13,14 @@ Decisions (the AutoLFADS recipe, shared/reference/lfads-and-pbt.md section 5):
   ranks last and always loses.
 * Ranking: finite members by metric, then diverged ones; ties by member id.
 * `binary_tournament` (sync) follows lfads-torch, not autolfads-tf2: members
-  are shuffled and the first half is paired with the second half, so exactly
-  floor(N/2) members lose and each winner is copied at most once; the
-  population keeps its diversity. With an odd N one member sits out. The
-  worse metric loses; on a tie the higher member id loses. A diverged member
-  with no finite partner (NaN vs NaN, or the odd one out) copies a random
-  finite member, so no diverged member ever keeps its checkpoint.
+  are shuffled and the first half is paired with the second half, so
+  floor(N/2) members lose and each winner is copied at most once (rescued
+  diverged members aside); the population keeps its diversity. With an odd
+  N one member sits out. The worse metric loses; on an exact tie the second
+  member of the pair wins (lfads-torch; with the shuffle, either member of a
+  tie wins as often). A diverged member with no finite partner (NaN vs NaN,
+  or the odd one out) copies a random finite member, so no diverged member
+  ever keeps its checkpoint.
 * `truncation` (Ray Tune / Katib): n = min(ceil(N * fraction), floor(N / 2));
   each of the bottom n members copies a uniformly drawn member of the top n
   (with replacement), as do any diverged members ranked above the bottom n.
