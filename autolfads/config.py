@@ -170,7 +170,8 @@ class TrainingConfig(_Frozen):
 
     max_epochs: PosInt = 200
     batch_size: PosInt = 128
-    seed: NonNegInt = 0
+    # Seeds torch's generators (weights, posterior sampling), which take 64 bits.
+    seed: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: PosInt | None = None
 

@@ -396,3 +396,13 @@ def test_every_epoch_after_burn_in_trains_at_full_ramp_weight(start, increase):
         assert ramp(first_after - 1, start, increase) < 1.0
         with pytest.raises(ConfigError, match=f"raise it to at least {shortest} "):
             config(shortest - 1)
+
+
+def test_a_training_seed_torch_cannot_take_is_refused_by_the_config(tiny_data):
+    # torch seeds with 64 bits: 2**64 passed the config, then `autolfads
+    # train` (and finalize's posterior sampling) ended in a ValueError traceback.
+    with pytest.raises(ConfigError, match=r"training\.seed: .*\(got 18446744073709551616\)"):
+        _cfg(seed=2**64)
+    cfg = _cfg(seed=2**64 - 1)
+    session = TrainingSession.fresh(cfg, tiny_data, cfg.initial_hparams(), cfg.training.seed, "cpu")
+    assert session.epoch == 0
