@@ -238,9 +238,13 @@ class HparamSpace(_Frozen):
         if self.min > self.max:
             raise ValueError(f"min {self.min} is greater than max {self.max}; swap them")
         if self.sampling == "log" and self.min <= 0:
-            raise ValueError(f"log sampling needs min > 0, got min {self.min}")
+            # "log" is the default, so a range from 0 (a rate) lands here unasked.
+            raise ValueError(
+                f"log sampling (the default) needs min > 0, got min {self.min}; "
+                "set sampling: uniform, or a positive min"
+            )
         if self.sampling == "fixed" and self.init is None:
-            raise ValueError("fixed sampling needs an init value")
+            raise ValueError("fixed sampling needs an init value (init: VALUE in [min, max])")
         if self.init is not None and not self.min <= self.init <= self.max:
             raise ValueError(f"init {self.init} lies outside [min {self.min}, max {self.max}]")
         if self.explore_weight >= 1.0:

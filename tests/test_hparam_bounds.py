@@ -56,3 +56,16 @@ def test_every_entry_point_agrees(name: str, value: float, ok: bool) -> None:
 def test_messages_name_the_value_and_the_interval() -> None:
     assert check_hparams({"cd_rate": 1.0}) == "hyperparameter cd_rate=1.0 lies outside [0.0, 1.0)"
     assert "unknown hyperparameter 'lr'" in (check_hparams({"lr": 0.1}) or "")
+
+
+def test_a_rate_range_from_zero_under_the_default_log_sampling_says_the_fix() -> None:
+    # `sampling` defaults to "log": `dropout_rate: {min: 0, max: 0.6}` is
+    # refused, and the line must say how to write what was meant.
+    from autolfads.config import parse_config
+
+    space = {"dropout_rate": {"min": 0.0, "max": 0.6}}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"path": "x.h5"}, "pbt": {"search_space": space}})
+    message = str(err.value)
+    assert "pbt.search_space.dropout_rate" in message and "min 0.0" in message
+    assert "sampling: uniform" in message and "\n" not in message
