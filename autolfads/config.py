@@ -299,8 +299,12 @@ class PbtConfig(_Frozen):
     # a hand-tuned configuration is one of the starting points the search
     # improves on (the others are still sampled).
     first_member: Literal["sampled", "training"] = "sampled"
-    # Checkpoints kept per member besides those later generations copied from.
+    # Each member's newest checkpoints kept; older ones are deleted unless a
+    # segment may still start from them, one is the best, or (async) its
+    # generation is still open. The best member's lineage is not kept.
     keep_generations: PosInt = 2
+    # Given in the YAML, it replaces this default whole: a hyperparameter it
+    # does not name is not searched and keeps its `training:` value.
     search_space: dict[str, HparamSpace] = Field(default_factory=default_search_space)
 
     @model_validator(mode="after")
