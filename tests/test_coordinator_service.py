@@ -411,6 +411,26 @@ def test_all_members_diverged_fails_the_search(local_store):
     assert state.status == "failed" and "diverged" in state.message
 
 
+def test_a_generation_whose_segments_all_failed_says_why_not_diverged(local_store):
+    """Every trainer went silent (a lease timeout shorter than an epoch,
+    trainers killed for memory): the search failed saying every member
+    diverged and to lower lr_init, which sends the user tuning settings
+    that never ran."""
+    from autolfads.coordinator.search.service import MAX_LEASE_EXPIRIES
+
+    clock = ManualClock()
+    service = open_service(local_store, tiny_config(population=2), clock=clock, lease_timeout_s=30)
+    for attempt in range(MAX_LEASE_EXPIRIES):
+        assert len(service.request_work(f"w{attempt}", 2).leases) == 2
+        clock.advance(31)
+    assert service.request_work("w9", 2).action == "done"
+    state = service.snapshot()
+    assert state.status == "failed"
+    assert "every segment of generation 0 failed without a result" in state.message
+    assert f"lease expired {MAX_LEASE_EXPIRIES} times" in state.message
+    assert "lr_init" not in state.message and "diverged" not in state.message
+
+
 def test_async_a_member_diverged_with_nobody_to_copy_restarts_sensibly(local_store):
     """The first member to finish diverges while the others still train: it
     used to start again from scratch with the same seed and the settings that

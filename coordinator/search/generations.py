@@ -69,7 +69,7 @@ class Progress:
         try:
             plan = plan_generation(scores, self.cfg.pbt, generation_rng(self.cfg.pbt.seed, g))
         except PolicyError as err:
-            self.finish(state, "failed", str(err))
+            self.finish(state, "failed", _nothing_to_copy(state, g, entries, err))
             return
         state.best_history.append(plan.best_metric)
         self._update_best(state, entries[plan.best_member])
@@ -293,6 +293,26 @@ def _pinned_checkpoints(state: SearchState) -> set[str]:
             if entry.checkpoint:
                 keep.add(entry.checkpoint)
     return keep
+
+
+def _nothing_to_copy(
+    state: SearchState, g: int, entries: dict[str, HistoryEntry | None], err: PolicyError
+) -> str:
+    """Why the search fails at generation `g`: the policy's reason (members
+    diverged: tune the settings) unless no segment produced a result at all,
+    when its advice would mislead: then the failures' own reason (leases
+    that kept expiring, no usable start point)."""
+    if any(e is not None and e.checkpoint for e in entries.values()):
+        return str(err)
+    failed = (
+        e for e in state.events if e.get("kind") == "segment_failed" and e.get("generation") == g
+    )
+    first = next(failed, None)
+    example = f"; {first['member']}: {first.get('message') or 'no message'}" if first else ""
+    return (
+        f"every segment of generation {g} failed without a result, so no member has one "
+        f"to copy{example}"
+    )
 
 
 def _record_decision(entry: HistoryEntry | None, plan: MemberPlan) -> None:
