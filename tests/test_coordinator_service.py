@@ -449,6 +449,20 @@ def test_async_a_member_diverged_with_nobody_to_copy_restarts_sensibly(local_sto
     assert all(restart.hparams[k] != diverged.hparams[k] for k in searched)
 
 
+def test_async_search_without_a_finite_result_ends_failed(local_store):
+    """Every segment diverged until max_generations: the search used to end
+    'finished' with no best member (exit status 0; finalize then failed)."""
+    service = open_service(local_store, tiny_config(mode="async", population=2, max_generations=2))
+    while (reply := service.request_work("w0", 2)).action == "train":
+        for grant in reply.leases:
+            service.report(fake_train(local_store, grant, "w0", metric=math.nan))
+    state = saved_state(local_store, "search")
+    assert state.best is None and len(state.best_history) == 2
+    assert state.status == "failed" and service.exit_status == "failed"
+    assert "without a finite result" in state.message
+    assert local_store.get_json(LAYOUT.best("search.json"))["status"] == "failed"
+
+
 def test_async_a_diverged_member_goes_back_to_its_own_last_good_checkpoint(local_store):
     service = open_service(local_store, tiny_config(mode="async", population=3))
     first = {g.member: g for g in service.request_work("w0", 3).leases}

@@ -182,7 +182,11 @@ class Progress:
                     for entry in state.history.get(member, []):
                         if entry.generation > g:
                             self._update_best(state, entry)
-                self.finish(state, "finished", stop)
+                if state.best is None:
+                    # Every segment diverged or failed: nothing to finalize,
+                    # as a sync search whose members all diverged fails.
+                    stop = f"{stop} without a finite result: every segment diverged or failed"
+                self.finish(state, "finished" if state.best else "failed", stop)
                 return
             self._collect_garbage(state)
 
