@@ -1,9 +1,10 @@
 """Checkpoint garbage collection, so a long search does not fill the bucket.
 
 Per member, the newest `keep_generations` checkpoints stay. So does every
-protected checkpoint: those a later generation was copied from (the exploit
-lineage) and the best one; the caller, which owns the generation records,
-names them. Only `checkpoint.pt` files are removed: metrics and histories are
+protected checkpoint, which the caller (it owns the generation records)
+names: the coordinator protects those a queued or leased segment may still
+start or fall back from, and the best one. Parents copied from generations
+ago are not kept for their own sake, so storage stays bounded. Only `checkpoint.pt` files are removed: metrics and histories are
 small and are the record of the search.
 """
 
@@ -37,7 +38,7 @@ def select_checkpoints_to_delete(
 
     existing: checkpoint keys currently stored (any runs, any members).
     keep_generations: newest checkpoints kept per member (>= 1).
-    protected: keys never deleted (copied-from parents, the best); keys not in
+    protected: keys never deleted (start points, fallbacks, the best); keys not in
         `existing` are ignored.
     """
     if isinstance(keep_generations, bool) or not isinstance(keep_generations, int):
