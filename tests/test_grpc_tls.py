@@ -246,6 +246,53 @@ def test_bad_pem_files_are_one_line_errors(tmp_path, pki, files, message):
         ClientTls(ca=None, cert_chain=cert)
 
 
+GARBLED_CERT = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+GARBLED_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+
+
+def _encrypted(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("other key", r"--tls-key .*tls.key is not the private key of the certificate in"),
+        ("garbled key", r"--tls-key .*tls.key is not a usable private key"),
+        ("encrypted key", r"--tls-key .*tls.key is encrypted"),
+        ("garbled cert", r"--tls-cert .*tls.crt holds a certificate that cannot be read"),
+        ("garbled client CA", r"--tls-client-ca .*ca.crt holds a certificate that cannot"),
+    ],
+)
+def test_unusable_tls_material_is_refused_when_loaded_in_one_line(tmp_path, pki, case, message):
+    # gRPC's core finds out only when it uses the files: the server said
+    # "Failed to bind to address", a client retried for its whole wait.
+    cert, key = pki["server"]
+    files = {"tls.crt": cert, "tls.key": key, "ca.crt": pki["ca"].pem}
+    files.update(
+        {
+            "other key": {"tls.key": pki["named"][1]},
+            "garbled key": {"tls.key": GARBLED_KEY},
+            "encrypted key": {"tls.key": _encrypted(key)},
+            "garbled cert": {"tls.crt": GARBLED_CERT},
+            "garbled client CA": {"ca.crt": GARBLED_CERT},
+        }[case]
+    )
+    folder = write_dir(tmp_path / "tls", files)
+    with pytest.raises(ConfigError, match=message) as err:
+        ServerTls.from_dir(folder, folder / "ca.crt")
+    assert "\n" not in str(err.value) and key.decode() not in str(err.value)
+    client_message = message.replace("--tls-key", "--tls-client-key")
+    client_message = client_message.replace("--tls-cert", "--tls-client-cert")
+    with pytest.raises(ConfigError, match=client_message.replace("--tls-client-ca", "--tls-ca")):
+        ClientTls.from_dir(folder)  # ca.crt, tls.crt + tls.key: mutual TLS
+
+
 # ---------------------------------------------------------------- the command
 
 

@@ -13,6 +13,7 @@ ConfigErrors naming the file; private keys never appear in reprs or logs.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,41 @@ def read_pem(path: Path, what: str, marker: bytes = b"-----BEGIN ") -> bytes:
 
 
 def _read_cert(path: Path, what: str) -> bytes:
-    return read_pem(path, what, b"-----BEGIN CERTIFICATE-----")
+    data = read_pem(path, what, b"-----BEGIN CERTIFICATE-----")
+    _check_certificates(data, path, what)
+    return data
+
+
+# Checked here with the standard library's OpenSSL, because gRPC's core only
+# finds out when it uses the files: a server then says "Failed to bind to
+# address" (as if the port were taken), and a client fails every connection
+# with "Failed to create security handshaker", which reads as an outage.
+
+
+def _check_certificates(data: bytes, path: Path, what: str) -> None:
+    """Every certificate in `data` parses, or ConfigError naming the file."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (ssl.SSLError, ValueError) as err:
+        why = err.reason if isinstance(err, ssl.SSLError) and err.reason else type(err).__name__
+        raise ConfigError(
+            f"{what} {path} holds a certificate that cannot be read ({why})"
+        ) from None
+
+
+def _check_pair(cert: Path, key: Path, key_data: bytes, cert_what: str, key_what: str) -> None:
+    """The key is usable and belongs to the certificate (whose file parses)."""
+    try:
+        # A password callback: an encrypted key fails here, never prompts.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as err:
+        if err.reason == "KEY_VALUES_MISMATCH":
+            why = f"is not the private key of the certificate in {cert_what} {cert}"
+        elif b"ENCRYPTED" in key_data:
+            why = "is encrypted; give it unencrypted (openssl pkey -in KEY -out KEY.plain)"
+        else:
+            why = f"is not a usable private key ({err.reason or err.library or 'PEM'})"
+        raise ConfigError(f"{key_what} {key} {why}") from None
 
 
 def _read_key(path: Path, what: str) -> bytes:
@@ -61,11 +96,13 @@ class ServerTls:
 
     @classmethod
     def load(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
-        return cls(
+        tls = cls(
             cert_chain=_read_cert(cert, "--tls-cert"),
             private_key=_read_key(key, "--tls-key"),
             client_ca=_read_cert(client_ca, "--tls-client-ca") if client_ca else None,
         )
+        _check_pair(cert, key, tls.private_key, "--tls-cert", "--tls-key")
+        return tls
 
     @classmethod
     def from_dir(cls, folder: Path, client_ca: Path | None = None) -> ServerTls:
@@ -101,12 +138,15 @@ class ClientTls:
         key: Path | None = None,
         server_name: str | None = None,
     ) -> ClientTls:
-        return cls(
+        tls = cls(
             ca=_read_cert(ca, "--tls-ca") if ca else None,
             cert_chain=_read_cert(cert, "--tls-client-cert") if cert else None,
             private_key=_read_key(key, "--tls-client-key") if key else None,
             server_name=server_name or None,
         )
+        if cert and key and tls.private_key is not None:
+            _check_pair(cert, key, tls.private_key, "--tls-client-cert", "--tls-client-key")
+        return tls
 
     @classmethod
     def from_dir(cls, folder: Path, server_name: str | None = None) -> ClientTls:
