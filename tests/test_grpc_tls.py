@@ -149,6 +149,30 @@ def test_client_without_the_ca_fails_fast_with_one_line(service, pki, trust):
     )
 
 
+@pytest.mark.parametrize("material", ["garbled CA", "key of another certificate"])
+def test_a_client_with_unusable_tls_material_fails_fast_with_one_line(service, pki, material):
+    # Made in memory (`load` refuses such files): gRPC cannot build a
+    # handshaker from them, on every connection; no outage to ride out.
+    server, port = serve_tls(service, pki["server"], client_ca=pki["ca"].pem)
+    cert, key = pki["client"]
+    if material == "garbled CA":
+        tls = ClientTls(ca=GARBLED_CERT, cert_chain=cert, private_key=key)
+    else:
+        tls = ClientTls(ca=pki["ca"].pem, cert_chain=cert, private_key=pki["stranger"][1])
+    try:
+        with tls_client(port, tls, wait=60) as client:
+            start = time.monotonic()
+            with pytest.raises(TlsError) as err:
+                client.status()
+            assert time.monotonic() - start < 20
+    finally:
+        server.stop(0)
+    assert str(err.value) == (
+        f"coordinator 127.0.0.1:{port}: TLS handshake failed: this client's CA, certificate "
+        "or key cannot be used (check --tls-ca, --tls-client-cert and --tls-client-key)"
+    )
+
+
 def test_plaintext_and_tls_mismatches_fail_clearly(service, pki):
     server, port = serve_tls(service, pki["server"])
     try:

@@ -120,6 +120,9 @@ CHANNEL_OPTIONS = (
 # Substrings of grpc's details for a failed TLS handshake: not worth retrying.
 _TLS_FAILURES = (
     "handshake failed",
+    # This client's own TLS material is unusable (a garbled CA, a key not its
+    # certificate's): every connection fails this way before any handshake.
+    "failed to create security handshaker",
     "ssl_error",
     "certificate_verify_failed",
     "tsi_",
@@ -423,6 +426,11 @@ class CoordinatorClient:
             why = "its certificate does not name this address (give --tls-server-name NAME)"
         elif "wrong_version_number" in details.lower() or "packet_length" in details.lower():
             why = "it does not speak TLS (drop the TLS options, or enable TLS on it)"
+        elif "failed to create security handshaker" in details.lower():
+            why = (
+                "this client's CA, certificate or key cannot be used "
+                "(check --tls-ca, --tls-client-cert and --tls-client-key)"
+            )
         else:
             why = details.splitlines()[0][-200:]
         return TlsError(f"coordinator {self.target}: TLS handshake failed: {why}")
