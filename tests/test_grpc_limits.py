@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -451,4 +452,31 @@ def test_closing_a_client_ends_its_call_in_flight_without_a_retry(local_store):
             status.result(timeout=30)
     finally:
         server.stop(0)
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("call", ["status", "watch"])
+def test_closing_a_client_between_tries_ends_its_call_in_one_line(call):
+    # Closed while it waits to try again (another thread's close): the next
+    # try met a closed channel, and gRPC's ValueError escaped as a traceback.
+    with socket.socket() as probe:  # a port nobody serves: every try fails
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    waiting, closed = threading.Event(), threading.Event()
+
+    def sleep(_: float) -> None:
+        waiting.set()
+        closed.wait(30)
+
+    client = CoordinatorClient(f"127.0.0.1:{port}", unavailable_wait_s=600, sleep=sleep)
+    pool = ThreadPoolExecutor(1)
+    try:
+        result = pool.submit(client.status if call == "status" else lambda: list(client.watch()))
+        assert waiting.wait(30)
+        client.close()
+        closed.set()
+        with pytest.raises(CoordinatorError, match="this client was closed"):
+            result.result(timeout=30)
+    finally:
+        closed.set()
         pool.shutdown()

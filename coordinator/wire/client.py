@@ -35,7 +35,12 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from autolfads.coordinator.search.errors import CoordinatorUnavailable, Overloaded, TlsError
+from autolfads.coordinator.search.errors import (
+    CoordinatorError,
+    CoordinatorUnavailable,
+    Overloaded,
+    TlsError,
+)
 from autolfads.coordinator.search.messages import (
     HeartbeatReply,
     ReportAck,
@@ -285,9 +290,14 @@ class CoordinatorClient:
         delay = 0.2
         while True:
             left = None if end is None else max(end - time.monotonic(), 0.0)
-            stream = self._stub.WatchStatus(
-                pb.WatchStatusRequest(), timeout=left, metadata=self._metadata
-            )
+            try:
+                stream = self._stub.WatchStatus(
+                    pb.WatchStatusRequest(), timeout=left, metadata=self._metadata
+                )
+            except ValueError:  # closed while it waited to watch again
+                if not self._closed:
+                    raise
+                raise self._closed_error() from None
             try:
                 for message in stream:
                     status = convert.status_from_proto(message)
@@ -372,6 +382,10 @@ class CoordinatorClient:
         while True:
             try:
                 return send()
+            except ValueError:  # gRPC's word for a call on a closed channel
+                if not self._closed:
+                    raise
+                raise self._closed_error() from None
             except grpc.RpcError as err:
                 start = time.monotonic() if start is None else start
                 waited = time.monotonic() - start
@@ -401,6 +415,11 @@ class CoordinatorClient:
                 else:
                     self._sleep(pause)
                 delay = min(delay * 2, 5.0)
+
+    def _closed_error(self) -> CoordinatorError:
+        """What a call gets that `close` ended between its tries (from
+        another thread), or that was made after it."""
+        return CoordinatorError(f"coordinator {self.target}: this client was closed")
 
     def _plaintext_hint(self, err: grpc.RpcError) -> str:
         """A TLS server hangs up on a plaintext client: say so."""
