@@ -17,6 +17,7 @@ import grpc
 import pytest
 from coordinator_helpers import fake_train, open_tiny_search, saved_state
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autolfads.config import parse_config
 from autolfads.coordinator.search.errors import (
@@ -31,7 +32,11 @@ from autolfads.coordinator.search.validation import MAX_EPOCH_METRICS
 from autolfads.coordinator.security.auth import bearer_metadata
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.interceptors import RpcMetrics
-from autolfads.coordinator.security.limits import MAX_REQUEST_BYTES
+from autolfads.coordinator.security.limits import (
+    MAX_BIDI_STREAMS,
+    MAX_REQUEST_BYTES,
+    UNGUARDED_CALLS,
+)
 from autolfads.coordinator.security.tokens import TokenSet
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import CoordinatorServer, create_server
@@ -260,6 +265,48 @@ def test_health_watches_take_no_watcher_slot(served):
         finally:
             for probe in probes:
                 probe.cancel()
+
+
+def test_idle_reflection_streams_cannot_take_gRPCs_cap_on_calls(local_store):
+    # Reflection is open without a token. Its streams are not counted with
+    # the calls; enough idle ones reached gRPC's own cap, whose refusal
+    # (unmarked RESOURCE_EXHAUSTED) a worker's client takes as final.
+    _, server, target, _ = serve_limited(local_store, max_concurrent_rpcs=4)
+    enough = 4 + UNGUARDED_CALLS  # gRPC's cap on that server
+
+    async def hold_streams_and_ask() -> tuple[list[grpc.StatusCode], int]:
+        never = asyncio.Event()
+
+        async def requests():
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            await never.wait()  # idle from then on
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            streams = [stub.ServerReflectionInfo(requests()) for _ in range(enough)]
+            codes = []
+            for stream in streams:
+                try:
+                    await stream.read()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+            with worker_client(target) as client:
+                loop = asyncio.get_running_loop()
+                generation = (await loop.run_in_executor(None, client.status)).generation
+            for stream in streams:
+                stream.cancel()
+            return codes, generation
+
+    try:
+        codes, generation = asyncio.run(hold_streams_and_ask())
+    finally:
+        server.stop(0)
+    assert generation == 0
+    assert Counter(codes) == {
+        grpc.StatusCode.OK: MAX_BIDI_STREAMS,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: enough - MAX_BIDI_STREAMS,
+    }
 
 
 def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> None:

@@ -76,11 +76,13 @@ def rewrap(
     *,
     unary: UnaryWrap | None = None,
     stream: Guard | None = None,
+    bidi: Guard | None = None,
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
     """`handler` with its unary-unary behaviour replaced by `unary(behaviour)`,
-    or its unary-stream one run inside `stream(request, context)`;
-    client-streaming handlers unchanged."""
+    its unary-stream one run inside `stream(request, context)`, or its
+    stream-stream one inside `bidi(requests, context)`; stream-unary
+    handlers unchanged."""
     deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary is not None and unary is not None:
         return grpc.unary_unary_rpc_method_handler(
@@ -91,6 +93,12 @@ def rewrap(
     if handler.unary_stream is not None and stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             guarded_stream(handler.unary_stream, stream),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None and bidi is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            guarded_stream(handler.stream_stream, bidi),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -6,8 +6,11 @@ threads. The bounds, and where each is enforced:
 
     request size        4 MiB        grpc.max_receive_message_length (server)
     calls in flight     4096         `RequestGuard` (marked Overloaded: retry later)
-                                     (+256 for the unguarded streaming calls:
+                                     (+256 for refusals under way and the
+                                     bidirectional streams below:
                                      grpc.aio.server(maximum_concurrent_rpcs=...))
+    reflection streams  128          `RequestGuard` (open without a token; marked
+                                     Overloaded)
     held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
     calls not accepted  4096 a       grpc.server.max_pending_requests (past it
                         method       gRPC core drops calls at random, all at 8192)
@@ -47,10 +50,15 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Beyond this many calls in flight (running, waiting for a write or held for
 # work) `RequestGuard` refuses new ones as Overloaded; clients retry them.
 DEFAULT_MAX_CONCURRENT_RPCS = 4096
-# gRPC's own cap sits this far above ours, for the calls the guard does not
-# wrap (reflection's bidirectional stream): its refusal carries no error
+# gRPC's own cap sits this far above ours, for the calls the bound on calls
+# does not count (reflection's bidirectional streams, and calls that the
+# guard or the authentication is refusing): its refusal carries no error
 # kind, so it must not be the one a worker's call meets.
 UNGUARDED_CALLS = 256
+# Bidirectional streams (server reflection, open without a token) at once:
+# well inside UNGUARDED_CALLS, so that idle streams cannot take gRPC's cap
+# and with it every worker's call.
+MAX_BIDI_STREAMS = UNGUARDED_CALLS // 2
 # The refused client's channel waits this long (jittered) before its own
 # retry (gRPC's server pushback), so a burst does not come straight back.
 PUSHBACK_MS = (200, 800)
@@ -143,7 +151,8 @@ class RequestGuard(grpc.aio.ServerInterceptor):
     once (RESOURCE_EXHAUSTED beyond, marked Overloaded), so watchers cannot
     crowd out the workers (each waits on a thread of the loop's executor
     between updates); the health service's Watch aside from the streams'
-    bound. The bound on calls is counted here rather than left to gRPC's
+    bound; at most `MAX_BIDI_STREAMS` bidirectional streams (reflection).
+    The bound on calls is counted here rather than left to gRPC's
     `maximum_concurrent_rpcs`, whose refusal a client cannot tell from a
     request that is too large."""
 
@@ -156,6 +165,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         self.max_calls = max_calls
         # Only touched on the event loop's thread.
         self._open_streams = 0
+        self._open_bidi = 0
         self._calls = 0
         self._cache = WrapCache()
 
@@ -163,9 +173,16 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+        if handler is None:
             return handler
         path = handler_call_details.method
+        if handler.request_streaming:  # reflection: bounded on its own, bytes as they are
+            method = _method(path)
+            return self._cache.get(
+                path,
+                handler,
+                lambda: rewrap(handler, bidi=lambda _, context: self._bidi(method, context)),
+            )
         return self._cache.get(path, handler, lambda: self._wrap(path, handler))
 
     def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -232,3 +249,17 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         finally:
             self._calls -= 1
             self._open_streams -= limited
+
+    @asynccontextmanager
+    async def _bidi(self, method: str, context: Any) -> AsyncIterator[None]:
+        if self._open_bidi >= MAX_BIDI_STREAMS:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{method}: {MAX_BIDI_STREAMS} such streams are open already; retry later",
+                trailing_metadata=overloaded_metadata(),
+            )
+        self._open_bidi += 1
+        try:
+            yield
+        finally:
+            self._open_bidi -= 1
