@@ -34,6 +34,7 @@ from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecuri
 from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.security.limits import (
     MAX_BIDI_STREAMS,
+    MAX_HEALTH_WATCHES,
     MAX_REQUEST_BYTES,
     UNGUARDED_CALLS,
 )
@@ -306,6 +307,35 @@ def test_idle_reflection_streams_cannot_take_gRPCs_cap_on_calls(local_store):
     assert Counter(codes) == {
         grpc.StatusCode.OK: MAX_BIDI_STREAMS,
         grpc.StatusCode.RESOURCE_EXHAUSTED: enough - MAX_BIDI_STREAMS,
+    }
+
+
+def test_idle_health_watches_cannot_fill_the_bound_on_calls(local_store):
+    # Health is open without a token, and its Watch counts with the calls:
+    # enough idle watches took every slot, and workers were refused until
+    # their wait ran out.
+    bound = MAX_HEALTH_WATCHES + 16
+    _, server, target, _ = serve_limited(local_store, max_concurrent_rpcs=bound)
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        probes = [health.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(bound)]
+        codes = []
+        try:
+            for probe in probes:
+                try:
+                    next(probe)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+            with worker_client(target) as client:
+                assert client.request_work("w0", 1).action == "train"
+        finally:
+            for probe in probes:
+                probe.cancel()
+            server.stop(0)
+    assert Counter(codes) == {
+        grpc.StatusCode.OK: MAX_HEALTH_WATCHES,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: bound - MAX_HEALTH_WATCHES,
     }
 
 

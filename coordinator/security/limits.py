@@ -11,6 +11,8 @@ threads. The bounds, and where each is enforced:
                                      grpc.aio.server(maximum_concurrent_rpcs=...))
     reflection streams  128          `RequestGuard` (open without a token; marked
                                      Overloaded)
+    health Watch        64           `RequestGuard` (open without a token; marked
+                                     Overloaded)
     held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
     calls not accepted  4096 a       grpc.server.max_pending_requests (past it
                         method       gRPC core drops calls at random, all at 8192)
@@ -59,6 +61,11 @@ UNGUARDED_CALLS = 256
 # well inside UNGUARDED_CALLS, so that idle streams cannot take gRPC's cap
 # and with it every worker's call.
 MAX_BIDI_STREAMS = UNGUARDED_CALLS // 2
+# The health service's Watch streams at once (open without a token, like
+# reflection; probes and load balancers use Check): counted with the calls,
+# so without a bound of their own idle ones could fill that bound and every
+# worker's call would be refused as Overloaded.
+MAX_HEALTH_WATCHES = 64
 # The refused client's channel waits this long (jittered) before its own
 # retry (gRPC's server pushback), so a burst does not come straight back.
 PUSHBACK_MS = (200, 800)
@@ -151,7 +158,8 @@ class RequestGuard(grpc.aio.ServerInterceptor):
     once (RESOURCE_EXHAUSTED beyond, marked Overloaded), so watchers cannot
     crowd out the workers (each waits on a thread of the loop's executor
     between updates); the health service's Watch aside from the streams'
-    bound; at most `MAX_BIDI_STREAMS` bidirectional streams (reflection).
+    bound, with `MAX_HEALTH_WATCHES` of its own; at most `MAX_BIDI_STREAMS`
+    bidirectional streams (reflection).
     The bound on calls is counted here rather than left to gRPC's
     `maximum_concurrent_rpcs`, whose refusal a client cannot tell from a
     request that is too large."""
@@ -166,6 +174,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         # Only touched on the event loop's thread.
         self._open_streams = 0
         self._open_bidi = 0
+        self._open_health_watches = 0
         self._calls = 0
         self._cache = WrapCache()
 
@@ -242,13 +251,22 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 "poll GetStatus instead or retry later",
                 trailing_metadata=overloaded_metadata(),
             )
+        if not limited and self._open_health_watches >= MAX_HEALTH_WATCHES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{method}: {MAX_HEALTH_WATCHES} health watches are open already; "
+                "use Check or retry later",
+                trailing_metadata=overloaded_metadata(),
+            )
         self._calls += 1
         self._open_streams += limited
+        self._open_health_watches += not limited
         try:
             yield
         finally:
             self._calls -= 1
             self._open_streams -= limited
+            self._open_health_watches -= not limited
 
     @asynccontextmanager
     async def _bidi(self, method: str, context: Any) -> AsyncIterator[None]:
