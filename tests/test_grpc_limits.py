@@ -33,6 +33,7 @@ from autolfads.coordinator.security.auth import bearer_metadata
 from autolfads.coordinator.security.exposure import ClientSecurity, ServerSecurity
 from autolfads.coordinator.security.interceptors import RpcMetrics
 from autolfads.coordinator.security.limits import (
+    HEALTH_CALLS,
     MAX_BIDI_STREAMS,
     MAX_HEALTH_WATCHES,
     MAX_REQUEST_BYTES,
@@ -337,6 +338,35 @@ def test_idle_health_watches_cannot_fill_the_bound_on_calls(local_store):
         grpc.StatusCode.OK: MAX_HEALTH_WATCHES,
         grpc.StatusCode.RESOURCE_EXHAUSTED: bound - MAX_HEALTH_WATCHES,
     }
+
+
+def test_idle_watches_on_the_health_port_leave_room_for_probes(local_store):
+    # `--health-listen` has a few calls for the probes, and anyone who
+    # reaches it may watch: idle watches took them all and every Check (a
+    # Kubernetes probe) was refused.
+    server, _ = create_server("127.0.0.1:0", open_service(local_store), health_addr="127.0.0.1:0")
+    target = f"127.0.0.1:{server.health_port}"
+    request = health_pb2.HealthCheckRequest()
+    with grpc.insecure_channel(target) as channel, grpc.insecure_channel(target) as prober:
+        watches = [
+            health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+            for _ in range(HEALTH_CALLS)
+        ]
+        codes = []
+        try:
+            for watch in watches:
+                try:
+                    next(watch)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+            check = health_pb2_grpc.HealthStub(prober).Check(request, timeout=10)
+        finally:
+            for watch in watches:
+                watch.cancel()
+            server.stop(0)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
 
 
 def _flood(target: str, stop: threading.Event, codes: list[grpc.StatusCode]) -> None:

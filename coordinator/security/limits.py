@@ -12,7 +12,8 @@ threads. The bounds, and where each is enforced:
     reflection streams  128          `RequestGuard` (open without a token; marked
                                      Overloaded)
     health Watch        64           `RequestGuard` (open without a token; marked
-                                     Overloaded)
+                                     Overloaded); 8 on the --health-listen port
+                                     (`server.HealthPort`), of its 16 calls
     held RequestWork    3072         `HeldCalls` (beyond: answered WAIT at once)
     calls not accepted  4096 a       grpc.server.max_pending_requests (past it
                         method       gRPC core drops calls at random, all at 8192)
@@ -89,6 +90,9 @@ MAX_RELAYS = 64
 # Calls in flight on the plaintext health-only port (`--health-listen`):
 # probes come a few per period; anything beyond is refused there.
 HEALTH_CALLS = 16
+# Health Watch streams at once on that port: the other calls stay free for
+# the probes' Checks.
+HEALTH_PORT_WATCHES = HEALTH_CALLS // 2
 # Replies (a status with 1024 members and their lineage) may exceed 4 MiB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 # Keepalive. While a call is open (a held RequestWork, a WatchStatus stream)

@@ -41,6 +41,7 @@ from autolfads.coordinator.security.limits import (
     DEFAULT_MAX_HELD_CALLS,
     DEFAULT_MAX_STREAMS,
     HEALTH_CALLS,
+    HEALTH_PORT_WATCHES,
     UNGUARDED_CALLS,
     RequestGuard,
     server_options,
@@ -229,10 +230,38 @@ async def _start_health(holder: CoordinatorServer, addr: str) -> int:
         holder.health = await serving_health()
     server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_CALLS)
     holder.health_server = server
-    health_pb2_grpc.add_HealthServicer_to_server(holder.health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthPort(holder.health), server)
     port = add_port(server, addr)
     await server.start()
     return port
+
+
+class HealthPort(health_pb2_grpc.HealthServicer):
+    """The health service on `health_addr`: `servicer`'s answers, with fewer
+    Watch streams than the port's calls. Anyone who reaches the port may
+    watch; without this bound, idle watches took every call and the probes'
+    Checks were refused."""
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+        self._health = servicer
+        self._watches = 0  # on the loop only
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        return await self._health.Check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self._watches >= HEALTH_PORT_WATCHES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{HEALTH_PORT_WATCHES} health watches are open on this port already; use Check",
+            )
+        self._watches += 1
+        try:
+            await self._health.Watch(request, context)
+        finally:
+            self._watches -= 1
 
 
 async def _start_relays(
