@@ -25,7 +25,7 @@ from autolfads.coordinator.security.exposure import (
     is_loopback_host,
     target_host,
 )
-from autolfads.coordinator.security.interceptors import RpcMetrics
+from autolfads.coordinator.security.interceptors import UNKNOWN_METHOD, RpcMetrics
 from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet, resolve_client_token
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
@@ -362,3 +362,17 @@ def test_status_and_cancel_commands_use_the_right_tokens(served, tmp_path, capsy
     assert capsys.readouterr().out.strip() == f"search at {target}: cancelled"
     assert main(["status", target, "--json"]) == 0
     assert "maintenance" in capsys.readouterr().out
+
+
+def test_made_up_method_paths_are_counted_under_one_name(served):
+    # Each path a client makes up used to become counters of its own (the
+    # calls', the refusals'), kept for good: memory without bound, with no
+    # token needed.
+    target, metrics = served
+    with grpc.insecure_channel(target) as channel:
+        for i in range(50):
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(f"/made.Up/{i:0>200}")(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert metrics.wait_for(UNKNOWN_METHOD, "UNAUTHENTICATED", 50, timeout_s=30) == 50
+    assert set(metrics.seconds) == {UNKNOWN_METHOD}

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from autolfads.coordinator.security.interceptors import UNKNOWN_METHOD
 from autolfads.coordinator.security.tokens import RIGHTS, ROLES, Right, Role, TokenSet
 
 log = logging.getLogger("autolfads.coordinator.security.auth")
@@ -150,7 +151,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def _record(self, method: str, code: grpc.StatusCode, peer: str, reason: str) -> None:
         now = time.monotonic()
         with self._lock:
-            self.refused[(_short(method), code.name)] += 1
+            # (A made-up path is not a counter of its own: see UNKNOWN_METHOD.)
+            name = _short(method) if method in METHOD_RIGHTS else UNKNOWN_METHOD
+            self.refused[(name, code.name)] += 1
             if now - self._last_log < self._log_interval_s:
                 self._suppressed += 1
                 return

@@ -15,13 +15,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
 
 log = logging.getLogger("autolfads.coordinator.rpc")
+
+# The name under which calls to a path the server does not serve are logged
+# and counted: a client makes such paths up, as many as it likes, and each
+# name is a counter kept for good.
+UNKNOWN_METHOD = "(unknown)"
 
 
 class RpcMetrics:
@@ -151,10 +156,16 @@ def _short(method: str) -> str:
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
-    """Logs each call's method, code and duration; feeds `RpcMetrics`."""
+    """Logs each call's method, code and duration; feeds `RpcMetrics`.
+    `methods`: the paths the server serves; a call to any other path (which
+    the authentication refuses) counts as `UNKNOWN_METHOD`. None: every path
+    by its own name."""
 
-    def __init__(self, metrics: RpcMetrics | None = None) -> None:
+    def __init__(
+        self, metrics: RpcMetrics | None = None, methods: Collection[str] | None = None
+    ) -> None:
         self.metrics = metrics or RpcMetrics()
+        self._methods = None if methods is None else frozenset(methods)
         self._cache = WrapCache()
 
     async def intercept_service(
@@ -164,7 +175,9 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         path = handler_call_details.method
-        return self._cache.get(path, handler, lambda: self._wrap(_short(path), handler))
+        known = self._methods is None or path in self._methods
+        name = _short(path) if known else UNKNOWN_METHOD
+        return self._cache.get(path, handler, lambda: self._wrap(name, handler))
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def unary(behaviour: Behaviour) -> Behaviour:

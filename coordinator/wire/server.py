@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from autolfads.coordinator.search.errors import CoordinatorError
 from autolfads.coordinator.search.service import CoordinatorService
@@ -292,11 +292,21 @@ def interceptor_chain(
     security: ServerSecurity, metrics: RpcMetrics | None, max_streams: int, max_calls: int
 ) -> list[grpc.aio.ServerInterceptor]:
     """Logging, authentication (if `security` has tokens), request limits."""
-    chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics)]
+    chain: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor(metrics, served_methods())]
     if security.authenticated:
         chain.append(AuthInterceptor(security.tokens))
     chain.append(RequestGuard(max_streams=max_streams, max_calls=max_calls))
     return chain
+
+
+def served_methods() -> frozenset[str]:
+    """The path of every method the coordinator's server serves."""
+    services = (
+        pb.DESCRIPTOR.services_by_name["Coordinator"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )
+    return frozenset(f"/{s.full_name}/{m.name}" for s in services for m in s.methods)
 
 
 async def serving_health() -> health.aio.HealthServicer:
