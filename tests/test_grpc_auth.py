@@ -251,6 +251,17 @@ def test_client_refuses_plaintext_to_a_remote_coordinator():
     CoordinatorClient("10.1.2.3:50051", security=ClientSecurity(allow_plaintext=True)).close()
 
 
+@pytest.mark.parametrize(
+    "scheme, local, remote", [("ipv4", "127.0.0.1", "10.1.2.3"), ("ipv6", "[::1]", "[2001:db8::5]")]
+)
+def test_client_refuses_plaintext_to_a_list_with_a_remote_address(scheme, local, remote):
+    # The channel may dial any address of the list; only the first was looked at.
+    security = ClientSecurity(token=TOKENS.worker)
+    with pytest.raises(ConfigError, match="refusing plaintext gRPC to"):
+        CoordinatorClient(f"{scheme}:{local}:50051,{remote}:50051", security=security)
+    CoordinatorClient(f"{scheme}:{local}:50051,{local}:50052", security=security).close()
+
+
 def test_coordinator_cli_refuses_an_open_address_before_touching_storage(tmp_path, capsys):
     store = tmp_path / "store"
     argv = ["coordinator", "--storage", str(store), "--run", "x", "--listen", "0.0.0.0:0"]

@@ -48,9 +48,16 @@ def listen_host(listen: str) -> str:
 
 def target_host(target: str) -> str:
     """The host a gRPC target names: 'h:1', '[::1]:1', 'dns:///h:1', 'ipv4:h:1',
-    'ipv6:[::1]:1'; 'unix:' targets are local sockets (reported as 'localhost')."""
+    'ipv6:[::1]:1'; 'unix:' targets are local sockets (reported as 'localhost').
+    The first, for a list of addresses ('ipv4:a:1,b:2')."""
+    return target_hosts(target)[0]
+
+
+def target_hosts(target: str) -> list[str]:
+    """Every host a gRPC target names (`target_host`): 'ipv4:a:1,b:2' and
+    'ipv6:' lists name several, and the channel may dial any of them."""
     if target.startswith(("unix:", "unix-abstract:")):
-        return "localhost"
+        return ["localhost"]
     rest = target
     for scheme in ("dns:", "ipv4:", "ipv6:"):
         if rest.startswith(scheme):
@@ -58,10 +65,13 @@ def target_host(target: str) -> str:
             if rest.startswith("//"):
                 rest = rest[2:].split("/", 1)[-1]  # dns://authority/host:port
             break
-    rest = rest.split(",", 1)[0]  # ipv4:a:1,b:2 -> the first address
-    if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    return [_address_host(address) for address in rest.split(",")]
+
+
+def _address_host(address: str) -> str:
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,7 @@ class ClientSecurity:
         if (
             self.tls is None
             and not self.allow_plaintext
-            and not is_loopback_host(target_host(target))
+            and not all(is_loopback_host(host) for host in target_hosts(target))
         ):
             raise ConfigError(
                 f"refusing plaintext gRPC to {target}: give --tls-ca (or --tls-dir) for a "
