@@ -243,6 +243,9 @@ def test_server_exposure_rules(caplog):
         ServerSecurity(tokens=TOKENS).check("0.0.0.0:50051")
     ServerSecurity(tokens=TOKENS, allow_plaintext=True).check("0.0.0.0:50051")
     ServerSecurity(insecure_no_auth=True, allow_plaintext=True).check("[::]:50051")
+    # A unix socket is local: as loopback (it was refused as a remote address).
+    ServerSecurity(tokens=TOKENS).check("unix:/tmp/coordinator.sock")
+    ServerSecurity().check("unix-abstract:autolfads", warn=False)
 
 
 def test_client_refuses_plaintext_to_a_remote_coordinator():

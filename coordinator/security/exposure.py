@@ -89,8 +89,9 @@ class ServerSecurity:
         """Raise ConfigError if serving on `listen` this way would be unsafe;
         log what is allowed but risky unless `warn` is false (a command that
         checks early, before the server checks again, says it only once)."""
-        host = listen_host(listen)
-        if is_loopback_host(host):
+        # A unix socket is local, as a client sees it too (`target_host`).
+        local = listen.startswith(("unix:", "unix-abstract:"))
+        if local or is_loopback_host(listen_host(listen)):
             if not self.authenticated and warn:
                 log.warning(
                     "no tokens configured: any local user can call the coordinator on %s "
