@@ -62,6 +62,31 @@ def test_a_storage_error_reading_a_start_point_hands_the_lease_back(tmp_path: Pa
     finished_without_failures(store, generations=2)
 
 
+def test_a_storage_error_storing_a_checkpoint_hands_the_lease_back(tmp_path: Path) -> None:
+    """A 503 while storing a finished checkpoint ended the worker with its
+    lease still active: the unit waited out the lease timeout, and the
+    expiry counted towards the 3 that fail its member for good."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    flaky = FaultyStore(store)
+    flaky.inject("put", r"checkpoint\.pt$", fail="503 Slow Down")  # once
+    server, port = serve_staged(store, RUN)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            first = Worker(client, flaky, "w1", cache_dir=tmp_path / "cache")
+            with pytest.raises(StorageError, match="503 Slow Down"):
+                first.run()
+            state = read_state(store, RUN)
+            assert state is not None
+            assert [x.status for x in state.leases.values() if x.status == "active"] == []
+            assert any(e["kind"] == "lease_abandoned" for e in state.events), state.events
+            # Handed back, not expired: queued again at once for the next worker.
+            second = Worker(client, store, "w2", cache_dir=tmp_path / "cache")
+            assert second.run() == 0
+    finally:
+        server.stop(0)
+    finished_without_failures(store, generations=1)
+
+
 def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> None:
     store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
     _, key, sha = load_run(store, RUN)

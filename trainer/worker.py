@@ -520,13 +520,20 @@ class Worker:
         """Checkpoint, then metrics.json (the marker), then the report: in this
         order, so the report never names a checkpoint not yet stored."""
         lease = seg.lease
-        info = self.store.put_bytes(lease.checkpoint_key, blob)
-        assert info.sha256 is not None, "a put always records the checksum"
-        self.store.put_bytes(
-            lease.metrics_key,
-            metrics_doc(seg, fitness_metric, metric, info.sha256),
-            content_type="application/json",
-        )
+        try:
+            info = self.store.put_bytes(lease.checkpoint_key, blob)
+            assert info.sha256 is not None, "a put always records the checksum"
+            self.store.put_bytes(
+                lease.metrics_key,
+                metrics_doc(seg, fitness_metric, metric, info.sha256),
+                content_type="application/json",
+            )
+        except StorageError:
+            # This worker's storage failed, not the segment: the lease goes
+            # back at once (as when loading fails), not after its timeout as
+            # an expiry of the member; the error then ends the worker.
+            self._abandon([seg], "worker cannot write storage")
+            raise
         self._report(
             seg,
             SegmentReport(
