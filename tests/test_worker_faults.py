@@ -15,15 +15,20 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from run_helpers import one_line_error, serve_staged, stage_tiny_search
+from run_helpers import one_line_error, serve_staged, stage_tiny_search, until
 
+from autolfads.coordinator.search.clock import ManualClock
 from autolfads.coordinator.search.recovery import read_state
+from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import load_run
 from autolfads.coordinator.wire.client import CoordinatorClient
+from autolfads.coordinator.wire.server import create_server
 from autolfads.storage import DataCache, FaultyStore, LocalStore
 from autolfads.storage.base import sha256_file
 from autolfads.storage.errors import StorageError
@@ -85,6 +90,69 @@ def test_a_storage_error_storing_a_checkpoint_hands_the_lease_back(tmp_path: Pat
     finally:
         server.stop(0)
     finished_without_failures(store, generations=1)
+
+
+class HeldAfterFirstRound:
+    """The worker's link, passed through, except that every lease request
+    after the first waits for `go` (the worker asks while publishing)."""
+
+    def __init__(self, client: CoordinatorClient) -> None:
+        self.client, self.go, self.asked = client, threading.Event(), 0
+
+    def request_work(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        if self.asked > 1:
+            self.go.wait()
+        return self.client.request_work(*args, **kwargs)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.heartbeat(*args, **kwargs)
+
+    def report(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.report(*args, **kwargs)
+
+
+def test_a_segment_whose_lease_expired_while_it_waited_to_upload_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """Two finished segments wait on one held upload while their leases
+    expire and another worker trains and reports both. The second used to
+    be uploaded all the same, over the checkpoint and metrics.json the
+    coordinator had recorded from the new owner (on a GPU, different bytes:
+    the next generation's start failed its checksum and fell back). The
+    upload already under way is the known race (docs/protocol.md)."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    cfg, key, sha = load_run(store, RUN)
+    clock = ManualClock()
+    service = CoordinatorService.open_search(
+        cfg, store, key, sha, clock=clock, lease_timeout_s=600.0
+    )
+    server, port = create_server("127.0.0.1:0", service)
+    uploads = FaultyStore(store)
+    held = threading.Event()
+    first_upload = uploads.inject("put", r"checkpoint\.pt$", hold=held)
+    codes: list[int] = []
+    with CoordinatorClient(f"127.0.0.1:{port}") as client:
+        link = HeldAfterFirstRound(client)
+        first = Worker(link, uploads, "w1", cache_dir=tmp_path / "c1", max_leases=2)
+        thread = threading.Thread(target=lambda: codes.append(first.run()))
+        thread.start()
+        try:
+            until(lambda: first_upload.hits == 1, "w1's first upload held")
+            clock.advance(601.0)  # both of w1's leases expire
+            second = Worker(client, store, "w2", cache_dir=tmp_path / "c2")
+            assert second.run() == 0
+        finally:
+            link.go.set()
+            held.set()
+            thread.join(120)
+            server.stop(0)
+    assert codes == [0]
+    state = read_state(store, RUN)
+    assert state is not None and state.status == "finished"
+    # w1 trained both segments; the one whose upload had not begun is not stored.
+    stored = uploads.calls("put", r"/members/")
+    assert len(stored) == 2 and len({key.rsplit("/", 1)[0] for key in stored}) == 1, stored
 
 
 def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ The loop reads top to bottom:
         an epoch is short against the heartbeat interval)
     serialise the checkpoint; then, on the publisher thread while this one
         asks for the next lease: store checkpoint, then metrics.json, then
-        report (its lease heartbeated from the helper thread until then);
+        report (its lease heartbeated from the helper thread until then, and
+        checked just before the upload: one lost meanwhile stores nothing);
         repeat
 
 Nothing that matters survives a lease: a reused session is reset to exactly
@@ -518,8 +519,19 @@ class Worker:
 
     def _publish(self, seg: LeasedSegment, blob: bytes, fitness_metric: str, metric: float) -> None:
         """Checkpoint, then metrics.json (the marker), then the report: in this
-        order, so the report never names a checkpoint not yet stored."""
+        order, so the report never names a checkpoint not yet stored; nothing
+        once the lease is no longer ours."""
         lease = seg.lease
+        if not self._still_held(seg):
+            # It waited here (behind a slow upload) until its lease expired;
+            # another worker may have stored and reported the unit since, at
+            # the same keys: ours must not overwrite what was recorded.
+            log.warning(
+                "%s generation %d not stored: its lease was lost while it waited to upload",
+                lease.member,
+                lease.generation,
+            )
+            return
         try:
             info = self.store.put_bytes(lease.checkpoint_key, blob)
             assert info.sha256 is not None, "a put always records the checksum"
@@ -556,18 +568,29 @@ class Worker:
         """A heartbeat of `seg`'s lease from the helper thread (while its
         worker loads or publishes it)."""
         lease = seg.lease
-
-        def beat() -> bool:  # False: the coordinator no longer holds the lease for us
-            try:
-                reply = self.client.heartbeat(
-                    lease.lease_id, self.worker_id, len(seg.epochs), cancel=ONE_ATTEMPT
-                )
-            except UnknownLease:
-                return False
-            return reply.action == "continue"
-
         what = f"{lease.member} generation {lease.generation}"
-        return Beat(beat, lease.heartbeat_interval_s, STORAGE_BEAT_LIMIT_S, what)
+        return Beat(
+            partial(self._beat, seg), lease.heartbeat_interval_s, STORAGE_BEAT_LIMIT_S, what
+        )
+
+    def _beat(self, seg: LeasedSegment) -> bool:
+        """One heartbeat attempt; False: the coordinator no longer holds the
+        lease for us."""
+        try:
+            reply = self.client.heartbeat(
+                seg.lease.lease_id, self.worker_id, len(seg.epochs), cancel=ONE_ATTEMPT
+            )
+        except UnknownLease:
+            return False
+        return reply.action == "continue"
+
+    def _still_held(self, seg: LeasedSegment) -> bool:
+        """The lease is still ours (and renewed for the upload), or the
+        coordinator cannot say now (the report then rides the outage out)."""
+        try:
+            return self._beat(seg)
+        except CoordinatorUnavailable:
+            return True
 
     def _report(self, seg: LeasedSegment, report: SegmentReport) -> None:
         try:
