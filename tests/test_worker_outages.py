@@ -23,7 +23,7 @@ from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import CoordinatorServer
 from autolfads.signals import StopEvent
-from autolfads.storage import LocalStore
+from autolfads.storage import LocalStore, WrapperStore
 from autolfads.trainer.worker import EXIT_TERMINATED, Worker
 
 pytestmark = pytest.mark.slow  # trains a tiny model
@@ -183,6 +183,40 @@ def test_a_stop_during_an_outage_mid_segment_still_publishes_and_ends_at_once(
     assert state is not None
     stored = [x.key for x in store.list(f"{RUN}/members/") if x.key.endswith("checkpoint.pt")]
     assert len(stored) == 1
+
+
+class StopAtDataDownload(WrapperStore):
+    """Storage that stops the worker (its SIGTERM) as the run's data downloads."""
+
+    def __init__(self, inner: LocalStore, stop: StopEvent) -> None:
+        super().__init__(inner)
+        self.stop = stop
+
+    def _download(self, key: str, tmp: Path) -> Any:
+        self.stop.set()
+        return super()._download(key, tmp)
+
+
+def test_a_stop_while_loading_hands_the_leases_back_before_any_epoch(tmp_path: Path) -> None:
+    """A stop (pod eviction) that came while the data downloaded used to
+    train an epoch of every leased segment first: with epochs longer than
+    the pod's grace period, it was killed and the leases expired instead."""
+    store = staged(tmp_path)
+    server, port = serve(store)
+    stop = StopEvent()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            evicted = StopAtDataDownload(store, stop)
+            worker = Worker(
+                client, evicted, "w1", cache_dir=tmp_path / "cache", stop=stop, max_leases=2
+            )
+            assert worker.run() == EXIT_TERMINATED
+    finally:
+        server.stop(0)
+    assert worker.clock.totals["train"] == 0.0  # not one epoch
+    state = read_state(store, RUN)
+    assert state is not None
+    assert sorted(x.status for x in state.leases.values()) == ["abandoned", "abandoned"]
 
 
 def test_a_failed_loop_leaves_the_callers_stop_unset(tmp_path: Path) -> None:

@@ -323,7 +323,16 @@ class Worker:
         self._heartbeat(segs)
         last_beat = time.monotonic()
         while any(seg.training for seg in segs):
-            if self._asking is None and not self.stop.is_set() and last_short_round(segs):
+            if self.stop.is_set():
+                # Before each round of epochs (a stop while loading trains
+                # none): segments still training go back; finished ones are
+                # published.
+                unfinished = [seg for seg in segs if seg.training]
+                self._abandon(unfinished)
+                for seg in unfinished:
+                    seg.stopped = True
+                break
+            if self._asking is None and last_short_round(segs):
                 # Ask for the next lease while the last epoch runs; the lease
                 # then waits about one epoch for its first heartbeat.
                 self._asking = self._asker.submit(self._request_work)
@@ -331,13 +340,6 @@ class Worker:
                 if seg.training:
                     with self.clock.phase("train"):
                         self._train_epoch(seg)
-            if self.stop.is_set():
-                # Segments still training go back; finished ones are published.
-                unfinished = [seg for seg in segs if seg.training]
-                self._abandon(unfinished)
-                for seg in unfinished:
-                    seg.stopped = True
-                break
             interval = min(seg.lease.heartbeat_interval_s for seg in segs)
             if time.monotonic() - last_beat >= interval or not any(seg.training for seg in segs):
                 self._heartbeat(segs)
