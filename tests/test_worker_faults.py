@@ -155,6 +155,54 @@ def test_a_segment_whose_lease_expired_while_it_waited_to_upload_is_not_stored(
     assert len(stored) == 2 and len({key.rsplit("/", 1)[0] for key in stored}) == 1, stored
 
 
+class Heartbeats:
+    """The worker's link, passed through, noting the heartbeats the worker's
+    own thread sends: (lease id, epochs done)."""
+
+    def __init__(self, client: CoordinatorClient, thread: threading.Thread) -> None:
+        self.client, self.thread = client, thread
+        self.sent: list[tuple[str, int]] = []
+
+    def request_work(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.request_work(*args, **kwargs)
+
+    def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0, **kwargs: Any) -> Any:
+        if threading.current_thread() is self.thread:
+            self.sent.append((lease_id, epochs_done))
+        return self.client.heartbeat(lease_id, worker_id, epochs_done, **kwargs)
+
+    def report(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.report(*args, **kwargs)
+
+
+def test_leases_trained_together_are_heartbeated_between_epochs_not_rounds(
+    tmp_path: Path,
+) -> None:
+    """A trainer of N leases heartbeated only after one epoch of each: with
+    --max-leases 4 and epochs a third of the lease timeout, every lease
+    expired mid-round, again and again, until its member failed; the docs
+    ask only that the timeout exceed one epoch. Here an interval (1 ms) far
+    shorter than any epoch: a heartbeat is due after every epoch."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    cfg, key, sha = load_run(store, RUN)
+    # A manual clock: nothing expires, however short the timeout.
+    service = CoordinatorService.open_search(
+        cfg, store, key, sha, clock=ManualClock(), lease_timeout_s=0.004
+    )
+    server, port = create_server("127.0.0.1:0", service)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            link = Heartbeats(client, threading.current_thread())
+            worker = Worker(link, store, "w1", cache_dir=tmp_path / "cache", max_leases=2)
+            assert worker.run() == 0
+    finally:
+        server.stop(0)
+    finished_without_failures(store, generations=1)
+    first, second = dict.fromkeys(lease for lease, _ in link.sent)  # in the order first sent
+    # The second lease is heartbeated between the first one's epoch and its own.
+    assert (first, 1) in link.sent and link.sent[link.sent.index((first, 1)) + 1] == (second, 0)
+
+
 def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> None:
     store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
     _, key, sha = load_run(store, RUN)

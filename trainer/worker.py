@@ -322,6 +322,7 @@ class Worker:
         # the coordinator we are alive before the first epoch.
         self._heartbeat(segs)
         last_beat = time.monotonic()
+        interval = min(seg.lease.heartbeat_interval_s for seg in segs)
         while any(seg.training for seg in segs):
             if self.stop.is_set():
                 # Before each round of epochs (a stop while loading trains
@@ -337,13 +338,16 @@ class Worker:
                 # then waits about one epoch for its first heartbeat.
                 self._asking = self._asker.submit(self._request_work)
             for seg in segs:
-                if seg.training:
-                    with self.clock.phase("train"):
-                        self._train_epoch(seg)
-            interval = min(seg.lease.heartbeat_interval_s for seg in segs)
-            if time.monotonic() - last_beat >= interval or not any(seg.training for seg in segs):
-                self._heartbeat(segs)
-                last_beat = time.monotonic()
+                if not seg.training:  # finished, failed, or stopped by a heartbeat
+                    continue
+                with self.clock.phase("train"):
+                    self._train_epoch(seg)
+                # Between any two epochs, not only after one epoch of each
+                # lease: a round of N leases' epochs may outlast the timeout.
+                done = not any(x.training for x in segs)
+                if done or time.monotonic() - last_beat >= interval:
+                    self._heartbeat(segs)
+                    last_beat = time.monotonic()
         for seg in segs:
             if not seg.stopped:
                 self._finish(seg)
