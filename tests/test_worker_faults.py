@@ -29,10 +29,11 @@ from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.coordinator.search.staging import load_run
 from autolfads.coordinator.wire.client import CoordinatorClient
 from autolfads.coordinator.wire.server import create_server
+from autolfads.signals import StopEvent
 from autolfads.storage import DataCache, FaultyStore, LocalStore
 from autolfads.storage.base import sha256_file
 from autolfads.storage.errors import StorageError
-from autolfads.trainer.worker import Worker
+from autolfads.trainer.worker import EXIT_TERMINATED, Worker
 
 pytestmark = pytest.mark.slow  # trains a tiny model
 RUN = "faults"
@@ -157,10 +158,16 @@ def test_a_segment_whose_lease_expired_while_it_waited_to_upload_is_not_stored(
 
 class Heartbeats:
     """The worker's link, passed through, noting the heartbeats the worker's
-    own thread sends: (lease id, epochs done)."""
+    own thread sends: (lease id, epochs done); `stop_at` (epochs, stop):
+    the worker is stopped as it sends a heartbeat with that many epochs."""
 
-    def __init__(self, client: CoordinatorClient, thread: threading.Thread) -> None:
-        self.client, self.thread = client, thread
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        thread: threading.Thread,
+        stop_at: tuple[int, StopEvent] | None = None,
+    ) -> None:
+        self.client, self.thread, self.stop_at = client, thread, stop_at
         self.sent: list[tuple[str, int]] = []
 
     def request_work(self, *args: Any, **kwargs: Any) -> Any:
@@ -169,6 +176,8 @@ class Heartbeats:
     def heartbeat(self, lease_id: str, worker_id: str, epochs_done: int = 0, **kwargs: Any) -> Any:
         if threading.current_thread() is self.thread:
             self.sent.append((lease_id, epochs_done))
+            if self.stop_at and epochs_done == self.stop_at[0]:
+                self.stop_at[1].set()  # SIGTERM, once a lease has trained that many epochs
         return self.client.heartbeat(lease_id, worker_id, epochs_done, **kwargs)
 
     def report(self, *args: Any, **kwargs: Any) -> Any:
@@ -201,6 +210,33 @@ def test_leases_trained_together_are_heartbeated_between_epochs_not_rounds(
     first, second = dict.fromkeys(lease for lease, _ in link.sent)  # in the order first sent
     # The second lease is heartbeated between the first one's epoch and its own.
     assert (first, 1) in link.sent and link.sent[link.sent.index((first, 1)) + 1] == (second, 0)
+
+
+def test_a_stop_between_two_leases_epochs_trains_no_further_epoch(tmp_path: Path) -> None:
+    """A stop (SIGTERM) after one lease's epoch still waited for an epoch of
+    every other lease of the round before handing them back: with N leases,
+    up to N epochs against the pod's grace period."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    cfg, key, sha = load_run(store, RUN)
+    service = CoordinatorService.open_search(
+        cfg, store, key, sha, clock=ManualClock(), lease_timeout_s=0.004
+    )
+    server, port = create_server("127.0.0.1:0", service)
+    stop = StopEvent()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            link = Heartbeats(client, threading.current_thread(), stop_at=(1, stop))
+            worker = Worker(
+                link, store, "w1", cache_dir=tmp_path / "cache", max_leases=2, stop=stop
+            )
+            assert worker.run() == EXIT_TERMINATED
+    finally:
+        server.stop(0)
+    first, second = dict.fromkeys(lease for lease, _ in link.sent)
+    assert (first, 1) in link.sent and (second, 1) not in link.sent, link.sent
+    state = read_state(store, RUN)
+    assert state is not None
+    assert sorted(x.status for x in state.leases.values()) == ["abandoned", "abandoned"]
 
 
 def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> None:

@@ -325,8 +325,8 @@ class Worker:
         interval = min(seg.lease.heartbeat_interval_s for seg in segs)
         while any(seg.training for seg in segs):
             if self.stop.is_set():
-                # Before each round of epochs (a stop while loading trains
-                # none): segments still training go back; finished ones are
+                # Before any epoch (a stop while loading trains none):
+                # segments still training go back; finished ones are
                 # published.
                 unfinished = [seg for seg in segs if seg.training]
                 self._abandon(unfinished)
@@ -338,6 +338,8 @@ class Worker:
                 # then waits about one epoch for its first heartbeat.
                 self._asking = self._asker.submit(self._request_work)
             for seg in segs:
+                if self.stop.is_set():
+                    break  # handed back above, before another lease's epoch
                 if not seg.training:  # finished, failed, or stopped by a heartbeat
                     continue
                 with self.clock.phase("train"):
