@@ -61,14 +61,16 @@ class SessionPool:
 
 
 def last_short_round(segs: list[LeasedSegment]) -> bool:
-    """Every leased segment still training is on its last epoch, and its previous epoch
-    took under half a heartbeat interval: a lease granted now is heartbeated
-    well before it can expire."""
+    """Every leased segment still training is on its last epoch, and their
+    previous epochs together took under half a heartbeat interval: a lease
+    granted now, first heartbeated after that round, is heartbeated well
+    before it can expire (each epoch short is not enough with many leases)."""
     training = [seg for seg in segs if seg.training]
-    return bool(training) and all(
-        1 <= len(seg.epochs) == seg.lease.epochs - 1
-        and seg.epochs[-1][1]["seconds"] < seg.lease.heartbeat_interval_s / 2
-        for seg in training
+    last_round_s = sum(seg.epochs[-1][1]["seconds"] for seg in training if seg.epochs)
+    return (
+        bool(training)
+        and all(1 <= len(seg.epochs) == seg.lease.epochs - 1 for seg in training)
+        and last_round_s < min(seg.lease.heartbeat_interval_s for seg in training) / 2
     )
 
 

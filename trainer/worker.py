@@ -13,8 +13,8 @@ The loop reads top to bottom:
         a helper thread: a slow download is not a silent worker)
     train every lease's `epochs` epochs, one epoch of each in turn,
         heartbeating between epochs (STOP drops that lease); while the last
-        epoch runs, the next lease is asked for on a helper thread (only when
-        an epoch is short against the heartbeat interval)
+        epochs run, the next lease is asked for on a helper thread (only when
+        the last round of epochs is short against the heartbeat interval)
     serialise the checkpoint; then, on the publisher thread while this one
         asks for the next lease: store checkpoint, then metrics.json, then
         report (its lease heartbeated from the helper thread until then, and
