@@ -102,6 +102,11 @@ Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 # and fail every lease and status reply with an internal error instead.
 MAX_WIRE_COUNT = 2**32 - 1
 WireCount = Annotated[int, Field(gt=0, le=MAX_WIRE_COUNT)]
+# A segment's report carries one record per epoch, and the coordinator takes
+# at most this many (a bound on a report's size): a segment longer than that
+# would train to its end and then have its report refused.
+MAX_SEGMENT_EPOCHS = 10_000
+SegmentEpochs = Annotated[int, Field(gt=0, le=MAX_SEGMENT_EPOCHS)]
 
 
 class _Frozen(BaseModel):
@@ -275,9 +280,9 @@ class PbtConfig(_Frozen):
     """Population-based training, AutoLFADS defaults."""
 
     population: Annotated[int, Field(ge=2, le=1024)] = 20
-    generation_epochs: WireCount = 25
+    generation_epochs: SegmentEpochs = 25
     # Epochs of generation 0; must cover the KL/L2 ramps (80 + 25 in lfads-torch).
-    burn_in_epochs: WireCount = 105
+    burn_in_epochs: SegmentEpochs = 105
     max_generations: WireCount = 50
     exploit: Literal["binary_tournament", "truncation"] = "binary_tournament"
     truncation_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25

@@ -269,21 +269,26 @@ def test_a_port_above_65535_is_refused_not_wrapped(service):
         create_server("127.0.0.1:99999", service)
 
 
-@pytest.mark.parametrize("field", ["max_generations", "generation_epochs", "burn_in_epochs"])
-def test_epoch_and_generation_counts_are_bounded_by_the_protocol(local_store, field):
-    # The protocol carries them as uint32: 2**32 used to pass the config and
-    # then fail every lease and status reply with an internal error.
+@pytest.mark.parametrize(
+    ("field", "largest"),
+    [("max_generations", 2**32 - 1), ("generation_epochs", 10_000), ("burn_in_epochs", 10_000)],
+)
+def test_epoch_and_generation_counts_are_bounded_by_the_protocol(local_store, field, largest):
+    # Generations travel as uint32: 2**32 used to pass the config and then
+    # fail every lease and status reply with an internal error. A segment's
+    # epochs are bounded by what a report may carry (one record per epoch):
+    # 10,001 used to train a whole segment and then have its report refused.
     from autolfads.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=rf"pbt\.{field}: .*4294967295 \(got 4294967296\)"):
-        tiny_config(**{field: 2**32})
-    largest = tiny_config(**{field: 2**32 - 1})
-    service = CoordinatorService.open_search(largest, local_store, "search/data/x.h5", "ab" * 32)
+    with pytest.raises(ConfigError, match=rf"pbt\.{field}: .*{largest} \(got {largest + 1}\)"):
+        tiny_config(**{field: largest + 1})
+    cfg = tiny_config(**{field: largest})
+    service = CoordinatorService.open_search(cfg, local_store, "search/data/x.h5", "ab" * 32)
     server, port = create_server("127.0.0.1:0", service)
     try:
         with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5) as client:
             (grant,) = client.request_work("w0", 1).leases
-            assert grant.epochs == largest.pbt.burn_in_epochs
-            assert client.status().max_generations == largest.pbt.max_generations
+            assert grant.epochs == cfg.pbt.burn_in_epochs
+            assert client.status().max_generations == cfg.pbt.max_generations
     finally:
         server.stop(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from autolfads.config import TUNABLE_HPARAMS, hparam_problem
+from autolfads.config import MAX_SEGMENT_EPOCHS, TUNABLE_HPARAMS, hparam_problem
 from autolfads.coordinator.search.errors import InvalidRequest
 from autolfads.coordinator.search.messages import SegmentReport
 
@@ -22,7 +22,7 @@ METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 MAX_ID_CHARS = 128  # lease ids, request ids, member names
 MAX_KEY_CHARS = 1024  # storage keys
 MAX_MESSAGE_CHARS = 4096
-MAX_REPORT_EPOCHS = 10_000
+MAX_REPORT_EPOCHS = MAX_SEGMENT_EPOCHS  # the config bounds a segment's epochs alike
 MAX_EPOCH_METRICS = 64
 MAX_CORRUPT_POINTS = 64
 
