@@ -406,3 +406,37 @@ def test_a_training_seed_torch_cannot_take_is_refused_by_the_config(tiny_data):
     cfg = _cfg(seed=2**64 - 1)
     session = TrainingSession.fresh(cfg, tiny_data, cfg.initial_hparams(), cfg.training.seed, "cpu")
     assert session.epoch == 0
+
+
+CPU_SESSION_ON_A_GPU_HOST = """
+import torch
+from autolfads.config import parse_config
+from autolfads.trainer.data.synth import make_chaotic_rnn
+from autolfads.trainer.model.session import TrainingSession
+
+cfg = parse_config({"data": {"path": "unused.h5"}, "model": %r,
+                    "training": {"batch_size": 40, "l2_increase_epochs": 2,
+                                 "kl_increase_epochs": 2}, "pbt": {"burn_in_epochs": 3}})
+data = make_chaotic_rnn(seed=1, n_conditions=8, n_replications=10, n_neurons=12,
+                        n_heldout=3, n_bins=12, n_fp_bins=2)
+session = TrainingSession.fresh(cfg, data, {}, seed=5, device="cpu")
+session.train_epoch()
+TrainingSession.from_checkpoint(cfg, data, session.checkpoint(), device="cpu").train_epoch()
+print("cuda initialized:", torch.cuda.is_initialized())
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_session_on_a_gpu_host_creates_no_cuda_context():
+    # A checkpoint used to capture every GPU's RNG state, which creates a
+    # CUDA context (hundreds of MB) on each GPU of the host, in every
+    # trainer, a CPU one included. A fresh process: this one may use CUDA.
+    import subprocess
+    import sys
+
+    script = CPU_SESSION_ON_A_GPU_HOST % (TINY_MODEL,)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cuda initialized: False" in proc.stdout

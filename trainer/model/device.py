@@ -60,8 +60,11 @@ def restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:
     )
 
 
-def capture_global_rng() -> dict[str, Any]:
-    """Global RNG states in types `torch.load(weights_only=True)` accepts."""
+def capture_global_rng(device: torch.device) -> dict[str, Any]:
+    """Global RNG states in types `torch.load(weights_only=True)` accepts:
+    the CPU's, and the CUDA one of `device` only. Reading every GPU's state
+    would create a CUDA context (hundreds of MB) on each GPU of the host, in
+    every trainer, even one that trains on the CPU."""
     np_state = cast(tuple, np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch_cpu": torch.get_rng_state(),
@@ -74,20 +77,27 @@ def capture_global_rng() -> dict[str, Any]:
         ),
         "python": _python_state_to_lists(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_global_rng(state: dict[str, Any]) -> None:
+def restore_global_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Back to `capture_global_rng`'s states; CUDA's only on a CUDA `device`."""
     torch.set_rng_state(state["torch_cpu"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     cuda = state.get("torch_cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # older checkpoints: every GPU's state, by index
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _python_state_to_lists(state: tuple) -> tuple:

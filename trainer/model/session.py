@@ -88,7 +88,7 @@ class TrainingSession:
         self.dims = DataDims.from_data(data)
         # The global RNGs as a new process has them when it builds a session
         # (nothing here draws from them): where every fresh start puts them back.
-        self._global_rng_at_build = capture_global_rng()
+        self._global_rng_at_build = capture_global_rng(self.device)
         self.model = _seeded_model(cfg, self.dims, 0, self.device)
         self.generator = make_generator(self.device, 0)
         self._hparams = cfg.initial_hparams()
@@ -155,7 +155,7 @@ class TrainingSession:
         hyperparameters updated by `hparams`: what `fresh` builds."""
         merged = self.cfg.initial_hparams()
         merged.update(validate_hparams(hparams))
-        restore_global_rng(self._global_rng_at_build)
+        restore_global_rng(self._global_rng_at_build, self.device)
         seeded = _seeded_model(self.cfg, self.dims, seed, self.device)
         self.model.load_state_dict(seeded.state_dict())
         self.generator.manual_seed(int(seed))
@@ -188,7 +188,7 @@ class TrainingSession:
         self.optimizer.load_state_dict(state["optimizer_state"])
         # Checkpoints from before held-out smoothing carry only valid_recon_smth.
         self._restart(merged, int(state["epoch"]), state)
-        restore_global_rng(state["global_rng"])
+        restore_global_rng(state["global_rng"], self.device)
 
     def _restart(self, hparams: dict[str, float], epoch: int, smoothed: Mapping[str, Any]) -> None:
         self._hparams = hparams
@@ -384,7 +384,7 @@ class TrainingSession:
             **self._smth,
             "hparams": dict(self._hparams),
             "generator_state": self.generator.get_state(),
-            "global_rng": capture_global_rng(),
+            "global_rng": capture_global_rng(self.device),
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
