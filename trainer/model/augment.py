@@ -81,15 +81,14 @@ def sample_validation_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split an element-wise loss (B, Tr, Nr) by an SV mask (B, Te, Ne).
 
-    Returns (training elements: loss*sv/(1-sv_rate) on held-in observed
-    elements, unchanged on held-out channels and forward bins;
-    SV elements: loss*(1-sv)/sv_rate there, zero elsewhere; only logged).
+    Returns (training elements (B, Tr, Nr): loss*sv/(1-sv_rate) on held-in
+    observed elements, unchanged on held-out channels and forward bins;
+    SV elements (B, Te, Ne): loss*(1-sv)/sv_rate over the encoder's elements
+    only, as lfads-torch does, so that its mean estimates the mean NLL of the
+    hidden elements and compares with the held-in reconstruction; only logged).
     """
     _, recon_t, recon_n = loss.shape
+    _, enc_t, enc_n = sv_mask.shape
     train_w = pad_to_recon(sv_mask * (1.0 / (1.0 - sv_rate)), recon_t, recon_n)
-    held_w = F.pad(
-        (1.0 - sv_mask) * (1.0 / sv_rate),
-        (0, recon_n - sv_mask.shape[2], 0, recon_t - sv_mask.shape[1]),
-        value=0.0,
-    )
-    return loss * train_w, loss * held_w
+    held = loss[:, :enc_t, :enc_n] * ((1.0 - sv_mask) * (1.0 / sv_rate))
+    return loss * train_w, held
