@@ -162,3 +162,22 @@ def test_gradients_reach_every_trainable_parameter():
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert missing == []
+
+
+def test_the_package_module_maps_name_what_their_modules_define():
+    """The module maps in trainer/model's package docstrings are where a
+    reader starts: every `Name` they list for a module exists there."""
+    import importlib
+    import re
+
+    for package in ("autolfads.trainer.model", "autolfads.trainer.model.modules"):
+        doc = importlib.import_module(package).__doc__ or ""
+        for line in doc.splitlines():
+            entry = re.match(r"^(\w+)(?:, (\w+))?/?\s{2,}(.*)$", line)
+            if entry is None:
+                continue
+            names = re.findall(r"`([A-Za-z_]\w*)`", entry.group(3))
+            for module_name in filter(None, entry.group(1, 2)):
+                module = importlib.import_module(f"{package}.{module_name}")
+                missing = [name for name in names if not hasattr(module, name)]
+                assert not missing, f"{package}.{module_name} has no {missing}"

@@ -1,6 +1,6 @@
 """The LFADS model and one member's training.
 
-lfads      the sequential VAE (`LFADS`, `DataDims`, `ModelDims`)
+lfads      the sequential VAE (`LfadsModel`, `DataDims`, `LfadsOutput`)
 modules/   its blocks: encoders, decoder (controller + generator), priors,
            Poisson readout, dropout, and the fused GRU kernels with the
            plain reference they are checked against
