@@ -165,12 +165,16 @@ def test_gradients_reach_every_trainable_parameter():
 
 
 def test_the_package_module_maps_name_what_their_modules_define():
-    """The module maps in trainer/model's package docstrings are where a
+    """The module maps in the packages' docstrings are where a
     reader starts: every `Name` they list for a module exists there."""
     import importlib
     import re
 
-    for package in ("autolfads.trainer.model", "autolfads.trainer.model.modules"):
+    for package in (
+        "autolfads.trainer.model",
+        "autolfads.trainer.model.modules",
+        "autolfads.coordinator.search",
+    ):
         doc = importlib.import_module(package).__doc__ or ""
         for line in doc.splitlines():
             entry = re.match(r"^(\w+)(?:, (\w+))?/?\s{2,}(.*)$", line)

@@ -1,6 +1,7 @@
 """The PBT search: decisions, state and the service that applies them.
 
-policy         pure `exploit` / `explore` / `ranking_key` over plain data
+policy         pure PBT over plain data: exploit (`binary_tournament`,
+               `truncation`, `plan_generation`), `explore`, `ranking_key`
 population     the first generation's segments and a member's next one
 generations    closing a generation, planning the next, stopping
 state          the one population state (`SearchState`) and its encoding
