@@ -104,23 +104,26 @@ def load_run(store: Store, run: str, cfg: RunConfig | None = None) -> tuple[RunC
     if cfg is not None and cfg.name != run:
         raise ConfigError(f"--run {run!r} differs from the config's name {cfg.name!r}")
     stored = _stored_config(store, layout)
+    if stored is None and cfg is None:
+        # (`autolfads coordinator --config` may stage the config itself;
+        # finalize, report and the Ray and Katib paths cannot.)
+        raise ConfigError(
+            f"run {run!r} has no config.yaml in {store.url}; stage it first "
+            "(autolfads stage CONFIG.yaml --storage URL)"
+        )
+    if stored is not None and cfg is not None and not same_search(stored, cfg):
+        raise ConfigError(
+            f"--config differs from the config stored for run {run!r}; a run keeps its config"
+        )
+    # Before the config is stored: a run refused for its data must not keep
+    # a config.yaml, which would then refuse an edited config at `stage`.
+    key, sha = _find_data(store, layout, cfg)
     if stored is None:
-        if cfg is None:
-            # (`autolfads coordinator --config` may stage the config itself;
-            # finalize, report and the Ray and Katib paths cannot.)
-            raise ConfigError(
-                f"run {run!r} has no config.yaml in {store.url}; stage it first "
-                "(autolfads stage CONFIG.yaml --storage URL)"
-            )
+        assert cfg is not None
         store.put_bytes(
             layout.config(), cfg.to_yaml().encode("utf-8"), content_type="application/yaml"
         )
         stored = cfg
-    elif cfg is not None and not same_search(stored, cfg):
-        raise ConfigError(
-            f"--config differs from the config stored for run {run!r}; a run keeps its config"
-        )
-    key, sha = _find_data(store, layout, cfg)
     return stored, key, sha
 
 
