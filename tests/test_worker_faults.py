@@ -33,6 +33,7 @@ from autolfads.signals import StopEvent
 from autolfads.storage import DataCache, FaultyStore, LocalStore
 from autolfads.storage.base import sha256_file
 from autolfads.storage.errors import StorageError
+from autolfads.trainer.evaluation.finalize import finalize_run
 from autolfads.trainer.worker import EXIT_TERMINATED, Worker
 
 pytestmark = pytest.mark.slow  # trains a tiny model
@@ -253,6 +254,24 @@ def test_a_damaged_copy_in_the_cache_folder_is_fetched_again(tmp_path: Path) -> 
     finally:
         server.stop(0)
     finished_without_failures(store, generations=1)
+    assert sha256_file(cached)[0] == sha
+
+
+def test_finalize_fetches_a_damaged_cached_copy_again(tmp_path: Path) -> None:
+    """finalize read the cache folder's copy as it found it: one damaged since
+    it was verified failed the run's final step as bad data."""
+    store = stage_tiny_search(tmp_path, RUN, population=2, max_generations=1)
+    _, key, sha = load_run(store, RUN)
+    server, port = serve_staged(store, RUN)
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}") as client:
+            assert Worker(client, store, "w1", cache_dir=tmp_path / "cache").run() == 0
+    finally:
+        server.stop(0)
+    cached = DataCache(store, tmp_path / "cache").path_for(key, sha)
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated on disk
+    metrics = finalize_run(store, RUN, device="cpu", num_samples=1, cache_dir=tmp_path / "cache")
+    assert metrics["run"] == RUN
     assert sha256_file(cached)[0] == sha
 
 

@@ -62,7 +62,7 @@ from autolfads.coordinator.search.messages import (
 )
 from autolfads.coordinator.search.recovery import read_state
 from autolfads.coordinator.search.state import StartPoint
-from autolfads.errors import AutolfadsError, DataError
+from autolfads.errors import AutolfadsError
 from autolfads.signals import StopEvent, stop_on_signals
 from autolfads.storage import (
     ChecksumMismatch,
@@ -73,7 +73,7 @@ from autolfads.storage import (
 )
 from autolfads.trainer.beats import Beat, Beats
 from autolfads.trainer.data.dataset import LfadsData
-from autolfads.trainer.data.lfads_h5 import load_lfads_h5
+from autolfads.trainer.data.lfads_h5 import load_cached
 from autolfads.trainer.leased import (
     LeasedSegment,
     SessionPool,
@@ -480,14 +480,7 @@ class Worker:
 
     def _data(self, key: str, sha256: str) -> LfadsData:
         if sha256 not in self._datasets:
-            try:
-                data = load_lfads_h5(self._cache.fetch(key, sha256))
-            except DataError:
-                # The copy in this machine's cache folder may have been damaged
-                # since it was verified: check it against its hash (fetching
-                # it again if it differs) before blaming the run's data.
-                data = load_lfads_h5(self._cache.fetch(key, sha256, rehash=True))
-            self._datasets[sha256] = data
+            self._datasets[sha256] = load_cached(self._cache, key, sha256)
         return self._datasets[sha256]
 
     # ------------------------------------------------------------ publishing

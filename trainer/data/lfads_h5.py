@@ -13,7 +13,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import h5py
 import numpy as np
@@ -29,6 +29,9 @@ from autolfads.trainer.data.dataset import (
     data_error,
     validate_data,
 )
+
+if TYPE_CHECKING:
+    from autolfads.storage import DataCache
 
 # --------------------------------------------------------------------------- reading
 
@@ -258,6 +261,19 @@ def load_lfads_h5(
     if not legacy:
         _check_requested(data, heldout_dim, fp_seq_len)
     return data
+
+
+def load_cached(cache: DataCache, key: str, sha256: str) -> LfadsData:
+    """Read a run's data object `key` through `cache` (trainers, finalize).
+
+    The copy in the cache folder may have been damaged since it was verified:
+    if it cannot be read it is checked against its hash (and fetched again if
+    it differs) before the run's data is blamed.
+    """
+    try:
+        return load_lfads_h5(cache.fetch(key, sha256))
+    except DataError:
+        return load_lfads_h5(cache.fetch(key, sha256, rehash=True))
 
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, OverflowError)

@@ -24,7 +24,7 @@ from autolfads.coordinator.search.staging import load_run
 from autolfads.errors import AutolfadsError
 from autolfads.storage import DataCache, ObjectNotFound, RunLayout, Store, default_cache_dir
 from autolfads.trainer.data.dataset import LfadsData
-from autolfads.trainer.data.lfads_h5 import load_lfads_h5
+from autolfads.trainer.data.lfads_h5 import load_cached
 from autolfads.trainer.evaluation.baseline import place
 from autolfads.trainer.evaluation.metrics import evaluate
 from autolfads.trainer.evaluation.posterior import posterior_sample, write_lfads_output
@@ -123,7 +123,7 @@ def finalize_run(
     cfg, data_key, data_sha = load_run(store, run)
     best = read_best_member(store, layout)
     cache = DataCache(store, cache_dir or default_cache_dir())
-    data = load_lfads_h5(cache.fetch(data_key, data_sha))
+    data = load_cached(cache, data_key, data_sha)
     checkpoint = store.get_bytes(best.checkpoint)
     samples = num_samples or cfg.training.posterior_samples
     log.info("posterior sampling %s (%d samples)", best.checkpoint, samples)
