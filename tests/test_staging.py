@@ -11,6 +11,7 @@ from coordinator_helpers import tiny_config
 from autolfads.coordinator.search.staging import load_run, stage_run
 from autolfads.errors import DataError
 from autolfads.storage import LocalStore, RunLayout
+from autolfads.storage.base import sha256_file
 from autolfads.trainer.data.lfads_h5 import write_lfads_h5
 from autolfads.trainer.data.synth import make_chaotic_rnn
 
@@ -32,3 +33,35 @@ def test_a_config_refused_for_missing_data_is_not_kept(tmp_path: Path) -> None:
     edited = tiny_config(population=2)
     stage_run(store, edited, tiny_data(tmp_path / "data.h5"))
     assert load_run(store, "search")[0].pbt.population == 2
+
+
+def test_staging_other_data_after_an_interrupted_stage_replaces_its_leftovers(
+    tmp_path: Path,
+) -> None:
+    """A `stage` interrupted after the upload (before config.yaml) left its
+    data and baseline.json; staging another file then gave a run with two data
+    files (refused by coordinator and finalize) and the first file's baseline."""
+    store = LocalStore(tmp_path / "store")
+    layout = RunLayout("search")
+    first = tiny_data(tmp_path / "first.h5", seed=0)
+    stage_run(store, tiny_config(), first)
+    store.delete(layout.config())  # as if interrupted before the config
+    first_baseline = store.get_json(layout.baseline())
+    second = tiny_data(tmp_path / "second.h5", seed=1)
+    stage_run(store, tiny_config(), second)
+    _, key, sha = load_run(store, "search")
+    assert [o.key for o in store.list("search/data/")] == [key]
+    assert sha == sha256_file(second)[0]
+    assert store.get_json(layout.baseline()) != first_baseline
+
+
+def test_restaging_the_same_data_after_an_interrupted_stage_keeps_it(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    layout = RunLayout("search")
+    data = tiny_data(tmp_path / "data.h5")
+    stage_run(store, tiny_config(), data)
+    store.delete(layout.config())
+    before = store.stat(layout.baseline())
+    stage_run(store, tiny_config(), data)
+    assert store.stat(layout.baseline()) == before
+    assert load_run(store, "search")[2] == sha256_file(data)[0]

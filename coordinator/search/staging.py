@@ -37,6 +37,8 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
         )
     if stored is not None:
         _check_same_data(store, layout, path)
+    else:
+        _drop_unstaged_data(store, layout, path)
     upload_data(store, layout, path)
     if not store.exists(layout.baseline()):
         # Once per run, before the config that marks the run as staged.
@@ -64,6 +66,24 @@ def _check_same_data(store: Store, layout: RunLayout, path: Path) -> None:
             f"{path} is not the data run {layout.run!r} was staged with "
             f"({staged[0].key.rsplit('/', 1)[-1]}); resume with that file, or use a new run name"
         )
+
+
+def _drop_unstaged_data(store: Store, layout: RunLayout, path: Path) -> None:
+    """Remove what an interrupted `stage` of another data file left behind.
+
+    Without a config.yaml the run was never staged, so nothing reads its data
+    yet; a leftover data object would make the run hold two (unreadable:
+    "several data files") and its baseline.json would score the other file.
+    """
+    sha, _ = sha256_file(path)
+    staged = _data_objects(store, layout)
+    others = [o for o in staged if o not in _of_file(staged, sha)]
+    if not others:
+        return
+    # The baseline first: it may be the leftover's, and is made again below.
+    store.delete(layout.baseline())
+    for obj in others:
+        store.delete(obj.key)
 
 
 def same_search(a: RunConfig, b: RunConfig) -> bool:
