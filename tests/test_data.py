@@ -208,6 +208,8 @@ BAD_FILES = [
     (_set("train_cond_idx", lambda c: np.full(N_TRAIN, 7)), "condition 7 has no psth row"),
     (_set("psth", lambda c: c["psth"][:, :, :3]), "psth: 3 channels; expected 7"),
     (_set("valid_ext_input", lambda c: c["valid_ext_input"][:, :4]), "valid_ext_input: shape"),
+    # Used to pass: valid (the fitness) was then scored without the inputs.
+    (_drop("valid_ext_input"), "valid_ext_input: missing, but train has 1 inputs"),
     # Used to be cut to 1, silently: another trial's row.
     (
         _set("train_inds", lambda c: np.full(N_TRAIN, 1.7)),

@@ -178,6 +178,12 @@ def _check_optional(
     source: str, name: str, split: Split, data: LfadsData, recon_shape: tuple[int, ...]
 ) -> None:
     n = split.n_trials
+    if split.ext_input is None and name == "valid" and data.ext_input_dim:
+        # The model would score valid (the search's fitness) without the
+        # inputs it was trained with, silently.
+        raise data_error(
+            source, "valid_ext_input", f"missing, but train has {data.ext_input_dim} inputs"
+        )
     if split.ext_input is not None:
         key = f"{name}_ext_input"
         check_rank(source, key, split.ext_input, 3)
