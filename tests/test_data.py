@@ -169,6 +169,14 @@ def _poke(key, value, where=(0, 0, -1)):
     return edit
 
 
+def _masks(n_train, n_valid, train_cols, valid_cols):
+    def edit(c):
+        c["train_decode_mask"] = np.ones((n_train, train_cols), dtype=bool)
+        c["valid_decode_mask"] = np.ones((n_valid, valid_cols), dtype=bool)
+
+    return edit
+
+
 BAD_FILES = [
     (_drop("train_encod_data"), "train_encod_data: missing"),
     (_drop("valid_recon_data"), "valid_recon_data: missing"),
@@ -210,6 +218,11 @@ BAD_FILES = [
     (_set("valid_ext_input", lambda c: c["valid_ext_input"][:, :4]), "valid_ext_input: shape"),
     # Used to pass: valid (the fitness) was then scored without the inputs.
     (_drop("valid_ext_input"), "valid_ext_input: missing, but train has 1 inputs"),
+    # Used to pass, and vel R2 failed after training (baseline, finalize).
+    (
+        _masks(N_TRAIN, N_VALID, train_cols=2, valid_cols=3),
+        "valid_decode_mask: 3 masks, train has 2",
+    ),
     # Used to be cut to 1, silently: another trial's row.
     (
         _set("train_inds", lambda c: np.full(N_TRAIN, 1.7)),

@@ -229,6 +229,13 @@ def _check_optional(
         key = f"{name}_decode_mask"
         if split.decode_mask.ndim != 2 or split.decode_mask.shape[0] != n:
             raise data_error(source, key, f"shape {split.decode_mask.shape} needs (trials, masks)")
+        train_mask = data.train.decode_mask
+        if train_mask is not None and split.decode_mask.shape[1] != train_mask.shape[1]:
+            # One velocity decoder per mask column, fitted on train: vel R2
+            # failed only after training (staging's baseline, finalize).
+            raise data_error(
+                source, key, f"{split.decode_mask.shape[1]} masks, train has {train_mask.shape[1]}"
+            )
 
 
 def _check_psth(source: str, data: LfadsData) -> None:
