@@ -69,7 +69,9 @@ class DataCache:
             return dest
         # A re-check hashes under the lock too: another process re-checking
         # may be replacing the copy meanwhile.
-        with FileLock(self.cache_dir / f".{sha256}.lock"):
+        # make_folder: the folder may have been cleared since this cache was
+        # made (a long-lived trainer, a tmp cleaner); it is made again.
+        with FileLock(self.cache_dir / f".{sha256}.lock", make_folder=True):
             # Another process may have finished the download while we waited.
             if self._usable(dest, sha256, rehash):
                 self.hits += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -363,3 +364,14 @@ def test_cache_rehash_repairs_a_damaged_copy(local_store: LocalStore, dataset, t
     path.write_bytes(b"bit rot")
     assert cache.fetch(key, sha, rehash=True).read_bytes() == data
     assert cache.downloads == 2
+
+
+def test_cache_folder_cleared_while_in_use_is_made_again(
+    local_store: LocalStore, dataset, tmp_path
+) -> None:
+    """A trainer's cache folder removed under it (cleared cache, tmp
+    cleaner) failed every later fetch with a FileNotFoundError traceback."""
+    key, sha, data = dataset
+    cache = DataCache(local_store, tmp_path / "cache")
+    shutil.rmtree(tmp_path / "cache")
+    assert cache.fetch(key, sha).read_bytes() == data
