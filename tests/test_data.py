@@ -177,6 +177,13 @@ def _masks(n_train, n_valid, train_cols, valid_cols):
     return edit
 
 
+def _inds(train, valid):
+    def edit(c):
+        c["train_inds"], c["valid_inds"] = train, valid
+
+    return edit
+
+
 BAD_FILES = [
     (_drop("train_encod_data"), "train_encod_data: missing"),
     (_drop("valid_recon_data"), "valid_recon_data: missing"),
@@ -218,6 +225,11 @@ BAD_FILES = [
     (_set("valid_ext_input", lambda c: c["valid_ext_input"][:, :4]), "valid_ext_input: shape"),
     # Used to pass: valid (the fitness) was then scored without the inputs.
     (_drop("valid_ext_input"), "valid_ext_input: missing, but train has 1 inputs"),
+    # Used to pass: the fitness was then scored on trials trained on.
+    (
+        _inds(np.arange(N_TRAIN), np.array([20, 3, 21, 22])),
+        "valid_inds: 1 trial(s) also in train_inds (e.g. 3)",
+    ),
     # Used to pass, and vel R2 failed after training (baseline, finalize).
     (
         _masks(N_TRAIN, N_VALID, train_cols=2, valid_cols=3),

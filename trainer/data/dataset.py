@@ -238,6 +238,22 @@ def _check_optional(
             )
 
 
+def _check_disjoint(source: str, data: LfadsData) -> None:
+    """A recorded trial in both train and valid would score the search's
+    fitness on trials it trained on."""
+    train, valid = data.train.trial_idx, data.valid.trial_idx
+    if train is None or valid is None:
+        return
+    shared = np.intersect1d(train, valid)
+    if shared.size:
+        raise data_error(
+            source,
+            "valid_inds",
+            f"{shared.size} trial(s) also in train_inds (e.g. {int(shared[0])}); "
+            "valid trials must be held out of train",
+        )
+
+
 def _check_psth(source: str, data: LfadsData) -> None:
     psth = data.attrs.get("psth")
     if psth is None:
@@ -282,6 +298,7 @@ def validate_data(data: LfadsData) -> None:
         )
     for name, split in data.splits().items():
         _check_split(source, name, split, data)
+    _check_disjoint(source, data)
     _check_psth(source, data)
     _check_nwb(source, data)
 
