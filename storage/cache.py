@@ -93,16 +93,19 @@ class DataCache:
         return True
 
 
-def upload_data(store: Store, layout: RunLayout, path: str | Path) -> tuple[str, str]:
+def upload_data(
+    store: Store, layout: RunLayout, path: str | Path, *, suffix: str | None = None
+) -> tuple[str, str]:
     """Upload a local data file under its content hash, unless already there.
 
-    Returns (key, sha256). An existing object with the same key is reused
-    only if its recorded checksum agrees (same key means same bytes)."""
+    Returns (key, sha256). The key ends in `suffix` if given, else in the
+    file's own (".h5" if none). An existing object with the same key is
+    reused only if its recorded checksum agrees (same key means same bytes)."""
     src = Path(path)
     if not src.is_file():
         raise StorageError(f"data file {src} does not exist")
     sha256, _ = sha256_file(src)
-    key = layout.data(sha256, _suffix(src.name) or ".h5")
+    key = layout.data(sha256, suffix if suffix is not None else _suffix(src.name) or ".h5")
     if store.exists(key) and store.stat(key).sha256 == sha256:
         return key, sha256
     info = store.put_file(key, src, metadata={"source-name": _ascii_name(src.name)})

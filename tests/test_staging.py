@@ -3,6 +3,7 @@ what a refused or interrupted staging leaves in the store."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,20 @@ def test_restaging_the_same_data_after_an_interrupted_stage_keeps_it(tmp_path: P
     stage_run(store, tiny_config(), data)
     assert store.stat(layout.baseline()) == before
     assert load_run(store, "search")[2] == sha256_file(data)[0]
+
+
+def test_restaging_the_same_bytes_under_another_file_name_keeps_one_data_file(
+    tmp_path: Path,
+) -> None:
+    """data.hdf5, a copy of data.h5, was uploaded again under a key ending in
+    .hdf5: the run then held two data files and coordinator and finalize
+    refused it ("several data files")."""
+    store = LocalStore(tmp_path / "store")
+    data = tiny_data(tmp_path / "data.h5")
+    stage_run(store, tiny_config(), data)
+    copy = tmp_path / "data.hdf5"
+    shutil.copy(data, copy)
+    stage_run(store, tiny_config(), copy)
+    _, key, sha = load_run(store, "search")
+    assert [o.key for o in store.list("search/data/")] == [key]
+    assert key.endswith(".h5") and sha == sha256_file(data)[0]

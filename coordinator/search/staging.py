@@ -35,11 +35,17 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
             f"run {cfg.name!r} already holds a different config in {store.url}; "
             "use a new run name (name: in the config) to start another search"
         )
+    sha, _ = sha256_file(path)
+    staged = _data_objects(store, layout)
     if stored is not None:
-        _check_same_data(store, layout, path)
+        _check_same_data(layout, path, staged, sha)
     else:
-        _drop_unstaged_data(store, layout, path)
-    upload_data(store, layout, path)
+        _drop_unstaged_data(store, layout, staged, sha)
+    # The same bytes under another file name (data.hdf5 for data.h5) keep
+    # the staged object's suffix: a second key would give the run two data
+    # files ("several data files").
+    same = _of_file(staged, sha)
+    upload_data(store, layout, path, suffix=_suffix_of(same[0].key) if same else None)
     if not store.exists(layout.baseline()):
         # Once per run, before the config that marks the run as staged.
         from autolfads.trainer.data.lfads_h5 import load_lfads_h5
@@ -53,31 +59,33 @@ def stage_run(store: Store, cfg: RunConfig, data_path: str | Path) -> RunLayout:
     return layout
 
 
-def _check_same_data(store: Store, layout: RunLayout, path: Path) -> None:
+def _suffix_of(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    return name[name.index(".") :] if "." in name else ""
+
+
+def _check_same_data(layout: RunLayout, path: Path, staged: list[ObjectInfo], sha: str) -> None:
     """A staged run resumes on the data it was staged with: a second data
     object would leave the run unreadable (which one?), so a changed file is
     refused before anything is uploaded."""
-    staged = _data_objects(store, layout)
-    if not staged:
-        return
-    sha, _ = sha256_file(path)
-    if not _of_file(staged, sha):
+    if staged and not _of_file(staged, sha):
         raise DataError(
             f"{path} is not the data run {layout.run!r} was staged with "
             f"({staged[0].key.rsplit('/', 1)[-1]}); resume with that file, or use a new run name"
         )
 
 
-def _drop_unstaged_data(store: Store, layout: RunLayout, path: Path) -> None:
+def _drop_unstaged_data(
+    store: Store, layout: RunLayout, staged: list[ObjectInfo], sha: str
+) -> None:
     """Remove what an interrupted `stage` of another data file left behind.
 
     Without a config.yaml the run was never staged, so nothing reads its data
     yet; a leftover data object would make the run hold two (unreadable:
     "several data files") and its baseline.json would score the other file.
     """
-    sha, _ = sha256_file(path)
-    staged = _data_objects(store, layout)
-    others = [o for o in staged if o not in _of_file(staged, sha)]
+    mine = _of_file(staged, sha)
+    others = [o for o in staged if o not in mine]
     if not others:
         return
     # The baseline first: it may be the leftover's, and is made again below.
