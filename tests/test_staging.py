@@ -83,3 +83,16 @@ def test_restaging_the_same_bytes_under_another_file_name_keeps_one_data_file(
     _, key, sha = load_run(store, "search")
     assert [o.key for o in store.list("search/data/")] == [key]
     assert key.endswith(".h5") and sha == sha256_file(data)[0]
+
+
+def test_a_local_data_file_other_than_the_staged_one_is_named(tmp_path: Path) -> None:
+    """`coordinator --config` whose data.path holds other data was told the
+    run had no data and to stage it, which `stage` then refused."""
+    store = LocalStore(tmp_path / "store")
+    stage_run(store, tiny_config(), tiny_data(tmp_path / "data.h5"))
+    other = tiny_data(tmp_path / "other.h5", seed=1)
+    cfg = tiny_config().model_copy(
+        update={"data": tiny_config().data.model_copy(update={"path": str(other)})}
+    )
+    with pytest.raises(DataError, match="other.h5 is not the data run 'search' was staged with"):
+        load_run(store, "search", cfg)

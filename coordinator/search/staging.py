@@ -170,6 +170,12 @@ def _find_data(store: Store, layout: RunLayout, cfg: RunConfig | None) -> tuple[
     objects = _data_objects(store, layout)
     if cfg is not None and Path(cfg.data.path).is_file():
         sha, _ = sha256_file(Path(cfg.data.path))
+        if objects and not _of_file(objects, sha):
+            # Not "stage it first": `stage` would then refuse this file too.
+            raise DataError(
+                f"{cfg.data.path} is not the data run {layout.run!r} was staged with "
+                f"({objects[0].key.rsplit('/', 1)[-1]}); use that file, or a new run name"
+            )
         objects = _of_file(objects, sha)
     if not objects:
         raise DataError(
