@@ -121,6 +121,10 @@ def test_smoothing_keeps_a_constant_rate_constant_up_to_the_edges():
         ("chaotic-rnn", {"behavior_lag_bins": -1}, "behavior_lag_bins >= 0"),
         ("lorenz", {"n_replications": 3}, "unexpected keyword argument 'n_replications'"),
         ("chaotic-rnn", {"n_conditions": 10**6}, "neurons is .* values, over the"),
+        # Used to pass the limit and then ask numpy for ~160 GB (lag bins
+        # are simulated) or ~240 GB (Lorenz keeps every Euler step).
+        ("chaotic-rnn", {"behavior_lag_bins": 100_000}, "100120 bins .* over the"),
+        ("lorenz", {"steps_per_bin": 100_000}, "Euler steps x 3 is .* over the"),
         ("lorenz", {"seed": -1}, "seed must be >= 0"),
         ("poisson", {}, "unknown synthetic dataset 'poisson'"),
     ],

@@ -117,11 +117,17 @@ def _check_sizes(
             f"synthetic data: need n_bins >= 1, n_fp_bins >= 0 and behavior_lag_bins >= 0, "
             f"got {n_bins}, {n_fp_bins}, {lag_bins}"
         )
-    size = n_trials * (n_bins + n_fp_bins) * n_neurons
+    # The behaviour lag is simulated too: its bins count.
+    n_steps = lag_bins + n_bins + n_fp_bins
+    _check_elements(
+        f"{n_trials} trials x {n_steps} bins x {n_neurons} neurons", n_trials * n_steps * n_neurons
+    )
+
+
+def _check_elements(what: str, size: int) -> None:
     if size > MAX_ELEMENTS:
         raise DataError(
-            f"synthetic data: {n_trials} trials x {n_bins + n_fp_bins} bins x {n_neurons} "
-            f"neurons is {size:.2e} values, over the {MAX_ELEMENTS:.2e} limit"
+            f"synthetic data: {what} is {size:.2e} values, over the {MAX_ELEMENTS:.2e} limit"
         )
 
 
@@ -268,6 +274,9 @@ def make_lorenz(
     n_trials = n_conditions * n_trials_per_condition
     _check_sizes(seed, n_trials, n_neurons, n_heldout, n_bins, n_fp_bins, behavior_lag_bins)
     _positive(bin_ms=bin_ms, steps_per_bin=steps_per_bin)
+    # Every Euler step of every trial is kept before the bins are taken.
+    n_euler = (behavior_lag_bins + n_bins + n_fp_bins) * steps_per_bin
+    _check_elements(f"{n_trials} trials x {n_euler} Euler steps x 3", n_trials * n_euler * 3)
     if not 0 < min_rate_hz < max_rate_hz:
         raise DataError(
             f"synthetic data: need 0 < min_rate_hz < max_rate_hz, got {min_rate_hz}, {max_rate_hz}"
