@@ -22,7 +22,10 @@ def ensure_data_file(cfg: RunConfig) -> Path:
         )
     synth = cfg.data.synth
     data = make_synthetic(synth.kind, seed=synth.seed, **synth.sizes)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. a file where a folder of the path should be
+        raise DataError(f"{path}: cannot make its folder ({err.strerror}); fix data.path") from None
     write_lfads_h5(data, path)  # atomic: a crash never leaves a partial file
     return path
 
