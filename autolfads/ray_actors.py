@@ -123,6 +123,22 @@ class TrainerActor:
         self.stop_event.set()
 
 
+def ended_because(err: Exception) -> str:
+    """Why a trainer actor's run() failed, in one line."""
+    from ray.exceptions import ActorUnavailableError, RayTaskError
+
+    if isinstance(err, RayTaskError) and err.cause is not None:
+        # run() raised: the exception itself, not Ray's traceback around it.
+        cause = err.cause
+        text = " ".join(str(cause).split())[:300]
+        return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if isinstance(err, ActorUnavailableError):  # Ray is restarting it
+        return "its process died or its node was lost"
+    # ActorDiedError and the like: their last line says why the actor is dead.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
 @dataclass(frozen=True)
 class CoordinatorView:
     """What the driver polls: the progress line and whether the search ended."""
@@ -174,6 +190,7 @@ class CoordinatorActor:
         self._trainers: dict[int, Any] = {}  # slot -> Ray actor handle (untyped)
         self._runs: dict[object, int] = {}  # run() call -> slot
         self._restarts = dict.fromkeys(range(workers), 0)
+        self._started = dict.fromkeys(range(workers), 0.0)  # service clock, run() last called
         self._error = ""
         self._last_failure = ""
         self._stopping = threading.Event()
@@ -200,10 +217,15 @@ class CoordinatorActor:
             .options(
                 num_cpus=self._spec.cpus,
                 num_gpus=self._spec.gpus,
-                # Ray restarts a crashed actor (or one whose node was lost)
-                # and re-runs its pending run(): the worker is stateless.
-                max_restarts=-1,
-                max_task_retries=-1,
+                # Ray restarts a crashed actor (or one whose node was lost);
+                # its pending run() fails instead of being re-run, so that
+                # `_check_trainers` sees every death and counts it (a trainer
+                # that dies at each start must end the search, not loop).
+                # Deaths before run() started (while Ray creates or restarts
+                # the actor) are bounded by Ray: the actor is then dead for
+                # good, and `_check_trainers` starts a new one in its slot.
+                max_restarts=MAX_RESTARTS_PER_WORKER,
+                max_task_retries=0,
                 max_concurrency=2,  # stop() while run() trains
             )
             .remote(
@@ -212,33 +234,59 @@ class CoordinatorActor:
             )
         )  # fmt: skip
         self._trainers[slot] = actor
-        self._runs[actor.run.remote()] = slot
+        self._run_trainer(slot)
+
+    def _run_trainer(self, slot: int) -> None:
+        self._started[slot] = self.service.clock.now()
+        self._runs[self._trainers[slot].run.remote()] = slot
+
+    def _trained_since_start(self, slot: int) -> bool:
+        """Whether a trainer of `slot` has finished a segment since its run()
+        last started: one that did was working (then lost its node, or
+        crashed once), so its restarts are not a crash loop."""
+        prefix = f"{self._run}-ray-{slot}-"  # worker ids: TrainerActor.run
+        since = self._started[slot]
+        return any(
+            lease.status == "accepted" and lease.worker_id.startswith(prefix)
+            and lease.granted_at >= since
+            for lease in self.service.snapshot().leases.values()
+        )  # fmt: skip
 
     def _check_trainers(self) -> None:
         """Call run() again on a trainer whose loop ended while the search runs."""
         import ray
+        from ray.exceptions import ActorDiedError
 
         ready, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=0)
         for ref in ready:
             slot = self._runs.pop(ref)
+            dead = False  # for good: Ray restarts it no more
             try:
-                code = ray.get(ref)
-            except Exception as err:  # the actor is gone for good, or run() raised
-                code = f"{type(err).__name__}: {str(err)[:300]}"
+                code = f"exit code {ray.get(ref)}"
+            except Exception as err:  # run() raised, its process died, or it is gone
+                code = ended_because(err)
+                dead = isinstance(err, ActorDiedError)
             if self.service.terminal or self._stopping.is_set():
                 continue
+            if self._trained_since_start(slot):
+                self._restarts[slot] = 0
             if self._restarts[slot] >= MAX_RESTARTS_PER_WORKER:
                 log.error(
-                    "trainer %d ended (%s) %d times; giving up on it",
+                    "trainer %d ended (%s) %d times without finishing a segment; giving up on it",
                     slot,
                     code,
                     1 + self._restarts[slot],
                 )
                 self._last_failure = f"trainer {slot} ended: {code}"
+                # Ray would restart it for ever after its next death.
+                ray.kill(self._trainers[slot], no_restart=True)
                 continue
             self._restarts[slot] += 1
             log.warning("trainer %d ended (%s) while the search runs; running it again", slot, code)
-            self._runs[self._trainers[slot].run.remote()] = slot
+            if dead:
+                self._start_trainer(slot)
+            else:
+                self._run_trainer(slot)
         if not self._runs and not self.service.terminal and not self._stopping.is_set():
             # Like `autolfads run`: the search fails only once no trainer is left.
             self._error = f"every trainer actor failed; last: {self._last_failure}"
@@ -314,7 +362,11 @@ class CoordinatorActor:
         """(slot, pid, node IP) of every trainer actor now alive."""
         import ray
 
-        refs = {slot: actor.where.remote() for slot, actor in self._trainers.items()}
+        # Retried (unlike run()) once Ray has restarted an actor that died.
+        where = {
+            slot: actor.where.options(max_task_retries=-1) for slot, actor in self._trainers.items()
+        }
+        refs = {slot: method.remote() for slot, method in where.items()}
         out = []
         for slot, ref in refs.items():
             try:

@@ -14,7 +14,8 @@ What runs where:
   finds it again by run name and carries on watching;
 * trainer actors run the `autolfads trainer` loop with the resources asked
   (`--trainer-cpus`, fractional `--trainer-gpus`); Ray restarts one that
-  crashes or loses its node, and the coordinator's leases make that safe.
+  crashes or loses its node, and the coordinator's leases make that safe
+  (one that keeps dying without finishing a segment is given up).
 
 Ctrl-C stops the trainers (their leases handed back), saves the state and
 ends the actors; `--resume` continues.

@@ -186,9 +186,16 @@ class HeldSearch:
     generation-1 checkpoint uploads until `release()`."""
 
     def __init__(
-        self, ws: Workspace, cluster, s3_server, bucket: str, *extra: str, generation: int = 1
+        self,
+        ws: Workspace,
+        cluster,
+        s3_server,
+        bucket: str,
+        *extra: str,
+        generation: int = 1,
+        hold: type[Hold] = Hold,
     ) -> None:
-        self.hold = Hold("PUT", rf"/members/m\d+/gen-{generation:04d}/")
+        self.hold = hold("PUT", rf"/members/m\d+/gen-{generation:04d}/")
         self.proxy = ScriptedS3Proxy(s3_server.endpoint_url, self.hold).start()
         self.url = f"s3://{bucket}/test?endpoint={self.proxy.endpoint_url}"
         # Read back past the proxy, which is gone by then.
@@ -343,6 +350,92 @@ def test_resume_ends_an_actor_stopped_by_a_driver_killed_meanwhile_and_reaches_t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     store = open_store(search.direct_url, env=s3_server.env)
     same_best(json.loads(store.get_bytes(f"{RUN}/best/metrics.json")), local_run)
+
+
+class CountedHold(Hold):
+    """A Hold that counts the requests it has held."""
+
+    def __init__(self, method: str, pattern: str) -> None:
+        super().__init__(method, pattern)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int, method: str, path: str) -> str | None:
+        if method == self.method and self.pattern.search(path):
+            with self._lock:
+                self.count += 1
+        return super().__call__(n, method, path)
+
+
+def trainer_pid(seen: set[int]) -> int:
+    """The pid of trainer 0's incarnation now, one not in `seen`."""
+    found: list[int] = []
+
+    def new_pid() -> bool:
+        found[:] = [pid for slot, pid, _ in ray.get(coordinator().trainers.remote()) if slot == 0]
+        return bool(found) and found[0] not in seen
+
+    until(new_pid, "trainer 0's next incarnation", timeout_s=240)
+    return found[0]
+
+
+def test_a_trainer_that_keeps_dying_ends_the_search_in_one_line(
+    cluster, tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    from autolfads.worker_pool import MAX_RESTARTS_PER_WORKER
+
+    # Every incarnation of the only trainer is killed while its run() is at
+    # its first checkpoint upload, held: none finishes a segment. A crash
+    # loop, which Ray alone would restart for ever.
+    ws = make_workspace(tmp_path)
+    args = ("--workers", "1", "--progress", "quiet")
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, *args, generation=0, hold=CountedHold)
+    hold = search.hold
+    assert isinstance(hold, CountedHold)
+    try:
+        seen: set[int] = set()
+        for _ in range(1 + MAX_RESTARTS_PER_WORKER):
+            held = hold.count
+            until(lambda held=held: hold.count > held, "an upload of the next incarnation", 240)
+            pid = trainer_pid(seen)
+            seen.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        out, err = search.proc.communicate(timeout=120)
+    finally:
+        search.hold.release()
+        search.proxy.stop()
+        if search.proc.poll() is None:  # the old code's endless restarts
+            search.proc.kill()
+            search.proc.communicate()
+        with contextlib.suppress(ValueError):
+            ray.kill(coordinator(), no_restart=True)
+    done = subprocess.CompletedProcess(search.proc.args, search.proc.returncode, out, err)
+    one_line_error(done, "every trainer actor failed", "trainer 0", "died")
+    assert done.returncode == 1
+
+
+@pytest.fixture
+def gpu_node(cluster) -> Iterator[object]:
+    """A node of 1 CPU and 1 GPU that is not there: Ray takes its word for it."""
+    node = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    yield node
+    cluster.remove_node(node)
+
+
+def test_a_trainer_that_fails_at_each_start_ends_the_search_in_one_line(
+    cluster, gpu_node, tmp_path: Path
+) -> None:
+    # Its node's GPU is not there: each run() raises at the start, and the
+    # line says so (not a cut Ray traceback).
+    ws = make_workspace(tmp_path)
+    args = ("--workers", "1", "--device", "cuda", "--trainer-gpus", "1", "--progress", "quiet")
+    proc = autolfads(ws, *ray_args(ws, cluster, *args))
+    one_line_error(
+        proc,
+        "every trainer actor failed; last: trainer 0 ended: ConfigError: device 'cuda' requested",
+    )
+    assert proc.returncode == 1
 
 
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
