@@ -27,8 +27,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from autolfads import ray_cluster
 from autolfads.config import RunConfig
@@ -56,6 +58,10 @@ FORWARDED_ENV_PREFIXES = ("AWS_", "MINIO_", "AUTOLFADS_S3_")
 FORWARDED_ENV_NAMES = ("AUTOLFADS_LOG_LEVEL", "SSL_CERT_FILE")
 POLL_S = 0.5
 STOP_TIMEOUT_S = 120.0
+# How long a call to the coordinator actor is retried while Ray reports it
+# unavailable (alive, but its call failed on the way: a connection to the
+# head's node lost for a moment) before the driver gives up on it.
+UNAVAILABLE_WAIT_S = 120.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the actor names in its errors
 
 
@@ -154,14 +160,32 @@ def _find(run: str):
         return None
 
 
+def ask(call: Callable[[], Any], timeout_s: float | None = None) -> Any:
+    """`ray.get(call())`, called again while Ray says the actor is unavailable
+    for now (`ActorUnavailableError`: the call may not have reached it), for
+    up to UNAVAILABLE_WAIT_S; the actor's methods asked this way only read.
+    Any other RayError (the actor is dead, ...) is raised at once."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    end_by = time.monotonic() + UNAVAILABLE_WAIT_S
+    while True:
+        try:
+            return ray.get(call(), timeout=timeout_s)
+        except ActorUnavailableError as err:
+            if time.monotonic() > end_by:
+                raise
+            log.debug("the coordinator actor is unavailable for now (%s); asking again", err)
+            time.sleep(POLL_S)
+
+
 def stopped_unended(actor) -> bool:
     """The actor has shut down without an end to its search (Ctrl-C's stop)
     and was never ended, or it is gone: nothing to re-attach to."""
-    import ray
     from ray.exceptions import RayError
 
     try:
-        view: CoordinatorView = ray.get(actor.view.remote(), timeout=STOP_TIMEOUT_S)
+        view: CoordinatorView = ask(actor.view.remote, STOP_TIMEOUT_S)
     except RayError:
         return True
     return view.done and not view.error and view.status == "running"
@@ -289,11 +313,10 @@ def serving_address(actor) -> str:
     """The just-started coordinator actor's address once it serves. If its
     start failed (another coordinator claimed the run after this driver
     staged it, storage unreachable from the head node), the error in one line."""
-    import ray
     from ray.exceptions import RayActorError
 
     try:
-        address: str = ray.get(actor.address_of.remote())
+        address: str = ask(actor.address_of.remote)
     except RayActorError as err:
         line = last_line(str(err))
         kind, _, message = line.partition(": ")
@@ -313,12 +336,11 @@ def last_line(text: str) -> str:
 
 def watch(actor, printer: ProgressPrinter) -> CoordinatorView:
     """Show progress until the coordinator actor says the search has ended."""
-    import ray
     from ray.exceptions import RayError
 
     while True:
         try:
-            view: CoordinatorView = ray.get(actor.view.remote())
+            view: CoordinatorView = ask(actor.view.remote)
         except RayError as err:
             raise SearchFailed(
                 f"the coordinator actor failed ({last_line(str(err))}); the state is saved: "

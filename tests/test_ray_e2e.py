@@ -438,6 +438,26 @@ def test_a_trainer_that_fails_at_each_start_ends_the_search_in_one_line(
     assert proc.returncode == 1
 
 
+def test_a_coordinator_actor_unavailable_for_a_moment_is_asked_again(
+    cluster, tmp_path: Path
+) -> None:
+    # Ray's own fault injection, in the driver alone: the replies of its
+    # first calls to the coordinator actor are lost on the way, which Ray
+    # reports as ActorUnavailableError (the actor lives on).
+    lost = {"num_failures": 4, "req_failure_prob": 0, "resp_failure_prob": 100}
+    chaos = {"CoreWorkerService.grpc_client.PushTask": {**lost, "in_flight_failure_prob": 0}}
+    ws = make_workspace(tmp_path)
+    args = ray_args(ws, cluster, "--workers", "2", "--no-report")
+    try:
+        proc = autolfads(ws, *args, env={"RAY_testing_rpc_failure": json.dumps(chaos)})
+    finally:  # the old code left the search running, detached
+        with contextlib.suppress(ValueError):
+            ray.kill(coordinator(), no_restart=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "generation 3/3" in proc.stderr
+    assert (ws.runs / RUN / "best" / "metrics.json").is_file()
+
+
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
 
 
