@@ -95,9 +95,39 @@ def actor_name(run: str) -> str:
     return f"coordinator-{run}"
 
 
+def check_device(device: str, need: ray_cluster.TrainerResources) -> None:
+    """A trainer uses a GPU only where Ray reserved it one."""
+    if device == "cuda" and not need.gpus:
+        raise ConfigError(
+            "--device cuda with --ray needs --trainer-gpus (1 per trainer, or 0.5 to share "
+            "a GPU): without it Ray reserves no GPU for a trainer"
+        )
+
+
+def trainer_device(device: str, need: ray_cluster.TrainerResources) -> str:
+    """The trainers' --device. Ray leaves an actor that reserved no GPU every
+    GPU of its node visible, so `auto` would train on GPUs that Ray gives to
+    others (or none: every trainer of a node on its first GPU): such a
+    trainer trains on the CPU."""
+    return "cpu" if not need.gpus else device
+
+
+def trainer_spec(opts: LaunchOptions, ray_opts: RayOptions) -> TrainerSpec:
+    need = ray_opts.resources
+    return TrainerSpec(
+        storage_url=opts.storage_url,
+        threads=opts.threads_per_worker,
+        device=trainer_device(opts.device, need),
+        cpus=need.cpus,
+        gpus=need.gpus,
+        env=forwarded_env(),
+    )
+
+
 def join(opts: LaunchOptions, ray_opts: RayOptions, security: ServerSecurity) -> Cluster:
     """Connect and check the cluster; nothing is created if this raises."""
     ray_opts.resources.check()
+    check_device(opts.device, ray_opts.resources)
     ray_cluster.connect(ray_opts.address)
     live = ray_cluster.nodes()
     ray_cluster.check_storage(opts.storage_url, live, ray_cluster.driver_ip())
@@ -207,14 +237,7 @@ def start_coordinator(cfg: RunConfig, opts: LaunchOptions, ray_opts: RayOptions,
     """The detached coordinator actor on the head node (it starts the trainers)."""
     import ray
 
-    spec = TrainerSpec(
-        storage_url=opts.storage_url,
-        threads=opts.threads_per_worker,
-        device=opts.device,
-        cpus=ray_opts.resources.cpus,
-        gpus=ray_opts.resources.gpus,
-        env=forwarded_env(),
-    )
+    spec = trainer_spec(opts, ray_opts)
     return (
         ray.remote(CoordinatorActor)
         .options(

@@ -537,6 +537,29 @@ def test_gpus_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path: Path) -> 
     assert listing(ws.root) == before
 
 
+def test_device_cuda_without_trainer_gpus_is_one_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    before = listing(ws.root)
+    proc = autolfads(ws, *run_args(ws, "--ray", "auto", "--device", "cuda"))
+    one_line_error(proc, "--device cuda", "--trainer-gpus")
+    assert listing(ws.root) == before
+
+
+def test_trainers_without_a_reserved_gpu_train_on_the_cpu() -> None:
+    # Ray leaves an actor that reserved no GPU every GPU of its node visible:
+    # `--device auto` (the default) would train there on GPUs Ray never gave it.
+    from autolfads.launcher import LaunchOptions
+    from autolfads.ray_cluster import TrainerResources
+    from autolfads.ray_launch import RayOptions, trainer_spec
+
+    opts = LaunchOptions(storage_url="s3://bucket/runs", workers=2, threads_per_worker=1)
+    assert opts.device == "auto"
+    cpu_only = RayOptions("auto", TrainerResources(cpus=1.0))
+    assert trainer_spec(opts, cpu_only).device == "cpu"
+    shared_gpu = RayOptions("auto", TrainerResources(cpus=1.0, gpus=0.5))
+    assert trainer_spec(opts, shared_gpu).device == "auto"
+
+
 def test_listen_with_ray_is_one_line(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     before = listing(ws.root)
