@@ -12,6 +12,7 @@ Ray is imported inside the functions only: the base install has no Ray.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -140,6 +141,17 @@ def check_storage(storage_url: str, live: list[NodeInfo], here: str) -> None:
             f"--storage {storage_url} is a local folder, but Ray nodes {', '.join(others)} are "
             "other machines that cannot see it; use s3:// storage (MinIO or S3) with --ray"
         )
+
+
+def trainers_fitting(node: NodeInfo, need: TrainerResources) -> int:
+    """How many trainers asking `need` (not all zero) one node holds."""
+    counts = [
+        # Ray counts in 1/10000 of a resource: 0.6 / 0.2 is 3 to it.
+        math.floor(have / want + 1e-6)
+        for have, want in ((node.cpus, need.cpus), (node.gpus, need.gpus))
+        if want
+    ]
+    return min(counts)
 
 
 def check_resources(need: TrainerResources, live: list[NodeInfo]) -> None:

@@ -73,12 +73,12 @@ class RayOptions:
 
 
 def default_workers(need: ray_cluster.TrainerResources) -> int:
-    """As many trainers as the cluster's CPUs (and GPUs, if asked for) hold."""
-    live = ray_cluster.nodes()
-    fits = [sum(n.cpus for n in live) // need.cpus] if need.cpus else []
-    if need.gpus:
-        fits.append(sum(n.gpus for n in live) // need.gpus)
-    return max(1, int(min(fits, default=1)))
+    """As many trainers as the cluster's nodes hold, node by node: a trainer
+    fits on one node or on none (one counted from the sum of the nodes' CPUs
+    would stay pending for ever, and the search's end would wait for it)."""
+    if not need.cpus and not need.gpus:
+        return 1
+    return max(1, sum(ray_cluster.trainers_fitting(node, need) for node in ray_cluster.nodes()))
 
 
 @dataclass(frozen=True)

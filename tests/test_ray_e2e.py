@@ -458,6 +458,17 @@ def test_a_coordinator_actor_unavailable_for_a_moment_is_asked_again(
     assert (ws.runs / RUN / "best" / "metrics.json").is_file()
 
 
+def test_default_workers_count_the_trainers_each_node_holds(cluster, second_node) -> None:
+    from autolfads.ray_cluster import TrainerResources
+    from autolfads.ray_launch import default_workers
+
+    # 2 + 1 CPUs: one trainer of 1.5 CPUs fits on the head and none on the
+    # other node (a second, counted from the 3 CPUs together, never starts).
+    assert default_workers(TrainerResources(cpus=1.5)) == 1
+    assert default_workers(TrainerResources(cpus=1.0)) == 3
+    assert default_workers(TrainerResources(cpus=0.2)) == 15
+
+
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
 
 
