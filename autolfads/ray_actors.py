@@ -186,6 +186,7 @@ class CoordinatorActor:
         self._progress = progress_source(self.service, cfg)
         self._spec = spec
         self._run = run
+        self._storage_url = storage_url
         self._trainer_security = trainer_security
         self._trainers: dict[int, Any] = {}  # slot -> Ray actor handle (untyped)
         self._runs: dict[object, int] = {}  # run() call -> slot
@@ -357,6 +358,10 @@ class CoordinatorActor:
 
     def address_of(self) -> str:
         return self.address
+
+    def storage_of(self) -> str:
+        """The --storage of the search this actor serves (as its driver gave it)."""
+        return self._storage_url
 
     def trainers(self) -> list[tuple[int, int, str]]:
         """(slot, pid, node IP) of every trainer actor now alive."""

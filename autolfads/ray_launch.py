@@ -209,6 +209,30 @@ def ask(call: Callable[[], Any], timeout_s: float | None = None) -> Any:
             time.sleep(POLL_S)
 
 
+def storage_place(url: str) -> str:
+    """Where a --storage URL points: an S3 URL without its settings (?endpoint=...)."""
+    if url.startswith("s3://"):
+        url = url.partition("?")[0]
+    return url.rstrip("/")
+
+
+def check_same_storage(actor, run: str, storage_url: str) -> None:
+    """The run of that name on this cluster is this --storage's: one of another
+    storage must not be watched, and finalized from this one's state."""
+    from ray.exceptions import RayError
+
+    try:
+        theirs: str = ask(actor.storage_of.remote, STOP_TIMEOUT_S)
+    except RayError:  # an actor started before it could say: nothing to compare
+        return
+    if storage_place(theirs) != storage_place(storage_url):
+        raise ConfigError(
+            f"run {run!r} on this Ray cluster is the search in {storage_place(theirs)}, not in "
+            f"--storage {storage_place(storage_url)}: pass that --storage to watch it, or give "
+            "this run another `name:` in its config"
+        )
+
+
 def stopped_unended(actor) -> bool:
     """The actor has shut down without an end to its search (Ctrl-C's stop)
     and was never ended, or it is gone: nothing to re-attach to."""
@@ -279,6 +303,8 @@ def run_on_ray(
         end(actor)
         wait_gone(cfg.name)
         actor = None
+    if actor is not None:
+        check_same_storage(actor, cfg.name, opts.storage_url)
     if actor is not None and not opts.resume:
         raise ConfigError(
             f"run {cfg.name!r} is already running on this Ray cluster; watch it again with --resume"

@@ -469,6 +469,32 @@ def test_default_workers_count_the_trainers_each_node_holds(cluster, second_node
     assert default_workers(TrainerResources(cpus=0.2)) == 15
 
 
+def test_resume_with_another_storage_than_the_running_search_is_one_line(
+    cluster, tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    # A search of that run name runs on the cluster, from another storage:
+    # watching it would finalize this storage's run (maybe an old one).
+    ws = make_workspace(tmp_path)
+    search = HeldSearch(ws, cluster, s3_server, s3_bucket, "--workers", "1", generation=0)
+    search.hold.wait_held()
+    try:
+        other = f"s3://{s3_bucket}/other?endpoint={s3_server.endpoint_url}"
+        args = ray_args(ws, cluster, "--storage", other, "--resume", "--progress", "quiet")
+        proc = autolfads(ws, *args, env=s3_server.env, timeout=120)
+    finally:
+        search.hold.release("503:SlowDown")
+        with contextlib.suppress(ValueError):
+            ray.get(coordinator().stop.remote(), timeout=240)
+            ray.kill(coordinator(), no_restart=True)
+        search.proc.kill()
+        search.proc.communicate()
+        search.proxy.stop()
+    one_line_error(
+        proc, f"is the search in s3://{s3_bucket}/test, not in --storage s3://{s3_bucket}/other"
+    )
+    assert proc.returncode == 2
+
+
 # ---- bad input: one line, non-zero exit, nothing created ------------------------
 
 
