@@ -33,7 +33,7 @@ from autolfads.coordinator.security.exposure import ServerSecurity, listen_host
 from autolfads.coordinator.security.tokens import ENV_VARS, TokenSet
 from autolfads.coordinator.wire.server import CoordinatorServer, create_server
 from autolfads.errors import AutolfadsError
-from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, snapshot
+from autolfads.progress_display import ProgressPrinter, ProgressSnapshot, epochs_done, snapshot
 from autolfads.storage import RunLayout, Store
 from autolfads.storage.claims import ClaimLost, claim_run
 from autolfads.trainer.timing import TIMING_ENV
@@ -206,15 +206,21 @@ def serve(service: CoordinatorService, listen: str, security: ServerSecurity) ->
 
 
 def progress_source(service: CoordinatorService, cfg: RunConfig) -> Callable[[], ProgressSnapshot]:
-    """A function returning the search's progress line data, timed from now."""
+    """A function returning the search's progress line data, timed from now.
+
+    The ETA counts only what was trained from now: a resumed search's
+    earlier generations took none of this time (counted, they made the ETA
+    a fraction of what remained)."""
+    epochs = {
+        "burn_in_epochs": cfg.pbt.burn_in_epochs,
+        "generation_epochs": cfg.pbt.generation_epochs,
+    }
+    at_start = epochs_done(service.status(), **epochs)
     start = time.monotonic()
 
     def progress() -> ProgressSnapshot:
         return snapshot(
-            service.status(),
-            time.monotonic() - start,
-            burn_in_epochs=cfg.pbt.burn_in_epochs,
-            generation_epochs=cfg.pbt.generation_epochs,
+            service.status(), time.monotonic() - start, epochs_at_start=at_start, **epochs
         )
 
     return progress

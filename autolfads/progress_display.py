@@ -53,32 +53,50 @@ class ProgressSnapshot:
         return json.dumps(doc, sort_keys=True)
 
 
-def snapshot(
-    status: StatusView, elapsed_s: float, burn_in_epochs: int = 1, generation_epochs: int = 1
-) -> ProgressSnapshot:
-    """Progress so far; the ETA weighs generations by their epochs (generation 0
-    is the burn-in, usually longer) and assumes the search runs to max_generations."""
+def _members_done(status: StatusView) -> int:
     g = status.generation
-    done = sum(1 for m in status.members if m.generation > g or m.phase in ("reported", "finished"))
+    return sum(1 for m in status.members if m.generation > g or m.phase in ("reported", "finished"))
+
+
+def _epochs_before(generation: int, burn_in_epochs: int, generation_epochs: int) -> int:
+    return 0 if generation <= 0 else burn_in_epochs + (generation - 1) * generation_epochs
+
+
+def epochs_done(status: StatusView, burn_in_epochs: int = 1, generation_epochs: int = 1) -> float:
+    """Epochs of one member the search has trained so far (generation 0 is
+    the burn-in, usually longer; a generation counts its members done)."""
+    g = status.generation
+    current = burn_in_epochs if g == 0 else generation_epochs
+    done = _members_done(status) / max(status.population, 1)
+    return _epochs_before(g, burn_in_epochs, generation_epochs) + current * done
+
+
+def snapshot(
+    status: StatusView,
+    elapsed_s: float,
+    burn_in_epochs: int = 1,
+    generation_epochs: int = 1,
+    epochs_at_start: float = 0.0,
+) -> ProgressSnapshot:
+    """Progress so far; the ETA weighs generations by their epochs and assumes
+    the search runs to max_generations. `epochs_at_start` is `epochs_done` when
+    `elapsed_s` began: a resumed search's earlier epochs took none of it."""
     history = [v for v in status.best_history if math.isfinite(v)]
     trend = float("nan")
     if len(history) >= 2 and history[-2] != 0:
         trend = (history[-1] - history[-2]) / abs(history[-2])
     best = status.best.metric if status.best is not None else float("nan")
-
-    def epochs_before(generation: int) -> int:
-        return 0 if generation <= 0 else burn_in_epochs + (generation - 1) * generation_epochs
-
-    current = burn_in_epochs if g == 0 else generation_epochs
-    epochs_done = epochs_before(g) + current * done / max(status.population, 1)
-    remaining = max(epochs_before(status.max_generations) - epochs_done, 0.0)
-    eta = elapsed_s / epochs_done * remaining if epochs_done > 0 else float("nan")
+    done = epochs_done(status, burn_in_epochs, generation_epochs)
+    total = _epochs_before(status.max_generations, burn_in_epochs, generation_epochs)
+    remaining = max(total - done, 0.0)
+    trained = done - epochs_at_start
+    eta = elapsed_s / trained * remaining if trained > 0 else float("nan")
     return ProgressSnapshot(
         run=status.run,
         state=status.state,
-        generation=g,
+        generation=status.generation,
         max_generations=status.max_generations,
-        members_done=done,
+        members_done=_members_done(status),
         population=status.population,
         best_metric=best,
         trend=trend,

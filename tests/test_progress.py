@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 from autolfads.coordinator.search.messages import BestView, MemberPhase, MemberView, StatusView
 from autolfads.progress_display import ProgressPrinter, snapshot
@@ -52,3 +53,35 @@ def test_eta_weighs_the_longer_burn_in() -> None:
     # burn-in (20 epochs) done in 100 s; 2 generations of 5 epochs remain -> 50 s
     snap = snapshot(status, 100.0, burn_in_epochs=20, generation_epochs=5)
     assert abs(snap.eta_s - 50.0) < 1e-9
+
+
+def test_a_resumed_search_times_only_what_it_trained_since(tmp_path) -> None:
+    # Generation 0 (the burn-in) and generation 1 done before a restart, with
+    # the real coordinator; the resumed run's clock starts at the restart.
+    # Counting the earlier epochs as trained in its first seconds made the
+    # ETA ("<=") a small fraction of what remained.
+    from coordinator_helpers import fake_train, open_tiny_search, tiny_config
+
+    from autolfads.launcher import progress_source
+    from autolfads.storage import LocalStore
+
+    cfg = tiny_config(max_generations=4)
+    store = LocalStore(tmp_path)
+    service = open_tiny_search(store, cfg)
+    while service.status().generation < 2:
+        for grant in service.request_work("w0", 4).leases:
+            service.report(fake_train(store, grant, "w0"))
+    service.flush()
+    resumed = open_tiny_search(store, cfg)
+    progress = progress_source(resumed, cfg)
+    first = progress()
+    assert first.generation == 2 and first.members_done == 0
+    assert math.isnan(first.eta_s)  # nothing trained since the restart: unknown
+    assert "ETA <= ?" in first.line()
+    grants = resumed.request_work("w0", 1).leases
+    resumed.report(fake_train(store, grants[0], "w0"))
+    after = progress()
+    # A quarter of generation 2 (1 epoch of 4 members) took `elapsed`; 1.75
+    # epochs remain: 7 times as long.
+    assert after.members_done == 1
+    assert abs(after.eta_s - 7 * after.elapsed_s) <= 1e-6 * after.elapsed_s
