@@ -327,6 +327,7 @@ def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
     ("flags", "needles"),
     [
         (["--log-dir", "taken"], ["--log-dir", "is a file"]),
+        (["--log-dir", "taken/logs"], ["--log-dir taken/logs", "is a file"]),
         (["--lease-timeout", "inf"], ["--lease-timeout", "> 0 seconds"]),
         pytest.param(
             ["--device", "cuda"],
@@ -337,6 +338,7 @@ def test_port_in_use_is_one_line_and_stages_nothing(tmp_path: Path) -> None:
     ],
     ids=[
         "log-dir is a file",
+        "log-dir under a file",
         "lease-timeout inf",
         "cuda without a GPU",
         "trainer-gpus without ray",

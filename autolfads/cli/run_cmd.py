@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_log_dir(path: Path) -> None:
+    """Fail unless `path` is a folder, or one this user can create: the
+    launcher makes it only after the run is staged (a failure there left a
+    traceback and a staged run that the rerun refused as existing)."""
+    from autolfads.errors import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--log-dir {path}: is a file, not a folder")
+    existing = path.absolute()
+    while not existing.exists():  # the folder that `mkdir -p` would write into
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--log-dir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--log-dir {path}: cannot write in {existing}")
+
+
 def _options(args: argparse.Namespace):
     from autolfads.errors import ConfigError
     from autolfads.launcher import LaunchOptions, default_workers
@@ -93,8 +111,8 @@ def _options(args: argparse.Namespace):
     if not 0 < args.lease_timeout < math.inf:
         raise ConfigError(f"--lease-timeout must be > 0 seconds, got {args.lease_timeout}")
     # Checked here, before anything is staged (they used to fail after).
-    if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
-        raise ConfigError(f"--log-dir {args.log_dir}: is a file, not a folder")
+    if args.log_dir is not None:
+        _check_log_dir(args.log_dir)
     if args.device == "cuda" and args.ray is None:
         from autolfads.trainer.model.device import resolve_device
 
