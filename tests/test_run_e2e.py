@@ -149,6 +149,14 @@ def test_existing_run_is_refused_and_left_alone(finished: tuple[Workspace, dict]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
+def shell_words(command: str) -> list[str]:
+    """The words of `command` as a POSIX shell reads them: what a pasted command runs."""
+    out = subprocess.run(
+        ["sh", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True
+    ).stdout
+    return out.decode().split("\0")[:-1]
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_then_resume_reaches_the_same_best(
     finished: tuple[Workspace, dict],
@@ -168,7 +176,8 @@ def test_interrupt_then_resume_reaches_the_same_best(
         monkeypatch.setenv(name, value)
     hold = Hold("PUT", r"/members/m\d+/gen-0001/")
     proxy = ScriptedS3Proxy(s3_server.endpoint_url, hold).start()
-    url = f"s3://{s3_bucket}/test?endpoint={proxy.endpoint_url}"
+    # Two URL options: the `&` must reach the resumed run through the shell.
+    url = f"s3://{s3_bucket}/test?endpoint={proxy.endpoint_url}&region=us-east-1"
     ws = make_workspace(tmp_path)
     try:
         # As from a terminal: Ctrl-C reaches the run even when these tests were
@@ -195,7 +204,11 @@ def test_interrupt_then_resume_reaches_the_same_best(
         hold.release("503:SlowDown")
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err[-2000:]
-        assert "--resume" in err
+        # The command it prints is what the shell gets when pasted (it was
+        # printed unquoted: the `&` cut the URL and ran the run in the background).
+        resume = shell_words(err.rsplit("Resume with: ", 1)[1].splitlines()[0])
+        assert resume[:5] == ["autolfads", "run", str(ws.config), "--resume", "--storage"]
+        assert resume[5:] == [url]
         store = open_store(url)
         saved = saved_state(store, RUN)
         assert saved.status == "running" and saved.generation == 1
@@ -205,7 +218,7 @@ def test_interrupt_then_resume_reaches_the_same_best(
         assert not store.exists(f"{RUN}/best/metrics.json")
 
         proxy.rule = lambda n, method, path: None  # storage is healthy again
-        resumed = autolfads(ws, *run_args(ws, "--workers", "2", "--resume", "--storage", url))
+        resumed = autolfads(ws, *resume[1:], "--workers", "2", "--threads", "1")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         metrics = json.loads(store.get_bytes(f"{RUN}/best/metrics.json"))
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -147,6 +148,18 @@ def _print_results(store, run_name: str, doc: dict, report_keys: dict | None) ->
         )
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that carries this run on, quoted for a shell: a store URL
+    such as `s3://b/p?endpoint=...&region=...` or a path with a space,
+    pasted unquoted, ran another command (or the wrong one)."""
+    argv = ["autolfads", "run", str(args.config), "--resume"]
+    if args.storage != DEFAULT_STORAGE:
+        argv += ["--storage", args.storage]
+    if args.ray is not None:
+        argv += ["--ray", args.ray]
+    return shlex.join(argv)
+
+
 def _join_ray(args: argparse.Namespace, opts, security):
     """Join and check the Ray cluster: (options with its worker count, the launch)."""
     from dataclasses import replace
@@ -221,10 +234,7 @@ def run(args: argparse.Namespace) -> int:
             status = launch(cfg, store, data_path, printer)
     except KeyboardInterrupt:
         print(
-            f"\nautolfads: interrupted; state saved. Resume with: autolfads run {args.config} "
-            "--resume"
-            + ("" if opts.storage_url == DEFAULT_STORAGE else f" --storage {opts.storage_url}")
-            + ("" if args.ray is None else f" --ray {args.ray}"),
+            f"\nautolfads: interrupted; state saved. Resume with: {_resume_command(args)}",
             file=sys.stderr,
         )
         return 130
