@@ -22,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +159,25 @@ def worker_env(tokens: TokenSet) -> dict[str, str]:
     # Their logs are files: always with the timing lines (benchmarks/worker_breakdown.py).
     env[TIMING_ENV] = "1"
     return env
+
+
+def trainer_gpus(device: str, count: int, env: Mapping[str, str]) -> list[str]:
+    """The GPUs (CUDA_VISIBLE_DEVICES entries) to spread `autolfads run`'s
+    trainers over, given `count` visible GPUs: none on the CPU or with one
+    GPU. Every trainer's "cuda" used to be the first GPU, so the default of
+    one trainer per GPU put them all on GPU 0 and left the others idle."""
+    if device == "cpu" or count < 2:
+        return []
+    visible = [x.strip() for x in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    return visible[:count] if visible else [str(i) for i in range(count)]
+
+
+def _gpu_count(device: str) -> int:
+    if device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -321,6 +340,7 @@ def run_search(
                 opts.workers,
                 log_dir,
                 env=worker_env(tokens),
+                gpus=trainer_gpus(opts.device, _gpu_count(opts.device), os.environ),
             )
             while not service.terminal:
                 if not claim.held():

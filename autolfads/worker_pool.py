@@ -244,11 +244,20 @@ def start_trainer(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> T
     return SpawnedTrainer(argv, log_path, env)
 
 
+def slot_env(env: Mapping[str, str], gpus: Sequence[str], slot: int) -> dict[str, str]:
+    """The environment of the trainer in `slot`: `env`, and with `gpus` one
+    of them, round robin (CUDA_VISIBLE_DEVICES; its "cuda" is then that GPU)."""
+    if not gpus:
+        return dict(env)
+    return {**env, "CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+
+
 class WorkerPool:
     """Trainer child processes, restarted (boundedly) if one dies mid-search.
 
     `command(slot)` is the `autolfads` command line (without the interpreter)
-    of the trainer in `slot`."""
+    of the trainer in `slot`; `gpus` (CUDA_VISIBLE_DEVICES entries) spreads
+    the trainers over those GPUs (see `slot_env`)."""
 
     def __init__(
         self,
@@ -256,10 +265,12 @@ class WorkerPool:
         count: int,
         log_dir: Path,
         env: dict[str, str] | None = None,
+        gpus: Sequence[str] = (),
     ) -> None:
         self._command = command
         self._log_dir = log_dir
         self._env = dict(os.environ) if env is None else env
+        self._gpus = tuple(gpus)
         warm_template(self._env)  # if the caller has not
         self._procs: dict[int, TrainerProcess] = {}
         self._restarts = dict.fromkeys(range(count), 0)
@@ -273,7 +284,8 @@ class WorkerPool:
         return {slot: proc.pid for slot, proc in self._procs.items()}
 
     def _start(self, slot: int) -> None:
-        self._procs[slot] = start_trainer(self._command(slot), self.log_path(slot), self._env)
+        env = slot_env(self._env, self._gpus, slot)
+        self._procs[slot] = start_trainer(self._command(slot), self.log_path(slot), env)
 
     def check(self, search_running: bool) -> None:
         """Restart workers that died while the search still needs them."""
