@@ -17,9 +17,11 @@ So the coordinator is authenticated even on a shared machine.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -172,12 +174,27 @@ def trainer_gpus(device: str, count: int, env: Mapping[str, str]) -> list[str]:
     return visible[:count] if visible else [str(i) for i in range(count)]
 
 
-def _gpu_count(device: str) -> int:
-    if device == "cpu":
+def gpu_count(device: str = "auto") -> int:
+    """The CUDA GPUs this machine shows (0 for `--device cpu`).
+
+    Where NVIDIA's driver library is missing there are none, and torch is
+    not imported: the launcher never needs it otherwise, and the import
+    costs about 2 s of every `autolfads run` before its trainers start."""
+    if device == "cpu" or not _nvidia_driver():
         return 0
     import torch
 
     return torch.cuda.device_count()
+
+
+def _nvidia_driver() -> bool:
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap check there: ask torch
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")  # installed with the driver
+    except OSError:
+        return False
+    return True
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -340,7 +357,7 @@ def run_search(
                 opts.workers,
                 log_dir,
                 env=worker_env(tokens),
-                gpus=trainer_gpus(opts.device, _gpu_count(opts.device), os.environ),
+                gpus=trainer_gpus(opts.device, gpu_count(opts.device), os.environ),
             )
             while not service.terminal:
                 if not claim.held():
@@ -375,9 +392,7 @@ def default_workers(workers: int | None = None) -> tuple[int, int]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers is None:
         try:
-            import torch
-
-            gpus = torch.cuda.device_count()
+            gpus = gpu_count()
         except ImportError:  # pragma: no cover - the trainer extra is required anyway
             gpus = 0
         workers = gpus or (max(1, cpus // 2) if cpus > 2 else cpus)

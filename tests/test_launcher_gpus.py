@@ -4,6 +4,8 @@ trainer's "cuda" was the first GPU: all of them trained on GPU 0."""
 
 from __future__ import annotations
 
+import pytest
+
 from autolfads.launcher import trainer_gpus
 from autolfads.worker_pool import slot_env
 
@@ -27,3 +29,29 @@ def test_cpu_training_and_a_single_gpu_leave_the_environment_alone() -> None:
     assert trainer_gpus("auto", 1, env) == []
     assert trainer_gpus("auto", 0, {}) == []
     assert slot_env(env, [], 2) == env
+
+
+def test_counting_gpus_imports_no_torch_where_there_is_no_nvidia_driver() -> None:
+    # The launcher imported torch to count GPUs (about 2 s of every
+    # `autolfads run` before its trainers could start, on every machine).
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        pass
+    else:
+        pytest.skip("this machine has NVIDIA's driver: torch counts its GPUs")
+    code = (
+        "import sys\n"
+        "from autolfads.launcher import default_workers, gpu_count\n"
+        "assert gpu_count('auto') == 0 and gpu_count('cuda') == 0\n"
+        "default_workers()\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "torch imported: False" in proc.stdout
