@@ -28,6 +28,33 @@ from run_helpers import RUN, Workspace, autolfads, make_workspace, run_args
 from autolfads.coordinator.search.service import CoordinatorService
 from autolfads.storage import LocalStore, RetryPolicy, Store, open_store
 
+# The files that take longest run first. pytest-xdist's `--dist loadfile`
+# hands files to its workers in collection order (alphabetical), so the Ray
+# file (about 4 minutes of mostly waiting) used to start when most of the
+# suite was done and ran on alone at its end; first, the other worker takes
+# the short files meanwhile. Order within a file is kept.
+LONGEST_FILES_FIRST = (
+    "test_ray_e2e.py",
+    "test_katib_e2e.py",
+    "test_argo_local_e2e.py",
+    "test_run_e2e.py",
+    "test_worker_e2e.py",
+    "test_extras_install.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return (
+            LONGEST_FILES_FIRST.index(name)
+            if name in LONGEST_FILES_FIRST
+            else len(LONGEST_FILES_FIRST)
+        )
+
+    items.sort(key=rank)  # stable: every other file keeps its place
+
+
 # Short budget so failure tests finish quickly; still a real backoff loop.
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 
