@@ -190,6 +190,8 @@ class CoordinatorActor:
         self._trainer_security = trainer_security
         self._trainers: dict[int, Any] = {}  # slot -> Ray actor handle (untyped)
         self._runs: dict[object, int] = {}  # run() call -> slot
+        # where() call -> slot: a trainer that died, being restarted by Ray
+        self._waking: dict[object, int] = {}
         self._restarts = dict.fromkeys(range(workers), 0)
         self._started = dict.fromkeys(range(workers), 0.0)  # service clock, run() last called
         self._error = ""
@@ -241,6 +243,15 @@ class CoordinatorActor:
         self._started[slot] = self.service.clock.now()
         self._runs[self._trainers[slot].run.remote()] = slot
 
+    def _rerun_once_restarted(self, slot: int) -> None:
+        """run() again on a trainer that died, once Ray has restarted it. A
+        call made while it restarts fails at once (run() is not retried, so
+        that every death is seen), and would count as a death of its own:
+        one crash used the whole budget. where() is retried through the
+        restart, and `_check_trainers` calls run() when it answers."""
+        where = self._trainers[slot].where.options(max_task_retries=-1)
+        self._waking[where.remote()] = slot
+
     def _trained_since_start(self, slot: int) -> bool:
         """Whether a trainer of `slot` has finished a segment since its run()
         last started: one that did was working (then lost its node, or
@@ -258,6 +269,7 @@ class CoordinatorActor:
         import ray
         from ray.exceptions import ActorDiedError
 
+        self._check_waking()
         ready, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=0)
         for ref in ready:
             slot = self._runs.pop(ref)
@@ -287,10 +299,34 @@ class CoordinatorActor:
             if dead:
                 self._start_trainer(slot)
             else:
-                self._run_trainer(slot)
-        if not self._runs and not self.service.terminal and not self._stopping.is_set():
+                self._rerun_once_restarted(slot)
+        if (
+            not self._runs
+            and not self._waking
+            and not self.service.terminal
+            and not self._stopping.is_set()
+        ):
             # Like `autolfads run`: the search fails only once no trainer is left.
             self._error = f"every trainer actor failed; last: {self._last_failure}"
+
+    def _check_waking(self) -> None:
+        """run() on the restarted trainers; a new actor where Ray gave up."""
+        import ray
+
+        if not self._waking:
+            return
+        ready, _ = ray.wait(list(self._waking), num_returns=len(self._waking), timeout=0)
+        for ref in ready:
+            slot = self._waking.pop(ref)
+            if self.service.terminal or self._stopping.is_set():
+                continue
+            try:
+                ray.get(ref)
+            except Exception as err:  # dead for good: its restarts ran out
+                log.warning("trainer %d was not restarted (%s)", slot, ended_because(err))
+                self._start_trainer(slot)
+                continue
+            self._run_trainer(slot)
 
     def _stop_trainers(self) -> None:
         import ray
@@ -302,6 +338,7 @@ class CoordinatorActor:
         for actor in self._trainers.values():
             ray.kill(actor, no_restart=True)
         self._runs.clear()
+        self._waking.clear()
 
     # ------------------------------------------------------------ the search
 
